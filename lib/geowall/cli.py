@@ -1,0 +1,67 @@
+"""Command line: ``geowall run --profile P [--only STEP ...] [--set k=v ...] [--force]``.
+
+Errors the user can fix (bad profile, bad input file, a failing notebook cell) print
+one readable message and exit with status 2 (1 for a failed step); ``--debug`` shows
+the full traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geowall", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the pipeline notebooks for a profile")
+    r.add_argument("--profile", default="default", help="profile name under params/ or a .yaml path")
+    r.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (names or notebook stems)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter (dotted key, YAML value); repeatable")
+    r.add_argument("--force", action="store_true", help="rerun steps even if unchanged")
+    r.add_argument("--runs-dir", default=None, help="where runs live (default: data/runs)")
+    r.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
+    c.add_argument("--profile", default="default")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("steps", help="list the pipeline steps in order")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("geowall: interrupted; finished artefacts are kept and a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one readable message at the command line
+        if args.debug:
+            raise
+        from geowall.pipeline import StepFailed
+
+        print(f"geowall: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, StepFailed) else 2
+
+
+def _dispatch(args) -> int:
+    from geowall import config, pipeline
+
+    if args.cmd == "steps":
+        for s in pipeline.STEPS:
+            print(f"{s.name:12s} notebooks/{s.notebook}.py  upstream={list(s.upstream)}")
+        return 0
+    cfg = config.load_profile(args.profile, args.overrides)
+    if args.cmd == "check":
+        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models)")
+        return 0
+    from pathlib import Path
+
+    pipeline.run(cfg, only=args.only, force=args.force, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+                 progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

