@@ -74,12 +74,11 @@ class CorpusSpec(_Strict):
 
     @model_validator(mode="after")
     def _files(self) -> "CorpusSpec":
-        if self.kind == "files":
-            if not self.files:
-                raise ValueError("kind 'files' needs at least one path in files")
-            for f in self.files:
-                if not Path(f).is_file():
-                    raise ValueError(f"corpus file not found: {f}")
+        if self.kind == "files" and not self.files:
+            raise ValueError("kind 'files' needs at least one path in files")
+        for i, f in enumerate(self.files):
+            if not Path(f).is_file():
+                raise ValueError(f"files.{i}: corpus file not found: {f} (expected a UTF-8 text file)")
         return self
 
 

@@ -1,0 +1,41 @@
+# geowall: every target creates the virtual environment if it is missing.
+# TORCH_SPEC picks the torch build installed before the project: the default pins the CPU
+# wheel that our machines carry on disk (torch 2.13.0); elsewhere pip takes the normal
+# torch 2.13.0 for the platform. Override, e.g. `make setup TORCH_SPEC="torch>=2.4"`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= default
+
+.PHONY: setup report run site test test-fast bench clean-runs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+# The main job: run the pipeline on the embedded default profile, then build the report.
+report: setup
+	$(BIN)/geowall run --profile $(PROFILE)
+	$(BIN)/geowall report --profile $(PROFILE)
+
+run: setup
+	$(BIN)/geowall run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-runs:
+	rm -rf data/runs

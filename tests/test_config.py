@@ -1,0 +1,75 @@
+"""Profile validation: every bad input is rejected before work, naming the key."""
+import pytest
+
+from geowall import config
+from geowall.config import ProfileError, load_profile
+
+
+@pytest.mark.parametrize("name", ["smoke", "default", "full", "gemma-2"])
+def test_shipped_profiles_validate(name):
+    cfg = load_profile(name)
+    assert cfg.name == name
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("foo=1", "foo: unknown key"),
+        ("sae.stepz=3", "sae.stepz: unknown key"),
+        ("sae.steps=abc", "sae.steps: Input should be a valid integer"),
+        ("sae.width_multiples=[-2, 1]", "sae.width_multiples.0: Input should be greater than 0"),
+        ("sae.ks=[0]", "sae.ks.0: Input should be greater than 0"),
+        ("sae.ks=[400]", "sae.ks: k=400 must be < the smallest width"),
+        ("models.0.layers=[7]", "models.0.layers: [7] outside model 'minilm' (expected 0..6"),
+        ("models.2.layers=[-1]", "models.2.layers: [-1] outside model 'synth-a'"),
+        ("corpus.kind=files", "corpus: kind 'files' needs at least one path"),
+        ("corpus.files=[/no/such/file.txt]", "corpus: files.0: corpus file not found: /no/such/file.txt"),
+        ("activations.n_train=-5", "activations.n_train: Input should be greater than 0"),
+        ("device=tpu", "device: String should match pattern"),
+        ("transfer=[[minilm, nope]]", "transfer: unknown model 'nope'"),
+        ("sae.showcase_layers={minilm: [99]}", "sae.showcase_layers.minilm: [99] outside"),
+    ],
+)
+def test_bad_override_is_rejected_with_the_key(override, needle):
+    with pytest.raises(ProfileError) as e:
+        load_profile("smoke", [override])
+    assert needle in str(e.value)
+
+
+def test_missing_corpus_file_is_named(tmp_path):
+    missing = tmp_path / "absent.txt"
+    with pytest.raises(ProfileError, match=f"corpus file not found: {missing}"):
+        load_profile("smoke", ["corpus.kind=files", f"corpus.files=[{missing}]"])
+
+
+def test_unknown_profile_lists_known_ones():
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope': expected one of \['default', 'full', 'gemma-2', 'smoke'\]"):
+        load_profile("nope")
+
+
+@pytest.mark.parametrize("bad, needle", [("sae.steps", "expected key=value"), ("models.9.layers=[1]", "index 9 out of range")])
+def test_malformed_overrides(bad, needle):
+    with pytest.raises(ProfileError, match=needle):
+        load_profile("smoke", [bad])
+
+
+def test_overrides_apply_with_yaml_values():
+    cfg = load_profile("smoke", ["sae.steps=7", "models.0.layers=[1, 3]", "geometry.n_boot=3"])
+    assert cfg.sae.steps == 7 and cfg.models[0].layers == [1, 3] and cfg.geometry.n_boot == 3
+    assert cfg.layers_of(cfg.models[2]) == list(range(8))  # synth-a: all 8 zoo layers
+
+
+def test_hf_layer_count_read_offline_for_gemma():
+    cfg = load_profile("gemma-2")
+    assert [len(cfg.layers_of(m)) for m in cfg.models] == [26, 42]
+    with pytest.raises(ProfileError, match="outside model 'gemma-2-2b' \\(expected 0..25"):
+        load_profile("gemma-2", ["models.0.layers=[26]"])
+
+
+def test_yaml_file_path_profiles(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text((config.PARAMS_DIR / "smoke.yaml").read_text().replace("name: smoke", "name: mine"))
+    assert load_profile(p).name == "mine"
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        load_profile(tmp_path / "bad.yaml")
