@@ -109,7 +109,7 @@ class SaeSpec(_Strict):
 class GeometrySpec(_Strict):
     n_points: PositiveInt = 2000
     n_boot: PositiveInt = 100
-    k_neighbors: int = Field(20, ge=3)
+    k_neighbors: int | None = Field(None, ge=3, description="kNN patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
 
 

@@ -1,0 +1,105 @@
+"""Per-layer tables over a whole profile: the loops the step notebooks share.
+
+Each function walks every (model, layer) of a profile, reads that layer's artefacts
+and returns one tidy table; the notebooks plot and assert on them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from geowall import activations, geometry
+from geowall.config import Profile
+
+
+def pairs(cfg: Profile) -> list[tuple[str, int, float]]:
+    """(model, layer, relative depth) for every layer of every model; depth = layer / last layer index."""
+    from geowall.sources import model_info
+
+    out = []
+    for m in cfg.models:
+        last = model_info(m).n_layers - 1
+        out.extend((m.name, layer, layer / last if last else 0.0) for layer in cfg.layers_of(m))
+    return out
+
+
+def subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most n rows, chosen without replacement by a seeded RNG, in their original order."""
+    if len(x) <= n:
+        return np.asarray(x, dtype=np.float32)
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    return np.asarray(x[idx], dtype=np.float32)
+
+
+def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summaries, multiscale ID) for every layer, from ``geometry.n_points`` train tokens."""
+    g = cfg.geometry
+    rows, multi = [], []
+    for i, (model, layer, depth) in enumerate(tqdm(pairs(cfg), desc="geometry", disable=not progress)):
+        seed = cfg.seed * 1_000_003 + i
+        x = subsample(activations.load(run_dir, model, layer, "train"), g.n_points, seed)
+        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, device=_device(cfg))
+        rows.append(s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0))))
+        ms = geometry.multiscale_id(x, seed=seed, device=_device(cfg))
+        multi.append(ms.assign(model=model, layer=layer, depth=depth))
+    front = ["model", "layer", "depth", "summary"]
+    table = pd.concat(rows, ignore_index=True)
+    return table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True)
+
+
+def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
+    """Ground truth of the synthetic layers (kind, id_true, curvature_true) from their manifests."""
+    rows = []
+    for m in cfg.models:
+        if m.source != "synthetic":
+            continue
+        for layer in cfg.layers_of(m):
+            t = activations.manifest(run_dir, m.name, layer)["truth"]
+            rows.append({"model": m.name, "layer": layer, **t})
+    return pd.DataFrame(rows)
+
+
+def _device(cfg: Profile) -> str:
+    from geowall.sources.transformer import resolve_device
+
+    return str(resolve_device(cfg.device))
+
+
+def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
+    """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
+    showcase = layer in cfg.sae.showcase_layers.get(model, [])
+    mults = cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples
+    return sorted({int(round(m * d)) for m in mults})
+
+
+def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:
+    """Step 01 for every model and layer: train (or load) the SAEs, one metrics row each.
+
+    Rows land in ``<run_dir>/sae_metrics.parquet`` as each SAE finishes (atomically), so a
+    killed run resumes where it stopped. Returns the table for this profile's models.
+    """
+    from geowall import sae
+    from geowall.sources import model_info
+
+    metrics = Path(run_dir) / "sae_metrics.parquet"
+    for spec in cfg.models:
+        if spec.sae_source == "gemma-scope":
+            from geowall.sources import gemma_scope
+
+            gemma_scope.run_manifest(spec, cfg.layers_of(spec), run_dir=run_dir, metrics_path=metrics,
+                                     seed=cfg.seed, device=_device(cfg), progress=progress)
+            continue
+        d = model_info(spec).d
+        for layer in cfg.layers_of(spec):
+            sae.run_grid(
+                activations.load(run_dir, spec.name, layer, "train"),
+                activations.load(run_dir, spec.name, layer, "eval"),
+                model=spec.name, layer=layer, widths=widths_for(cfg, spec.name, layer, d), ks=cfg.sae.ks,
+                steps=cfg.sae.steps, seed=cfg.seed, device=_device(cfg), sae_dir=Path(run_dir) / "saes",
+                metrics_path=metrics, batch_size=cfg.sae.batch_size, lr=cfg.sae.lr, progress=progress,
+            )
+    table = sae.read_metrics(metrics)
+    return table[table.model.isin([m.name for m in cfg.models])].reset_index(drop=True)
