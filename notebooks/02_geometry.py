@@ -43,7 +43,10 @@ print(f"profile {cfg.name!r}: {cfg.geometry.n_points} points per layer, {cfg.geo
 #   estimate towards zero.
 # * **Participation ratio** (Σλ)²/Σλ² of the covariance eigenvalues, on all rows.
 # * **Curvature**: at sampled base points, the k nearest neighbours are projected on the
-#   local PCA tangent space of dimension round(id); the normal coordinates are regressed on
+#   local PCA tangent space of dimension round(id), capped at `geometry.max_dim` (a
+#   quadratic fit in m tangent coordinates needs O(m²) neighbours, so high-dimensional
+#   layers such as the random network's are fitted with their top `max_dim` local
+#   directions; the `dim` column records what was used); the normal coordinates are regressed on
 #   quadratic monomials of the tangent coordinates, giving the second fundamental form;
 #   its magnitude times the patch radius is scale-free.
 # * **Local residual**: the fraction of patch variance outside the best local flat of

@@ -111,6 +111,7 @@ class GeometrySpec(_Strict):
     n_boot: PositiveInt = 100
     k_neighbors: int | None = Field(None, ge=3, description="kNN patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
+    max_dim: PositiveInt = Field(12, description="cap on the tangent dimension of the curvature / residual patch fits")
 
 
 class BayesSpec(_Strict):
@@ -122,6 +123,11 @@ class BayesSpec(_Strict):
 class Stage1Spec(BayesSpec):
     forms: list[Literal["additive", "joint"]] = Field(default_factory=lambda: ["additive", "joint"])
     l0_ref: PositiveFloat = 32
+
+
+class WalkthroughSpec(_Strict):
+    steps: PositiveInt = 400
+    n_points: int = Field(6000, ge=500)
 
 
 class Profile(_Strict):
@@ -139,6 +145,7 @@ class Profile(_Strict):
     stage1: Stage1Spec = Field(default_factory=Stage1Spec)
     stage2: BayesSpec = Field(default_factory=BayesSpec)
     transfer: list[tuple[str, str]] = Field(default_factory=list, description="pairs of model names")
+    walkthrough: WalkthroughSpec = Field(default_factory=WalkthroughSpec)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Profile":

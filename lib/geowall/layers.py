@@ -41,7 +41,8 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True) -> tup
     for i, (model, layer, depth) in enumerate(tqdm(pairs(cfg), desc="geometry", disable=not progress)):
         seed = cfg.seed * 1_000_003 + i
         x = subsample(activations.load(run_dir, model, layer, "train"), g.n_points, seed)
-        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, device=_device(cfg))
+        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, max_dim=g.max_dim,
+                               device=_device(cfg))
         rows.append(s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0))))
         ms = geometry.multiscale_id(x, seed=seed, device=_device(cfg))
         multi.append(ms.assign(model=model, layer=layer, depth=depth))

@@ -44,6 +44,7 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("activations", "00_activations", ("seed", "device", "models", "corpus", "activations")),
     Step("geometry", "02_geometry", ("seed", "device", "models", "geometry"), ("activations",)),
+    Step("walkthrough", "walkthrough", ("seed", "walkthrough")),
 )
 
 

@@ -63,7 +63,7 @@ def quarto_pages(root: Path = ROOT) -> list[tuple[str, str]]:
 def notebook_source(href: str, cfg: Profile, run_dir: Path) -> Path:
     """The executed notebook behind a page of the site for this profile."""
     name = Path(href).name
-    if cfg.name == "default" or name == "walkthrough.ipynb":
+    if cfg.name == "default":
         return ROOT / href
     return run_dir / "notebooks" / name
 

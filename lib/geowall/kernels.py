@@ -1,0 +1,347 @@
+"""Exact k-nearest-neighbour search for point clouds of activations.
+
+``knn`` is the kernel behind every geometric summary (TwoNN needs each point's two
+nearest neighbours, curvature and local residual need kNN patches). It runs on CPU
+or CUDA from the same torch code and is exact:
+
+1. *Fast pass* (float32, chunked). Squared distances from the expansion
+   ||x||^2 - 2 x.y + ||y||^2 of mean-centred data, computed block by block
+   (tiles of at most about ``chunk``^2 scores; the n x n matrix never exists; each
+   block of the symmetric matrix is computed once and used for its rows and its
+   columns). Each row keeps its ``k + margin`` smallest values as candidates.
+2. *Exact re-rank* (float64). Candidates are re-scored with explicit differences
+   sum((x_i - x_j)^2) in float64, so float32 cancellation (activations have nearest
+   distances far below their norms) cannot misorder close neighbours, and sorted by
+   (distance, index): ties are broken by the smaller index, deterministically.
+3. *Certificate.* The float32 expansion has a rigorous rounding-error bound
+   E_i = c (|x_i| + max_j |x_j|)^2, c ~ (d + 8) u. A row is exact when its k-th
+   exact distance is below (smallest fast value outside its candidates) - E_i:
+   no point left out can then be closer. Rows that fail (e.g. a point with more
+   duplicates than ``k + margin``) are redone with every point whose fast value is
+   within the bound, then exact re-ranking: the result is exact in all cases.
+
+Self is excluded by index, not by distance, so exact duplicates are each other's
+neighbours at distance 0.
+
+Why our own kernel rather than sklearn / faiss: sklearn's brute force uses the same
+cancellation-prone expansion without exact re-ranking and its trees are slow at
+d = 384; faiss is not a dependency and does not re-rank in float64. ``knn_reference``
+(full float64 direct-difference distances, small inputs only) is the plain
+reference the tests compare against.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import numpy as np
+import torch
+from scipy.spatial.distance import cdist
+
+__all__ = ["knn", "knn_reference", "as_tensor"]
+
+# Unit roundoff of the float32 matmul under each torch matmul-precision setting.
+_MATMUL_U = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
+# Elements of float64 work arrays per re-rank step (bounds memory to ~64 MB).
+_RERANK_ELEMS = 1 << 23
+
+
+def as_tensor(X, *, device=None, dtype=torch.float64, name: str = "X") -> torch.Tensor:
+    """``X`` (numpy array or torch tensor, shape (n, d)) as a finite 2-D tensor.
+
+    Raises ``ValueError`` naming ``name`` for wrong shapes or non-finite values, so
+    bad input fails before any expensive work.
+    """
+    t = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X))
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_points, n_features); got shape {tuple(t.shape)}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
+    dev = torch.device(device) if device is not None else t.device
+    t = t.detach().to(device=dev, dtype=dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+def _check_k(n: int, k: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    if k > n - 1:
+        raise ValueError(f"k={k} neighbours requested but X has only {n} points (need k <= n - 1)")
+
+
+def _rows_index(rows, n: int, device) -> torch.Tensor:
+    """Query rows as an int64 tensor (all rows when ``rows`` is None)."""
+    if rows is None:
+        return torch.arange(n, device=device)
+    r = torch.as_tensor(np.asarray(rows), dtype=torch.int64).reshape(-1).to(device)
+    if r.numel() and (int(r.min()) < 0 or int(r.max()) >= n):
+        raise ValueError(f"rows must be indices in [0, {n}); got range [{int(r.min())}, {int(r.max())}]")
+    return r
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul() -> Iterator[None]:
+    """Run float32 matmuls in full float32 (no TF32/bf16), then restore the setting."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def _tiles(n: int, chunk: int) -> tuple[int, int]:
+    """(rows, cols) of a fast-pass tile holding about chunk^2 scores.
+
+    Whole rows when that still leaves >= 256 rows per tile (one top-k per row
+    block, no merging; matmuls stay efficient), otherwise chunk x chunk tiles
+    merged column block by column block.
+    """
+    rows = chunk * chunk // n
+    if rows >= min(256, chunk) or n <= chunk:
+        return max(1, min(n, rows)), n
+    return chunk, chunk
+
+
+def _fast_topm(Xf: torch.Tensor, sq: torch.Tensor, q: torch.Tensor, m: int, cols: int):
+    """Fast pass for query rows ``q``: the m smallest scores sq_j - 2 x_q.x_j, j != q.
+
+    Score = squared distance minus the row constant |x_q|^2 (float32), computed
+    ``cols`` columns at a time. Returns (values, indices) sorted ascending, shape
+    (len(q), m).
+    """
+    n = Xf.shape[0]
+    xq = Xf.index_select(0, q)
+    best_v = best_i = None
+    rows_ar = torch.arange(len(q), device=Xf.device)
+    for j0 in range(0, n, cols):
+        j1 = min(n, j0 + cols)
+        s = torch.addmm(sq[j0:j1].unsqueeze(0), xq, Xf[j0:j1].T, beta=1.0, alpha=-2.0)
+        own = (q >= j0) & (q < j1)  # self excluded by index
+        s[rows_ar[own], q[own] - j0] = float("inf")
+        v, i = torch.topk(s, min(m, j1 - j0), dim=1, largest=False, sorted=False)
+        i += j0
+        if best_v is not None:
+            v, i = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
+        if v.shape[1] > m:
+            v, sel = torch.topk(v, m, dim=1, largest=False, sorted=False)
+            i = torch.gather(i, 1, sel)
+        best_v, best_i = v, i
+    best_v, order = torch.sort(best_v, dim=1)
+    return best_v, torch.gather(best_i, 1, order)
+
+
+def _merge_topm(best_v, best_i, r0, v_new, i_new, m):
+    """Merge new candidate (values, indices) into rows r0.. of the running top-m."""
+    r1 = r0 + v_new.shape[0]
+    v = torch.cat([best_v[r0:r1], v_new], dim=1)
+    i = torch.cat([best_i[r0:r1], i_new], dim=1)
+    v, sel = torch.topk(v, m, dim=1, largest=False, sorted=False)
+    best_v[r0:r1], best_i[r0:r1] = v, torch.gather(i, 1, sel)
+
+
+def _column_topm(s: torch.Tensor, m: int, g: int = 16):
+    """m smallest entries of each column of s (r, c): values and row indices, (c, m).
+
+    Avoids transposing the block: rows are grouped by g, group minima are taken
+    along the contiguous direction, and only the m groups with the smallest minima
+    (which contain the m smallest entries: each of them lies in a group whose
+    minimum is at most the m-th smallest value) are searched. Falls back to a
+    transposed copy when r is not a multiple of g or the block is small.
+    """
+    r, c = s.shape
+    if r % g or r // g < 2 * m:
+        return torch.topk(s.T.contiguous(), min(m, r), dim=1, largest=False, sorted=False)
+    mins = s.view(r // g, g, c).amin(1)
+    _, grp = torch.topk(mins.T.contiguous(), m, dim=1, largest=False, sorted=False)  # (c, m)
+    rows = (grp.unsqueeze(2) * g + torch.arange(g, device=s.device)).reshape(c, m * g)
+    vals = s[rows, torch.arange(c, device=s.device).unsqueeze(1)]
+    v, sel = torch.topk(vals, m, dim=1, largest=False, sorted=False)
+    return v, torch.gather(rows, 1, sel)
+
+
+def _fast_topm_symmetric(Xf: torch.Tensor, sq: torch.Tensor, m: int, block: int):
+    """Fast pass for all rows at once, using the symmetry of the distance matrix.
+
+    Each off-diagonal block G = X_I X_J^T (block x block) is computed once and
+    serves both the rows of I (scores sq_J - 2G) and, transposed, the rows of J
+    (scores sq_I - 2G^T): half the matrix products of the row-by-row pass (the
+    products dominate the cost). Returns (values, indices) sorted ascending, (n, m).
+    """
+    n = Xf.shape[0]
+    best_v = torch.full((n, m), float("inf"), dtype=Xf.dtype, device=Xf.device)
+    best_i = torch.full((n, m), -1, dtype=torch.int64, device=Xf.device)
+    starts = list(range(0, n, block))
+    for i0 in starts:
+        i1 = min(n, i0 + block)
+        for j0 in (j for j in starts if j >= i0):
+            j1 = min(n, j0 + block)
+            s = torch.addmm(sq[j0:j1].unsqueeze(0), Xf[i0:i1], Xf[j0:j1].T, beta=1.0, alpha=-2.0)
+            if i0 == j0:
+                s.fill_diagonal_(float("inf"))  # self excluded by index
+            v, i = torch.topk(s, min(m, j1 - j0), dim=1, largest=False, sorted=False)
+            _merge_topm(best_v, best_i, i0, v, i + j0, m)
+            if j0 != i0:  # rows of J: scores sq_I - 2 G^T = s + sq_I - sq_J, sq_J per column
+                v, i = _column_topm(s.add_(sq[i0:i1].unsqueeze(1)), m)
+                _merge_topm(best_v, best_i, j0, v - sq[j0:j1].unsqueeze(1), i + i0, m)
+    best_v, order = torch.sort(best_v, dim=1)
+    return best_v, torch.gather(best_i, 1, order)
+
+
+def _candidates(Xf, sq, q_all, m, chunk, symmetric):
+    """Yield (query rows, fast values, fast indices) chunk by chunk."""
+    n = Xf.shape[0]
+    if symmetric:
+        block = max(1, chunk // 2)
+        fv_all, fi_all = _fast_topm_symmetric(Xf, sq, m, block)
+        for a in range(0, n, chunk):
+            yield q_all[a : a + chunk], fv_all[a : a + chunk], fi_all[a : a + chunk]
+        return
+    tile_rows, tile_cols = _tiles(n, chunk)
+    for a in range(0, len(q_all), tile_rows):
+        q = q_all[a : a + tile_rows]
+        yield (q, *_fast_topm(Xf, sq, q, m, tile_cols))
+
+
+def _exact_sqdist(X64: torch.Tensor, q: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """sum((x_q - x_c)^2) in float64 by explicit differences, for cand of shape (len(q), m)."""
+    m, d = cand.shape[1], X64.shape[1]
+    step = max(1, _RERANK_ELEMS // max(1, m * d))
+    out = torch.empty(cand.shape, dtype=torch.float64, device=X64.device)
+    for a in range(0, len(q), step):
+        c = cand[a : a + step]
+        diff = X64.index_select(0, c.reshape(-1)).view(c.shape[0], m, d)
+        diff.sub_(X64.index_select(0, q[a : a + step]).unsqueeze(1))
+        out[a : a + step] = torch.einsum("rmd,rmd->rm", diff, diff)
+    return out
+
+
+def _sort_by_dist_then_index(d2: torch.Tensor, idx: torch.Tensor):
+    """Sort each row by (d2, idx): stable sort on idx, then stable sort on d2."""
+    o = torch.sort(idx, dim=1, stable=True).indices
+    d2, idx = torch.gather(d2, 1, o), torch.gather(idx, 1, o)
+    o = torch.sort(d2, dim=1, stable=True).indices
+    return torch.gather(d2, 1, o), torch.gather(idx, 1, o)
+
+
+def _error_bound(norms: torch.Tensor, d: int) -> torch.Tensor:
+    """Rigorous bound on |fast - exact| squared distance per query row (float64).
+
+    Dot products of length d in floating point err by at most gamma_d |x||y| with
+    gamma_d = d u / (1 - d u); norms, the float32 cast of the inputs and the final
+    additions add a few u (|x| + |y|)^2 more. We use 2 (d + 8) u (|x_i| + max|x|)^2:
+    a factor 2 of slack over the textbook bound.
+    """
+    u = _MATMUL_U["highest"]
+    c = 2.0 * (d + 8) * u / max(1e-12, 1.0 - (d + 8) * u)
+    return c * (norms + norms.max()) ** 2
+
+
+def _fallback_rows(X64, Xf, sq, q, thr_score, k, chunk):
+    """Exact kNN for rows whose certificate failed.
+
+    Every j with fast score <= thr_score[row] (the row's current exact k-th squared
+    distance plus the error bound, minus |x_q|^2) is a candidate; this set provably
+    contains all true k nearest neighbours. Candidates are re-ranked exactly.
+    """
+    n = Xf.shape[0]
+    pr, pc = [], []
+    rows_ar = torch.arange(len(q), device=Xf.device)
+    for j0 in range(0, n, chunk):
+        j1 = min(n, j0 + chunk)
+        s = torch.addmm(sq[j0:j1].unsqueeze(0), Xf[q], Xf[j0:j1].T, beta=1.0, alpha=-2.0)
+        own = (q >= j0) & (q < j1)
+        s[rows_ar[own], q[own] - j0] = float("inf")
+        r, c = torch.nonzero(s.double() <= thr_score.unsqueeze(1), as_tuple=True)
+        pr.append(r)
+        pc.append(c + j0)
+    pr, pc = torch.cat(pr), torch.cat(pc)
+    d2 = torch.empty(len(pr), dtype=torch.float64, device=X64.device)
+    step = max(1, _RERANK_ELEMS // X64.shape[1])
+    for a in range(0, len(pr), step):
+        diff = X64[pc[a : a + step]] - X64[q[pr[a : a + step]]]
+        d2[a : a + step] = (diff * diff).sum(-1)
+    pr_np, pc_np, d2_np = pr.cpu().numpy(), pc.cpu().numpy(), d2.cpu().numpy()
+    order = np.lexsort((pc_np, d2_np, pr_np))  # by row, then distance, then index
+    pr_np, pc_np, d2_np = pr_np[order], pc_np[order], d2_np[order]
+    starts = np.searchsorted(pr_np, np.arange(len(q)))
+    take = (starts[:, None] + np.arange(k)[None, :]).reshape(-1)
+    return d2_np[take].reshape(len(q), k), pc_np[take].reshape(len(q), k)
+
+
+def knn(X, k: int, *, chunk: int = 4096, device=None, margin: int | None = None, rows=None):
+    """Exact k nearest neighbours of each point of ``X`` (self excluded).
+
+    Parameters
+    ----------
+    X : (n, d) numpy array or torch tensor.
+    k : number of neighbours, 1 <= k <= n - 1.
+    chunk : tile size of the chunked fast pass: tiles hold at most about chunk^2
+        float32 scores, so memory is O(chunk^2 + n k), never n^2. For all rows the
+        pass uses (chunk/2)-blocks of the symmetric distance matrix, each computed
+        once for both its row and column points; for a ``rows`` subset it uses
+        row blocks (whole rows when n <= chunk^2 / 256).
+    device : torch device for the computation (default: X's device; CPU for numpy).
+    margin : extra fast-pass candidates per row (default max(4, k // 4)); only speed
+        depends on it, never the result.
+    rows : optional indices of the query points (default: all points). Neighbours
+        are still searched among all n points.
+
+    Returns
+    -------
+    dist : (n_rows, k) float64 numpy array of Euclidean distances, ascending.
+    idx : (n_rows, k) int64 numpy array of neighbour indices; ties by smaller index.
+    """
+    X64 = as_tensor(X, device=device)
+    n, d = X64.shape
+    _check_k(n, k)
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer; got {chunk!r}")
+    margin = max(4, k // 4) if margin is None else int(margin)
+    m = min(n - 1, k + max(0, margin))
+    q_all = _rows_index(rows, n, X64.device)
+
+    Xc = X64 - X64.mean(0)  # distances are translation invariant; centring shrinks the bound
+    Xf = Xc.float()
+    sq = (Xf.double() ** 2).sum(1).float()
+    bound = _error_bound(Xc.norm(dim=1), d)
+    dist = np.empty((len(q_all), k))
+    idx = np.empty((len(q_all), k), dtype=np.int64)
+    symmetric = rows is None and n > chunk // 2
+    a = 0
+    with _full_fp32_matmul():
+        for q, fv, fi in _candidates(Xf, sq, q_all, m, chunk, symmetric):
+            d2, cand = _sort_by_dist_then_index(_exact_sqdist(X64, q, fi), fi)
+            d2, cand = d2[:, :k], cand[:, :k]
+            if m < n - 1:  # certificate: no non-candidate can beat the k-th exact distance
+                excluded_lb = fv[:, -1].double() + sq[q].double() - bound[q]
+                bad = torch.nonzero(d2[:, -1] >= excluded_lb, as_tuple=True)[0]
+                thr = d2[bad, -1] + bound[q[bad]] - sq[q[bad]].double()
+                step = max(1, (1 << 22) // n)  # fallback rows per pass: bounded pair lists
+                for b in range(0, len(bad), step):
+                    rb = bad[b : b + step]
+                    bd2, bidx = _fallback_rows(X64, Xf, sq, q[rb], thr[b : b + step], k, chunk)
+                    d2[rb] = torch.from_numpy(bd2).to(d2.device)
+                    cand[rb] = torch.from_numpy(bidx).to(cand.device)
+            dist[a : a + len(q)] = d2.clamp_min(0).sqrt().cpu().numpy()
+            idx[a : a + len(q)] = cand.cpu().numpy()
+            a += len(q)
+    return dist, idx
+
+
+def knn_reference(X, k: int, *, rows=None):
+    """Plain reference for ``knn``: full float64 direct-difference distance matrix.
+
+    O(n^2) memory, for tests on small inputs only. Same conventions as ``knn``: self
+    excluded by index, ascending by (distance, index).
+    """
+    X64 = as_tensor(X).cpu().numpy()
+    n = X64.shape[0]
+    _check_k(n, k)
+    q = _rows_index(rows, n, "cpu").numpy()
+    d2 = cdist(X64[q], X64, metric="sqeuclidean")  # explicit differences, no expansion
+    d2[np.arange(len(q)), q] = np.inf
+    idx = np.argsort(d2, axis=1, kind="stable")[:, :k]  # stable: ties by smaller index
+    return np.sqrt(np.take_along_axis(d2, idx, axis=1)), idx.astype(np.int64)

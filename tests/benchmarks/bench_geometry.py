@@ -1,0 +1,87 @@
+"""Benchmark: geowall TwoNN and exact kNN against skdim and scikit-learn, same run.
+
+Not a test (pytest collects test_*.py only). Run from the repository root:
+
+    python tests/benchmarks/bench_geometry.py            # 20k x 384 float32, k = 10
+    python tests/benchmarks/bench_geometry.py --n 5000   # quicker
+
+Data: a curved 8-dimensional manifold in R^384 (random Fourier features
+sin(z W + b) of a Gaussian latent z), float32, all rows distinct. Prints wall times,
+the speed ratios and the agreement checks; exits 1 if the TwoNN estimates differ
+by more than 1e-3.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def curved_manifold(n: int, d: int, latent: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, latent))
+    W = rng.standard_normal((latent, d)) * 0.5
+    b = rng.uniform(0, 2 * np.pi, d)
+    return np.sin(z @ W + b).astype(np.float32)
+
+
+def timed(fn, repeat: int):
+    """(result of the last call, best wall time over ``repeat`` calls)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=20_000)
+    p.add_argument("--d", type=int, default=384)
+    p.add_argument("--latent", type=int, default=8)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=1, help="best of this many runs, for every method")
+    p.add_argument("--device", default=None, help="torch device for geowall (default: cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    import skdim
+    from sklearn.neighbors import NearestNeighbors
+
+    from geowall.geometry import twonn
+    from geowall.kernels import knn
+
+    X = curved_manifold(a.n, a.d, a.latent, a.seed)
+    assert len(np.unique(X, axis=0)) == a.n, "benchmark data must be duplicate-free"
+    print(f"data: {a.n} x {a.d} float32, curved {a.latent}-manifold; torch threads "
+          f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"cpu count {os.cpu_count()}, device {a.device or 'cpu'}")
+    knn(X[:1000], 2, device=a.device)  # warm up torch / BLAS
+
+    ours, t_ours = timed(lambda: twonn(X, device=a.device), a.repeat)
+    ref, t_ref = timed(lambda: skdim.id.TwoNN().fit(X).dimension_, a.repeat)
+    agree = abs(ours - ref) <= 1e-3
+    print(f"twonn   geowall {t_ours:8.2f} s   id = {ours:.6f}")
+    print(f"twonn   skdim   {t_ref:8.2f} s   id = {ref:.6f}")
+    print(f"twonn   |difference| = {abs(ours - ref):.2e} ({'OK' if agree else 'FAIL'}: tolerance 1e-3); "
+          f"speed ratio skdim / geowall = {t_ref / t_ours:.1f}x")
+
+    (d_ours, i_ours), t_knn = timed(lambda: knn(X, a.k, device=a.device), a.repeat)
+    nn = NearestNeighbors(n_neighbors=a.k)
+    (d_sk, i_sk), t_sk = timed(lambda: nn.fit(X).kneighbors(), a.repeat)
+    same_rows = float(np.mean(np.all(i_ours == i_sk, axis=1)))
+    print(f"knn     geowall {t_knn:8.2f} s   (k = {a.k}, exact, float64 re-ranked)")
+    print(f"knn     sklearn {t_sk:8.2f} s   (NearestNeighbors default: brute force, float32)")
+    print(f"knn     rows with identical neighbour lists {same_rows:.4f}; "
+          f"max |distance difference| {np.abs(d_ours - d_sk).max():.2e}; "
+          f"speed ratio sklearn / geowall = {t_sk / t_knn:.2f}x")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
