@@ -217,7 +217,7 @@ def test_summaries_table():
     X = manifold("sphere", 3, n=1500, seed=12).astype(np.float32)
     df = G.summaries(X, n_boot=50, seed=0, n_base=100)
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["summary", "estimate", "se", "lo", "hi", "n", "k", "n_boot"]
+    assert list(df.columns) == ["summary", "estimate", "se", "lo", "hi", "n", "k", "n_boot", "dim"]
     assert list(df.summary) == ["id_twonn", "pr", "curvature", "local_residual"]
     assert (df.lo <= df.estimate).all() and (df.estimate <= df.hi).all() and (df.se > 0).all()
     row = df.set_index("summary")
@@ -246,3 +246,11 @@ def test_summaries_subsampling_and_duplicates():
 def test_summaries_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         G.summaries(bad, n_boot=10, seed=0)
+
+
+def test_summaries_caps_the_tangent_dimension():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 30))  # ID ~ 30: patch_k(30) far exceeds 600 points
+    capped = G.summaries(x, n_boot=5, seed=0, n_base=20, max_dim=4).set_index("summary")
+    assert capped.loc["curvature", "dim"] == 4 and np.isfinite(capped.loc["curvature", "estimate"])
+    assert capped.loc["local_residual", "estimate"] > 0.5  # a 4-dim flat misses most of a 30-dim blob
