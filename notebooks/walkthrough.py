@@ -103,16 +103,17 @@ alt.Chart(errors.assign(fvu=errors.fvu.clip(lower=1e-6))).mark_line(point=True).
 
 # %% [markdown]
 # The slope of the curved line is the **width exponent** α (fvu ∝ W^−α). Below we fit it
-# over the widths where the curved cloud's error is still falling, and check the lesson in
-# code: the flat cloud ends far below the curved one.
+# over all widths and check the lesson in code: the best flat-cloud SAE is far better than
+# the best curved-cloud SAE. (With few training steps the widest SAEs are undertrained and
+# their error creeps up again: that is optimisation error, not geometry; see exercise 4.)
 
 # %%
 curved = errors[errors.cloud.str.startswith("curved")]
 alpha = -np.polyfit(np.log(curved.width), np.log(curved.fvu), 1)[0]
-flat_end = errors[errors.cloud == "flat"].fvu.iloc[-1]
-curved_end = curved.fvu.iloc[-1]
-print(f"curved: fvu ~ W^-{alpha:.2f}; at W={widths[-1]}: flat fvu {flat_end:.2e}, curved fvu {curved_end:.2e}")
-assert curved_end > 3 * flat_end, "the curved manifold should be much harder to reconstruct"
+flat_best = errors[errors.cloud == "flat"].fvu.min()
+curved_best = curved.fvu.min()
+print(f"curved: fvu ~ W^-{alpha:.2f}; best fvu over widths: flat {flat_best:.2e}, curved {curved_best:.2e}")
+assert curved_best > 3 * flat_best, "the curved manifold should be much harder to reconstruct"
 assert alpha > 0, "error should fall with width on the curved manifold"
 
 # %% [markdown]

@@ -115,3 +115,79 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
             tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
         ).properties(width=120, height=110, title=str(model)).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
     return alt.vconcat(*rows)
+
+
+def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcatChart:
+    """Measured fvu (points) and the posterior mean surface with its band, per layer; a row per model."""
+    rows = []
+    for model, g in metrics.groupby("model", sort=False):
+        s = surface[surface.model == model]
+        enc = dict(x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
+                   color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")))
+        band = alt.Chart(s).mark_area(opacity=0.2).encode(y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"),
+                                                          y2="fvu_hi:Q", **enc)
+        line = alt.Chart(s).mark_line().encode(y="fvu_mean:Q", **enc)
+        pts = alt.Chart(g).mark_point(filled=True).encode(y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
+        rows.append(alt.layer(band, line, pts).properties(width=120, height=110)
+                    .facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+    return alt.vconcat(*rows)
+
+
+def exponents_depth(exps: pd.DataFrame, cfg) -> alt.HConcatChart:
+    """alpha and floor vs relative depth with 94% HDIs; one colour per model, one shape per form."""
+    from geowall.layers import pairs
+
+    depth = pd.DataFrame(pairs(cfg), columns=["model", "layer", "depth"])
+    df = exps.merge(depth, on=["model", "layer"])
+    base = alt.Chart(df).encode(x=alt.X("depth:Q", title="relative depth"), color="model:N",
+                                shape=alt.Shape("form:N"), tooltip=["model", "layer", "form", "alpha_mean", "floor_mean"])
+    alpha = (base.mark_rule().encode(y=alt.Y("alpha_hdi_3:Q", title="width exponent alpha"), y2="alpha_hdi_97:Q")
+             + base.mark_point(filled=True, size=50).encode(y="alpha_mean:Q"))
+    floor = (base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
+             + base.mark_point(size=60).encode(y="floor_mean:Q", fill=alt.condition("datum.floor_identified", "model:N", alt.value("white"))))
+    return alt.hconcat(alpha.properties(width=300, height=240), floor.properties(width=300, height=240))
+
+
+def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart:
+    c = coefs[coefs.b_mean.notna()].assign(label=lambda d: d.term.map(SUMMARY_TITLES).fillna(d.term))
+    forest = (alt.Chart(c).mark_rule().encode(y=alt.Y("label:N", title=None), x=alt.X("b_hdi_3:Q", title="standardised coefficient b"), x2="b_hdi_97:Q")
+              + alt.Chart(c).mark_point(filled=True, size=60).encode(y="label:N", x="b_mean:Q", tooltip=["term", "b_mean", "b_hdi_3", "b_hdi_97", "p_gt0"])
+              + alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(x="x:Q"))
+    lim = [float(min(ppc.pred_lo.min(), ppc.observed.min())), float(max(ppc.pred_hi.max(), ppc.observed.max()))]
+    diag = alt.Chart(pd.DataFrame({"a": lim})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
+    pp = (alt.Chart(ppc).mark_rule().encode(x=alt.X("observed:Q", title="observed alpha"), y=alt.Y("pred_lo:Q", title="predicted alpha"), y2="pred_hi:Q", color="model:N")
+          + alt.Chart(ppc).mark_point(filled=True).encode(x="observed:Q", y="pred_mean:Q", color="model:N", tooltip=["model", "layer", "observed", "pred_mean"]))
+    return alt.hconcat(forest.properties(width=260, height=160), (diag + pp).properties(width=260, height=240))
+
+
+def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
+    long = []
+    for s in SUMMARY_TITLES:
+        if f"partial_resid_{s}" in ppc:
+            long.append(pd.DataFrame({"summary": SUMMARY_TITLES[s], "x": ppc[f"x_std_{s}"], "partial residual": ppc[f"partial_resid_{s}"],
+                                      "model": ppc.model, "layer": ppc.layer}))
+    df = pd.concat(long, ignore_index=True)
+    pts = alt.Chart().mark_point(filled=True).encode(x=alt.X("x:Q", title="standardised summary"), y="partial residual:Q",
+                                                      color="model:N", tooltip=["model", "layer"])
+    fit = alt.Chart().transform_regression("x", "partial residual").mark_line(color="black")
+    return alt.layer(pts, fit, data=df).properties(width=200, height=160).facet(facet="summary:N", columns=4)
+
+
+def transfer(pred: pd.DataFrame) -> alt.FacetChart:
+    df = pred.assign(direction=pred.train_model + " → " + pred.test_model)
+    enc = dict(x=alt.X("observed:Q", title="observed alpha (model B)"), color=alt.Color("predictor_set:N", title="predictor"))
+    rules = alt.Chart().mark_rule(opacity=0.5).encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
+    pts = alt.Chart().mark_point(filled=True).encode(y="pred_mean:Q", tooltip=["direction", "layer", "observed", "pred_mean", "predictor_set"], **enc)
+    diag = alt.Chart().mark_line(color="grey", strokeDash=[4, 4]).encode(x="observed:Q", y="observed:Q")
+    return alt.layer(rules, pts, diag, data=df).properties(width=200, height=180).facet(facet="direction:N", columns=4).resolve_scale(x="independent", y="independent")
+
+
+def floors(fl: pd.DataFrame) -> alt.HConcatChart:
+    f = fl[fl.row_type == "floor"].assign(label=lambda d: d.model + " L" + d.layer.astype(str))
+    charts_ = []
+    for s in ("curvature", "id_twonn"):
+        base = alt.Chart(f).encode(x=alt.X(f"{s}:Q", title=SUMMARY_TITLES[s]), color="model:N")
+        charts_.append((base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
+                        + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
+                        + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")).properties(width=280, height=220))
+    return alt.hconcat(*charts_)

@@ -114,15 +114,31 @@ class GeometrySpec(_Strict):
     max_dim: PositiveInt = Field(12, description="cap on the tangent dimension of the curvature / residual patch fits")
 
 
+class ChecksSpec(_Strict):
+    """Convergence thresholds every fit must pass (geowall.scaling.check_fit)."""
+
+    rhat_max: float = Field(1.01, gt=1)
+    ess_min: PositiveFloat = 400
+    allow_divergences: int = Field(0, ge=0)
+    bfmi_min: float = Field(0.3, ge=0)
+
+
 class BayesSpec(_Strict):
     draws: PositiveInt = 1000
     tune: PositiveInt = 1000
     chains: PositiveInt = 2
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
 
 class Stage1Spec(BayesSpec):
     forms: list[Literal["additive", "joint"]] = Field(default_factory=lambda: ["additive", "joint"])
-    l0_ref: PositiveFloat = 32
+    primary_form: Literal["additive", "joint"] = Field("additive", description="form whose exponents feed Stage 2")
+
+    @model_validator(mode="after")
+    def _primary_fitted(self) -> "Stage1Spec":
+        if self.primary_form not in self.forms:
+            raise ValueError(f"primary_form {self.primary_form!r} must be one of forms {self.forms}")
+        return self
 
 
 class WalkthroughSpec(_Strict):

@@ -79,28 +79,44 @@ def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
 def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:
     """Step 01 for every model and layer: train (or load) the SAEs, one metrics row each.
 
-    Rows land in ``<run_dir>/sae_metrics.parquet`` as each SAE finishes (atomically), so a
-    killed run resumes where it stopped. Returns the table for this profile's models.
+    Work happens under ``<run_dir>/saes/<settings>/`` where ``<settings>`` hashes what an
+    SAE's result depends on beyond its (model, layer, width, k, seed) key (training steps,
+    batch size, learning rate, the activation request): rows land in that folder's
+    ``metrics.parquet`` as each SAE finishes (atomically), so a killed run resumes, and a
+    changed setting never reuses a stale SAE. The step's result, the rows of the current
+    grid only, is written to ``<run_dir>/sae_metrics.parquet``.
     """
     from geowall import sae
+    from geowall.io import sha256_json, write_parquet
     from geowall.sources import model_info
 
-    metrics = Path(run_dir) / "sae_metrics.parquet"
+    settings = {"sae": cfg.sae.model_dump(mode="json", exclude={"showcase_layers", "showcase_width_multiples",
+                                                                   "width_multiples", "ks"}),
+                "activations": cfg.activations.model_dump(mode="json"), "corpus": cfg.corpus.model_dump(mode="json")}
+    work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
+    metrics = work / "metrics.parquet"
+    wanted = []
     for spec in cfg.models:
         if spec.sae_source == "gemma-scope":
             from geowall.sources import gemma_scope
 
-            gemma_scope.run_manifest(spec, cfg.layers_of(spec), run_dir=run_dir, metrics_path=metrics,
-                                     seed=cfg.seed, device=_device(cfg), progress=progress)
+            rows = gemma_scope.run_manifest(spec, cfg.layers_of(spec), run_dir=run_dir, metrics_path=metrics,
+                                            seed=cfg.seed, device=_device(cfg), progress=progress)
+            wanted.extend((spec.name, r.layer, r.width, r.k) for r in rows.itertuples())
             continue
         d = model_info(spec).d
         for layer in cfg.layers_of(spec):
+            widths = widths_for(cfg, spec.name, layer, d)
+            wanted.extend((spec.name, layer, w, k) for w in widths for k in cfg.sae.ks)
             sae.run_grid(
                 activations.load(run_dir, spec.name, layer, "train"),
                 activations.load(run_dir, spec.name, layer, "eval"),
-                model=spec.name, layer=layer, widths=widths_for(cfg, spec.name, layer, d), ks=cfg.sae.ks,
-                steps=cfg.sae.steps, seed=cfg.seed, device=_device(cfg), sae_dir=Path(run_dir) / "saes",
+                model=spec.name, layer=layer, widths=widths, ks=cfg.sae.ks,
+                steps=cfg.sae.steps, seed=cfg.seed, device=_device(cfg), sae_dir=work,
                 metrics_path=metrics, batch_size=cfg.sae.batch_size, lr=cfg.sae.lr, progress=progress,
             )
     table = sae.read_metrics(metrics)
-    return table[table.model.isin([m.name for m in cfg.models])].reset_index(drop=True)
+    key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
+    table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)
+    write_parquet(Path(run_dir) / "sae_metrics.parquet", table)
+    return table

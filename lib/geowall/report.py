@@ -2,13 +2,13 @@
 
 ``geowall report --profile P``:
 
-1. writes ``_variables.yml`` — every number the paper quotes, read from the run's
-   artefacts (the paper uses ``{{< var key >}}``; nothing is typed by hand);
-2. writes ``assets/vega-inline.html`` — Vega/Vega-Lite/Vega-Embed inlined once per page,
-   so charts draw with no network;
-3. if ``quarto`` is on PATH and the profile is ``default`` (the executed notebooks Quarto
-   renders are ``notebooks/*.ipynb``): ``quarto render`` -> ``_site/``;
-4. otherwise the offline build -> ``<run_dir>/site/``: each page listed in
+1. collects every number the paper quotes from the run's artefacts
+   (:mod:`geowall.results`; the paper uses ``{{< var key >}}``; nothing is typed by hand);
+2. if ``quarto`` is on PATH and the profile is ``default`` (the executed notebooks Quarto
+   renders are ``notebooks/*.ipynb``): writes them to ``_variables.yml`` and the Vega
+   JavaScript (inlined once per page, so charts draw with no network) to
+   ``assets/vega-inline.html``, then ``quarto render`` -> ``_site/``;
+3. otherwise the offline build -> ``<run_dir>/site/``: each page listed in
    ``_quarto.yml`` is rendered from its executed notebook with nbconvert (basic
    template, wrapped in a page with a navigation bar); the paper page ``index.qmd`` is
    converted with pandoc (``pypandoc-binary``, ``--citeproc``) after its Quarto
@@ -95,21 +95,23 @@ def labelled_cells(nb) -> dict[str, dict]:
 def build(profile: str | Profile = "default", *, runs_dir: Path | None = None, use_quarto: bool | None = None,
           log=print) -> Path:
     from geowall import charts
-    from geowall.results import report_variables
+    from geowall.results import flatten, report_variables
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
     run_dir = run_dir_for(cfg, runs_dir)
-    variables = report_variables(cfg, run_dir)
-    _write_text(ROOT / "_variables.yml", yaml.safe_dump(variables, sort_keys=True))
-    _write_text(ROOT / "assets" / "vega-inline.html", charts.vega_script() + "\n")
+    nested = report_variables(cfg, run_dir)
+    variables = flatten(nested)
+    vega = charts.vega_script()
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None and cfg.name == "default"
     if use_quarto:
+        _write_text(ROOT / "_variables.yml", yaml.safe_dump(nested, sort_keys=True, allow_unicode=True))
+        _write_text(ROOT / "assets" / "vega-inline.html", vega + "\n")
         log("quarto render ...")
         subprocess.run(["quarto", "render"], cwd=ROOT, check=True)
         return ROOT / "_site"
     site = run_dir / "site"
-    offline_build(cfg, run_dir, site, variables)
+    offline_build(cfg, run_dir, site, variables, vega)
     log(f"offline report (Quarto not found on PATH): {site / 'index.html'}")
     return site
 
@@ -143,11 +145,10 @@ def _nav(pages: list[tuple[str, str]], current: str) -> str:
     return "<nav>" + "".join(links) + "</nav>"
 
 
-def offline_build(cfg: Profile, run_dir: Path, site: Path, variables: dict) -> list[Path]:
+def offline_build(cfg: Profile, run_dir: Path, site: Path, variables: dict, vega: str) -> list[Path]:
     from nbconvert import HTMLExporter
 
     pages = quarto_pages()
-    vega = (ROOT / "assets" / "vega-inline.html").read_text()
     site.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(template_name="basic")
     written = []
@@ -231,7 +232,7 @@ def paper_html(cfg: Profile, run_dir: Path, variables: dict) -> str:
     if meta.get("abstract"):
         abstract = VAR.sub(lambda m: str(variables.get(m.group(1), m.group(0))), str(meta["abstract"]))
         head += f"<section class=abstract><h2>Abstract</h2>{_pandoc(abstract, {})}</section>\n"
-    return head + _pandoc(body + "\n\n## References {.unnumbered}\n\n::: {#refs}\n:::\n", {})
+    return head + _pandoc(body, {})
 
 
 def qmd_html(path: Path) -> str:
@@ -240,3 +241,60 @@ def qmd_html(path: Path) -> str:
     if "nocite" in meta:
         extra["nocite"] = meta["nocite"].strip()
     return f"<h1>{html.escape(str(meta.get('title', '')))}</h1>\n" + _pandoc(body, extra)
+
+
+# ------------------------------------------------------------------------ browser check
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) -> list[dict]:
+    """Open each page in headless Chromium, screenshot it, and count drawn charts.
+
+    Returns one record per page: charts (``.gw-chart`` divs), drawn (those holding a
+    non-empty SVG or canvas), failed_requests, console_errors, screenshot path. Uses
+    Playwright's Python driver with the system Chromium (no browser download).
+    """
+    from playwright.sync_api import sync_playwright
+
+    exe = find_chromium()
+    if exe is None:
+        raise ReportError("no chromium on PATH (Debian: apt-get install chromium)")
+    screens.mkdir(parents=True, exist_ok=True)
+    records = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            for page_path in pages:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                failed, errors = [], []
+                page.on("requestfailed", lambda r, failed=failed: failed.append(r.url))
+                page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+                page.goto(Path(page_path).resolve().as_uri(), wait_until="load", timeout=timeout_ms)
+                n = page.locator(".gw-chart").count()
+                if n:
+                    page.wait_for_function(
+                        "n => [...document.querySelectorAll('.gw-chart')].filter(d => d.querySelector('svg *, canvas')).length >= n",
+                        arg=n, timeout=timeout_ms)
+                drawn = page.evaluate(
+                    "() => [...document.querySelectorAll('.gw-chart')].filter(d => {"
+                    " const s = d.querySelector('svg'); const c = d.querySelector('canvas');"
+                    " return (s && s.querySelectorAll('path, rect, line, text').length > 0) || (c && c.width > 0); }).length")
+                shot = screens / f"{Path(page_path).stem}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                records.append({"page": str(page_path), "charts": n, "drawn": drawn, "failed_requests": failed,
+                                "console_errors": errors, "screenshot": str(shot)})
+                page.close()
+        finally:
+            browser.close()
+    return records
