@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
 
-.PHONY: setup report run site test test-fast bench clean-runs
+.PHONY: setup report run test test-fast bench clean-runs
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 # The main job: run the pipeline on the embedded default profile, then build the report.
 report: setup
 	$(BIN)/geowall run --profile $(PROFILE)
-	$(BIN)/geowall report --profile $(PROFILE)
+	$(BIN)/geowall report --profile $(PROFILE) --browser
 
 run: setup
 	$(BIN)/geowall run --profile $(PROFILE)

@@ -46,18 +46,21 @@ metrics.head(12)
 # %% [markdown]
 # ## Sanity checks
 #
-# fvu must lie in (0, 1]; for the trained TopK grids the measured l0 equals k, and more
-# latents never hurt much: at fixed k, fvu decreases with width (we allow a 2% relative
-# slack for optimisation noise between neighbouring widths).
+# fvu must lie in (0, 1]; for the trained TopK grids the measured l0 is k (a few of the
+# k selected pre-activations can be negative and are zeroed by the ReLU), and more
+# latents never hurt much: at fixed k, fvu decreases with width, up to a relative slack
+# between neighbouring widths for optimisation noise (`sae.monotone_slack`: 2% by
+# default; the smoke profile, whose SAEs see a few thousand tokens, switches it off).
 
 # %%
 assert ((metrics.fvu > 0) & (metrics.fvu <= 1)).all(), metrics[(metrics.fvu <= 0) | (metrics.fvu > 1)]
 trained = metrics[metrics.source == "trained"]
-assert np.allclose(trained.l0, trained.k), "TopK SAEs must activate exactly k latents"
+# TopK keeps k latents; ReLU can zero a few of them, so l0 <= k (and close to it)
+assert ((trained.l0 <= trained.k + 1e-9) & (trained.l0 >= 0.9 * trained.k)).all(), "TopK SAEs must activate about k latents"
 bad = []
 for (m, layer, k), g in trained.groupby(["model", "layer", "k"]):
     f = g.sort_values("width").fvu.to_numpy()
-    if (f[1:] > f[:-1] * 1.02).any():
+    if (f[1:] > f[:-1] * (1 + cfg.sae.monotone_slack)).any():
         bad.append((m, layer, k))
 assert not bad, f"fvu increases with width at fixed k for {bad}"
 metrics.groupby("model")[["fvu", "dead_frac"]].describe().round(3)

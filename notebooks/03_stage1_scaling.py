@@ -122,10 +122,11 @@ assert not exps[~exps.showcase & (exps.n_widths < 4)].floor_identified.any(), "a
 # measured fvu (points), for each k, layer and model.
 
 # %%
-grid = (metrics.groupby(["model", "layer", "k"]).agg(l0=("l0", "mean"), wmin=("width", "min"), wmax=("width", "max"))
-        .reset_index())
-grid = pd.concat([g.assign(width=np.geomspace(g.wmin.iloc[0], g.wmax.iloc[0], 12)) for _, g in grid.groupby(["model", "layer", "k"])])
-grid = grid.explode("width").astype({"width": float})
+grid = pd.DataFrame([
+    {"model": m, "layer": layer, "k": k, "l0": g.l0.mean(), "width": w}
+    for (m, layer, k), g in metrics.groupby(["model", "layer", "k"])
+    for w in np.geomspace(g.width.min(), g.width.max(), 12)
+])
 surface = scaling.surface_predictions(fits[s1.primary_form], grid[["model", "layer", "k", "width", "l0"]], seed=RANDOM_SEED)
 
 # %%

@@ -119,16 +119,19 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
 
 def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcatChart:
     """Measured fvu (points) and the posterior mean surface with its band, per layer; a row per model."""
+    cols = ["model", "layer", "k", "width"]
+    both = pd.concat([metrics[cols + ["l0", "fvu"]].assign(src="data"),
+                      surface[cols + ["fvu_mean", "fvu_lo", "fvu_hi"]].assign(src="fit")], ignore_index=True)
     rows = []
-    for model, g in metrics.groupby("model", sort=False):
-        s = surface[surface.model == model]
+    for model, g in both.groupby("model", sort=False):
         enc = dict(x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
                    color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")))
-        band = alt.Chart(s).mark_area(opacity=0.2).encode(y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"),
-                                                          y2="fvu_hi:Q", **enc)
-        line = alt.Chart(s).mark_line().encode(y="fvu_mean:Q", **enc)
-        pts = alt.Chart(g).mark_point(filled=True).encode(y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
-        rows.append(alt.layer(band, line, pts).properties(width=120, height=110)
+        fit = alt.Chart().transform_filter("datum.src == 'fit'")
+        band = fit.mark_area(opacity=0.2).encode(y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"), y2="fvu_hi:Q", **enc)
+        line = fit.mark_line().encode(y="fvu_mean:Q", **enc)
+        pts = alt.Chart().transform_filter("datum.src == 'data'").mark_point(filled=True).encode(
+            y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
+        rows.append(alt.layer(band, line, pts, data=g).properties(width=120, height=110)
                     .facet(column=alt.Column("layer:O", title=f"{model}: layer")))
     return alt.vconcat(*rows)
 
@@ -169,7 +172,8 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
     df = pd.concat(long, ignore_index=True)
     pts = alt.Chart().mark_point(filled=True).encode(x=alt.X("x:Q", title="standardised summary"), y="partial residual:Q",
                                                       color="model:N", tooltip=["model", "layer"])
-    fit = alt.Chart().transform_regression("x", "partial residual").mark_line(color="black")
+    fit = alt.Chart().transform_regression("x", "partial residual").mark_line(color="black").encode(
+        x="x:Q", y="partial residual:Q")
     return alt.layer(pts, fit, data=df).properties(width=200, height=160).facet(facet="summary:N", columns=4)
 
 

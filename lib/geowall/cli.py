@@ -25,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
     c.add_argument("--profile", default="default")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    rp = sub.add_parser("report", help="build the report (Quarto if installed, else offline HTML)")
+    rp.add_argument("--profile", default="default")
+    rp.add_argument("--runs-dir", default=None)
+    rp.add_argument("--offline", action="store_true", help="offline HTML build even if Quarto is installed")
+    rp.add_argument("--browser", action="store_true",
+                    help="open the built pages in headless Chromium, screenshot them, check that charts drew")
     sub.add_parser("steps", help="list the pipeline steps in order")
     return p
 
@@ -52,6 +58,8 @@ def _dispatch(args) -> int:
         for s in pipeline.STEPS:
             print(f"{s.name:12s} notebooks/{s.notebook}.py  upstream={list(s.upstream)}")
         return 0
+    if args.cmd == "report":
+        return _report(args)
     cfg = config.load_profile(args.profile, args.overrides)
     if args.cmd == "check":
         print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models)")
@@ -60,6 +68,28 @@ def _dispatch(args) -> int:
 
     pipeline.run(cfg, only=args.only, force=args.force, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
                  progress=not args.no_progress)
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from geowall import report
+
+    site = report.build(args.profile, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+                        use_quarto=False if args.offline else None)
+    if args.browser:
+        if report.find_chromium() is None:
+            print("no chromium on PATH: browser check skipped")
+            return 0
+        pages = sorted(site.glob("*.html"))
+        records = report.browser_check(pages, site.parent / "screens")
+        bad = [r for r in records if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"]]
+        for r in records:
+            print(f"{Path(r['page']).name:32s} charts {r['drawn']}/{r['charts']} drawn, "
+                  f"{len(r['failed_requests'])} failed requests -> {r['screenshot']}")
+        if bad:
+            raise report.ReportError(f"{len(bad)} page(s) did not render cleanly: {[Path(r['page']).name for r in bad]}")
     return 0
 
 

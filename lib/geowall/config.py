@@ -49,6 +49,7 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
+    sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -58,6 +59,8 @@ class ModelSpec(_Strict):
             raise ValueError("source 'synthetic' needs zoo ('a' or 'b')")
         if self.sae_source == "gemma-scope" and not self.sae_release:
             raise ValueError("sae_source 'gemma-scope' needs sae_release (e.g. gemma-scope-2b-pt-res)")
+        if self.sae_local_dir is not None and not Path(self.sae_local_dir).is_dir():
+            raise ValueError(f"sae_local_dir: folder not found: {self.sae_local_dir}")
         if isinstance(self.layers, list):
             if not self.layers:
                 raise ValueError("layers must list at least one layer index, or be 'all'")
@@ -96,7 +99,9 @@ class SaeSpec(_Strict):
     showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
     steps: PositiveInt = 1000
     batch_size: PositiveInt = 1024
-    lr: PositiveFloat | None = None
+    lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
+    lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
+    monotone_slack: float = Field(0.02, ge=0, description="sanity check: allowed relative fvu increase between neighbouring widths")
 
     @field_validator("width_multiples", "ks", "showcase_width_multiples")
     @classmethod

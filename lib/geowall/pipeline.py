@@ -19,6 +19,7 @@ of earlier steps are untouched.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,29 @@ class Step:
 
 STEPS: tuple[Step, ...] = (
     Step("activations", "00_activations", ("seed", "device", "models", "corpus", "activations")),
+    Step("sae_grid", "01_sae_grid", ("seed", "device", "models", "sae"), ("activations",)),
     Step("geometry", "02_geometry", ("seed", "device", "models", "geometry"), ("activations",)),
+    Step("stage1", "03_stage1_scaling", ("seed", "models", "sae", "stage1"), ("sae_grid",)),
+    Step("stage2", "04_stage2_geometry_law", ("seed", "stage2"), ("stage1", "geometry")),
+    Step("transfer", "05_transfer", ("seed", "stage2", "transfer"), ("stage1", "geometry")),
+    Step("floor", "06_floor", ("seed", "sae"), ("stage1", "geometry")),
     Step("walkthrough", "walkthrough", ("seed", "walkthrough")),
 )
+
+
+_TQDM = re.compile(r"\d+%\|")
+
+
+def _strip_progress_bars(path: Path) -> None:
+    """Drop tqdm progress output (stderr streams) from an executed notebook: useful live, noise in a report."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if not (o.output_type == "stream" and o.name == "stderr" and _TQDM.search(o.text))]
+    nbformat.write(nb, path)
 
 
 class StepFailed(RuntimeError):
@@ -157,6 +178,7 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _strip_progress_bars(tmp)
     os.replace(tmp, out)  # the executed notebook appears atomically, only on success
     dt = time.time() - t0
     write_json(rec_path, {"step": s.name, "fingerprint": fp, "notebook": str(out), "seconds": round(dt, 1),

@@ -1,0 +1,267 @@
+"""Tests of geowall.sae: sparse vs dense paths, training, evaluation, sae-lens interop, resume."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geowall import sae as S
+
+
+def sparse_features(n: int, d: int, n_features: int = 48, active: int = 3, seed: int = 0) -> np.ndarray:
+    """Tokens that are sparse non-negative sums of ``n_features`` random unit directions."""
+    rng = np.random.default_rng(seed)
+    D = rng.normal(size=(n_features, d))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    code = np.zeros((n, n_features))
+    for i in range(n):
+        code[i, rng.choice(n_features, size=active, replace=False)] = rng.uniform(0.5, 2.0, size=active)
+    x = code @ D + 0.01 * rng.normal(size=(n, d)) + 3.0
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    x = sparse_features(2400, 16)
+    return x[:2000], x[2000:]
+
+
+@pytest.fixture(scope="module")
+def grid(data) -> list[S.TrainedSAE]:
+    train, _ = data
+    return S.train_grid(train, [8, 96], [4], steps=150, seed=3, batch_size=256, lr=1e-2, progress=False)
+
+
+# ------------------------------------------------------------- sparse == dense
+
+
+def _forward_and_grads(sae: S.TopKSAE, x: torch.Tensor, dead: torch.Tensor | None):
+    sae.zero_grad(set_to_none=True)
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("B,d,W,k,n_dead,dtype", [
+    (32, 8, 24, 3, 0, torch.float64),
+    (64, 16, 48, 5, 20, torch.float64),
+    (50, 12, 40, 4, 2, torch.float64),      # fewer dead latents than k_aux
+    (128, 32, 256, 8, 100, torch.float32),
+])
+def test_sparse_path_matches_dense_reference(monkeypatch, B, d, W, k, n_dead, dtype):
+    gen = torch.Generator().manual_seed(B + W)
+    sae = S.TopKSAE(S.TopKConfig(d_in=d, width=W, k=k, k_aux=6), dtype=dtype, generator=gen)
+    with torch.no_grad():
+        sae.b_enc.normal_(generator=gen)
+        sae.b_dec.normal_(generator=gen)
+    x = torch.randn(B, d, generator=gen, dtype=dtype)
+    dead = None
+    if n_dead:
+        dead = torch.zeros(W, dtype=torch.bool)
+        dead[torch.randperm(W, generator=gen)[:n_dead]] = True
+    monkeypatch.setenv(S.DENSE_ENV, "0")
+    fast, g_fast = _forward_and_grads(sae, x, dead)
+    monkeypatch.setenv(S.DENSE_ENV, "1")
+    ref, g_ref = _forward_and_grads(sae, x, dead)
+    for name in ("sae_out", "fvu", "auxk_loss", "loss"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name))
+    if n_dead:
+        assert float(fast.auxk_loss.detach()) > 0
+    order_f, order_r = fast.latent_indices.argsort(1), ref.latent_indices.argsort(1)
+    torch.testing.assert_close(fast.latent_indices.gather(1, order_f), ref.latent_indices.gather(1, order_r))
+    torch.testing.assert_close(fast.latent_acts.gather(1, order_f), ref.latent_acts.gather(1, order_r))
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("B,W,d,k", [(7, 10, 5, 3), (256, 512, 64, 16)])
+def test_sparse_decode_matches_dense(B, W, d, k):
+    gen = torch.Generator().manual_seed(W)
+    W_dec = torch.randn(W, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    acts = torch.rand(B, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(W, generator=gen)[:k] for _ in range(B)])
+    g = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    outs = []
+    for fn in (S.sparse_decode, S.dense_decode):
+        y = fn(acts, idx, W_dec)
+        ga, gw = torch.autograd.grad(y, (acts, W_dec), g)
+        outs.append((y, ga, gw))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+
+
+def test_scatter_rows_matches_index_add():
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 30, (40, 5), generator=gen)
+    w = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    src = torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    want = torch.zeros(30, 7, dtype=torch.float64).index_add_(
+        0, idx.reshape(-1), (w[..., None] * src[:, None, :]).reshape(-1, 7))
+    torch.testing.assert_close(S.scatter_rows(idx, w, src, 30), want)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_lowers_fvu_and_wider_is_better(data, grid):
+    _, held_out = data
+    narrow, wide = grid
+    untrained = S.TopKSAE(S.TopKConfig(d_in=16, width=96, k=4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        untrained.b_dec.copy_(torch.from_numpy(data[0].mean(0)))
+    fvu0 = S.evaluate(untrained, held_out)["fvu"]
+    m_narrow, m_wide = S.evaluate(narrow, held_out), S.evaluate(wide, held_out)
+    assert wide.fvu_history[-1] < 0.5 * wide.fvu_history[0]
+    assert m_wide["fvu"] < 0.5 * fvu0
+    assert m_wide["fvu"] < 0.8 * m_narrow["fvu"]
+    assert 0 < m_wide["fvu"] <= 1 and 0 < m_narrow["fvu"] <= 1
+
+
+def test_measured_l0_equals_k(data, grid):
+    # l0 counts latents that are really nonzero; after the ReLU a TopK SAE can fire
+    # fewer than k on a token only when fewer than k pre-activations are positive,
+    # which a trained SAE of reasonable width does not do.
+    narrow, wide = grid
+    assert S.evaluate(wide, data[1])["l0"] == wide.k
+    assert wide.k - 0.05 <= S.evaluate(narrow, data[1])["l0"] <= narrow.k
+
+
+def test_train_grid_order_and_seeds(grid):
+    assert [(t.width, t.k) for t in grid] == [(8, 4), (96, 4)]
+    assert [t.seed for t in grid] == [S.derive_seed(3, 8, 4), S.derive_seed(3, 96, 4)]
+    assert grid[0].train_tokens == 150 * 256
+    for t in grid:
+        torch.testing.assert_close(t.sae.W_dec.norm(dim=1), torch.ones(t.width))
+
+
+def test_deterministic_on_cpu(data):
+    runs = [S.train_sae(data[0], 32, 3, steps=20, seed=11, batch_size=128, progress=False) for _ in range(2)]
+    other = S.train_sae(data[0], 32, 3, steps=20, seed=12, batch_size=128, progress=False)
+    for name, p in runs[0].sae.state_dict().items():
+        assert torch.equal(p, runs[1].sae.state_dict()[name]), name
+    assert not torch.equal(runs[0].sae.W_dec, other.sae.W_dec)
+
+
+def test_bad_inputs_raise_clear_errors(data):
+    with pytest.raises(ValueError, match="k must not exceed width"):
+        S.train_grid(data[0], [4], [8], steps=1, seed=0, progress=False)
+    bad = data[0].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        S.train_sae(bad, 8, 2, steps=1, progress=False)
+    with pytest.raises(ValueError, match="exactly one of steps"):
+        S.train_sae(data[0], 8, 2, progress=False)
+    sae = S.TopKSAE(S.TopKConfig(d_in=16, width=8, k=2))
+    with pytest.raises(ValueError, match="d_in=16"):
+        S.evaluate(sae, np.zeros((10, 5), np.float32))
+
+
+# -------------------------------------------------------------- evaluation
+
+
+def _identity_sae(d: int = 2) -> S.TopKSAE:
+    sae = S.TopKSAE(S.TopKConfig(d_in=d, width=d, k=1))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_fvu_against_hand_computed_value(offset):
+    # k=1 identity SAE keeps the largest coordinate: errors 0, 1, 0, 1 -> sse = 2;
+    # mean (1, 1.5), sum of squared deviations 2.25 + 1.25 + 3.25 + 0.25 = 7.
+    x = np.array([[1, 0], [2, 1], [0, 3], [1, 2]], dtype=np.float64) + offset
+    sae = _identity_sae()
+    with torch.no_grad():
+        sae.b_dec.fill_(offset)
+    m = S.evaluate(sae, x.astype(np.float32), batch_size=3)  # batches of 3 and 1
+    assert m["fvu"] == pytest.approx(2 / 7, rel=1e-6)
+    assert m["mse"] == pytest.approx(2 / 8, rel=1e-6)
+    assert m["l0"] == 1 and m["dead_frac"] == 0 and m["n_tokens"] == 4
+
+
+def test_dead_frac_on_constructed_case():
+    # latents 0..3 read coordinates 0..3; latents 4..7 can never win the top-1.
+    sae = S.TopKSAE(S.TopKConfig(d_in=4, width=8, k=1))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([torch.eye(4), -torch.ones(4, 4)]))
+        sae.b_enc.copy_(torch.tensor([0, 0, 0, 0, -100, -100, -100, -100.0]))
+        sae.b_dec.zero_()
+    rng = np.random.default_rng(0)
+    x = np.zeros((50, 4), np.float32)
+    x[np.arange(50), rng.integers(0, 2, 50)] = rng.uniform(1, 2, 50)  # only coords 0 and 1
+    m = S.evaluate(sae, x, batch_size=7)
+    assert m["dead_frac"] == pytest.approx(6 / 8)
+    assert m["l0"] == 1.0
+
+
+# ------------------------------------------------------------ sae-lens interop
+
+
+def test_save_load_roundtrip_via_sae_lens(tmp_path, data, grid):
+    import sae_lens
+
+    trained = grid[1]
+    folder = S.save_sae(trained, tmp_path / "w96_k4", metadata={"model_name": "toy"})
+    S.save_sae(trained, folder, metadata={"model_name": "toy"})  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w96_k4"]
+    loaded = sae_lens.SAE.load_from_disk(str(folder))
+    assert isinstance(loaded, sae_lens.TopKSAE) and loaded.cfg.k == 4
+    x = torch.from_numpy(data[1][:200])
+    with torch.no_grad():
+        ours = trained.sae.decode(*trained.sae.encode(x)[:2])
+        theirs = loaded.decode(loaded.encode(x))
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    m_ours, m_theirs = S.evaluate(trained, data[1]), S.evaluate(loaded, data[1])
+    for key in m_ours:
+        assert m_theirs[key] == pytest.approx(m_ours[key], rel=1e-5, abs=1e-7)
+    back = S.load_sae(folder)
+    for name, p in trained.sae.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], p)
+
+
+# --------------------------------------------------------------- run_grid
+
+
+def _run(tmp, data, **kw):
+    return S.run_grid(data[0], data[1], model="toy", layer=2, widths=[8, 16], ks=[2, 4], steps=8,
+                      seed=5, sae_dir=tmp / "saes", metrics_path=tmp / "sae_metrics.parquet",
+                      batch_size=256, progress=False, **kw)
+
+
+def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog):
+    full = _run(tmp_path / "a", data)
+    assert list(full.columns) == S.METRIC_COLUMNS
+    assert list(zip(full.width, full.k)) == [(8, 2), (8, 4), (16, 2), (16, 4)]
+    assert (full.l0 <= full.k).all() and (full.train_tokens == 8 * 256).all()
+    assert (tmp_path / "a/saes/toy/layer_02/w16_k4/cfg.json").is_file()
+
+    real_evaluate, calls = S.evaluate, []
+
+    def dying_evaluate(*args, **kwargs):  # the third SAE "crashes" before its row lands
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(S, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", data)
+    monkeypatch.setattr(S, "evaluate", real_evaluate)
+    assert len(pd.read_parquet(tmp_path / "b/sae_metrics.parquet")) == 2
+    with caplog.at_level(logging.INFO, logger="geowall.sae"):
+        resumed = _run(tmp_path / "b", data)
+    assert "2 of 4 SAEs already in" in caplog.text
+    pd.testing.assert_frame_equal(resumed, full)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b/sae_metrics.parquet"), full)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="geowall.sae"):
+        again = _run(tmp_path / "b", data)
+    assert "4 of 4 SAEs already in" in caplog.text
+    pd.testing.assert_frame_equal(again, full)
