@@ -76,7 +76,19 @@ def _request(model_spec, acts_spec, corpus_hash: str | None, seed: int, layer: i
         "model_dtype": model_spec.dtype,
         "corpus_hash": corpus_hash,
         "seed": seed,
+        "manifold": _manifold(model_spec, layer),
     }
+
+
+def _manifold(model_spec, layer: int) -> dict | None:
+    """The synthetic layer's definition (so a changed zoo invalidates stored points)."""
+    if model_spec.source != "synthetic":
+        return None
+    from dataclasses import asdict
+
+    from geowall.sources.synthetic import ZOOS
+
+    return asdict(ZOOS[model_spec.zoo][layer])
 
 
 def _is_done(run_dir: Path, request: dict) -> bool:

@@ -113,7 +113,7 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
             y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu"),
             color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
             tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
-        ).properties(width=120, height=110, title=str(model)).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+        ).properties(width=120, height=110).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
     return alt.vconcat(*rows)
 
 

@@ -50,6 +50,7 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
+    ks: list[PositiveInt] | None = Field(None, description="trained SAEs: this model's k grid (default: sae.ks)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -100,6 +101,7 @@ class SaeSpec(_Strict):
     steps: PositiveInt = 1000
     batch_size: PositiveInt = 1024
     lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
+    steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
     lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
     monotone_slack: float = Field(0.02, ge=0, description="sanity check: allowed relative fvu increase between neighbouring widths")
 
@@ -185,9 +187,10 @@ class Profile(_Strict):
                         f"(expected 0..{info.n_layers - 1}, {info.n_layers} residual points)"
                     )
             width_min = min(self.sae.width_multiples) * info.d
-            if m.sae_source == "trained" and max(self.sae.ks) >= width_min:
+            ks = self.ks_of(m)
+            if m.sae_source == "trained" and max(ks) >= width_min:
                 raise ProfileError(
-                    f"sae.ks: k={max(self.sae.ks)} must be < the smallest width "
+                    f"{'sae.ks' if m.ks is None else f'models.{i}.ks'}: k={max(ks)} must be < the smallest width "
                     f"({min(self.sae.width_multiples)} x d={info.d} = {int(width_min)}) for model '{m.name}'"
                 )
         for model, layers in self.sae.showcase_layers.items():
@@ -213,6 +216,10 @@ class Profile(_Strict):
         if model.layers == "all":
             return list(range(model_info(model).n_layers))
         return sorted(model.layers)
+
+    def ks_of(self, model: ModelSpec) -> list[int]:
+        """The k grid of a model's trained SAEs."""
+        return sorted(model.ks) if model.ks else self.sae.ks
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:

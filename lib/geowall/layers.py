@@ -107,13 +107,15 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
         d = model_info(spec).d
         for layer in cfg.layers_of(spec):
             widths = widths_for(cfg, spec.name, layer, d)
-            wanted.extend((spec.name, layer, w, k) for w in widths for k in cfg.sae.ks)
+            ks = cfg.ks_of(spec)
+            wanted.extend((spec.name, layer, w, k) for w in widths for k in ks)
             train = activations.load(run_dir, spec.name, layer, "train")
             evl = activations.load(run_dir, spec.name, layer, "eval")
             for w in widths:  # one call per width: the learning rate depends on the width
                 lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
-                sae.run_grid(train, evl, model=spec.name, layer=layer, widths=[w], ks=cfg.sae.ks,
-                             steps=cfg.sae.steps, seed=cfg.seed, device=_device(cfg), sae_dir=work,
+                steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
+                sae.run_grid(train, evl, model=spec.name, layer=layer, widths=[w], ks=ks,
+                             steps=steps, seed=cfg.seed, device=_device(cfg), sae_dir=work,
                              metrics_path=metrics, batch_size=cfg.sae.batch_size, lr=lr, progress=progress)
     table = sae.read_metrics(metrics)
     key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
