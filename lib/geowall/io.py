@@ -67,7 +67,15 @@ def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> None:
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    """Read a parquet artefact from one open file descriptor.
+
+    ``pd.read_parquet(path)`` lets pyarrow stat the path and open it again; if a writer's
+    ``os.replace`` lands in between, the size and the bytes belong to different files
+    ("Page was smaller than expected"). Holding one descriptor reads one consistent
+    snapshot, the old file or the new one.
+    """
+    with open(path, "rb") as fh:
+        return pd.read_parquet(fh)
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from geowall.config import Profile
-from geowall.io import read_json
+from geowall.io import read_json, read_parquet
 
 NA = "n/a (step not run)"
 SOURCE_NAMES = {"minilm": "all-MiniLM-L6-v2 (pretrained)", "minilm-random": "all-MiniLM-L6-v2 (random init)",
@@ -28,7 +28,7 @@ def _fmt(x, nd: int = 2) -> str:
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
     p = run_dir / name
-    return pd.read_parquet(p) if p.is_file() else None
+    return read_parquet(p) if p.is_file() else None
 
 
 def report_variables(cfg: Profile, run_dir: Path) -> dict:

@@ -9,6 +9,8 @@ import time
 import pandas as pd
 import pytest
 
+from geowall.io import read_parquet
+
 SCRIPT = """
 import sys, numpy as np
 from geowall import sae
@@ -29,7 +31,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ref = tmp_path / "ref"
     assert _run(ref, env).wait(timeout=600) == 0
-    expected = pd.read_parquet(ref / "metrics.parquet")
+    expected = read_parquet(ref / "metrics.parquet")
     assert len(expected) == 12
 
     run = tmp_path / "killed"
@@ -37,17 +39,17 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:
         m = run / "metrics.parquet"
-        if m.exists() and len(pd.read_parquet(m)) >= 3:
+        if m.exists() and len(read_parquet(m)) >= 3:
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    partial = pd.read_parquet(run / "metrics.parquet")  # never a half-written file
+    partial = read_parquet(run / "metrics.parquet")  # never a half-written file
     assert 3 <= len(partial) < 12
     stamps = {r.sae_id: (run / r.sae_id).stat().st_mtime_ns for r in partial.itertuples()}
 
     assert _run(run, env).wait(timeout=600) == 0
-    resumed = pd.read_parquet(run / "metrics.parquet")
+    resumed = read_parquet(run / "metrics.parquet")
     pd.testing.assert_frame_equal(resumed, expected)
     for sae_id, t in stamps.items():  # finished SAEs were skipped, not retrained
         assert (run / sae_id).stat().st_mtime_ns == t
