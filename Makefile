@@ -1,9 +1,11 @@
 # geowall: every target creates the virtual environment if it is missing.
 # TORCH_SPEC picks the torch build installed before the project: the default pins the CPU
 # wheel that our machines carry on disk (torch 2.13.0); elsewhere pip takes the normal
-# torch 2.13.0 for the platform. Override, e.g. `make setup TORCH_SPEC="torch>=2.4"`.
+# torch 2.13.0 for the platform. Override, e.g. `make setup TORCH_SPEC="torch>=2.4"`;
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes torch from that index (CPU wheel).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
@@ -16,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -65,3 +65,35 @@ def test_shortcodes_fail_loudly_on_unknown_names(tmp_path):
         report.resolve_shortcodes("{{< var nope.nope >}}", cfg, tmp_path, {})
     with pytest.raises(report.ReportError, match="does not exist"):
         report.resolve_shortcodes("{{< embed notebooks/02_geometry.ipynb#fig-x >}}", cfg, tmp_path, {})
+
+
+@pytest.mark.skipif(report.find_chromium() is None, reason="needs chromium on PATH")
+def test_browser_check_serves_nested_pages_and_reports_missing_files(tmp_path):
+    # A Quarto site keeps notebook pages in a subfolder; both are served from the site root.
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "index.html").write_text("<html><body><p>paper</p><img src='notebooks/missing.png'></body></html>")
+    (tmp_path / "notebooks" / "nb.html").write_text("<html><body><p>notebook</p></body></html>")
+    records = report.browser_check([tmp_path / "index.html", tmp_path / "notebooks" / "nb.html"], tmp_path / "screens")
+    by_page = {Path(r["page"]).name: r for r in records}
+    assert any("404" in f and "missing.png" in f for f in by_page["index.html"]["failed_requests"])
+    assert by_page["nb.html"]["failed_requests"] == [] and by_page["nb.html"]["console_errors"] == []
+    assert all(Path(r["screenshot"]).stat().st_size > 0 for r in records)
+
+
+def test_publish_workflow_renders_default_report_and_publishes_to_gh_pages():
+    wf = yaml.safe_load((pipeline.ROOT / ".github/workflows/report.yml").read_text())
+    steps = wf["jobs"]["report"]["steps"]
+    uses = [s.get("uses", "") for s in steps]
+    assert "quarto-dev/quarto-actions/setup@v2" in uses
+    publish = next(s for s in steps if s.get("uses") == "quarto-dev/quarto-actions/publish@v2")
+    assert publish["with"] == {"target": "gh-pages", "render": False}
+    assert publish["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert wf["permissions"]["contents"] == "write"
+    # the report is built before publishing, by the Makefile target the README documents
+    run = [s for s in steps if "run" in s]
+    assert len(run) == 1 and run[0]["run"].startswith("make report")
+    assert steps.index(run[0]) < steps.index(publish)
+    makefile = (pipeline.ROOT / "Makefile").read_text()
+    assert re.search(r"^report:", makefile, re.M) and "TORCH_INDEX" in makefile
+    cached = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))["with"]["path"]
+    assert "data/runs/default" in cached and "notebooks/*.ipynb" in cached

@@ -75,15 +75,19 @@ def _report(args) -> int:
     from pathlib import Path
 
     from geowall import report
+    from geowall.config import load_profile
+    from geowall.pipeline import run_dir_for
 
-    site = report.build(args.profile, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    site = report.build(args.profile, runs_dir=runs_dir,
                         use_quarto=False if args.offline else None)
     if args.browser:
         if report.find_chromium() is None:
             print("no chromium on PATH: browser check skipped")
             return 0
-        pages = sorted(site.glob("*.html"))
-        records = report.browser_check(pages, site.parent / "screens")
+        # Quarto puts notebook pages in a subfolder (_site/notebooks/); skip its libraries
+        pages = sorted(p for p in site.rglob("*.html") if "site_libs" not in p.parts)
+        records = report.browser_check(pages, run_dir_for(load_profile(args.profile), runs_dir) / "screens")
         bad = [r for r in records if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"]]
         for r in records:
             print(f"{Path(r['page']).name:32s} charts {r['drawn']}/{r['charts']} drawn, "

@@ -17,11 +17,17 @@
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import html
+import http.server
+import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
+from typing import Iterator
 
 import nbformat
 import yaml
@@ -257,12 +263,36 @@ def find_chromium() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on a free local port for the duration; yield the base URL.
+
+    Pages are checked as a reader sees them, served rather than opened as file:// URLs:
+    Quarto's site search and other fetches of site files fail under file://.
+    """
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
 def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) -> list[dict]:
     """Open each page in headless Chromium, screenshot it, and count drawn charts.
 
-    Returns one record per page: charts (``.gw-chart`` divs), drawn (those holding a
-    non-empty SVG or canvas), failed_requests, console_errors, screenshot path. Uses
-    Playwright's Python driver with the system Chromium (no browser download).
+    The pages are served over local HTTP from their common folder. Returns one record
+    per page: charts (``.gw-chart`` divs), drawn (those holding a non-empty SVG or
+    canvas), failed_requests, console_errors, screenshot path. Uses Playwright's Python
+    driver with the system Chromium (no browser download).
     """
     from playwright.sync_api import sync_playwright
 
@@ -271,16 +301,22 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
         raise ReportError("no chromium on PATH (Debian: apt-get install chromium)")
     screens.mkdir(parents=True, exist_ok=True)
     records = []
-    with sync_playwright() as p:
+    pages = [Path(p).resolve() for p in pages]
+    root = Path(os.path.commonpath([p.parent for p in pages]))
+    with serve(root) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         try:
             for page_path in pages:
                 page = browser.new_page(viewport={"width": 1200, "height": 900})
                 failed, errors = [], []
                 page.on("requestfailed", lambda r, failed=failed: failed.append(r.url))
-                page.on("console", lambda m, errors=errors: errors.append(m.text) if m.type == "error" else None)
+                # HTTP errors count as failed requests; the browser's own favicon probe does not
+                page.on("response", lambda r, failed=failed: failed.append(f"{r.status} {r.url}")
+                        if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+                page.on("console", lambda m, errors=errors: errors.append(m.text)
+                        if m.type == "error" and "favicon.ico" not in (m.location or {}).get("url", "") else None)
                 page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
-                page.goto(Path(page_path).resolve().as_uri(), wait_until="load", timeout=timeout_ms)
+                page.goto(base + page_path.relative_to(root).as_posix(), wait_until="load", timeout=timeout_ms)
                 n = page.locator(".gw-chart").count()
                 if n:
                     page.wait_for_function(
