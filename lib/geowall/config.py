@@ -80,9 +80,15 @@ class CorpusSpec(_Strict):
     def _files(self) -> "CorpusSpec":
         if self.kind == "files" and not self.files:
             raise ValueError("kind 'files' needs at least one path in files")
+        from geowall.corpus import read_text_file
+
         for i, f in enumerate(self.files):
             if not Path(f).is_file():
                 raise ValueError(f"files.{i}: corpus file not found: {f} (expected a UTF-8 text file)")
+            try:
+                read_text_file(f)
+            except ValueError as e:
+                raise ValueError(f"files.{i}: {e}") from None
         return self
 
 

@@ -67,17 +67,24 @@ def stdlib_documents() -> list[str]:
     return docs
 
 
+def read_text_file(f: str | Path) -> str:
+    """The text of a user corpus file; ``ValueError`` naming the file if it is not
+    strict UTF-8 or holds no text (profile validation calls this before any work)."""
+    f = Path(f)
+    try:
+        text = f.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corpus file {f}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if not text.strip():
+        raise ValueError(f"corpus file {f}: empty (expected UTF-8 text)")
+    return text
+
+
 def file_documents(files: list[Path]) -> list[str]:
     """Paragraphs (blank-line separated) of user text files; strict UTF-8."""
     docs: list[str] = []
     for f in files:
-        f = Path(f)
-        try:
-            text = f.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"corpus file {f}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-        if not text.strip():
-            raise ValueError(f"corpus file {f}: empty (expected UTF-8 text)")
+        text = read_text_file(f)
         docs.extend(p for p in re.split(r"\n\s*\n", text) if p.strip())
     return docs
 

@@ -95,6 +95,7 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
                 "activations": cfg.activations.model_dump(mode="json"), "corpus": cfg.corpus.model_dump(mode="json")}
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
+    before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
     wanted = []
     for spec in cfg.models:
         if spec.sae_source == "gemma-scope":
@@ -120,5 +121,9 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
     table = sae.read_metrics(metrics)
     key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
     table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)
+    old_keys = pd.MultiIndex.from_frame(before[["model", "layer", "width", "k"]])
+    reused = int((old_keys.isin(wanted) & (before.seed == cfg.seed)).sum())
+    print(f"{reused} of {len(table)} SAEs were already done in {work.name}/ (resumed, not retrained); "
+          f"{len(table) - reused} trained or evaluated now")
     write_parquet(Path(run_dir) / "sae_metrics.parquet", table)
     return table

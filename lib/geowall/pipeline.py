@@ -14,7 +14,8 @@ last successful record under ``<run_dir>/steps/<name>.json`` has the same
 fingerprint and its executed notebook exists. ``force`` reruns. A failing cell stops
 the run with a :class:`StepFailed` naming the notebook and the cell's error; the
 executed notebook with the traceback is kept as ``NN_name.failed.ipynb``; artefacts
-of earlier steps are untouched.
+of earlier steps are untouched. Each step's record also keeps its wall time and the
+peak resident memory of its kernel (``peak_rss_mb``, see :mod:`geowall.memory`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from geowall.config import Profile, load_profile
 from geowall.io import read_json, sha256_json, write_json
+from geowall.memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -163,11 +165,13 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     t0 = time.time()
     params = {"profile": cfg.name, "run_dir": str(run_dir.resolve()), "params": cfg.model_dump(mode="json")}
     tmp = out.with_name(f".{out.stem}.partial.ipynb")
+    memory = PeakRSS()
     try:
-        pm.execute_notebook(
-            nb, str(tmp), parameters=params, kernel_name="python3", progress_bar=progress,
-            cwd=str(notebooks_dir), log_output=False,
-        )
+        with memory:
+            pm.execute_notebook(
+                nb, str(tmp), parameters=params, kernel_name="python3", progress_bar=progress,
+                cwd=str(notebooks_dir), log_output=False,
+            )
     except pm.PapermillExecutionError as e:
         if tmp.exists():
             os.replace(tmp, failed)
@@ -181,8 +185,9 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     _strip_progress_bars(tmp)
     os.replace(tmp, out)  # the executed notebook appears atomically, only on success
     dt = time.time() - t0
+    peak = round(memory.peak_mb, 1)
     write_json(rec_path, {"step": s.name, "fingerprint": fp, "notebook": str(out), "seconds": round(dt, 1),
-                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                          "peak_rss_mb": peak, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     prints[s.name] = fp
-    log(f"[{s.name}] done in {dt:.1f} s -> {out}")
-    return {"step": s.name, "status": "ran", "notebook": str(out), "seconds": dt}
+    log(f"[{s.name}] done in {dt:.1f} s, kernel peak RSS {peak:.0f} MiB -> {out}")
+    return {"step": s.name, "status": "ran", "notebook": str(out), "seconds": dt, "peak_rss_mb": peak}
