@@ -265,3 +265,14 @@ def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog)
         again = _run(tmp_path / "b", data)
     assert "4 of 4 SAEs already in" in caplog.text
     pd.testing.assert_frame_equal(again, full)
+
+
+def test_width_trend_on_a_constructed_table():
+    rows = [("m", 0, 4, w, f) for w, f in [(10, 0.4), (20, 0.2), (40, 0.1)]]  # fvu = 4 / W: slope -1
+    rows += [("m", 1, 4, w, f) for w, f in [(10, 0.4), (20, 0.5), (40, 0.3)]]  # one step up by 25%
+    rows += [("m", 2, 4, 10, 0.4)]  # a single width: no trend
+    t = S.width_trend(pd.DataFrame(rows, columns=["model", "layer", "k", "width", "fvu"]))
+    assert list(t.layer) == [0, 1]
+    a, b = t.iloc[0], t.iloc[1]
+    assert a.slope == pytest.approx(-1) and a.max_step_increase == pytest.approx(-0.5) and a.end_change == pytest.approx(-0.75)
+    assert b.max_step_increase == pytest.approx(0.25) and b.end_change == pytest.approx(-0.25) and b.n_widths == 3

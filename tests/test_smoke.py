@@ -4,6 +4,11 @@ This is the slowest test (a few minutes on 2 cores): one session-scoped run shar
 the assertions below.
 """
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pandas as pd
@@ -11,6 +16,7 @@ import pytest
 
 from geowall import pipeline, report
 from geowall.config import load_profile
+from geowall.io import read_parquet
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +66,77 @@ def test_offline_report_renders_charts_in_chromium(full_smoke):
         assert not r["failed_requests"] and not r["console_errors"], r
     assert (run_dir / "screens" / "index.png").stat().st_size > 10_000
     json.dumps(records)
+
+
+# Peak resident memory of one step's kernel on the smoke profile. Measured 2026-11-25 on
+# 2 cores (see the README's measured figures); the bound leaves room for allocator and
+# library-version noise while catching a step that loads every layer's activations at once.
+PEAK_RSS_BOUND_MB = 2500
+
+
+def test_peak_memory_of_every_step_is_recorded_and_bounded(full_smoke):
+    run_dir, records = full_smoke
+    print("\nstep          seconds  peak RSS (MiB)")
+    for r in records:
+        print(f"{r['step']:12s} {r['seconds']:8.1f} {r['peak_rss_mb']:10.0f}")
+        saved = json.loads((run_dir / "steps" / f"{r['step']}.json").read_text())
+        assert saved["peak_rss_mb"] == r["peak_rss_mb"]
+        assert 50 < r["peak_rss_mb"] < PEAK_RSS_BOUND_MB, r  # > 50: the kernel was seen (torch alone is more)
+
+
+def _geowall(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "geowall.cli", *args], env=env, start_new_session=True, **kw)
+
+
+def test_sae_grid_killed_mid_step_resumes_to_the_uninterrupted_tables(full_smoke, tmp_path):
+    """SIGKILL `geowall run` (and its notebook kernel) during the smoke SAE grid, rerun it:
+    finished SAEs are not retrained, and metrics and geometry equal the uninterrupted run's
+    bit for bit (which also shows that two runs from scratch with one seed agree)."""
+    ref_dir, _ = full_smoke
+    runs = tmp_path / "runs"
+    run = runs / "smoke"
+    args = ["run", "--profile", "smoke", "--runs-dir", str(runs), "--no-progress"]
+    p = _geowall(*args, "--only", "activations", "sae_grid", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, partial = time.time() + 600, pd.DataFrame()
+    while time.time() < deadline and p.poll() is None:
+        work = list(run.glob("saes/*/metrics.parquet"))
+        if work and len(partial := read_parquet(work[0])) >= 4:
+            break
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)  # the runner and its kernel
+    p.wait()
+    done = read_parquet(next(run.glob("saes/*/metrics.parquet")))
+    expected = read_parquet(ref_dir / "sae_metrics.parquet")
+    assert 4 <= len(done) < len(expected), "not killed mid-step"
+    assert not (run / "sae_metrics.parquet").exists() and not (run / "steps" / "sae_grid.json").exists()
+    stamps = {r.sae_id: (run / "saes").glob(f"*/{r.sae_id}/cfg.json") for r in done.itertuples()}
+    stamps = {k: next(v).stat().st_mtime_ns for k, v in stamps.items()}
+
+    r = _geowall(*args, "--only", "sae_grid", "geometry")
+    assert r.wait(timeout=900) == 0
+    nb = (run / "notebooks" / "01_sae_grid.ipynb").read_text()
+    assert f"{len(done)} of {len(expected)} SAEs were already done" in nb
+    for sae_id, t in stamps.items():  # finished SAEs were skipped, not retrained
+        assert next((run / "saes").glob(f"*/{sae_id}/cfg.json")).stat().st_mtime_ns == t
+    pd.testing.assert_frame_equal(read_parquet(run / "sae_metrics.parquet"), expected, check_exact=True)
+    pd.testing.assert_frame_equal(read_parquet(run / "geometry.parquet"), read_parquet(ref_dir / "geometry.parquet"),
+                                  check_exact=True)
+
+
+def test_a_different_seed_changes_metrics_and_geometry(full_smoke, tmp_path):
+    ref_dir, _ = full_smoke
+    runs = tmp_path / "runs"
+    one = ["--set", "models=[{name: synth-a, source: synthetic, zoo: a, layers: [0, 4], ks: [1, 2, 3]}]",
+           "--set", "sae.showcase_layers={}", "--set", "transfer=[]"]
+    r = _geowall("run", "--profile", "smoke", "--runs-dir", str(runs), "--no-progress", *one, "--set", "seed=1",
+                 "--only", "activations", "sae_grid", "geometry")
+    assert r.wait(timeout=900) == 0
+    key = ["model", "layer", "width", "k"]
+    new = read_parquet(runs / "smoke" / "sae_metrics.parquet").set_index(key)
+    old = read_parquet(ref_dir / "sae_metrics.parquet").set_index(key).loc[new.index]
+    assert (new.fvu != old.fvu).all()
+    gkey = ["model", "layer", "summary"]
+    gnew = read_parquet(runs / "smoke" / "geometry.parquet").set_index(gkey)
+    gold = read_parquet(ref_dir / "geometry.parquet").set_index(gkey).loc[gnew.index]
+    assert (gnew.estimate != gold.estimate).all()

@@ -66,6 +66,7 @@ __all__ = [
     "run_grid",
     "read_metrics",
     "append_metrics",
+    "width_trend",
     "METRIC_COLUMNS",
 ]
 
@@ -843,6 +844,24 @@ def append_metrics(metrics_path: str | os.PathLike, table: pd.DataFrame, row: di
     table = _coerce_metrics(pd.concat([table, pd.DataFrame([row])], ignore_index=True))
     write_parquet(metrics_path, table)
     return table
+
+
+def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
+    """How fvu moves with width at fixed (model, layer, k): one row per group with
+    ``n_widths``, ``max_step_increase`` (the largest relative fvu increase from one width
+    to the next wider one; negative when fvu always falls), ``end_change`` (widest vs
+    narrowest, relative) and ``slope`` (least-squares slope of log fvu on log width).
+    Groups with a single width are left out."""
+    rows = []
+    for (model, layer, k), g in metrics.groupby(["model", "layer", "k"], sort=True):
+        g = g.sort_values("width")
+        if len(g) < 2:
+            continue
+        f, w = g.fvu.to_numpy(dtype=float), g.width.to_numpy(dtype=float)
+        rows.append({"model": model, "layer": int(layer), "k": int(k), "n_widths": len(g),
+                     "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
+                     "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
+    return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
 
 
 def done_keys(table: pd.DataFrame) -> set[tuple]:
