@@ -83,7 +83,8 @@ prior_checks[s1.primary_form].head(8)
 fits, diagnostics = {}, []
 checks = s1.checks.model_dump()
 for form in s1.forms:
-    fits[form] = scaling.fit_stage1(metrics, form=form, draws=s1.draws, tune=s1.tune, chains=s1.chains, seed=RANDOM_SEED)
+    fits[form] = scaling.fit_stage1(metrics, form=form, draws=s1.draws, tune=s1.tune, chains=s1.chains,
+                                    seed=RANDOM_SEED, target_accept=s1.target_accept)
     diagnostics.append({"form": form, **scaling.check_fit(fits[form], label=f"stage 1 {form}", **checks)})
     with atomic_path(run_dir / f"stage1_{form}.nc", ".nc") as tmp:
         fits[form].to_netcdf(str(tmp))

@@ -54,7 +54,8 @@ table.round(3).head(10)
 
 # %%
 comparison, fits = law.compare_laws(exps, geo, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                    seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump())
+                                    seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
+                                    target_accept=s2.target_accept)
 write_parquet(run_dir / "law_compare.parquet", comparison.reset_index(names="predictor_set"))
 comparison
 
@@ -109,7 +110,8 @@ charts.partial_residuals(ppc)
 # %%
 floor_layers = exps[exps.floor_identified]
 if len(floor_layers) >= 6:
-    floor_fit = law.fit_law(exps, geo, target="floor", draws=s2.draws, tune=s2.tune, chains=s2.chains, seed=RANDOM_SEED)
+    floor_fit = law.fit_law(exps, geo, target="floor", draws=s2.draws, tune=s2.tune, chains=s2.chains,
+                            seed=RANDOM_SEED, target_accept=s2.target_accept)
     scaling.check_fit(floor_fit, label="stage 2 floor law", **s2.checks.model_dump())
     display(law.law_coefficients(floor_fit).round(3))
 else:

@@ -44,7 +44,8 @@ print("transfer directions:", pairs)
 
 # %%
 scores, predictions, fits = law.run_transfer(exps, geo, pairs, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                             seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump())
+                                             seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
+                                             target_accept=s2.target_accept)
 write_parquet(run_dir / "transfer.parquet", scores)
 write_parquet(run_dir / "transfer_predictions.parquet", predictions)
 scores.round(3)

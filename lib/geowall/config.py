@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -109,7 +110,9 @@ class SaeSpec(_Strict):
     lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
     steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
     lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
-    monotone_slack: float = Field(0.02, ge=0, description="sanity check: allowed relative fvu increase between neighbouring widths")
+    monotone_slack: NonNegativeFloat | None = Field(
+        0.02, description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
+                          "(real networks); null switches the width checks off")
 
     @field_validator("width_multiples", "ks", "showcase_width_multiples")
     @classmethod
@@ -140,6 +143,7 @@ class BayesSpec(_Strict):
     draws: PositiveInt = 1000
     tune: PositiveInt = 1000
     chains: PositiveInt = 2
+    target_accept: float = Field(0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)")
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
 

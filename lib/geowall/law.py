@@ -349,7 +349,7 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
                  sets: Mapping[str, Sequence[str]] | None = None, target: str = "alpha",
                  models: Iterable[str] | None = None, draws: int = 1000, chains: int = 2, tune: int = 1000,
                  seed: int = 0, sampler: str = "auto", progressbar: bool = False, check: bool = True,
-                 check_kwargs: Mapping[str, Any] | None = None):
+                 check_kwargs: Mapping[str, Any] | None = None, target_accept: float = 0.9):
     """Fit one law per predictor set on the *same* layers and compare them by PSIS-LOO.
 
     ``sets`` defaults to :data:`DEFAULT_LAW_SETS` (ID only, curvature only, ID +
@@ -370,7 +370,8 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     for i, (name, preds) in enumerate(sets.items()):
         fits[name] = fit_law(exponents_df, geometry_df, predictors=preds, target=target, models=models,
                              layers=common[["model", "layer"]], draws=draws, chains=chains, tune=tune,
-                             seed=seed + 17 * i, sampler=sampler, name=name, progressbar=progressbar)
+                             seed=seed + 17 * i, sampler=sampler, name=name, progressbar=progressbar,
+                             target_accept=target_accept)
         if check:
             _scaling.check_fit(fits[name], label=f"stage 2 law {name!r}", **dict(check_kwargs or {}))
     with warnings.catch_warnings():
@@ -510,7 +511,8 @@ def transfer_scores(pred_df: pd.DataFrame) -> dict[str, Any]:
 def run_transfer(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, pairs: Iterable[tuple[str, str]], *,
                  predictor_sets: Mapping[str, Sequence[str]] | None = None, target: str = "alpha",
                  draws: int = 1000, chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
-                 check: bool = True, check_kwargs: Mapping[str, Any] | None = None, progressbar: bool = False):
+                 check: bool = True, check_kwargs: Mapping[str, Any] | None = None, progressbar: bool = False,
+                 target_accept: float = 0.9):
     """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
 
     ``predictor_sets`` defaults to ``{"law": all four summaries, "depth": ("depth",),
@@ -532,7 +534,7 @@ def run_transfer(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, pairs: I
             if key not in fits:
                 fits[key] = fit_law(exponents_df, geometry_df, predictors=ps, target=target, models=[a],
                                     draws=draws, chains=chains, tune=tune, seed=seed + 31 * i, sampler=sampler,
-                                    name=name, progressbar=progressbar)
+                                    name=name, progressbar=progressbar, target_accept=target_accept)
                 if check:
                     _scaling.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
             p = transfer(fits[key], geometry_df, exponents_df, models=[b], seed=seed)

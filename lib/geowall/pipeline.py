@@ -56,11 +56,12 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-_TQDM = re.compile(r"\d+%\|")
+_TQDM = re.compile(r"\d+%\||TqdmWarning: IProgress not found")
 
 
 def _strip_progress_bars(path: Path) -> None:
-    """Drop tqdm progress output (stderr streams) from an executed notebook: useful live, noise in a report."""
+    """Drop tqdm progress output (stderr streams, and tqdm's warning that notebook widgets
+    are missing) from an executed notebook: useful live, noise in a report."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)

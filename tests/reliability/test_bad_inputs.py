@@ -97,7 +97,7 @@ def tiny_profile(tmp_path_factory):
         "models": [{"name": "synth-a", "source": "synthetic", "zoo": "a", "layers": [0, 2, 4, 6], "ks": [1, 2]}],
         "activations": {"n_train": 400, "n_eval": 200},
         "sae": {"width_multiples": [0.5, 1], "ks": [4], "showcase_layers": {}, "steps": 5, "batch_size": 64,
-                "monotone_slack": 10.0},
+                "monotone_slack": None},
         "geometry": {"n_points": 200, "n_boot": 5, "n_base": 20},
         "stage1": {"draws": 50, "tune": 50, "chains": 1,
                    "checks": {"rhat_max": 10, "ess_min": 1, "allow_divergences": 1000, "bfmi_min": 0.0}},

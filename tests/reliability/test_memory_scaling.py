@@ -3,8 +3,10 @@ memory-mapped and each layer is processed and released before the next.
 
 The same tiny synthetic profile runs with 2 and with 12 layers of 40,000 x 128 float32
 training activations (19.5 MiB per layer, so holding every layer at once would add about
-200 MiB); each step's kernel peak RSS (recorded by the runner) may grow by at most
-60 MiB, well under what a second copy of ten layers would cost."""
+200 MiB); each step's kernel peak RSS (recorded by the runner) may grow by less than
+half of that. Measured 2026-11-25: activations 275 -> 317 MiB, sae_grid 746 -> 769,
+geometry 456 -> 469 (the remaining growth: different layers are different manifolds,
+with different temporaries)."""
 import pytest
 import yaml
 
@@ -20,7 +22,7 @@ def _profile(folder, layers):
         "models": [{"name": "synth-b", "source": "synthetic", "zoo": "b", "layers": layers, "ks": [2]}],
         "activations": {"n_train": N_TRAIN, "n_eval": 2000},
         "sae": {"width_multiples": [0.5], "ks": [4], "showcase_layers": {}, "steps": 3, "batch_size": 256,
-                "monotone_slack": 10.0},
+                "monotone_slack": None},
         "geometry": {"n_points": 300, "n_boot": 3, "n_base": 20},
         "transfer": [],
     }
@@ -38,4 +40,4 @@ def test_step_peak_memory_does_not_scale_with_layers(tmp_path):
         peaks[len(layers)] = {r["step"]: r["peak_rss_mb"] for r in records}
     print(f"\npeak RSS (MiB), 2 vs 12 layers of {PER_LAYER_MB:.1f} MiB each: {peaks}")
     for step, small in peaks[2].items():
-        assert peaks[12][step] - small < 60, (step, peaks)
+        assert peaks[12][step] - small < 0.5 * 10 * PER_LAYER_MB, (step, peaks)
