@@ -120,6 +120,7 @@ def test_sae_grid_killed_mid_step_resumes_to_the_uninterrupted_tables(full_smoke
     assert f"{len(done)} of {len(expected)} SAEs were already done" in nb
     for sae_id, t in stamps.items():  # finished SAEs were skipped, not retrained
         assert next((run / "saes").glob(f"*/{sae_id}/cfg.json")).stat().st_mtime_ns == t
+    print(f"\nkilled after {len(done)} of {len(expected)} SAEs; the rerun skipped them and trained the rest")
     pd.testing.assert_frame_equal(read_parquet(run / "sae_metrics.parquet"), expected, check_exact=True)
     pd.testing.assert_frame_equal(read_parquet(run / "geometry.parquet"), read_parquet(ref_dir / "geometry.parquet"),
                                   check_exact=True)
