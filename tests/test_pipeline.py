@@ -102,3 +102,20 @@ def test_default_profile_writes_next_to_sources(tmp_path):
     cfg = load_profile("default")
     out = pipeline.output_path(pipeline.STEPS[0], cfg, tmp_path / "runs" / "default", tmp_path / "nbs")
     assert out == tmp_path / "nbs" / "00_activations.ipynb"
+
+
+def test_progress_residue_is_stripped_from_executed_notebooks(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    def err(text):
+        return new_output("stream", name="stderr", text=text)
+
+    kept = [new_output("stream", name="stdout", text="\n"),  # stdout is the notebook's own
+            err("UserWarning: something the reader should see\n")]
+    residue = [err("train: 40%|████      | 4/10\n"), err("\n"), err("\x1b[A"), err("\r" + " " * 80),
+               err("/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter\n")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x", outputs=residue[:2] + kept + residue[2:])]), path)
+    pipeline._strip_progress_bars(path)
+    assert nbformat.read(path, as_version=4).cells[0].outputs == kept

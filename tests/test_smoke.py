@@ -40,6 +40,14 @@ def test_every_step_ran_and_wrote_its_artefacts(full_smoke):
     assert len(t) == 2 * len(cfg.transfer) * 3  # both directions x (law, depth, mean)
 
 
+def test_executed_notebooks_carry_no_progress_residue(full_smoke):
+    run_dir, records = full_smoke
+    for r in records:
+        nb = nbformat.read(r["notebook"], as_version=4)
+        residue = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if pipeline.is_progress_output(o)]
+        assert not residue, (r["step"], residue[:3])
+
+
 def test_embed_targets_exist_after_the_run(full_smoke):
     run_dir, _ = full_smoke
     cfg = load_profile("smoke")

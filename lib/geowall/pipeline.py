@@ -57,18 +57,27 @@ STEPS: tuple[Step, ...] = (
 
 
 _TQDM = re.compile(r"\d+%\||TqdmWarning: IProgress not found")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def is_progress_output(output) -> bool:
+    """A stderr stream output that is tqdm progress: a bar, tqdm's warning that notebook
+    widgets are missing, or the cursor moves and blank lines nested bars leave behind
+    (thousands of them in a long SAE grid, which made a 340,000-pixel page)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    text = output.get("text", "")
+    return bool(_TQDM.search(text)) or not _ANSI.sub("", text).strip()
 
 
 def _strip_progress_bars(path: Path) -> None:
-    """Drop tqdm progress output (stderr streams, and tqdm's warning that notebook widgets
-    are missing) from an executed notebook: useful live, noise in a report."""
+    """Drop tqdm progress output from an executed notebook: useful live, noise in a report."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", [])
-                            if not (o.output_type == "stream" and o.name == "stderr" and _TQDM.search(o.text))]
+            cell.outputs = [o for o in cell.get("outputs", []) if not is_progress_output(o)]
     nbformat.write(nb, path)
 
 
