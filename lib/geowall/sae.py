@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -418,7 +419,11 @@ def _as_tensor(acts: Any, device: str | torch.device, name: str = "acts", min_ro
         arr = np.asarray(acts)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"{name}: expected a numeric (n, d) array, got dtype {arr.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with warnings.catch_warnings():
+            # read-only memory-mapped activations: shared, never written to (torch warns anyway)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(arr)
     if x.ndim != 2 or x.shape[0] < min_rows or x.shape[1] < 1:
         raise ValueError(f"{name}: expected shape (n >= {min_rows}, d >= 1), got {tuple(x.shape)}")
     x = x.to(device=device, dtype=torch.float32).contiguous()
