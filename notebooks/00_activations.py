@@ -18,7 +18,6 @@ params = None
 import time
 from pathlib import Path
 
-import altair as alt
 import numpy as np
 import pandas as pd
 

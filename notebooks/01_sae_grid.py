@@ -17,7 +17,6 @@ params = None
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from geowall import charts, config, layers, sae
 from geowall.pipeline import run_dir_for
@@ -59,7 +58,7 @@ metrics.head(12)
 # k = 1…3, so k is close to the number of directions the data span: the loss landscape
 # then has near-exact sparse solutions and poor local optima, and which one an SAE lands
 # in varies from width to width (in the default run, a 3-dimensional sphere cap with
-# k = 3 reached fvu 0.003 at one width and 0.013 at the next). Near the wall, width stops
+# k = 3 reached fvu 0.007 at width 128 and 0.030 at width 256). Near the wall, width stops
 # paying and neighbouring widths differ by optimisation luck. For synthetic models we
 # therefore assert only that wider is better on the typical layer (median log-log slope
 # of fvu on width below zero) and list the layers where it is not.
@@ -70,23 +69,21 @@ trained = metrics[metrics.source == "trained"]
 # TopK keeps k latents; ReLU can zero a few of them, so l0 <= k (and close to it)
 assert ((trained.l0 <= trained.k + 1e-9) & (trained.l0 >= 0.9 * trained.k)).all(), "TopK SAEs must activate about k latents"
 trend = sae.width_trend(trained)
+synthetic = [m.name for m in cfg.models if m.source == "synthetic"]
 slack = cfg.sae.monotone_slack
-synthetic = {m.name for m in cfg.models if m.source == "synthetic"}
-real, synth = trend[~trend.model.isin(synthetic)], trend[trend.model.isin(synthetic)]
 if slack is None:
     print("width checks switched off in this profile (sae.monotone_slack: null)")
-if slack is not None and len(real):
-    bad = real[real.max_step_increase > slack]
-    assert bad.empty, f"fvu increases with width at fixed k beyond the {slack:.0%} slack:\n{bad}"
-    print(f"real networks: fvu falls with width at every (model, layer, k) up to a slack of {slack:.0%} "
-          f"(worst step {real.max_step_increase.max():+.1%})")
-if len(synth):
-    median_slope = synth.groupby("model").slope.median()
-    print("synthetic zoo: median log-log slope of fvu on width", median_slope.round(3).to_dict())
-    if slack is not None:
-        assert (median_slope < 0).all(), f"wider SAEs are not better on the typical synthetic layer: {median_slope}"
+else:
+    exceptions = sae.check_width_trend(trend, slack=slack, synthetic=synthetic)
+    real = trend[~trend.model.isin(synthetic)]
+    if len(real):
+        print(f"real networks: fvu falls with width at every (model, layer, k) up to a slack of {slack:.0%} "
+              f"(worst step {real.max_step_increase.max():+.1%})")
+    if synthetic:
+        print("synthetic zoo: median log-log slope of fvu on width",
+              trend[trend.model.isin(synthetic)].groupby("model").slope.median().round(3).to_dict())
         print("synthetic (layer, k) groups where a wider SAE did worse by more than the slack:")
-        display(synth[synth.max_step_increase > slack].round(3))
+        display(exceptions.round(3))
 metrics.groupby("model")[["fvu", "dead_frac"]].describe().round(3)
 
 # %% [markdown]

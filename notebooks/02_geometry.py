@@ -17,7 +17,6 @@ params = None
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy.stats import spearmanr
 
 from geowall import charts, config, layers

@@ -16,7 +16,6 @@ params = None
 # %%
 from pathlib import Path
 
-import arviz as az
 import numpy as np
 import pandas as pd
 

@@ -16,7 +16,6 @@ params = None
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from geowall import charts, config, law
 from geowall.io import read_parquet, write_parquet

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import arviz as az
 import numpy as np
-import pandas as pd
 
 from geowall import charts, config, law
 from geowall.io import read_parquet, write_parquet

@@ -49,3 +49,34 @@ def smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     records = pipeline.run("smoke", only=["activations"], runs_dir=runs, progress=False)
     return runs / "smoke", records
+
+
+@pytest.fixture(scope="session")
+def build_synthetic_profile(tmp_path_factory):
+    """``build(name, zoo, layers, **sections)`` -> path of a profile YAML with one synthetic
+    model, sized so that each step takes seconds; ``sections`` update the profile's
+    sections key by key (e.g. ``activations={"n_train": 40000}``)."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("profiles")
+
+    def build(name: str, zoo: str, layers: list[int], **sections) -> Path:
+        prof = {
+            "name": name, "seed": 0, "device": "cpu",
+            "models": [{"name": f"synth-{zoo}", "source": "synthetic", "zoo": zoo, "layers": layers, "ks": [2]}],
+            "activations": {"n_train": 400, "n_eval": 200},
+            "sae": {"width_multiples": [0.5], "ks": [4], "showcase_layers": {}, "steps": 3, "batch_size": 64,
+                    "monotone_slack": None},
+            "geometry": {"n_points": 200, "n_boot": 3, "n_base": 20},
+            "stage1": {"draws": 50, "tune": 50, "chains": 1,
+                       "checks": {"rhat_max": 10, "ess_min": 1, "allow_divergences": 1000, "bfmi_min": 0.0}},
+            "stage2": {"draws": 50, "tune": 50, "chains": 1},
+            "transfer": [],
+        }
+        for key, value in sections.items():
+            prof[key] = {**prof[key], **value} if isinstance(value, dict) else value
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(prof))
+        return path
+
+    return build

@@ -1,6 +1,4 @@
 """Harvested activations equal what transformers returns directly; resume; bad data."""
-import json
-
 import numpy as np
 import pytest
 import torch

@@ -41,3 +41,13 @@ def test_read_parquet_while_rewritten(tmp_path):
     finally:
         stop.set()
         t.join()
+
+
+def test_require_columns_names_the_table_and_what_is_missing():
+    df = pd.DataFrame({"model": ["m"], "layer": [0]})
+    out = io.require_columns(df, "metrics_df", ["model", "layer"])
+    assert out is not df and out.equals(df)  # a copy
+    with pytest.raises(ValueError, match=r"metrics_df: missing column\(s\) \['fvu'\]; expected \['model', 'fvu'\]"):
+        io.require_columns(df, "metrics_df", ["model", "fvu"])
+    with pytest.raises(TypeError, match="metrics_df: expected a pandas DataFrame, got list"):
+        io.require_columns([1, 2], "metrics_df", ["model"])

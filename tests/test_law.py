@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from geowall import law as L
-from geowall import scaling as S
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -276,3 +276,37 @@ def test_width_trend_on_a_constructed_table():
     a, b = t.iloc[0], t.iloc[1]
     assert a.slope == pytest.approx(-1) and a.max_step_increase == pytest.approx(-0.5) and a.end_change == pytest.approx(-0.75)
     assert b.max_step_increase == pytest.approx(0.25) and b.end_change == pytest.approx(-0.25) and b.n_widths == 3
+
+
+def test_check_width_trend_real_strict_synthetic_typical():
+    def group(model, layer, fvus):
+        return [(model, layer, 4, w, f) for w, f in zip((10, 20, 40, 80), fvus)]
+
+    def trend(*groups):
+        return S.width_trend(pd.DataFrame([r for g in groups for r in g], columns=["model", "layer", "k", "width", "fvu"]))
+
+    good = group("net", 0, [0.4, 0.3, 0.25, 0.2])
+    wobbly = group("net", 1, [0.4, 0.3, 0.36, 0.2])  # +20% step
+    synth_ok = group("zoo", 0, [0.04, 0.03, 0.02, 0.01]) + group("zoo", 1, [0.02, 0.007, 0.03, 0.01])
+    synth_flat = group("zoo", 0, [0.01, 0.02, 0.03, 0.04]) + group("zoo", 1, [0.02, 0.007, 0.03, 0.04])
+    out = S.check_width_trend(trend(good, synth_ok), slack=0.15, synthetic=["zoo"])
+    assert list(zip(out.model, out.layer)) == [("zoo", 1)]  # reported, not fatal
+    assert S.check_width_trend(trend(good, wobbly), slack=0.25).empty
+    with pytest.raises(ValueError, match="beyond the 15% slack"):
+        S.check_width_trend(trend(good, wobbly), slack=0.15)
+    with pytest.raises(ValueError, match="not better on the typical synthetic layer"):
+        S.check_width_trend(trend(good, synth_flat), slack=0.15, synthetic=["zoo"])
+    with pytest.raises(ValueError, match="beyond"):  # the zoo's leniency is for synthetic models only
+        S.check_width_trend(trend(good, synth_ok), slack=0.15)
+
+
+def test_safetensors_for_the_wrong_width(tmp_path):
+    x = torch.randn(256, 8)
+    trained = S.train_sae(x, 16, 2, steps=2, seed=0, batch_size=64)
+    S.save_sae(trained, tmp_path / "w16", metadata={})
+    other = S.train_sae(x, 32, 2, steps=2, seed=0, batch_size=64)
+    S.save_sae(other, tmp_path / "w32", metadata={})
+    # weights of the width-32 SAE under the width-16 SAE's cfg.json
+    (tmp_path / "w16" / "sae_weights.safetensors").write_bytes((tmp_path / "w32" / "sae_weights.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"sae_weights.safetensors: key 'W_enc' has shape \(8, 32\), expected \(8, 16\)"):
+        S.load_sae(tmp_path / "w16")

@@ -107,10 +107,10 @@ def test_sae_grid_killed_mid_step_resumes_to_the_uninterrupted_tables(full_smoke
     run = runs / "smoke"
     args = ["run", "--profile", "smoke", "--runs-dir", str(runs), "--no-progress"]
     p = _geowall(*args, "--only", "activations", "sae_grid", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, partial = time.time() + 600, pd.DataFrame()
+    deadline = time.time() + 600
     while time.time() < deadline and p.poll() is None:
         work = list(run.glob("saes/*/metrics.parquet"))
-        if work and len(partial := read_parquet(work[0])) >= 4:
+        if work and len(read_parquet(work[0])) >= 4:
             break
         time.sleep(0.1)
     os.killpg(p.pid, signal.SIGKILL)  # the runner and its kernel

@@ -222,8 +222,9 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
         raise
 
 
-def summary(run_dir: Path, models: list[tuple[str, list[int]]]) -> "pd.DataFrame":
-    """One row per model, layer, split: n, d, mean and sd of token norms, finiteness."""
+def summary(run_dir: Path, models: list[tuple[str, list[int]]]):
+    """One row per model, layer, split (a ``pandas.DataFrame``): n, d, mean and sd of
+    token norms, finiteness."""
     import pandas as pd
 
     rows = []

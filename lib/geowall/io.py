@@ -23,6 +23,7 @@ __all__ = [
     "read_json",
     "write_parquet",
     "read_parquet",
+    "require_columns",
     "save_npy",
     "load_npy",
     "sha256_file",
@@ -76,6 +77,17 @@ def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     """
     with open(path, "rb") as fh:
         return pd.read_parquet(fh)
+
+
+def require_columns(df: pd.DataFrame, name: str, columns, *, what: str = "expected") -> pd.DataFrame:
+    """A copy of table ``df`` after checking it is a DataFrame holding ``columns``;
+    ``TypeError`` / ``ValueError`` naming the table (``name``) and what is missing."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing}; {what} {list(columns)}")
+    return df.copy()
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:

@@ -37,6 +37,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from geowall.io import require_columns
+
 from . import scaling as _scaling
 
 __all__ = [
@@ -72,12 +74,7 @@ GEOMETRY_COLUMNS = ("model", "layer", "summary", "estimate", "se")
 
 
 def _validate_geometry(geometry_df: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(geometry_df, pd.DataFrame):
-        raise TypeError(f"geometry_df: expected a pandas DataFrame, got {type(geometry_df).__name__}")
-    missing = [c for c in GEOMETRY_COLUMNS if c not in geometry_df.columns]
-    if missing:
-        raise ValueError(f"geometry_df: missing column(s) {missing}; expected {list(GEOMETRY_COLUMNS)}")
-    g = geometry_df.copy()
+    g = require_columns(geometry_df, "geometry_df", GEOMETRY_COLUMNS)
     g["model"] = g["model"].astype(str)
     g["layer"] = g["layer"].astype(int)
     dup = g.duplicated(["model", "layer", "summary"])
@@ -114,15 +111,13 @@ def stage2_table(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
 
     ``identified_only`` (default: True for ``target="floor"``) keeps only layers with
     ``floor_identified``. Rows with a missing target or predictor are dropped."""
-    for col in (f"{target}_mean", f"{target}_sd"):
-        if col not in exponents_df.columns:
-            raise ValueError(f"exponents_df: missing column {col!r} for target={target!r}")
+    ex = require_columns(exponents_df, "exponents_df", ["model", "layer", f"{target}_mean", f"{target}_sd"],
+                         what=f"target={target!r} needs")
     wide = _geometry_wide(geometry_df)
     for p in predictors:
         if p not in wide.columns:
             raise ValueError(f"predictors: {p!r} is not a summary in geometry_df "
                              f"(has {sorted(set(geometry_df['summary']))} and 'depth')")
-    ex = exponents_df.copy()
     ex["model"] = ex["model"].astype(str)
     ex["layer"] = ex["layer"].astype(int)
     if identified_only is None:

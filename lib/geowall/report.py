@@ -34,7 +34,7 @@ import yaml
 
 from geowall.config import Profile, load_profile
 from geowall.io import atomic_path
-from geowall.pipeline import NOTEBOOKS, ROOT, run_dir_for
+from geowall.pipeline import ROOT, run_dir_for
 
 EMBED = re.compile(r"\{\{<\s*embed\s+([^#\s]+)#([\w-]+)\s*>\}\}")
 VAR = re.compile(r"\{\{<\s*var\s+([\w.-]+)\s*>\}\}")

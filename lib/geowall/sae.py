@@ -68,6 +68,7 @@ __all__ = [
     "read_metrics",
     "append_metrics",
     "width_trend",
+    "check_width_trend",
     "METRIC_COLUMNS",
 ]
 
@@ -867,6 +868,25 @@ def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
                      "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
                      "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
     return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
+
+
+def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[str] = ()) -> pd.DataFrame:
+    """Step 01's sanity check on a :func:`width_trend` table; raises ``ValueError``.
+
+    Real networks: no step to the next wider SAE may raise fvu by more than ``slack``
+    (relative). Models in ``synthetic`` (low-dimensional manifolds trained with k near
+    the number of directions they span, where which optimum an SAE reaches varies by
+    width): only the median log-log slope of fvu on width must be negative. Returns the
+    synthetic groups whose steps exceed ``slack`` (reported, not fatal)."""
+    is_synth = trend.model.isin(set(synthetic))
+    real, synth = trend[~is_synth], trend[is_synth]
+    bad = real[real.max_step_increase > slack]
+    if len(bad):
+        raise ValueError(f"fvu increases with width at fixed k beyond the {slack:.0%} slack:\n{bad}")
+    median_slope = synth.groupby("model").slope.median()
+    if (median_slope >= 0).any():
+        raise ValueError(f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}")
+    return synth[synth.max_step_increase > slack]
 
 
 def done_keys(table: pd.DataFrame) -> set[tuple]:

@@ -88,6 +88,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from geowall.io import require_columns
+
 __all__ = [
     "FORMS",
     "FitDiagnosticsError",
@@ -160,12 +162,7 @@ def _fmt(v: Any) -> str:
 
 
 def _validate_metrics(metrics_df: pd.DataFrame) -> pd.DataFrame:
-    if not isinstance(metrics_df, pd.DataFrame):
-        raise TypeError(f"metrics_df: expected a pandas DataFrame, got {type(metrics_df).__name__}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in metrics_df.columns]
-    if missing:
-        raise ValueError(f"metrics_df: missing column(s) {missing}; expected at least {list(REQUIRED_COLUMNS)}")
-    df = metrics_df.copy()
+    df = require_columns(metrics_df, "metrics_df", REQUIRED_COLUMNS, what="expected at least")
     if len(df) == 0:
         raise ValueError("metrics_df: the table is empty")
     for col in ("width", "l0", "fvu"):
@@ -310,7 +307,7 @@ def resolve_sampler(sampler: str = "auto") -> str:
         raise ValueError(f"sampler: expected 'auto', 'nutpie' or 'pymc', got {sampler!r}")
     if sampler == "auto":
         try:
-            import nutpie  # noqa: F401
+            import nutpie  # noqa: F401  (availability probe)
             return "nutpie"
         except ImportError:
             return "pymc"

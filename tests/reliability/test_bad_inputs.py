@@ -5,8 +5,10 @@ is rejected by validation before any work (exit 2, one ``geowall: error:`` messa
 the key or file, no traceback, nothing written under the runs folder). Part 2 corrupts a
 real run's inputs between steps (NaN activations, a metrics table missing a column) and
 checks that the step fails (exit 1) naming the model, layer and rows or the column, and
-writes none of its artefacts. Part 3 covers the loaders with no command of their own
-(Gemma Scope ``params.npz``, sae-lens safetensors): exact error type and message.
+writes none of its artefacts. The loaders with no command of their own are tested
+beside them: a truncated or mis-shaped Gemma Scope ``params.npz`` in
+``tests/test_gemma_scope.py``, a safetensors file of the wrong width in
+``tests/test_sae.py``.
 """
 import os
 import subprocess
@@ -14,13 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
-import yaml
 
-from geowall import io, sae
-from geowall.sources import gemma_scope
+from geowall import io
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -89,24 +87,10 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_profile(tmp_path_factory):
-    """A synthetic-only profile small enough that each step takes seconds."""
-    d = tmp_path_factory.mktemp("tiny-profile")
-    prof = {
-        "name": "tiny", "seed": 0, "device": "cpu",
-        "models": [{"name": "synth-a", "source": "synthetic", "zoo": "a", "layers": [0, 2, 4, 6], "ks": [1, 2]}],
-        "activations": {"n_train": 400, "n_eval": 200},
-        "sae": {"width_multiples": [0.5, 1], "ks": [4], "showcase_layers": {}, "steps": 5, "batch_size": 64,
-                "monotone_slack": None},
-        "geometry": {"n_points": 200, "n_boot": 5, "n_base": 20},
-        "stage1": {"draws": 50, "tune": 50, "chains": 1,
-                   "checks": {"rhat_max": 10, "ess_min": 1, "allow_divergences": 1000, "bfmi_min": 0.0}},
-        "stage2": {"draws": 50, "tune": 50, "chains": 1},
-        "transfer": [],
-    }
-    path = d / "tiny.yaml"
-    path.write_text(yaml.safe_dump(prof))
-    return path
+def tiny_profile(build_synthetic_profile):
+    return build_synthetic_profile("tiny", "a", [0, 2, 4, 6], models=[
+        {"name": "synth-a", "source": "synthetic", "zoo": "a", "layers": [0, 2, 4, 6], "ks": [1, 2]}],
+        sae={"width_multiples": [0.5, 1], "steps": 5})
 
 
 @pytest.mark.slow
@@ -145,42 +129,3 @@ def test_nan_activations_and_a_broken_metrics_table_stop_their_steps(tmp_path, t
     assert "Traceback" not in r.stderr
     for name in ("exponents.parquet", "stage1.nc", "steps/stage1.json"):
         assert not (run / name).exists(), name
-
-
-# ---------------------------------------------------------------- loaders with no command of their own
-
-
-def _params(folder: Path, d=8, W=16, **override):
-    rng = np.random.default_rng(0)
-    arrays = {"W_enc": rng.standard_normal((d, W)), "W_dec": rng.standard_normal((W, d)), "b_enc": np.zeros(W),
-              "b_dec": np.zeros(d), "threshold": np.full(W, 0.1)}
-    arrays = {k: v.astype(np.float32) for k, v in {**arrays, **override}.items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "params.npz", **arrays)
-    return folder / "params.npz"
-
-
-def test_truncated_params_npz(tmp_path):
-    path = _params(tmp_path / "sae")
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match=r"sae/params\.npz: not a readable \.npz \(truncated or corrupt\)"):
-        gemma_scope.load_sae(tmp_path / "sae")
-
-
-def test_misshaped_params_npz(tmp_path):
-    path = _params(tmp_path / "sae", W_dec=np.zeros((16, 9)))
-    with pytest.raises(ValueError, match=r"params\.npz: key 'W_dec' has shape \(16, 9\), expected \(16, 8\)"):
-        gemma_scope.load_sae(tmp_path / "sae")
-    assert path.is_file()
-
-
-def test_safetensors_for_the_wrong_width(tmp_path):
-    x = torch.randn(256, 8)
-    trained = sae.train_sae(x, 16, 2, steps=2, seed=0, batch_size=64)
-    sae.save_sae(trained, tmp_path / "w16", metadata={})
-    other = sae.train_sae(x, 32, 2, steps=2, seed=0, batch_size=64)
-    sae.save_sae(other, tmp_path / "w32", metadata={})
-    # weights of the width-32 SAE under the width-16 SAE's cfg.json
-    (tmp_path / "w16" / "sae_weights.safetensors").write_bytes((tmp_path / "w32" / "sae_weights.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"sae_weights.safetensors: key 'W_enc' has shape \(8, 32\), expected \(8, 16\)"):
-        sae.load_sae(tmp_path / "w16")

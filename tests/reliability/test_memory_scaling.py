@@ -8,7 +8,6 @@ half of that. Measured 2026-11-25: activations 275 -> 317 MiB, sae_grid 746 -> 7
 geometry 456 -> 469 (the remaining growth: different layers are different manifolds,
 with different temporaries)."""
 import pytest
-import yaml
 
 from geowall import pipeline
 
@@ -16,26 +15,14 @@ N_TRAIN = 40_000
 PER_LAYER_MB = N_TRAIN * 128 * 4 / 2**20
 
 
-def _profile(folder, layers):
-    prof = {
-        "name": f"mem{len(layers)}", "seed": 0, "device": "cpu",
-        "models": [{"name": "synth-b", "source": "synthetic", "zoo": "b", "layers": layers, "ks": [2]}],
-        "activations": {"n_train": N_TRAIN, "n_eval": 2000},
-        "sae": {"width_multiples": [0.5], "ks": [4], "showcase_layers": {}, "steps": 3, "batch_size": 256,
-                "monotone_slack": None},
-        "geometry": {"n_points": 300, "n_boot": 3, "n_base": 20},
-        "transfer": [],
-    }
-    path = folder / f"mem{len(layers)}.yaml"
-    path.write_text(yaml.safe_dump(prof))
-    return path
-
-
 @pytest.mark.slow
-def test_step_peak_memory_does_not_scale_with_layers(tmp_path):
+def test_step_peak_memory_does_not_scale_with_layers(tmp_path, build_synthetic_profile):
     peaks = {}
     for layers in ([0, 1], list(range(12))):
-        records = pipeline.run(_profile(tmp_path, layers), only=["activations", "sae_grid", "geometry"],
+        profile = build_synthetic_profile(f"mem{len(layers)}", "b", layers,
+                                          activations={"n_train": N_TRAIN, "n_eval": 2000},
+                                          sae={"batch_size": 256}, geometry={"n_points": 300})
+        records = pipeline.run(profile, only=["activations", "sae_grid", "geometry"],
                                runs_dir=tmp_path / "runs", progress=False, log=lambda *_: None)
         peaks[len(layers)] = {r["step"]: r["peak_rss_mb"] for r in records}
     print(f"\npeak RSS (MiB), 2 vs 12 layers of {PER_LAYER_MB:.1f} MiB each: {peaks}")
