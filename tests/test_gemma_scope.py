@@ -166,3 +166,122 @@ def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch
     assert len(opened) == 3 and len(S.read_metrics(metrics_path)) == 3   # layer 3 skipped
     with pytest.raises(ValueError, match=r"layers \[7\] have no residual SAEs"):
         gs.run_manifest(spec, [7], run_dir=tmp_path, metrics_path=metrics_path, seed=0, progress=False)
+
+
+# ---------------------------------------------------------------------------- streamed loading
+
+_RSS_SCRIPT = r"""
+import json, sys, torch
+from pathlib import Path
+from geowall.sources import gemma_scope as gs
+
+def status(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+path, device, verify, chunk = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+gs.npz_members(path)                                   # imports and zip parsing before the baseline
+before = status("VmRSS")
+params = gs.read_params(path, device=device, verify=verify, check_finite=verify, chunk_bytes=chunk)
+print(json.dumps({"before": before, "hwm": status("VmHWM"),
+                  "shapes": {k: list(v.shape) for k, v in params.items()}}))
+"""
+
+
+def _peak_rss_of_load(path, device: str, verify: bool, chunk_bytes: int = gs.CHUNK_BYTES) -> dict:
+    """Load ``path`` in a fresh interpreter; its RSS before loading and its high-water mark."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), device, "1" if verify else "0",
+                          str(chunk_bytes)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _sparse_params(path, d: int, width: int) -> int:
+    from npz_sparse import write_sparse_npz
+
+    return write_sparse_npz(path, {k: (v, "<f4") for k, v in gs.expected_shapes(d, width).items()})
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/status").is_file(), reason="needs Linux /proc")
+@pytest.mark.slow
+def test_largest_gemma_scope_sae_streams_with_bounded_host_memory(tmp_path):
+    """The 9B 1M-width SAE (d=3584, W=2**20: 30 GB of float32) streamed to a non-host device
+    (``meta`` stands in for a GPU: every byte is read and copied through the host buffer) keeps
+    the host's peak RSS within a few chunks; the file is sparse, so it takes no disk."""
+    d, width = gs.RELEASE_D["gemma-scope-9b-pt-res"], 2**20
+    path = tmp_path / "params.npz"
+    size = _sparse_params(path, d, width)
+    assert size == pytest.approx(gs.sae_nbytes(d, width), abs=gs.NPZ_OVERHEAD)
+    assert size > 30e9 and path.stat().st_blocks * 512 < 10e6       # apparent 30 GB, ~nothing on disk
+    got = _peak_rss_of_load(path, "meta", verify=False)
+    assert got["shapes"]["W_enc"] == [d, width] and got["shapes"]["W_dec"] == [width, d]
+    growth = got["hwm"] - got["before"]
+    assert growth < 4 * gs.CHUNK_BYTES + 64 * 2**20, f"host RSS grew by {growth / 2**20:.0f} MiB"
+
+
+def test_streamed_load_host_memory_is_one_copy_on_cpu_and_one_chunk_elsewhere(tmp_path):
+    """A 2B 16k-width SAE (302 MB), checked (CRC and finiteness): onto the CPU the peak RSS
+    grows by the parameters once (the old numpy-then-copy path needed twice); onto another
+    device (``meta``) by at most a few host chunks."""
+    d, width = gs.RELEASE_D["gemma-scope-2b-pt-res"], 2**14
+    path = tmp_path / "params.npz"
+    size = _sparse_params(path, d, width)
+    chunk = 8 * 2**20
+    cpu = _peak_rss_of_load(path, "cpu", verify=True, chunk_bytes=chunk)
+    assert cpu["hwm"] - cpu["before"] < 1.1 * size + 32 * 2**20
+    meta = _peak_rss_of_load(path, "meta", verify=True, chunk_bytes=chunk)
+    assert meta["hwm"] - meta["before"] < 4 * chunk + 64 * 2**20 < 0.5 * size
+
+
+def test_streamed_params_equal_numpy_and_catch_bad_crc(tmp_path):
+    rng = np.random.default_rng(5)
+    p = _fake_params(rng)
+    np.savez(tmp_path / "params.npz", **p)
+    got = gs.read_params(tmp_path / "params.npz", chunk_bytes=40)   # many tiny chunks
+    for k, v in p.items():
+        np.testing.assert_array_equal(got[k].numpy(), v)
+    np.savez_compressed(tmp_path / "c.npz", **p)                     # deflated members stream too
+    for k, v in gs.read_params(tmp_path / "c.npz", chunk_bytes=40).items():
+        np.testing.assert_array_equal(v.numpy(), p[k])
+    np.savez(tmp_path / "f.npz", **{**p, "W_enc": np.asfortranarray(p["W_enc"])})
+    np.testing.assert_array_equal(gs.read_params(tmp_path / "f.npz")["W_enc"].numpy(), p["W_enc"])
+    bad = {**p, "b_enc": p["b_enc"].copy()}
+    bad["b_enc"][3] = np.nan
+    np.savez(tmp_path / "nan.npz", **bad)
+    with pytest.raises(ValueError, match=r"nan\.npz: key 'b_enc' contains NaN"):
+        gs.read_params(tmp_path / "nan.npz")
+    # one flipped bit in W_enc's data: the CRC catches it
+    raw = bytearray((tmp_path / "params.npz").read_bytes())
+    m = gs.npz_members(tmp_path / "params.npz")["W_enc"]
+    raw[m.info.header_offset + 200] ^= 1
+    (tmp_path / "flip.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"key 'W_enc'.*CRC-32 mismatch"):
+        gs.read_params(tmp_path / "flip.npz")
+
+
+def test_sae_from_streamed_params_shares_their_memory(params_dir):
+    folder, p = params_dir
+    params = gs.read_params(folder / "params.npz")
+    sae = gs.sae_from_params(params)
+    assert sae.W_enc.data_ptr() == params["W_enc"].data_ptr()       # assigned, not copied
+    assert sae.cfg.device == "cpu" and sae.W_dec.device.type == "cpu"
+
+
+def test_budget_too_small_for_the_largest_sae_refuses_to_start(tmp_path):
+    from types import SimpleNamespace
+
+    from geowall.diskcache import BudgetError
+
+    spec = SimpleNamespace(name="gemma-2-9b", sae_release="gemma-scope-9b-pt-res")
+    need = gs.check_budget(spec, [20], None)                 # layer 20 has the 1M-width SAEs
+    assert need == gs.sae_nbytes(3584, 2**20) and need > 30e9
+    assert gs.check_budget(spec, [20], need) == need
+    with pytest.raises(BudgetError, match=r"sae\.cache_budget_gb: 20 GB cannot hold .*layer_20/width_1m"):
+        gs.check_budget(spec, [19, 20], int(20e9))
+    assert gs.check_budget(spec, [19], int(20e9)) < 20e9     # layer 19: 16k and 131k only

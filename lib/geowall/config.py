@@ -51,6 +51,8 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
+    sae_mirror: Path | None = Field(None, description="gemma-scope: fetch from this folder (<release>/<sae_id>/params.npz, "
+                                                      "e.g. a network mount) through the SAE cache instead of the hub")
     ks: list[PositiveInt] | None = Field(None, description="trained SAEs: this model's k grid (default: sae.ks)")
 
     @model_validator(mode="after")
@@ -63,6 +65,8 @@ class ModelSpec(_Strict):
             raise ValueError("sae_source 'gemma-scope' needs sae_release (e.g. gemma-scope-2b-pt-res)")
         if self.sae_local_dir is not None and not Path(self.sae_local_dir).is_dir():
             raise ValueError(f"sae_local_dir: folder not found: {self.sae_local_dir}")
+        if self.sae_mirror is not None and not Path(self.sae_mirror).is_dir():
+            raise ValueError(f"sae_mirror: folder not found: {self.sae_mirror}")
         if isinstance(self.layers, list):
             if not self.layers:
                 raise ValueError("layers must list at least one layer index, or be 'all'")
@@ -110,6 +114,13 @@ class SaeSpec(_Strict):
     lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
     steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
     lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
+    cache_budget_gb: PositiveFloat | None = Field(
+        None, description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
+                          "start if the largest SAE it streams does not fit")
+    keep_downloads: bool = Field(False, description="released SAEs: keep downloads (evicted only when the budget "
+                                                    "needs room) instead of deleting each after evaluation")
+    cache_dir: Path | None = Field(None, description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
+                                                     "on a cluster, a machine-local disk)")
     monotone_slack: NonNegativeFloat | None = Field(
         0.02, description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
                           "(real networks); null switches the width checks off")

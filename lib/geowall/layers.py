@@ -91,7 +91,8 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
     from geowall.sources import model_info
 
     settings = {"sae": cfg.sae.model_dump(mode="json", exclude={"showcase_layers", "showcase_width_multiples",
-                                                                   "width_multiples", "ks"}),
+                                                                   "width_multiples", "ks", "cache_budget_gb",
+                                                                   "keep_downloads", "cache_dir"}),
                 "activations": cfg.activations.model_dump(mode="json"), "corpus": cfg.corpus.model_dump(mode="json")}
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
@@ -102,7 +103,8 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
             from geowall.sources import gemma_scope
 
             rows = gemma_scope.run_manifest(spec, cfg.layers_of(spec), run_dir=run_dir, metrics_path=metrics,
-                                            seed=cfg.seed, device=_device(cfg), progress=progress)
+                                            seed=cfg.seed, device=_device(cfg), progress=progress,
+                                            cache=gemma_scope.cache_for(cfg.sae, run_dir))
             wanted.extend((spec.name, r.layer, r.width, r.k) for r in rows.itertuples())
             continue
         d = model_info(spec).d
