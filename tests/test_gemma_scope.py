@@ -285,3 +285,93 @@ def test_budget_too_small_for_the_largest_sae_refuses_to_start(tmp_path):
     with pytest.raises(BudgetError, match=r"sae\.cache_budget_gb: 20 GB cannot hold .*layer_20/width_1m"):
         gs.check_budget(spec, [19, 20], int(20e9))
     assert gs.check_budget(spec, [19], int(20e9)) < 20e9     # layer 19: 16k and 131k only
+
+
+# ---------------------------------------------------------------------------- a simulated Gemma Scope job
+
+SIM_LAYERS = [0, 1, 5]          # 10 + 10 + 16 = 36 SAEs of gemma-scope-2b-pt-res
+SIM_D = 8
+
+
+def write_fake_acts(run_dir, model: str, layers, d: int, n: int = 96, seed: int = 0) -> None:
+    """Activations laid out as step 00 writes them (train/eval .npy and a manifest)."""
+    from geowall import activations
+    from geowall.io import save_npy, write_json
+
+    rng = np.random.default_rng(seed)
+    for layer in layers:
+        folder = activations.layer_dir(run_dir, model, layer)
+        for split in ("train", "eval"):
+            save_npy(folder / f"{split}.npy", rng.normal(size=(n, d)).astype(np.float32) * 2)
+        write_json(folder / "manifest.json", {"n_train": n, "n_eval": n, "d": d, "layer": layer, "model": model})
+
+
+def simulated_gemma_scope(root, monkeypatch, *, scale: int = 256):
+    """The real 2B manifest's names and layer structure, each width divided by ``scale``
+    (16k -> 64 latents), residual width 8; a mirror of fake params.npz files under those
+    names and fake activations. Returns (spec-like dict, manifest rows, mirror, run_dir)."""
+    real = gs.manifest
+    release = "gemma-scope-2b-pt-res"
+    man = real((release,)).assign(width=lambda df: df.width // scale)
+    monkeypatch.setattr(gs, "manifest", lambda releases=gs.RELEASES: man[man.release.isin(releases)].reset_index(drop=True))
+    monkeypatch.setitem(gs.RELEASE_D, release, SIM_D)
+    rng = np.random.default_rng(7)
+    mirror = root / "mirror"
+    rows = man[man.layer.isin(SIM_LAYERS)]
+    for r in rows.itertuples():
+        folder = mirror / release / r.sae_id
+        folder.mkdir(parents=True)
+        np.savez(folder / "params.npz", W_enc=rng.normal(size=(SIM_D, r.width)).astype(np.float32),
+                 W_dec=rng.normal(size=(r.width, SIM_D)).astype(np.float32) / 4,
+                 b_enc=np.zeros(r.width, np.float32), b_dec=np.zeros(SIM_D, np.float32),
+                 threshold=rng.uniform(0.2, 1.5, r.width).astype(np.float32))
+    run_dir = root / "run"
+    write_fake_acts(run_dir, "gemma-2-2b", SIM_LAYERS, SIM_D)
+    return rows, mirror, run_dir
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_simulated_gemma_scope_job_streams_under_a_budget(tmp_path, monkeypatch, keep):
+    """36 SAEs under the real names, fetched from a mirror through a cache whose budget holds
+    one and a half of the largest: the budget forces eviction (keep) or deletion (no keep), the
+    disk never holds more than the budget, every SAE gets exactly one row, and with no keep
+    no SAE file is left behind."""
+    from types import SimpleNamespace
+
+    from geowall.diskcache import DiskCache
+
+    rows, mirror, run_dir = simulated_gemma_scope(tmp_path, monkeypatch)
+    largest = gs.sae_nbytes(SIM_D, int(rows.width.max()))
+    budget = int(1.5 * largest)
+    cache = DiskCache(tmp_path / "cache", budget, keep=keep)
+    on_disk, fetched = [], []
+    real_fetch = gs.mirror_fetch
+
+    def measured(mirror_dir, row):
+        inner = real_fetch(mirror_dir, row)
+
+        def fetch(dest):
+            inner(dest)
+            fetched.append(row.sae_id)
+            on_disk.append(sum(p.stat().st_size for p in cache.files()))
+        return fetch
+
+    monkeypatch.setattr(gs, "mirror_fetch", measured)
+    spec = SimpleNamespace(name="gemma-2-2b", sae_release="gemma-scope-2b-pt-res", sae_mirror=mirror)
+    metrics = tmp_path / "metrics.parquet"
+    gs.run_manifest(spec, SIM_LAYERS, run_dir=run_dir, metrics_path=metrics, seed=0, progress=False, cache=cache)
+    table = S.read_metrics(metrics)
+    assert len(table) == len(rows) == 36 and not table.duplicated(["layer", "width", "k"]).any()
+    assert sorted(fetched) == sorted(rows.sae_id) and max(on_disk) <= budget
+    assert sum(gs.sae_nbytes(SIM_D, int(w)) for w in rows.width) > 1.5 * budget                    # the whole job could never fit at once
+    stats = cache.stats()
+    assert stats["peak_bytes"] <= budget
+    if keep:
+        assert 0 < sum(p.stat().st_size for p in cache.files()) <= budget   # the most recent ones stay
+    else:
+        assert cache.files() == [] and stats["n_entries"] == 0
+    one = rows.iloc[0]
+    want = S.evaluate(gs.load_sae(mirror / one.release / one.sae_id), np.load(run_dir / "gemma-2-2b" / "acts" /
+                                                                             "layer_00" / "eval.npy"))
+    got = table[(table.layer == one.layer) & (table.width == one.width) & (table.k == one.l0)].iloc[0]
+    assert got.fvu == pytest.approx(want["fvu"], rel=1e-6) and got.l0 == pytest.approx(want["l0"])

@@ -224,5 +224,5 @@ class DiskCache:
                     "n_entries": len(ledger["entries"]), "budget_bytes": self.budget}
 
     def files(self) -> list[Path]:
-        """Every file under the root except the ledger and its lock."""
-        return sorted(p for p in self.root.rglob("*") if p.is_file() and p.name not in (LEDGER, LOCK))
+        """Every file under the root except the ledger (and its temporary rewrites) and its lock."""
+        return sorted(p for p in self.root.rglob("*") if p.is_file() and p.name != LOCK and LEDGER not in p.name)

@@ -453,7 +453,7 @@ def _streamed_sae(spec: Any, row: Any, *, cache: Any, device: str):
     def opened():
         mirror = getattr(spec, "sae_mirror", None)
         fetch = mirror_fetch(mirror, row) if mirror is not None else hub_fetch(row)
-        nbytes = sae_nbytes(release_d(row.release), int(row.width))
+        nbytes = int(row.nbytes) if hasattr(row, "nbytes") else sae_nbytes(release_d(row.release), int(row.width))
         with cache.fetched(f"{row.release}/{row.sae_id}/params.npz", nbytes, fetch) as path:
             sae = load_sae(path, device=device, metadata=meta)
         yield sae  # the file may be evicted now: the parameters live on the device
@@ -462,7 +462,8 @@ def _streamed_sae(spec: Any, row: Any, *, cache: Any, device: str):
 
 
 def layer_rows(spec: Any, layers: Any) -> pd.DataFrame:
-    """The manifest rows of ``spec.sae_release`` at ``layers``, with ``k`` = the nominal L0."""
+    """The manifest rows of ``spec.sae_release`` at ``layers``, with ``k`` = the nominal L0 and
+    ``nbytes`` = the size of the row's ``params.npz`` (what a worker reserves in its cache)."""
     release = spec.sae_release
     man = manifest((release,))
     layers = sorted({int(x) for x in layers})
@@ -470,7 +471,9 @@ def layer_rows(spec: Any, layers: Any) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"layers {unknown} have no residual SAEs in release {release!r} "
                          f"(layers {man.layer.min()}..{man.layer.max()})")
-    return man[man.layer.isin(layers)].assign(k=lambda df: df.l0).reset_index(drop=True)
+    d = release_d(release)
+    return (man[man.layer.isin(layers)].assign(k=lambda df: df.l0, nbytes=lambda df: [sae_nbytes(d, int(w)) for w in df.width])
+            .reset_index(drop=True))
 
 
 def evaluate_rows(spec: Any, rows: pd.DataFrame, eval_acts: Any, *, cache: Any, seed: int, device: str = "cpu"):
