@@ -136,6 +136,10 @@ def run(
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
+    if any(s.name == "sae_grid" for s in chosen):  # ... or the largest SAE to stream does not fit the disk budget
+        from geowall.plan import check_budget
+
+        check_budget(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
     records, prints = [], {}
