@@ -76,8 +76,14 @@ class ModelSpec(_Strict):
 
 
 class CorpusSpec(_Strict):
-    kind: Literal["stdlib", "files"] = "stdlib"
+    kind: Literal["stdlib", "files", "folder", "hf"] = "stdlib"
     files: list[Path] = Field(default_factory=list, description="kind 'files': UTF-8 text files")
+    folder: Path | None = Field(None, description="kind 'folder': every *.txt / *.md file under it (recursively)")
+    dataset: str | None = Field(None, description="kind 'hf': a Hugging Face dataset id (needs the hub) or local folder")
+    dataset_config: str | None = Field(None, description="kind 'hf': the dataset's configuration name")
+    split: str = Field("train", description="kind 'hf': the split to read (streamed)")
+    text_field: str = Field("text", description="kind 'hf': the column holding the text")
+    max_docs: PositiveInt = Field(20000, description="kind 'hf': documents read (before the train/eval split)")
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     min_words: PositiveInt = 8
 
@@ -85,6 +91,17 @@ class CorpusSpec(_Strict):
     def _files(self) -> "CorpusSpec":
         if self.kind == "files" and not self.files:
             raise ValueError("kind 'files' needs at least one path in files")
+        if self.kind == "folder":
+            from geowall.corpus import folder_files
+
+            if self.folder is None:
+                raise ValueError("kind 'folder' needs folder (a directory of .txt / .md files)")
+            try:
+                folder_files(self.folder)
+            except ValueError as e:
+                raise ValueError(f"folder: {e}") from None
+        if self.kind == "hf" and not self.dataset:
+            raise ValueError("kind 'hf' needs dataset (a Hugging Face dataset id or a local dataset folder)")
         from geowall.corpus import read_text_file
 
         for i, f in enumerate(self.files):
