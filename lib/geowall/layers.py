@@ -93,7 +93,9 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
     settings = {"sae": cfg.sae.model_dump(mode="json", exclude={"showcase_layers", "showcase_width_multiples",
                                                                    "width_multiples", "ks", "cache_budget_gb",
                                                                    "keep_downloads", "cache_dir"}),
-                "activations": cfg.activations.model_dump(mode="json"), "corpus": cfg.corpus.model_dump(mode="json")}
+                "activations": cfg.activations.model_dump(mode="json"),
+                "corpus": cfg.corpus.model_dump(mode="json", exclude=None if cfg.corpus.kind in ("folder", "hf") else {
+                    "folder", "dataset", "dataset_config", "split", "text_field", "max_docs"})}
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
     before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
