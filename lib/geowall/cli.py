@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun steps even if unchanged")
     r.add_argument("--runs-dir", default=None, help="where runs live (default: data/runs)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where per-model / per-layer work of steps 00-02 runs (ray: pip install 'geowall[ray]')")
+    r.add_argument("--address", default=None, help="--executor ray: the cluster to join (e.g. ray://head:10001)")
     c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
     c.add_argument("--profile", default="default")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -77,7 +80,7 @@ def _dispatch(args) -> int:
     from pathlib import Path
 
     pipeline.run(cfg, only=args.only, force=args.force, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, executor=args.executor, address=args.address)
     return 0
 
 

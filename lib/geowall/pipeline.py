@@ -127,11 +127,19 @@ def run(
     runs_dir: Path | None = None,
     progress: bool = True,
     log=print,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[dict]:
-    """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step."""
+    """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step.
+
+    ``executor``: where the per-model and per-(model, layer) work of steps 00-02 runs
+    (``local`` or ``ray``, see :mod:`geowall.executors`); ``address``: the Ray cluster to
+    join (default: a local Ray instance started here and shared by every step)."""
+    from geowall import executors
+
+    env = executors.environment(executor, address)
     cfg = profile if isinstance(profile, Profile) else load_profile(profile, overrides)
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS)
-    run_dir = run_dir_for(cfg, runs_dir)
     chosen = select(steps, only)
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
@@ -140,6 +148,23 @@ def run(
         from geowall.plan import check_budget
 
         check_budget(cfg)
+    if executor == "ray" and not address:  # one local Ray instance for all steps, joined by each kernel
+        env[executors.ENV_ADDRESS] = executors.RayExecutor().ray.get_runtime_context().gcs_address
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by geowall.executors.current() in the notebook kernels
+    try:
+        return _run_steps(cfg, chosen, steps, notebooks_dir, runs_dir, force, progress, log)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_steps(cfg: Profile, chosen: list[Step], steps: tuple[Step, ...], notebooks_dir: Path, runs_dir,
+               force: bool, progress: bool, log) -> list[dict]:
+    run_dir = run_dir_for(cfg, runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
     records, prints = [], {}
