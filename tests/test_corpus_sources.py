@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from geowall import corpus
 from geowall.config import CorpusSpec, ProfileError, load_profile
 
@@ -31,8 +30,7 @@ def test_hf_dataset_corpus_from_a_local_dataset_folder(tmp_path, monkeypatch):
     folder = tmp_path / "ds"
     folder.mkdir()
     with open(folder / "train.jsonl", "w") as fh:
-        for i in range(50):
-            fh.write(json.dumps({"content": PARA.format(i=i), "id": i}) + "\n")
+        fh.writelines(json.dumps({"content": PARA.format(i=i), "id": i}) + "\n" for i in range(50))
     docs = corpus.hf_documents(str(folder), text_field="content", max_docs=40)
     assert docs == [PARA.format(i=i) for i in range(40)]
     spec = CorpusSpec(kind="hf", dataset=str(folder), text_field="content", max_docs=50)

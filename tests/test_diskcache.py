@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from geowall.diskcache import LEDGER, BudgetError, DiskCache
 
 
@@ -58,9 +57,9 @@ def test_budget_forces_least_recently_used_eviction(tmp_path):
 def test_too_large_for_the_budget_is_refused_before_fetching(tmp_path):
     cache = DiskCache(tmp_path, budget_bytes=99)
     called: list = []
-    with pytest.raises(BudgetError, match="needs 100 B but the disk budget is 99 B"):
-        with cache.fetched("big", 100, _writer(100, called)):
-            pass
+    with pytest.raises(BudgetError, match="needs 100 B but the disk budget is 99 B"), \
+            cache.fetched("big", 100, _writer(100, called)):
+        pass
     assert called == []
 
 
@@ -71,9 +70,8 @@ def test_a_failed_fetch_leaves_nothing(tmp_path):
         dest.write_bytes(b"half")
         raise ConnectionError("network down")
 
-    with pytest.raises(ConnectionError):
-        with cache.fetched("k", 10, broken):
-            pass
+    with pytest.raises(ConnectionError), cache.fetched("k", 10, broken):
+        pass
     assert cache.files() == [] and cache.stats()["n_entries"] == 0
 
 
@@ -95,7 +93,7 @@ def test_dead_process_entries_are_reclaimed(tmp_path):
         "        os._exit(9)\n"
     )
     for mode in ("fetch", "use"):
-        r = subprocess.run([sys.executable, "-c", code, str(tmp_path), mode], capture_output=True)
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path), mode], capture_output=True, check=False)
         assert r.returncode == 9, r.stderr
     assert DiskCache(tmp_path).files() != []           # partial .fetch-* and k2 are there ...
     cache = DiskCache(tmp_path, budget_bytes=1000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from geowall import plan as P
 from geowall.config import load_profile
 from geowall.diskcache import BudgetError

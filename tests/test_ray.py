@@ -17,9 +17,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from geowall import activations, executors, layers  # noqa: E402
-from geowall import sae as S  # noqa: E402
-from geowall.config import load_profile, validate  # noqa: E402
+from geowall import activations, executors, layers
+from geowall import sae as S
+from geowall.config import load_profile, validate
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,10 +118,9 @@ def test_worker_killed_mid_task_is_retried_and_every_row_lands_once(synth, ray_l
 
 
 def test_simulated_gemma_scope_job_on_ray_under_a_disk_budget(ray_local, tmp_path, monkeypatch):
-    from test_gemma_scope import SIM_D, SIM_LAYERS, simulated_gemma_scope
-
     from geowall.diskcache import DiskCache
     from geowall.sources import gemma_scope as gs
+    from test_gemma_scope import SIM_D, SIM_LAYERS, simulated_gemma_scope
 
     rows, mirror, run_dir = simulated_gemma_scope(tmp_path, monkeypatch)
     largest = gs.sae_nbytes(SIM_D, int(rows.width.max()))

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from geowall import report
 from geowall.config import load_profile
 from geowall.io import write_json, write_parquet
@@ -60,7 +59,7 @@ def test_gemma2_paper_renders_from_simulated_artefacts(tmp_path):
     cfg = load_profile("gemma-2")
     simulate_artefacts(cfg, tmp_path)
     variables = flatten(report_variables(cfg, tmp_path))
-    meta, body = report._front_matter((ROOT / "index.qmd").read_text())
+    _, body = report._front_matter((ROOT / "index.qmd").read_text())
     body = report.EMBED.sub("", body)
     body = report.FIGREF.sub(lambda m: f"Figure ({m.group(1)})", body)
     text = report.VAR.sub(lambda m: str(variables[m.group(1)]), body)

@@ -23,8 +23,9 @@ not depend on where they were computed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 ENV_EXECUTOR = "GEOWALL_EXECUTOR"
 ENV_ADDRESS = "GEOWALL_RAY_ADDRESS"
