@@ -1,6 +1,8 @@
 """Tests of geowall.sources.gemma_scope: the registry manifest and params.npz loading (offline)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -375,3 +377,31 @@ def test_simulated_gemma_scope_job_streams_under_a_budget(tmp_path, monkeypatch,
                                                                              "layer_00" / "eval.npy"))
     got = table[(table.layer == one.layer) & (table.width == one.width) & (table.k == one.l0)].iloc[0]
     assert got.fvu == pytest.approx(want["fvu"], rel=1e-6) and got.l0 == pytest.approx(want["l0"])
+
+
+def test_hub_fetch_downloads_into_the_cache_not_the_hf_cache(tmp_path, monkeypatch):
+    """The hub fetch asks huggingface_hub for ``<path>/params.npz`` of the row's repo into a
+    private folder beside the cache entry (``local_dir``), then the cache deletes it after use."""
+    import huggingface_hub
+
+    from geowall.diskcache import DiskCache
+
+    params = _fake_params(np.random.default_rng(8))
+    calls = []
+
+    def fake_download(*, repo_id, filename, local_dir):
+        calls.append((repo_id, filename, Path(local_dir)))
+        out = Path(local_dir) / filename
+        out.parent.mkdir(parents=True)
+        np.savez(out, **params)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    row = gs.manifest(("gemma-scope-2b-pt-res",)).iloc[0]
+    cache = DiskCache(tmp_path / "cache", budget_bytes=10**6)
+    with cache.fetched(f"{row.release}/{row.sae_id}/params.npz", 10**5, gs.hub_fetch(row)) as path:
+        got = gs.read_params(path)
+    assert calls[0][:2] == (row.repo_id, f"{row.path}/params.npz")
+    assert tmp_path / "cache" in calls[0][2].parents
+    np.testing.assert_array_equal(got["W_dec"].numpy(), params["W_dec"])
+    assert cache.files() == []

@@ -8,11 +8,14 @@ which is slow to import). It lists the full (non-canonical) releases
 release are excluded. The ``-canonical`` releases hold only one SAE per (layer, width)
 and are not used.
 
-``load_sae(folder)`` reads a local Gemma Scope ``params.npz`` into a sae-lens
-``JumpReLUSAE``; ``from_pretrained`` goes through ``sae_lens.SAE.from_pretrained``
-(which also works offline from a filled Hugging Face cache with ``HF_HUB_OFFLINE=1``).
-``run_manifest`` evaluates every manifest SAE of some layers, one SAE in memory at a
-time, appending one metrics row per SAE (resume-safe, like ``geowall.sae.run_grid``).
+``load_sae(folder)`` streams a Gemma Scope ``params.npz`` onto a device (no full host
+copy, see :func:`read_params`) into a sae-lens ``JumpReLUSAE``; ``from_pretrained`` goes
+through ``sae_lens.SAE.from_pretrained`` (which also works offline from a filled Hugging
+Face cache with ``HF_HUB_OFFLINE=1``). ``run_manifest`` / ``evaluate_rows`` evaluate the
+manifest SAEs of some layers one at a time, each downloaded (from the hub, or a
+``sae_mirror`` folder) into a :class:`geowall.diskcache.DiskCache` under the profile's disk
+budget and deleted after use unless downloads are kept; rows are appended one per SAE
+(resume-safe, like ``geowall.sae.run_grid``).
 """
 from __future__ import annotations
 
