@@ -51,7 +51,8 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
-    ks: list[PositiveInt] | None = Field(None, description="trained SAEs: this model's k grid (default: sae.ks)")
+    ks: list[PositiveInt] | None = Field(None, min_length=1,
+                                         description="trained SAEs: this model's k grid (default: sae.ks)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -94,15 +95,15 @@ class CorpusSpec(_Strict):
 
 
 class ActivationsSpec(_Strict):
-    n_train: PositiveInt = Field(description="train tokens per layer")
-    n_eval: PositiveInt = Field(description="held-out evaluation tokens per layer")
+    n_train: int = Field(ge=2, description="train tokens per layer")
+    n_eval: int = Field(ge=2, description="held-out evaluation tokens per layer (fvu needs at least 2)")
     max_seq_len: int = Field(128, ge=8, le=8192)
     batch_size: PositiveInt = 32
 
 
 class SaeSpec(_Strict):
-    width_multiples: list[PositiveFloat] = Field(description="widths as multiples of d")
-    ks: list[PositiveInt]
+    width_multiples: list[PositiveFloat] = Field(min_length=1, description="widths as multiples of d")
+    ks: list[PositiveInt] = Field(min_length=1)
     showcase_layers: dict[str, list[int]] = Field(default_factory=dict, description="model name -> layers")
     showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
     steps: PositiveInt = 1000
@@ -123,8 +124,8 @@ class SaeSpec(_Strict):
 
 
 class GeometrySpec(_Strict):
-    n_points: PositiveInt = 2000
-    n_boot: PositiveInt = 100
+    n_points: int = Field(2000, ge=4, description="points per layer (at most activations.n_train are available)")
+    n_boot: int = Field(100, ge=2, description="bootstrap replicates (a standard error needs at least 2)")
     k_neighbors: int | None = Field(None, ge=3, description="kNN patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
     max_dim: PositiveInt = Field(12, description="cap on the tangent dimension of the curvature / residual patch fits")
@@ -170,7 +171,7 @@ class Profile(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0)
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
-    models: list[ModelSpec]
+    models: list[ModelSpec] = Field(min_length=1)
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     activations: ActivationsSpec
     sae: SaeSpec

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from geowall import preflight
 from geowall.config import Profile, load_profile
 from geowall.io import read_json, sha256_json, write_json
 from geowall.memory import PeakRSS
@@ -136,6 +137,7 @@ def run(
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
+    preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
     records, prints = [], {}
