@@ -97,8 +97,23 @@ def test_ess_boundary():
     assert [p.key for p in _problems(["stage2.checks.ess_min=801", "stage2.draws=400"])] == ["stage2.draws"]
 
 
-def test_stage2_layer_count_is_the_laws_own_rule():
-    assert law.min_training_layers(len(law.SUMMARIES)) == 6 and law.min_training_layers(0) == 3
+def _law_tables(n_layers: int):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    exps = pd.DataFrame({"model": "m", "layer": range(n_layers), "alpha_mean": rng.uniform(0.2, 0.8, n_layers),
+                         "alpha_sd": 0.05})
+    geo = pd.DataFrame([{"model": "m", "layer": i, "summary": s, "estimate": rng.uniform(1, 5), "se": 0.1}
+                        for i in range(n_layers) for s in law.SUMMARIES])
+    return exps, geo
+
+
+@pytest.mark.parametrize("predictors", [law.SUMMARIES, ("curvature",), ()])
+def test_stage2_layer_count_is_the_laws_own_rule(predictors):
+    need = preflight.min_training_layers(len(predictors))
+    exps, geo = _law_tables(need - 1)
+    with pytest.raises(ValueError, match=f"need at least {need}"):  # refused before the model is built
+        law.fit_law(exps, geo, predictors=predictors, draws=10, tune=10)
 
 
 def test_several_problems_are_reported_together():
@@ -244,7 +259,7 @@ def _library_accepts(cfg: Profile) -> None:
     geometry._check_patch_args(min(g.n_points, cfg.activations.n_train), k, dim, g.n_base)
     for s in (cfg.stage1, cfg.stage2):
         assert s.chains >= 2 and s.chains * s.draws >= s.checks.ess_min
-    need = law.min_training_layers(len(law.SUMMARIES))
+    need = preflight.min_training_layers(len(law.SUMMARIES))
     assert sum(len(cfg.layers_of(m)) for m in cfg.models) >= need
     assert all(len(cfg.layers_of(cfg.model(x))) >= need for pair in cfg.transfer for x in pair)
     showcase = {(m, layer) for m, ls in cfg.sae.showcase_layers.items() for layer in ls}

@@ -208,13 +208,6 @@ def _set_name(predictors: Sequence[str]) -> str:
     return "+".join(predictors)
 
 
-def min_training_layers(n_predictors: int) -> int:
-    """The fewest training layers :func:`fit_law` accepts for a law with ``n_predictors``
-    predictors (two residual degrees of freedom beyond intercept and slopes; at least 3).
-    :mod:`geowall.preflight` checks profiles against it before any step runs."""
-    return max(3, n_predictors + 2)
-
-
 def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
             predictors: Sequence[str] = SUMMARIES, target: str = "alpha", draws: int = 1000,
             chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
@@ -246,9 +239,9 @@ def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     if layers is not None:
         keep = set(zip(layers["model"].astype(str), layers["layer"].astype(int)))
         tab = tab[[(m, l) in keep for m, l in zip(tab["model"], tab["layer"])]].reset_index(drop=True)
-    if len(tab) < min_training_layers(len(predictors)):
+    if len(tab) < max(3, len(predictors) + 2):
         raise ValueError(f"fit_law: {len(tab)} training layers for {len(predictors)} predictor(s); "
-                         f"need at least {min_training_layers(len(predictors))} (target={target!r}, models={models})")
+                         f"need at least {max(3, len(predictors) + 2)} (target={target!r}, models={models})")
     sc = _scaling_from(tab, predictors)
     model = build_law_model(tab, predictors, sc)
     idata = _scaling.sample_model(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,

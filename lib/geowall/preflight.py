@@ -14,8 +14,9 @@ whose message names the key and what was expected.
 Adding a precondition (e.g. for a new key): write a function ``cfg -> iterable of
 (key, message)`` and decorate it with :func:`register`, naming the key, the steps that
 need it and the library function whose own check it mirrors (``where``). Checks read
-the library's rules from the library (``geometry.patch_k``, ``law.min_training_layers``,
-the defaults of ``scaling.exponents``) so the two cannot drift apart.
+the library's rules from the library where it exposes them (``geometry.patch_k``, the
+defaults of ``scaling.exponents``); where a rule is inline in a library function
+(:func:`min_training_layers` for ``law.fit_law``) a test holds the two together.
 """
 from __future__ import annotations
 
@@ -233,11 +234,17 @@ def _n_layers(cfg: Profile, name: str) -> int:
     return len(cfg.layers_of(cfg.model(name)))
 
 
-@register("models", steps=("stage2",), where="law.fit_law: >= law.min_training_layers(predictors) layers")
+def min_training_layers(n_predictors: int) -> int:
+    """The fewest training layers ``law.fit_law`` accepts for ``n_predictors`` predictors
+    (its own check; tests/test_preflight.py holds the two together)."""
+    return max(3, n_predictors + 2)
+
+
+@register("models", steps=("stage2",), where="law.fit_law: >= min_training_layers(predictors) layers")
 def _stage2_layers(cfg):
     from geowall import law
 
-    need = max(law.min_training_layers(len(p)) for p in law.DEFAULT_LAW_SETS.values())
+    need = max(min_training_layers(len(p)) for p in law.DEFAULT_LAW_SETS.values())
     have = sum(len(cfg.layers_of(m)) for m in cfg.models)
     if have < need:
         yield ("models", f"{have} layers over all models: the Stage 2 laws (up to "
@@ -249,7 +256,7 @@ def _stage2_layers(cfg):
 def _transfer_layers(cfg):
     from geowall import law
 
-    need = law.min_training_layers(len(law.SUMMARIES))
+    need = min_training_layers(len(law.SUMMARIES))
     seen = set()
     for j, (a, b) in enumerate(cfg.transfer):
         for x in (a, b):  # step 05 runs both directions: each model of a pair trains a law
