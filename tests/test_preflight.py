@@ -299,3 +299,49 @@ def test_subprocess_refusals_are_one_line():
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith(f"geowall: error: ") and key in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------- advice after a failed fit
+
+
+def _ar1_idata(draws: int, chains: int = 2, rho: float = 0.9, seed: int = 0):
+    """Chains of an AR(1) process: ESS about chains x draws x (1 - rho) / (1 + rho)."""
+    import arviz as az
+
+    rng = np.random.default_rng(seed)
+    x = np.zeros((chains, draws))
+    x[:, 0] = rng.standard_normal(chains)
+    eps = rng.standard_normal((chains, draws)) * np.sqrt(1 - rho**2)
+    for t in range(1, draws):
+        x[:, t] = rho * x[:, t - 1] + eps[:, t]
+    stats = {"diverging": np.zeros((chains, draws), bool), "energy": rng.standard_normal((chains, draws))}
+    return az.from_dict(posterior={"theta": x}, sample_stats=stats)
+
+
+def test_ess_advice_names_draws_that_then_pass():
+    from geowall import scaling
+
+    with pytest.raises(scaling.FitDiagnosticsError) as e:
+        scaling.check_fit(_ar1_idata(500), ess_min=400)
+    lines = preflight.fit_advice(e.value.failures, section="stage2", draws=500, chains=2, tune=500, target_accept=0.9)
+    assert lines[0].startswith("raise stage2.draws to >= ") and "min bulk ESS" in lines[0], lines
+    assert all(x.startswith(("raise stage2.draws", "raise stage2.tune")) for x in lines), lines  # R-hat may fail too
+    draws = int(lines[0].split(">= ")[1].split()[0])
+    assert 2000 < draws < 10000  # ESS ~ 53 of 1000 samples: about 400 / 53 x 500 x 1.25
+    scaling.check_fit(_ar1_idata(draws, seed=1), ess_min=400)  # the advised setting passes
+
+
+def test_divergence_rhat_bfmi_and_chain_advice():
+    f = [{"diagnostic": "divergences", "value": 12, "threshold": "<= 0"},
+         {"diagnostic": "r_hat", "value": 1.05, "threshold": "<= 1.01"},
+         {"diagnostic": "bfmi", "value": 0.1, "threshold": ">= 0.3"}]
+    lines = preflight.fit_advice(f, section="stage1", draws=1000, chains=2, tune=800, target_accept=0.95)
+    assert lines[0].startswith("raise stage1.draws to >= 2000 (R-hat 1.05")
+    assert lines[1].startswith("raise stage1.target_accept to 0.99 (12 divergent transitions")
+    assert lines[2].startswith("raise stage1.tune to >= 1600")
+    one = [{"diagnostic": "r_hat", "value": "not computable with 1 chain", "threshold": "needs >= 2 chains"}]
+    assert preflight.fit_advice(one, section="stage2", draws=10, chains=1, tune=10, target_accept=0.9) == [
+        "raise stage2.chains to 2 (R-hat needs at least 2 chains)"]
+    top = preflight.fit_advice(f[:1], section="stage2", draws=10, chains=2, tune=10, target_accept=0.995)
+    assert "reparameterisation" in top[0] and "stage2.checks.allow_divergences" in top[0]
+    assert preflight.fit_advice_text(f, None) == ""
