@@ -345,3 +345,16 @@ def test_divergence_rhat_bfmi_and_chain_advice():
     top = preflight.fit_advice(f[:1], section="stage2", draws=10, chains=2, tune=10, target_accept=0.995)
     assert "reparameterisation" in top[0] and "stage2.checks.allow_divergences" in top[0]
     assert preflight.fit_advice_text(f, None) == ""
+
+
+def test_width_trend_failure_names_the_slack_that_passes():
+    import pandas as pd
+    import re
+
+    rows = [("net", 0, 4, w, f) for w, f in zip((10, 20, 40, 80), (0.4, 0.3, 0.36, 0.2))]  # a +20% step
+    trend = sae_mod.width_trend(pd.DataFrame(rows, columns=["model", "layer", "k", "width", "fvu"]))
+    with pytest.raises(ValueError, match="raise sae.steps") as e:
+        sae_mod.check_width_trend(trend, slack=0.15)
+    advised = float(re.search(r"sae.monotone_slack to >= ([0-9.]+)", str(e.value)).group(1))
+    assert 0.2 <= advised <= 0.21
+    sae_mod.check_width_trend(trend, slack=advised)  # the advised setting passes
