@@ -358,3 +358,11 @@ def test_width_trend_failure_names_the_slack_that_passes():
     advised = float(re.search(r"sae.monotone_slack to >= ([0-9.]+)", str(e.value)).group(1))
     assert 0.2 <= advised <= 0.21
     sae_mod.check_width_trend(trend, slack=advised)  # the advised setting passes
+
+
+def test_missing_upstream_is_refused_before_the_first_step(tmp_path):
+    runs = tmp_path / "runs"
+    # geometry would run first (its upstream is chosen), then stage1 lacks sae_grid: nothing may run
+    with pytest.raises(pipeline.StepFailed, match=r"step 'stage1' needs upstream step\(s\) \['sae_grid'\]"):
+        pipeline.run("smoke", only=["activations", "stage1"], runs_dir=runs, progress=False)
+    assert not runs.exists()
