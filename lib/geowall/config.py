@@ -147,6 +147,14 @@ class BayesSpec(_Strict):
     target_accept: float = Field(0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)")
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
+    def check_kwargs(self, section: str) -> dict:
+        """Keyword arguments for the convergence check of a fit sampled with these settings:
+        the thresholds, and ``advice`` (what :func:`geowall.preflight.fit_advice` needs to
+        say which key of ``section`` to change, and to what, if the fit fails)."""
+        return {**self.checks.model_dump(), "advice": {
+            "section": section, "draws": self.draws, "chains": self.chains, "tune": self.tune,
+            "target_accept": self.target_accept}}
+
 
 class Stage1Spec(BayesSpec):
     forms: list[Literal["additive", "joint"]] = Field(default_factory=lambda: ["additive", "joint"])
