@@ -36,6 +36,9 @@ def test_shipped_profiles_validate(name):
         ("geometry.n_boot=1", "geometry.n_boot: Input should be greater than or equal to 2"),
         ("geometry.n_points=3", "geometry.n_points: Input should be greater than or equal to 4"),
         ("activations.n_eval=1", "activations.n_eval: Input should be greater than or equal to 2"),
+        # found by the property test (tests/test_preflight.py): YAML escapes can make lone surrogates
+        ('transfer=[[synth-a, "\\udc54"]]', "transfer.0.1: not Unicode text"),
+        ('sae.showcase_layers={"\\udc54": [1]}', "sae.showcase_layers.\\udc54: not Unicode text"),
     ],
 )
 def test_bad_override_is_rejected_with_the_key(override, needle):

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from geowall.pipeline import StepFailed
 
-        print(f"geowall: error: {e}", file=sys.stderr)
+        msg = str(e).encode("utf-8", "backslashreplace").decode()  # printable whatever the input held
+        print(f"geowall: error: {msg}", file=sys.stderr)
         return 1 if isinstance(e, StepFailed) else 2
 
 

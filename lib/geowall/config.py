@@ -327,10 +327,27 @@ def validate(raw: dict, *, origin: str = "profile") -> Profile:
     """Validate a raw mapping; raise :class:`ProfileError` naming each bad key."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_text(raw, "", origin)
     try:
         return Profile.model_validate(raw)
     except ValidationError as e:
         raise ProfileError(f"{origin}: invalid parameters\n" + _format_errors(e)) from None
+
+
+def _check_text(node: Any, where: str, origin: str) -> None:
+    """Refuse strings that are not Unicode text (lone surrogates, which YAML's \\u escapes can
+    make): the schema's validator cannot even read them. Keys and values, at any depth."""
+    def bad(x) -> bool:
+        return isinstance(x, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in x)
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{where}.{k}" if where else str(k)
+        if bad(k) or bad(v):
+            shown = (k if bad(k) else v).encode("utf-8", "backslashreplace").decode()
+            raise ProfileError(f"{origin}: invalid parameters\n  {key.encode('utf-8', 'backslashreplace').decode()}: "
+                               f"not Unicode text ({shown!r} holds a lone surrogate); expected UTF-8 text")
+        _check_text(v, key, origin)
 
 
 def _format_errors(e: ValidationError) -> str:
