@@ -39,6 +39,9 @@ def test_shipped_profiles_validate(name):
         # found by the property test (tests/test_preflight.py): YAML escapes can make lone surrogates
         ('transfer=[[synth-a, "\\udc54"]]', "transfer.0.1: not Unicode text"),
         ('sae.showcase_layers={"\\udc54": [1]}', "sae.showcase_layers.\\udc54: not Unicode text"),
+        ("sae.width_multiples=[.inf]", "sae.width_multiples.0: Input should be a finite number"),  # was an OverflowError
+        ('stage1.checks.ess_min="1e999"', "stage1.checks.ess_min: Input should be a finite number"),
+        ("stage2.target_accept=.nan", "stage2.target_accept: Input should be a finite number"),
     ],
 )
 def test_bad_override_is_rejected_with_the_key(override, needle):

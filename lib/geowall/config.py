@@ -33,7 +33,7 @@ class ProfileError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # no inf or nan anywhere
 
 
 SourceName = Literal["minilm", "minilm-random", "synthetic", "hf"]
