@@ -366,3 +366,9 @@ def test_missing_upstream_is_refused_before_the_first_step(tmp_path):
     with pytest.raises(pipeline.StepFailed, match=r"step 'stage1' needs upstream step\(s\) \['sae_grid'\]"):
         pipeline.run("smoke", only=["activations", "stage1"], runs_dir=runs, progress=False)
     assert not runs.exists()
+
+
+def test_gemma_scope_release_and_layers_are_checked_against_the_registry():
+    assert preflight.problems(load_profile("gemma-2"), machine=False) == []
+    found = preflight.problems(load_profile("gemma-2", ["models.0.sae_release=gemma-scope-nope"]), machine=False)
+    assert [p.key for p in found] == ["models.0.sae_release"] and "not in the sae-lens registry" in found[0].message

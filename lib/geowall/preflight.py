@@ -307,10 +307,10 @@ def _gemma_scope_layers(cfg):
         except (ValueError, KeyError, FileNotFoundError) as e:
             yield (f"models.{i}.sae_release", f"{e}; expected a release of the sae-lens registry")
             continue
-        missing = sorted(set(cfg.layers_of(m)) - set(int(x) for x in man.layer))
+        missing = sorted(set(cfg.layers_of(m)) - {int(x) for x in man.layer})
         if missing:
             yield (f"models.{i}.layers", f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
-                                         f"expected layers among {sorted(set(int(x) for x in man.layer))}")
+                                         f"expected layers among {sorted({int(x) for x in man.layer})}")
 
 
 @register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",
