@@ -72,8 +72,12 @@ def _device(cfg: Profile) -> str:
 def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
     """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
     showcase = layer in cfg.sae.showcase_layers.get(model, [])
-    mults = cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples
-    return sorted({int(round(m * d)) for m in mults})
+    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
+
+
+def widths_of(multiples, d: int) -> list[int]:
+    """Distinct widths (whole latents) of width multiples of d, ascending."""
+    return sorted({int(round(m * d)) for m in multiples})
 
 
 def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:
