@@ -94,11 +94,12 @@ def dies_once_mid_layer(cfg_json, run_dir, work, model, layer, metrics_path):
         spec = cfg.model(model)
         d = model_info(spec).d
         w = layers.widths_for(cfg, model, layer, d)[0]
+        train_cfg = S.TrainConfig(steps=cfg.sae.steps, batch_size=cfg.sae.batch_size,
+                                  lr=cfg.sae.lr_scale * S.default_lr(w))
         S.run_grid(activations.load(Path(run_dir), model, layer, "train"),
-                   activations.load(Path(run_dir), model, layer, "eval"), model=model, layer=layer, widths=[w],
-                   ks=cfg.ks_of(spec), steps=cfg.sae.steps, seed=cfg.seed, sae_dir=Path(work),
-                   metrics_path=Path(metrics_path), batch_size=cfg.sae.batch_size,
-                   lr=cfg.sae.lr_scale * S.default_lr(w), progress=False)
+                   activations.load(Path(run_dir), model, layer, "eval"), train_cfg, model=model, layer=layer,
+                   widths=[w], ks=cfg.ks_of(spec), seed=cfg.seed, sae_dir=Path(work),
+                   metrics_path=Path(metrics_path), progress=False)
         marker.touch()
         os._exit(9)  # the worker dies: a system failure, which Ray retries
     return layers._trained_unit(cfg_json, run_dir, work, model, layer, metrics_path)

@@ -15,7 +15,7 @@ from geowall import activations, geometry
 from geowall.config import Profile
 
 
-def pairs(cfg: Profile) -> list[tuple[str, int, float]]:
+def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
     """(model, layer, relative depth) for every layer of every model; depth = layer / last layer index."""
     from geowall.sources import model_info
 
@@ -93,7 +93,7 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, execut
 
     ex = executor or executors.current()
     cfg_json = cfg.model_dump(mode="json")
-    units = [(cfg_json, str(run_dir), i, model, layer, depth) for i, (model, layer, depth) in enumerate(pairs(cfg))]
+    units = [(cfg_json, str(run_dir), i, model, layer, depth) for i, (model, layer, depth) in enumerate(layer_depths(cfg))]
     got: dict[int, tuple] = {}
     bar = tqdm(total=len(units), desc="geometry", disable=not progress)
     for args, result in ex.map(_geometry_unit, units, resources=executors.resources_for(cfg.device, "geometry")):
@@ -114,7 +114,7 @@ def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
         if m.source != "synthetic":
             continue
         for layer in cfg.layers_of(m):
-            t = activations.manifest(run_dir, m.name, layer)["truth"]
+            t = activations.layer_manifest(run_dir, m.name, layer)["truth"]
             rows.append({"model": m.name, "layer": layer, **t})
     return pd.DataFrame(rows)
 
@@ -128,8 +128,12 @@ def _device(cfg: Profile) -> str:
 def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
     """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
     showcase = layer in cfg.sae.showcase_layers.get(model, [])
-    mults = cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples
-    return sorted({int(round(m * d)) for m in mults})
+    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
+
+
+def widths_of(multiples, d: int) -> list[int]:
+    """Distinct widths (whole latents) of width multiples of d, ascending."""
+    return sorted({int(round(m * d)) for m in multiples})
 
 
 def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: int, metrics_path: str) -> list[dict]:
@@ -148,9 +152,9 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
     for w in widths:  # one call per width: the learning rate depends on the width
         lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
         steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
-        sae.run_grid(train, evl, model=model, layer=layer, widths=[w], ks=ks, steps=steps, seed=cfg.seed,
-                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path),
-                     batch_size=cfg.sae.batch_size, lr=lr, progress=False)
+        train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
+        sae.run_grid(train, evl, train_cfg, model=model, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
+                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path), progress=False)
     table = sae.read_metrics(metrics_path)
     return table[(table.model == model) & (table.layer == layer)].to_dict("records")
 
@@ -158,24 +162,22 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
 def _released_unit(cfg_json: dict, run_dir: str, model: str, layer: int, rows: list[dict],
                    metrics_path: str) -> list[dict]:
     """Evaluate the given Gemma Scope manifest rows of one (model, layer), streamed through
-    the profile's SAE cache, into ``metrics_path`` (resumable); returns the new rows."""
+    the profile's SAE cache, into ``metrics_path`` (resumable); returns this layer's rows."""
     from geowall import sae
     from geowall.config import validate
     from geowall.sources import gemma_scope
 
     cfg = validate(cfg_json)
     spec = cfg.model(model)
-    table = sae.read_metrics(metrics_path)
-    done = sae.done_keys(table)
+    done = sae.MetricsTable(metrics_path)
+    table = done.table
     todo = pd.DataFrame(rows)
     todo = todo[[(model, int(r.layer), int(r.width), int(r.k), cfg.seed) not in done for r in todo.itertuples()]]
-    out = []
     if len(todo):
         acts = activations.load(Path(run_dir), model, layer, "eval")
         for row in gemma_scope.evaluate_rows(spec, todo, acts, cache=gemma_scope.cache_for(cfg.sae, run_dir),
                                              seed=cfg.seed, device=_device(cfg)):
             table = sae.append_metrics(metrics_path, table, row)
-            out.append(row)
     return table[(table.model == model) & (table.layer == layer)].to_dict("records")
 
 
@@ -186,12 +188,14 @@ def merge_rows(metrics_path: Path, rows: list[dict]) -> int:
     from geowall import sae
     from geowall.io import write_parquet
 
+    from geowall.sae.grid import _coerce_metrics
+
     table = sae.read_metrics(metrics_path)
-    done = sae.done_keys(table)
+    done = sae.MetricsTable(metrics_path)
     new = [r for r in rows if (r["model"], int(r["layer"]), int(r["width"]), int(r["k"]), int(r["seed"])) not in done]
     new = list({(r["model"], int(r["layer"]), int(r["width"]), int(r["k"]), int(r["seed"])): r for r in new}.values())
     if new:
-        write_parquet(metrics_path, sae._coerce_metrics(pd.concat([table, pd.DataFrame(new)], ignore_index=True)))
+        write_parquet(metrics_path, _coerce_metrics(pd.concat([table, pd.DataFrame(new)], ignore_index=True)))
     return len(new)
 
 
@@ -227,7 +231,7 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=Non
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
     before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
-    done = sae.done_keys(before)
+    done = sae.MetricsTable(metrics)
     cfg_json = cfg.model_dump(mode="json")
     wanted, trained_units, released_units = [], [], []
 

@@ -8,7 +8,7 @@ which is slow to import). It lists the full (non-canonical) releases
 release are excluded. The ``-canonical`` releases hold only one SAE per (layer, width)
 and are not used.
 
-``load_sae(folder)`` streams a Gemma Scope ``params.npz`` onto a device (no full host
+``load_released_sae(folder)`` streams a Gemma Scope ``params.npz`` onto a device (no full host
 copy, see :func:`read_params`) into a sae-lens ``JumpReLUSAE``; ``from_pretrained`` goes
 through ``sae_lens.SAE.from_pretrained`` (which also works offline from a filled Hugging
 Face cache with ``HF_HUB_OFFLINE=1``). ``run_manifest`` / ``evaluate_rows`` evaluate the
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["RELEASES", "manifest", "load_sae", "from_pretrained", "run_manifest", "registry_path",
+__all__ = ["RELEASES", "manifest", "load_released_sae", "from_pretrained", "run_manifest", "registry_path",
            "parse_width"]
 
 RELEASES = ("gemma-scope-2b-pt-res", "gemma-scope-9b-pt-res")
@@ -325,7 +325,7 @@ def sae_from_params(params: dict[str, torch.Tensor], *, metadata: dict[str, Any]
     return sae.eval()
 
 
-def load_sae(folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
+def load_released_sae(folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
                     metadata: dict[str, Any] | None = None, chunk_bytes: int = CHUNK_BYTES):
     """A sae-lens ``JumpReLUSAE`` from ``folder/params.npz`` (a Gemma Scope checkpoint),
     streamed onto ``device`` (see :func:`read_params`).
@@ -449,7 +449,7 @@ def _streamed_sae(spec: Any, row: Any, *, cache: Any, device: str):
     meta = {"release": row.release, "sae_id": row.sae_id}
     local_dir = getattr(spec, "sae_local_dir", None)
     if local_dir is not None:
-        return contextlib.nullcontext(load_sae(_local_params(local_dir, row.release, row.sae_id), device=device,
+        return contextlib.nullcontext(load_released_sae(_local_params(local_dir, row.release, row.sae_id), device=device,
                                                metadata=meta))
 
     @contextlib.contextmanager
@@ -458,7 +458,7 @@ def _streamed_sae(spec: Any, row: Any, *, cache: Any, device: str):
         fetch = mirror_fetch(mirror, row) if mirror is not None else hub_fetch(row)
         nbytes = int(row.nbytes) if hasattr(row, "nbytes") else sae_nbytes(release_d(row.release), int(row.width))
         with cache.fetched(f"{row.release}/{row.sae_id}/params.npz", nbytes, fetch) as path:
-            sae = load_sae(path, device=device, metadata=meta)
+            sae = load_released_sae(path, device=device, metadata=meta)
         yield sae  # the file may be evicted now: the parameters live on the device
 
     return opened()
@@ -524,16 +524,16 @@ def run_manifest(spec: Any, layers: Any, *, run_dir: str | os.PathLike, metrics_
     rows = layer_rows(spec, layers)
     cache = cache if cache is not None else DiskCache(Path(run_dir) / "sae_cache")
     check_budget(spec, layers, cache.budget)
-    table = S.read_metrics(metrics_path)
-    done = S.done_keys(table)
-    todo = rows[[(spec.name, r.layer, r.width, r.k, int(seed)) not in done for r in rows.itertuples()]]
-    S.log.info("run_manifest %s: %d of %d Gemma Scope SAEs already in %s, skipped",
-               spec.name, len(rows) - len(todo), len(rows), metrics_path)
+    metrics = S.MetricsTable(metrics_path)
+    key = rows.set_index(["layer", "width", "k"]).index
+    todo = rows.iloc[metrics.todo(range(len(rows)), lambda i: (spec.name, *key[i], seed),
+                                  what=f"run_manifest {spec.name} (Gemma Scope)")]
     bar = tqdm(total=len(todo), desc=f"{spec.name} Gemma Scope", disable=not progress)
     for layer, group in todo.groupby("layer", sort=True):
         eval_acts = activations.load(Path(run_dir), spec.name, int(layer), "eval")
         for row in evaluate_rows(spec, group, eval_acts, cache=cache, seed=seed, device=device):
-            table = S.append_metrics(metrics_path, table, row)
+            metrics.add(**{k: row[k] for k in ("model", "layer", "width", "k", "seed", "source", "sae_id",
+                                               "train_tokens")}, metrics=row)
             bar.update(1)
     bar.close()
     return rows
