@@ -60,7 +60,7 @@ def test_gemma2_plan_times_from_a_measured_throughput_only(gemma, tmp_path):
 def test_budget_below_the_largest_sae_refuses_before_any_work(tmp_path):
     from geowall import pipeline
 
-    cfg = load_profile("gemma-2", ["sae.cache_budget_gb=20"])
+    cfg = load_profile("gemma-2", ["sae.cache_budget_gb=20", "device=cpu"])  # the device check comes first
     with pytest.raises(BudgetError, match=r"sae\.cache_budget_gb: 20 GB cannot hold .*gemma-2-9b"):
         P.check_budget(cfg)
     with pytest.raises(BudgetError):
