@@ -74,7 +74,7 @@ def test_plan_command_offline(capsys):
 
     assert main(["plan", "--profile", "gemma-2", "--bandwidth", "100"]) == 0
     out = capsys.readouterr().out
-    assert "844 to evaluate" in out and "SAE cache budget 100.0 GB" in out and "Peak disk" in out
+    assert "844 to evaluate" in out and "SAE download cache peaks at 30.1 GB of its 100.0 GB budget" in out and "Peak disk" in out
     assert "Wall time: not estimated" in out and "download" in out
     assert main(["plan", "--profile", "gemma-2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

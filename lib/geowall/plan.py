@@ -309,9 +309,14 @@ def render(plan: Plan) -> str:
                  f"{sum(n['released'] for n in plan.n_saes.values()):6,d} to evaluate")
     lines += ["", f"Downloads: {fmt_bytes(plan.download_bytes)}"]
     lines += [f"  {k:52s} {fmt_bytes(v):>10s}" for k, v in plan.download.items()]
-    budget = "no budget set (sae.cache_budget_gb)" if plan.budget_bytes is None else \
-        f"SAE cache budget {fmt_bytes(plan.budget_bytes)}"
-    lines += ["", f"Peak disk: {fmt_bytes(plan.peak_disk)} ({budget})"]
+    cache = plan.disk.get("SAE download cache (peak)")
+    if cache is None:
+        budget = "no SAE downloads"
+    elif plan.budget_bytes is None:
+        budget = f"the SAE download cache peaks at {fmt_bytes(cache)}; no budget set (sae.cache_budget_gb)"
+    else:
+        budget = f"the SAE download cache peaks at {fmt_bytes(cache)} of its {fmt_bytes(plan.budget_bytes)} budget"
+    lines += ["", f"Peak disk: {fmt_bytes(plan.peak_disk)} in all; {budget}"]
     lines += [f"  {k:52s} {fmt_bytes(v):>10s}" for k, v in plan.disk.items()]
     lines += ["", "Peak memory per task (estimates from shapes)",
               f"  {'model':18s} {'task':10s} {'count':>6s} {'GPU':>10s} {'host':>10s}  note"]
