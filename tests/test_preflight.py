@@ -24,6 +24,7 @@ from geowall import cli, config, geometry, law, pipeline, preflight
 from geowall import sae as sae_mod
 from geowall.config import Profile, ProfileError, load_profile
 from geowall.preflight import PreflightError
+from geowall.sae.train import grid_pairs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -248,7 +249,7 @@ def _library_accepts(cfg: Profile) -> None:
         if cfg.sae.showcase_layers.get(m.name):
             grids.append(cfg.sae.showcase_width_multiples)
         for mults in grids:
-            sae_mod._grid(widths_of(mults, d), cfg.ks_of(m))
+            grid_pairs(widths_of(mults, d), cfg.ks_of(m))
     with pytest.raises(ValueError) as e:  # summaries checks n_boot first, then refuses the empty X
         geometry.summaries(np.zeros((0, 2)), n_boot=cfg.geometry.n_boot)
     assert "n_boot" not in str(e.value), e.value

@@ -27,6 +27,9 @@ def simulate_artefacts(cfg, run_dir: Path, seed: int = 0) -> None:
         [{"model": m, "layer": la, "width": w, "fvu": rng.uniform(0.05, 0.5)} for m, la in pairs for w in (16384, 65536)]))
     write_parquet(run_dir / "geometry.parquet", pd.DataFrame(
         [{"model": m, "layer": la, "summary": s, "estimate": rng.uniform(5, 40)} for m, la in pairs for s in SUMMARIES]))
+    write_parquet(run_dir / "geometry_sensitivity.parquet", pd.DataFrame(
+        [{"model": m, "layer": la, "summary": s, "knob": "k", "setting": setting, "default": setting == "default",
+          "estimate": rng.uniform(5, 40)} for m, la in pairs for s in SUMMARIES for setting in ("default", "half")]))
     write_parquet(run_dir / "exponents.parquet", pd.DataFrame(
         [{"model": m, "layer": la, "primary": True, "floor_identified": la % 7 == 0, "alpha_mean": rng.uniform(0.1, 0.6)}
          for m, la in pairs]))
@@ -67,7 +70,8 @@ def test_gemma2_paper_renders_from_simulated_artefacts(tmp_path):
     assert "gemma-2-2b" in text and "gemma-2-9b" in text and "released Gemma Scope" in text
     assert "68 layers over 2 models" in text and "with SAEs trained here" not in text
     assert "TopK SAEs are trained briefly" not in text and "Released SAEs on our tokens" in text
-    assert re.search(r"gemma-2-9b \d+\.\d to \d+\.\d", text)
+    assert re.search(r"gemma-2-9b: TwoNN dimension \d+\.\d to \d+\.\d, curvature", text)
+    assert "no synthetic zoo" in text
     html = report._pandoc(text, {})
     assert "Gemma Scope JumpReLU SAE" in html and "gemma-scope-9b-pt-res" in html
 

@@ -28,10 +28,7 @@ def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
 
 def subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     """At most n rows, chosen without replacement by a seeded RNG, in their original order."""
-    if len(x) <= n:
-        return np.asarray(x, dtype=np.float32)
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
-    return np.asarray(x[idx], dtype=np.float32)
+    return np.asarray(x[subsample_index(len(x), n, seed)], dtype=np.float32)
 
 
 def _harvest_unit(cfg_json: dict, run_dir: str, model: str, corpus, progress: bool = False) -> dict:
@@ -67,44 +64,62 @@ def harvest_models(cfg: Profile, run_dir: Path, corpus, *, executor=None) -> pd.
     return pd.DataFrame([got[m.name] for m in cfg.models])
 
 
+def subsample_index(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """The row indices ``subsample`` keeps (all rows when n_rows <= n)."""
+    if n_rows <= n:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
 def _geometry_unit(cfg_json: dict, run_dir: str, i: int, model: str, layer: int, depth: float):
-    """Geometry of one (model, layer): (summaries rows, multiscale rows). A unit of work for
-    :mod:`geowall.executors`; the seed depends only on the layer's position ``i``."""
+    """Geometry of one (model, layer): (summaries, multiscale ID, sensitivity) rows. A unit of
+    work for :mod:`geowall.executors`; the seed depends only on the layer's position ``i``."""
     from geowall.config import validate
 
     cfg = validate(cfg_json)
     g = cfg.geometry
+    run_dir = Path(run_dir)
     seed = cfg.seed * 1_000_003 + i
-    x = subsample(activations.load(Path(run_dir), model, layer, "train"), g.n_points, seed)
-    s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, max_dim=g.max_dim,
-                           device=_device(cfg))
+    acts = activations.load(run_dir, model, layer, "train")
+    idx = subsample_index(len(acts), g.n_points, seed)
+    x = np.asarray(acts[idx], dtype=np.float32)
+    docs = activations.doc_ids(run_dir, model, "train")
+    groups = None if docs is None else np.asarray(docs)[idx]
+    kw = dict(max_dim=g.max_dim, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+    s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, groups=groups, **kw)
     rows = s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0)))
-    ms = geometry.multiscale_id(x, seed=seed, device=_device(cfg))
-    return rows, ms.assign(model=model, layer=layer, depth=depth)
+    ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+    sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)
+    return rows, ms.assign(model=model, layer=layer, depth=depth), sv.assign(model=model, layer=layer, depth=depth)
 
 
 def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summaries, multiscale ID) for every layer, from ``geometry.n_points`` train tokens.
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summaries, multiscale ID, sensitivity) for every layer, from ``geometry.n_points`` train tokens.
 
+    Standard errors resample whole documents (step 00's ``docs_train.npy``; the synthetic
+    zoo, which has none, resamples points). The sensitivity table holds each summary at
+    three settings of its main knob and the Levina-Bickel MLE (``geometry.sensitivity``).
     Each (model, layer) is a unit of work for ``executor`` (default
-    :func:`geowall.executors.current`); results are put back in layer order."""
+    :func:`geowall.executors.current`); results are put back in layer order.
+    """
     from geowall import executors
 
     ex = executor or executors.current()
     cfg_json = cfg.model_dump(mode="json")
-    units = [(cfg_json, str(run_dir), i, model, layer, depth) for i, (model, layer, depth) in enumerate(layer_depths(cfg))]
+    units = [(cfg_json, str(run_dir), i, model, layer, depth)
+             for i, (model, layer, depth) in enumerate(layer_depths(cfg))]
     got: dict[int, tuple] = {}
     bar = tqdm(total=len(units), desc="geometry", disable=not progress)
     for args, result in ex.map(_geometry_unit, units, resources=executors.resources_for(cfg.device, "geometry")):
         got[args[2]] = result
         bar.update(1)
     bar.close()
-    rows = [got[i][0] for i in range(len(units))]
-    multi = [got[i][1] for i in range(len(units))]
+    rows, multi, sens = ([got[i][j] for i in range(len(units))] for j in range(3))
     front = ["model", "layer", "depth", "summary"]
     table = pd.concat(rows, ignore_index=True)
-    return table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True)
+    return (table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True),
+            pd.concat(sens, ignore_index=True))
 
 
 def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:

@@ -124,7 +124,7 @@ def _showcase(cfg: Profile) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------------------- SAE grid
 
 
-@register("sae.showcase_width_multiples", steps=("sae_grid",), where="sae.TopKConfig / sae._grid: k <= width")
+@register("sae.showcase_width_multiples", steps=("sae_grid",), where="sae.model.TopKConfig / sae.train.grid_pairs: k <= width")
 def _showcase_widths_above_k(cfg):
     """The schema checks k < the smallest ordinary width; showcase layers use another grid."""
     names = set(cfg.sae.showcase_layers)
