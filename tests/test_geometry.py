@@ -372,7 +372,7 @@ def test_mle_matches_skdim_and_sensitivity_rows():
     assert G.mle_id(X, k=20, near_dup_tol=0) == pytest.approx(ref, rel=1e-6)
     sv = G.sensitivity(X, seed=0, n_base=40)
     assert set(sv.summary) == {"id_twonn", "pr", "curvature", "local_residual", "id_mle"}
-    assert sv.groupby(["summary", "knob"]).size().eq(3).all() and sv.groupby("summary").default.sum().eq(1).all()
+    assert sv.groupby(["summary", "knob"]).size().eq(3).all() and sv.groupby(["summary", "knob"]).default.sum().eq(1).all()
     assert np.allclose(sv[sv.summary.isin(["id_twonn", "id_mle"])].estimate, 4, rtol=0.2)
 
 
