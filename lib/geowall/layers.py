@@ -55,12 +55,14 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True
         x = np.asarray(acts[idx], dtype=np.float32)
         docs = activations.doc_ids(run_dir, model, "train")
         groups = None if docs is None else np.asarray(docs)[idx]
-        kw = dict(max_dim=g.max_dim, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+        kw = {"max_dim": g.max_dim, "tangent_tol": g.tangent_tol, "near_dup_tol": g.near_dup_tol,
+              "device": _device(cfg)}
         s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, groups=groups, **kw)
         rows.append(s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0))))
         ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
         multi.append(ms.assign(model=model, layer=layer, depth=depth))
-        sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)
+        sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base,
+                                  defaults=s.set_index("summary").estimate.to_dict(), **kw)
         sens.append(sv.assign(model=model, layer=layer, depth=depth))
     front = ["model", "layer", "depth", "summary"]
     table = pd.concat(rows, ignore_index=True)
@@ -94,7 +96,7 @@ def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
 
 def widths_of(multiples, d: int) -> list[int]:
     """Distinct widths (whole latents) of width multiples of d, ascending."""
-    return sorted({int(round(m * d)) for m in multiples})
+    return sorted({round(m * d) for m in multiples})
 
 
 def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:
