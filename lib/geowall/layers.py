@@ -148,7 +148,7 @@ def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
 
 def widths_of(multiples, d: int) -> list[int]:
     """Distinct widths (whole latents) of width multiples of d, ascending."""
-    return sorted({int(round(m * d)) for m in multiples})
+    return sorted({round(m * d) for m in multiples})
 
 
 def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: int, metrics_path: str) -> list[dict]:

@@ -193,10 +193,11 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
         from scipy.stats import spearmanr
 
         from geowall import layers
+        from geowall.activations import ActivationError
 
         try:
             truth = layers.truth_table(cfg, run_dir)
-        except Exception:  # activations of the zoo absent: the paper says "n/a"
+        except ActivationError:  # activations of the zoo absent: the paper says "n/a"
             truth = pd.DataFrame()
         if len(truth):
             est = g[g.summary == "curvature"][["model", "layer", "estimate"]]
