@@ -376,3 +376,10 @@ def test_gemma_scope_release_and_layers_are_checked_against_the_registry():
     assert preflight.problems(load_profile("gemma-2"), machine=False) == []
     found = preflight.problems(load_profile("gemma-2", ["models.0.sae_release=gemma-scope-nope"]), machine=False)
     assert [p.key for p in found] == ["models.0.sae_release"] and "not in the sae-lens registry" in found[0].message
+
+
+def test_disk_budget_is_a_preflight_check():
+    found = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20"]), machine=False)
+    assert [p.key for p in found] == ["sae.cache_budget_gb"] and found[0].message.startswith("20 GB cannot hold")
+    assert preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
+                              ["sae_grid"], machine=False) == []

@@ -327,6 +327,18 @@ def _gemma_scope_layers(cfg):
                                          f"expected layers among {sorted({int(x) for x in man.layer})}")
 
 
+@register("sae.cache_budget_gb", steps=("sae_grid",),
+          where="plan.check_budget / gemma_scope.check_budget: the largest streamed SAE fits the download cache")
+def _cache_budget(cfg):
+    from geowall.diskcache import BudgetError
+    from geowall.plan import check_budget
+
+    try:
+        check_budget(cfg)
+    except BudgetError as e:
+        yield ("sae.cache_budget_gb", str(e).removeprefix("sae.cache_budget_gb: "))
+
+
 @register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",
           machine=True)
 def _device_available(cfg):
