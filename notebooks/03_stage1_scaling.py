@@ -74,7 +74,7 @@ if rule_path.is_file():
     study = pd.DataFrame([{
         "grid": g, "false positives (power law)": d[d.model == "power"].floor_identified.mean(),
         "planted floors identified": d[d.model == "floor"].floor_identified.mean(),
-        "planted floors covered": ((d.floor_true >= d.floor_hdi_3) & (d.floor_true <= d.floor_hdi_97))[d.model == "floor"].mean(),
+        "planted floors covered": ((d.floor >= d.floor_hdi_3) & (d.floor <= d.floor_hdi_97))[d.model == "floor"].mean(),
         "alpha coverage (power law)": cov(d[d.model == "power"]),
         "alpha 94% width (power law)": (d.alpha_hdi_97 - d.alpha_hdi_3)[d.model == "power"].mean(),
     } for g, d in sim.groupby("grid", sort=False)])
