@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
+from geowall.geometry import SUMMARY_NAMES
 from geowall.io import require_columns
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
     "simulate_between_models",
 ]
 
-SUMMARIES = ("id_twonn", "pr", "curvature", "local_residual")
+SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
 BASELINES = ("models", "depth")
 DEFAULT_LAW_SETS: dict[str, tuple[str, ...]] = {
     "models": (),
