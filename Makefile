@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
 
-.PHONY: setup report run test test-fast bench clean-runs
+.PHONY: setup report run test test-fast bench sbc clean-runs
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ test-fast: setup
 
 bench: setup
 	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Simulation-based calibration of Stage 1 on the default and Gemma Scope grids (Talts et
+# al. 2018): writes data/sbc/stage1_sbc.parquet, whose rank histograms notebook 03 draws.
+sbc: setup
+	$(BIN)/python tests/benchmarks/sbc_stage1.py
 
 clean-runs:
 	rm -rf data/runs

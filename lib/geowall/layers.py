@@ -15,14 +15,24 @@ from geowall import activations, geometry
 from geowall.config import Profile
 
 
+def relative_depth(layer: int, n_layers: int) -> float:
+    """The one definition of relative depth: ``layer / (n_layers - 1)``, with ``n_layers``
+    the model's number of residual points (not the number a profile selects), so a layer
+    has the same depth whichever subset of layers a profile runs; 0 for a one-layer model.
+    The geometry table carries it (``depth``) and Stage 2 reads it from there."""
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} outside 0..{n_layers - 1}")
+    return layer / (n_layers - 1) if n_layers > 1 else 0.0
+
+
 def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
-    """(model, layer, relative depth) for every layer of every model; depth = layer / last layer index."""
+    """(model, layer, relative depth) for every layer of every model (:func:`relative_depth`)."""
     from geowall.sources import model_info
 
     out = []
     for m in cfg.models:
-        last = model_info(m).n_layers - 1
-        out.extend((m.name, layer, layer / last if last else 0.0) for layer in cfg.layers_of(m))
+        n = model_info(m).n_layers
+        out.extend((m.name, layer, relative_depth(layer, n)) for layer in cfg.layers_of(m))
     return out
 
 
