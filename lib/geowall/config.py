@@ -36,7 +36,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-SourceName = Literal["minilm", "minilm-random", "synthetic", "hf"]
+SourceName = Literal["minilm", "minilm-random", "mpnet", "mpnet-random", "synthetic", "hf"]
 
 
 class ModelSpec(_Strict):
