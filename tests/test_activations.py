@@ -41,7 +41,7 @@ def test_minilm_matches_transformers_directly(tmp_path, tiny_corpus):
             assert got.shape == (n, 384)
             np.testing.assert_allclose(got, ref[:n], atol=2e-4, rtol=1e-4)
         np.testing.assert_array_equal(ids_got, ids[:n])
-    man = activations.manifest(tmp_path, "minilm", 3)
+    man = activations.layer_manifest(tmp_path, "minilm", 3)
     assert man["n_train"] == 40 and man["d"] == 384 and man["corpus_hash"] == "tiny"
 
 

@@ -55,7 +55,7 @@ def test_fake_params_load_and_evaluate(params_dir):
     import sae_lens
 
     folder, p = params_dir
-    sae = gs.load_sae(folder)
+    sae = gs.load_released_sae(folder)
     assert isinstance(sae, sae_lens.JumpReLUSAE)
     x = np.random.default_rng(1).normal(size=(300, D)).astype(np.float32) * 2
     pre = x @ p["W_enc"] + p["b_enc"]                      # no b_dec on the input
@@ -78,7 +78,7 @@ def test_truncated_npz_is_a_clear_error(params_dir):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match=r"params\.npz.*(truncated or corrupt)"):
-        gs.load_sae(folder)
+        gs.load_released_sae(folder)
 
 
 def test_corrupt_member_names_the_key(params_dir):
@@ -91,7 +91,7 @@ def test_corrupt_member_names_the_key(params_dir):
     raw[pos:pos + 16] = bytes(16)
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"params\.npz: key 'W_dec'.*(truncated or corrupt)"):
-        gs.load_sae(folder)
+        gs.load_released_sae(folder)
 
 
 @pytest.mark.parametrize("key,shape,expected", [
@@ -105,7 +105,7 @@ def test_misshaped_key_names_file_key_and_shape(tmp_path, key, shape, expected):
     params[key] = np.zeros(shape, np.float32)
     np.savez(tmp_path / "params.npz", **params)
     with pytest.raises(ValueError, match=rf"params\.npz: key '{key}' has shape .*{expected}"):
-        gs.load_sae(tmp_path)
+        gs.load_released_sae(tmp_path)
 
 
 def test_missing_key_and_missing_file(tmp_path):
@@ -113,9 +113,9 @@ def test_missing_key_and_missing_file(tmp_path):
     del params["threshold"]
     np.savez(tmp_path / "params.npz", **params)
     with pytest.raises(ValueError, match=r"params\.npz: missing key 'threshold'"):
-        gs.load_sae(tmp_path)
+        gs.load_released_sae(tmp_path)
     with pytest.raises(FileNotFoundError, match="params.npz"):
-        gs.load_sae(tmp_path / "nowhere")
+        gs.load_released_sae(tmp_path / "nowhere")
 
 
 def test_from_pretrained_rejects_unknown_ids_before_any_download():
@@ -149,8 +149,8 @@ def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch
     acts = rng.normal(size=(120, D)).astype(np.float32)
     monkeypatch.setattr(geowall.activations, "load", lambda run_dir, model, layer, split: acts)
     opened = []
-    real_load = gs.load_sae
-    monkeypatch.setattr(gs, "load_sae", lambda *a, **kw: opened.append(a) or real_load(*a, **kw))
+    real_load = gs.load_released_sae
+    monkeypatch.setattr(gs, "load_released_sae", lambda *a, **kw: opened.append(a) or real_load(*a, **kw))
     spec = SimpleNamespace(name="gemma-2-2b", sae_release=release, sae_local_dir=tmp_path / "mirror")
     metrics_path = tmp_path / "metrics.parquet"
 

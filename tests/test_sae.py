@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from geowall import kernels as K
 from geowall import sae as S
+from geowall.sae import grid as sae_grid
 
 
 def sparse_features(n: int, d: int, n_features: int = 48, active: int = 3, seed: int = 0) -> np.ndarray:
@@ -85,7 +87,7 @@ def test_sparse_decode_matches_dense(B, W, d, k):
     idx = torch.stack([torch.randperm(W, generator=gen)[:k] for _ in range(B)])
     g = torch.randn(B, d, generator=gen, dtype=torch.float64)
     outs = []
-    for fn in (S.sparse_decode, S.dense_decode):
+    for fn in (K.sparse_decode, K.dense_decode):
         y = fn(acts, idx, W_dec)
         ga, gw = torch.autograd.grad(y, (acts, W_dec), g)
         outs.append((y, ga, gw))
@@ -100,7 +102,7 @@ def test_scatter_rows_matches_index_add():
     src = torch.randn(40, 7, generator=gen, dtype=torch.float64)
     want = torch.zeros(30, 7, dtype=torch.float64).index_add_(
         0, idx.reshape(-1), (w[..., None] * src[:, None, :]).reshape(-1, 7))
-    torch.testing.assert_close(S.scatter_rows(idx, w, src, 30), want)
+    torch.testing.assert_close(K.scatter_rows(idx, w, src, 30), want)
 
 
 # ---------------------------------------------------------------- training
@@ -143,6 +145,19 @@ def test_deterministic_on_cpu(data):
     for name, p in runs[0].sae.state_dict().items():
         assert torch.equal(p, runs[1].sae.state_dict()[name]), name
     assert not torch.equal(runs[0].sae.W_dec, other.sae.W_dec)
+
+
+def test_config_object_and_keyword_overrides_train_the_same_sae(data):
+    cfg = S.TrainConfig(steps=20, batch_size=128)
+    by_object = S.train_sae(data[0], 32, 3, cfg, seed=11, progress=False)
+    by_keywords = S.train_sae(data[0], 32, 3, steps=20, batch_size=128, seed=11, progress=False)
+    overridden = S.train_sae(data[0], 32, 3, cfg, seed=11, progress=False, steps=5)
+    for name, p in by_object.sae.state_dict().items():
+        assert torch.equal(p, by_keywords.sae.state_dict()[name]), name
+    assert (by_object.steps, overridden.steps) == (20, 5)
+    assert S.TrainConfig(epochs=2.0, batch_size=100).total_steps(250) == 5  # ceil(2 * 250 / 100)
+    with pytest.raises(TypeError, match=r"unknown training setting\(s\) \['stepz'\]"):
+        S.train_sae(data[0], 32, 3, stepz=20, progress=False)
 
 
 def test_bad_inputs_raise_clear_errors(data):
@@ -242,7 +257,7 @@ def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog)
     assert (full.l0 <= full.k).all() and (full.train_tokens == 8 * 256).all()
     assert (tmp_path / "a/saes/toy/layer_02/w16_k4/cfg.json").is_file()
 
-    real_evaluate, calls = S.evaluate, []
+    real_evaluate, calls = sae_grid.evaluate, []
 
     def dying_evaluate(*args, **kwargs):  # the third SAE "crashes" before its row lands
         calls.append(1)
@@ -250,10 +265,10 @@ def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog)
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(S, "evaluate", dying_evaluate)
+    monkeypatch.setattr(sae_grid, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "b", data)
-    monkeypatch.setattr(S, "evaluate", real_evaluate)
+    monkeypatch.setattr(sae_grid, "evaluate", real_evaluate)
     assert len(pd.read_parquet(tmp_path / "b/sae_metrics.parquet")) == 2
     with caplog.at_level(logging.INFO, logger="geowall.sae"):
         resumed = _run(tmp_path / "b", data)

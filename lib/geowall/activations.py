@@ -34,7 +34,7 @@ def layer_dir(run_dir: Path, model: str, layer: int) -> Path:
     return Path(run_dir) / model / "acts" / f"layer_{layer:02d}"
 
 
-def manifest(run_dir: Path, model: str, layer: int) -> dict:
+def layer_manifest(run_dir: Path, model: str, layer: int) -> dict:
     path = layer_dir(run_dir, model, layer) / "manifest.json"
     if not path.is_file():
         raise ActivationError(f"no activations for model {model!r} layer {layer} under {path.parent} (run step 'activations' first)")
@@ -45,7 +45,7 @@ def load(run_dir: Path, model: str, layer: int, split: str = "train", *, check: 
     """Memory-mapped (n, d) float32 activations. ``check`` scans for NaN/Inf in chunks."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    man = manifest(run_dir, model, layer)
+    man = layer_manifest(run_dir, model, layer)
     x = load_npy(layer_dir(run_dir, model, layer) / f"{split}.npy")
     if x.shape != (man[f"n_{split}"], man["d"]):
         raise ActivationError(f"model {model!r} layer {layer} {split}: shape {x.shape} does not match its manifest")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from geowall.geometry import SUMMARY_NAMES
+
 alt.data_transformers.disable_max_rows()
 
 
@@ -68,8 +70,8 @@ def versions() -> dict:
     return out
 
 
-SUMMARY_TITLES = {"id_twonn": "TwoNN intrinsic dimension", "pr": "participation ratio",
-                  "curvature": "curvature (scale-free)", "local_residual": "local residual"}
+SUMMARY_TITLES = dict(zip(SUMMARY_NAMES, ("TwoNN intrinsic dimension", "participation ratio",
+                                          "curvature (scale-free)", "local residual"), strict=True))
 
 
 def geometry_profiles(geo: pd.DataFrame) -> alt.FacetChart:
@@ -138,9 +140,9 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
 
 def exponents_depth(exps: pd.DataFrame, cfg) -> alt.HConcatChart:
     """alpha and floor vs relative depth with 94% HDIs; one colour per model, one shape per form."""
-    from geowall.layers import pairs
+    from geowall.layers import layer_depths
 
-    depth = pd.DataFrame(pairs(cfg), columns=["model", "layer", "depth"])
+    depth = pd.DataFrame(layer_depths(cfg), columns=["model", "layer", "depth"])
     df = exps.merge(depth, on=["model", "layer"])
     base = alt.Chart(df).encode(x=alt.X("depth:Q", title="relative depth"), color="model:N",
                                 shape=alt.Shape("form:N"), tooltip=["model", "layer", "form", "alpha_mean", "floor_mean"])

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from geowall.geometry import SUMMARY_NAMES
 from geowall.io import require_columns
 
 from . import scaling as _scaling
@@ -59,7 +60,7 @@ __all__ = [
     "simulate_geometry",
 ]
 
-SUMMARIES = ("id_twonn", "pr", "curvature", "local_residual")
+SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
 DEFAULT_LAW_SETS: dict[str, tuple[str, ...]] = {
     "id": ("id_twonn",),
     "curvature": ("curvature",),

@@ -15,7 +15,7 @@ from geowall import activations, geometry
 from geowall.config import Profile
 
 
-def pairs(cfg: Profile) -> list[tuple[str, int, float]]:
+def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
     """(model, layer, relative depth) for every layer of every model; depth = layer / last layer index."""
     from geowall.sources import model_info
 
@@ -38,7 +38,7 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True) -> tup
     """(summaries, multiscale ID) for every layer, from ``geometry.n_points`` train tokens."""
     g = cfg.geometry
     rows, multi = [], []
-    for i, (model, layer, depth) in enumerate(tqdm(pairs(cfg), desc="geometry", disable=not progress)):
+    for i, (model, layer, depth) in enumerate(tqdm(layer_depths(cfg), desc="geometry", disable=not progress)):
         seed = cfg.seed * 1_000_003 + i
         x = subsample(activations.load(run_dir, model, layer, "train"), g.n_points, seed)
         s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, max_dim=g.max_dim,
@@ -58,7 +58,7 @@ def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
         if m.source != "synthetic":
             continue
         for layer in cfg.layers_of(m):
-            t = activations.manifest(run_dir, m.name, layer)["truth"]
+            t = activations.layer_manifest(run_dir, m.name, layer)["truth"]
             rows.append({"model": m.name, "layer": layer, **t})
     return pd.DataFrame(rows)
 
@@ -115,9 +115,9 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
             for w in widths:  # one call per width: the learning rate depends on the width
                 lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
                 steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
-                sae.run_grid(train, evl, model=spec.name, layer=layer, widths=[w], ks=ks,
-                             steps=steps, seed=cfg.seed, device=_device(cfg), sae_dir=work,
-                             metrics_path=metrics, batch_size=cfg.sae.batch_size, lr=lr, progress=progress)
+                train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
+                sae.run_grid(train, evl, train_cfg, model=spec.name, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
+                             device=_device(cfg), sae_dir=work, metrics_path=metrics, progress=progress)
     table = sae.read_metrics(metrics)
     key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
     table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)

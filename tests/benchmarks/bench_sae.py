@@ -189,10 +189,10 @@ def main() -> None:
           f"steps={steps} ({total_tokens} tokens, {total_tokens / args.n_train:.1f} epochs) lr={lr:.3g} "
           f"AuxK 1/32, dead after {dead_tokens} tokens")
 
-    from geowall.sae import TopKTrainer
+    from geowall.sae import TopKTrainer, TrainConfig
 
     roof_start = matmul_roofline(B, d, W, args.device)
-    gw = TopKTrainer(x_train, W, k, steps=steps, seed=args.seed, device=args.device, batch_size=B, lr=lr)
+    gw = TopKTrainer(x_train, W, k, TrainConfig(steps=steps, batch_size=B, lr=lr), seed=args.seed, device=args.device)
     names = ["sae-lens"] + (["sae-lens+mean-b_dec"] if args.sae_lens_mean_init else [])
     sl = [make_sae_lens(x_train, steps, B, W, k, lr, args.device, args.seed, dead_window_steps,
                         mean_init=(name != "sae-lens")) for name in names]

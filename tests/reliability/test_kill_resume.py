@@ -77,4 +77,4 @@ def test_sigkill_mid_layer_harvest_then_resume_equals_uninterrupted(tmp_path):
         for split in ("train", "eval"):
             np.testing.assert_array_equal(activations.load(run, "minilm", layer, split),
                                           activations.load(ref, "minilm", layer, split))
-        assert activations.manifest(run, "minilm", layer) == activations.manifest(ref, "minilm", layer)
+        assert activations.layer_manifest(run, "minilm", layer) == activations.layer_manifest(ref, "minilm", layer)

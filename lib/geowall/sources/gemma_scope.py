@@ -8,11 +8,12 @@ which is slow to import). It lists the full (non-canonical) releases
 release are excluded. The ``-canonical`` releases hold only one SAE per (layer, width)
 and are not used.
 
-``load_sae(folder)`` reads a local Gemma Scope ``params.npz`` into a sae-lens
+``load_released_sae(folder)`` reads a local Gemma Scope ``params.npz`` into a sae-lens
 ``JumpReLUSAE``; ``from_pretrained`` goes through ``sae_lens.SAE.from_pretrained``
 (which also works offline from a filled Hugging Face cache with ``HF_HUB_OFFLINE=1``).
 ``run_manifest`` evaluates every manifest SAE of some layers, one SAE in memory at a
-time, appending one metrics row per SAE (resume-safe, like ``geowall.sae.run_grid``).
+time, appending one metrics row per SAE (resume-safe through ``geowall.sae.MetricsTable``,
+like ``geowall.sae.run_grid``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["RELEASES", "manifest", "load_sae", "from_pretrained", "run_manifest", "registry_path",
+__all__ = ["RELEASES", "manifest", "load_released_sae", "from_pretrained", "run_manifest", "registry_path",
            "parse_width"]
 
 RELEASES = ("gemma-scope-2b-pt-res", "gemma-scope-9b-pt-res")
@@ -143,7 +144,7 @@ def _check_shapes(path: Path, arrs: dict[str, np.ndarray]) -> tuple[int, int]:
     return int(d), int(width)
 
 
-def load_sae(folder: str | os.PathLike, *, device: str = "cpu", metadata: dict[str, Any] | None = None):
+def load_released_sae(folder: str | os.PathLike, *, device: str = "cpu", metadata: dict[str, Any] | None = None):
     """A sae-lens ``JumpReLUSAE`` from ``folder/params.npz`` (a Gemma Scope checkpoint).
 
     ``folder`` may also be the ``params.npz`` file itself. The checkpoint holds
@@ -195,7 +196,7 @@ def _open_sae(spec: Any, row: Any, device: str):
     """The SAE of a manifest row: from ``spec.sae_local_dir`` if set, else through sae-lens."""
     local_dir = getattr(spec, "sae_local_dir", None)
     if local_dir is not None:
-        return load_sae(_local_params(local_dir, row.release, row.sae_id), device=device,
+        return load_released_sae(_local_params(local_dir, row.release, row.sae_id), device=device,
                         metadata={"release": row.release, "sae_id": row.sae_id})
     return from_pretrained(row.release, row.sae_id, device=device)
 
@@ -225,11 +226,10 @@ def run_manifest(spec: Any, layers: Any, *, run_dir: str | os.PathLike, metrics_
         raise ValueError(f"layers {unknown} have no residual SAEs in release {release!r} "
                          f"(layers {man.layer.min()}..{man.layer.max()})")
     rows = man[man.layer.isin(layers)].assign(k=lambda df: df.l0).reset_index(drop=True)
-    table = S.read_metrics(metrics_path)
-    done = S.done_keys(table)
-    todo = rows[[(spec.name, r.layer, r.width, r.k, int(seed)) not in done for r in rows.itertuples()]]
-    S.log.info("run_manifest %s: %d of %d Gemma Scope SAEs already in %s, skipped",
-               spec.name, len(rows) - len(todo), len(rows), metrics_path)
+    metrics = S.MetricsTable(metrics_path)
+    key = rows.set_index(["layer", "width", "k"]).index
+    todo = rows.iloc[metrics.todo(range(len(rows)), lambda i: (spec.name, *key[i], seed),
+                                  what=f"run_manifest {spec.name} (Gemma Scope)")]
     bar = tqdm(total=len(todo), desc=f"{spec.name} Gemma Scope", disable=not progress)
     for layer, group in todo.groupby("layer", sort=True):
         eval_acts = activations.load(Path(run_dir), spec.name, int(layer), "eval")
@@ -237,13 +237,10 @@ def run_manifest(spec: Any, layers: Any, *, run_dir: str | os.PathLike, metrics_
             sae = _open_sae(spec, r, device)
             if int(sae.cfg.d_sae) != r.width:
                 raise ValueError(f"{release}/{r.sae_id}: SAE has {sae.cfg.d_sae} latents, manifest says {r.width}")
-            m = S.evaluate(sae, eval_acts, device=device)
+            scores = S.evaluate(sae, eval_acts, device=device)
             del sae
-            table = S.append_metrics(metrics_path, table, {
-                "model": spec.name, "layer": int(layer), "width": int(r.width), "k": int(r.k),
-                **{key: m[key] for key in ("l0", "fvu", "mse", "dead_frac", "n_tokens")},
-                "source": "gemma-scope", "sae_id": f"{release}/{r.sae_id}", "train_tokens": 0,
-                "seed": int(seed)})
+            metrics.add(model=spec.name, layer=layer, width=r.width, k=r.k, seed=seed, metrics=scores,
+                        source="gemma-scope", sae_id=f"{release}/{r.sae_id}", train_tokens=0)
             bar.update(1)
     bar.close()
     return rows

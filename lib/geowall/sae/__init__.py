@@ -1,0 +1,57 @@
+"""TopK sparse autoencoders: a fast trainer, streaming evaluation, sae-lens interop.
+
+One module per job:
+
+| module | what |
+| --- | --- |
+| :mod:`geowall.sae.model` | ``TopKSAE`` (Gao et al. 2024; sparsify's layout), its config and outputs |
+| :mod:`geowall.sae.train` | ``TrainConfig`` (every training setting), ``TopKTrainer``, ``train_sae``, ``train_grid`` |
+| :mod:`geowall.sae.evaluate` | ``evaluate``: fvu, mse, l0, dead fraction on held-out tokens (ours or sae-lens SAEs) |
+| :mod:`geowall.sae.disk` | ``save_sae`` / ``load_sae`` in sae-lens's on-disk format |
+| :mod:`geowall.sae.grid` | the metrics table, ``MetricsTable`` (resumable rows), ``run_grid``, width checks |
+| :mod:`geowall.sae.data` | checked activation tensors and streaming moments |
+
+The sparse autograd kernels (sparse decode, sparse encoder backward) are in
+:mod:`geowall.kernels`. Everything public is importable from ``geowall.sae``.
+"""
+from geowall.sae.disk import load_sae, save_sae
+from geowall.sae.evaluate import METRICS, evaluate
+from geowall.sae.grid import (
+    METRIC_COLUMNS,
+    MetricsTable,
+    append_metrics,
+    check_width_trend,
+    read_metrics,
+    run_grid,
+    sae_folder,
+    width_trend,
+)
+from geowall.sae.model import DENSE_ENV, EncoderOutput, ForwardOutput, TopKConfig, TopKSAE, TrainedSAE
+from geowall.sae.train import TopKTrainer, TrainConfig, default_lr, derive_seed, train_grid, train_sae
+
+__all__ = [
+    "DENSE_ENV",
+    "METRICS",
+    "METRIC_COLUMNS",
+    "EncoderOutput",
+    "ForwardOutput",
+    "MetricsTable",
+    "TopKConfig",
+    "TopKSAE",
+    "TopKTrainer",
+    "TrainConfig",
+    "TrainedSAE",
+    "append_metrics",
+    "check_width_trend",
+    "default_lr",
+    "derive_seed",
+    "evaluate",
+    "load_sae",
+    "read_metrics",
+    "run_grid",
+    "sae_folder",
+    "save_sae",
+    "train_grid",
+    "train_sae",
+    "width_trend",
+]

@@ -1,0 +1,181 @@
+"""The resumable SAE grid and its metrics table.
+
+A metrics table holds one row per evaluated SAE, keyed by (model, layer, width, k,
+seed). :class:`MetricsTable` is the one resumable-rows helper: it reads the table at a
+path, says which keys are still to do, and appends each new row by rewriting the whole
+table atomically, so a killed and resumed run ends with the same table as an
+uninterrupted one. :func:`run_grid` (SAEs trained here) and
+``geowall.sources.gemma_scope.run_manifest`` (released SAEs) both use it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geowall.io import read_parquet, write_parquet
+from geowall.sae.data import as_acts, check_acts_shape
+from geowall.sae.disk import save_sae
+from geowall.sae.evaluate import METRICS, evaluate
+from geowall.sae.train import TrainConfig, derive_seed, grid_pairs, train_sae
+
+__all__ = ["METRIC_COLUMNS", "KEY", "MetricsTable", "read_metrics", "append_metrics", "sae_folder", "run_grid",
+           "width_trend", "check_width_trend"]
+
+log = logging.getLogger(__name__)
+
+KEY = ("model", "layer", "width", "k", "seed")
+METRIC_COLUMNS = ["model", "layer", "width", "k", *METRICS, "source", "sae_id", "train_tokens", "seed"]
+
+
+def sae_folder(sae_dir: str | os.PathLike, model: str, layer: int, width: int, k: int) -> Path:
+    """``sae_dir/<model>/layer_XX/w{width}_k{k}``."""
+    return Path(sae_dir) / model / f"layer_{int(layer):02d}" / f"w{int(width)}_k{int(k)}"
+
+
+def _empty_metrics() -> pd.DataFrame:
+    return _coerce_metrics(pd.DataFrame({c: [] for c in METRIC_COLUMNS}))
+
+
+def _coerce_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed column order and dtypes, rows sorted by (model, layer, width, k, seed)."""
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks columns {missing}")
+    df = df.copy()
+    for c in ("model", "source", "sae_id"):
+        df[c] = df[c].astype(str)
+    for c in ("layer", "width", "k", "n_tokens", "train_tokens", "seed"):
+        df[c] = df[c].astype("int64")
+    for c in ("l0", "fvu", "mse", "dead_frac"):
+        df[c] = df[c].astype("float64")
+    extra = [c for c in df.columns if c not in METRIC_COLUMNS]
+    df = df[METRIC_COLUMNS + extra]
+    return df.sort_values(list(KEY), kind="mergesort").reset_index(drop=True)
+
+
+def read_metrics(metrics_path: str | os.PathLike) -> pd.DataFrame:
+    """The metrics table at ``metrics_path`` (empty, with the right columns, if absent)."""
+    p = Path(metrics_path)
+    if not p.exists():
+        return _empty_metrics()
+    try:
+        return _coerce_metrics(read_parquet(p))
+    except ValueError as err:
+        raise ValueError(f"{p}: {err}") from err
+
+
+def append_metrics(metrics_path: str | os.PathLike, table: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
+    """Add one row to ``table``, keep it sorted, rewrite ``metrics_path`` atomically; return it."""
+    table = _coerce_metrics(pd.concat([table, pd.DataFrame([row])], ignore_index=True))
+    write_parquet(metrics_path, table)
+    return table
+
+
+
+class MetricsTable:
+    """The metrics table at ``path``, resumed: which keys remain, and one atomic append per row."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.table = read_metrics(self.path)
+        self._done = set(map(tuple, self.table[list(KEY)].itertuples(index=False, name=None)))
+
+    def __contains__(self, key: tuple) -> bool:
+        """``(model, layer, width, k, seed)`` already has a row."""
+        model, layer, width, k, seed = key
+        return (str(model), int(layer), int(width), int(k), int(seed)) in self._done
+
+    def todo(self, items: Sequence[Any], key: Any, *, what: str) -> list[Any]:
+        """The ``items`` whose ``key(item)`` has no row yet, in order; logs how many were skipped."""
+        left = [item for item in items if key(item) not in self]
+        log.info("%s: %d of %d SAEs already in %s, skipped; %d to do", what, len(items) - len(left), len(items),
+                 self.path, len(left))
+        return left
+
+    def add(self, *, model: str, layer: int, width: int, k: int, seed: int, metrics: dict[str, Any],
+            source: str, sae_id: str, train_tokens: int) -> None:
+        """Append one SAE's row (the :data:`~geowall.sae.evaluate.METRICS` of ``metrics`` and its facts)."""
+        row = {"model": str(model), "layer": int(layer), "width": int(width), "k": int(k),
+               **{m: metrics[m] for m in METRICS}, "source": source, "sae_id": sae_id,
+               "train_tokens": int(train_tokens), "seed": int(seed)}
+        self.table = append_metrics(self.path, self.table, row)
+        self._done.add((row["model"], row["layer"], row["width"], row["k"], row["seed"]))
+
+
+def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
+    """How fvu moves with width at fixed (model, layer, k): one row per group with
+    ``n_widths``, ``max_step_increase`` (the largest relative fvu increase from one width
+    to the next wider one; negative when fvu always falls), ``end_change`` (widest vs
+    narrowest, relative) and ``slope`` (least-squares slope of log fvu on log width).
+    Groups with a single width are left out."""
+    rows = []
+    for (model, layer, k), g in metrics.groupby(["model", "layer", "k"], sort=True):
+        g = g.sort_values("width")
+        if len(g) < 2:
+            continue
+        f, w = g.fvu.to_numpy(dtype=float), g.width.to_numpy(dtype=float)
+        rows.append({"model": model, "layer": int(layer), "k": int(k), "n_widths": len(g),
+                     "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
+                     "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
+    return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
+
+
+def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[str] = ()) -> pd.DataFrame:
+    """Step 01's sanity check on a :func:`width_trend` table; raises ``ValueError``.
+
+    Real networks: no step to the next wider SAE may raise fvu by more than ``slack``
+    (relative). Models in ``synthetic`` (low-dimensional manifolds trained with k near
+    the number of directions they span, where which optimum an SAE reaches varies by
+    width): only the median log-log slope of fvu on width must be negative. Returns the
+    synthetic groups whose steps exceed ``slack`` (reported, not fatal)."""
+    is_synth = trend.model.isin(set(synthetic))
+    real, synth = trend[~is_synth], trend[is_synth]
+    bad = real[real.max_step_increase > slack]
+    if len(bad):
+        raise ValueError(f"fvu increases with width at fixed k beyond the {slack:.0%} slack:\n{bad}")
+    median_slope = synth.groupby("model").slope.median()
+    if (median_slope >= 0).any():
+        raise ValueError(f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}")
+    return synth[synth.max_step_increase > slack]
+
+
+
+def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None, *, model: str, layer: int,
+             widths: Sequence[int], ks: Sequence[int], seed: int, device: str | torch.device = "cpu",
+             sae_dir: str | os.PathLike, metrics_path: str | os.PathLike, source: str = "trained",
+             progress: bool = True, **overrides: Any) -> pd.DataFrame:
+    """Train, save and evaluate every (width, k) SAE of one model layer; resume-safe.
+
+    ``config`` and keyword ``overrides`` of its fields set the training (see
+    :class:`~geowall.sae.train.TrainConfig`); its batch size is also the evaluation's.
+    A (model, layer, width, k, seed) already in ``metrics_path`` is skipped (logged).
+    After each SAE, its folder ``sae_dir/<model>/layer_XX/w{W}_k{k}`` is written, then
+    one row is added to ``metrics_path`` (see :class:`MetricsTable`). Returns the whole
+    metrics table.
+    """
+    config = TrainConfig.make(config, **overrides)
+    metrics = MetricsTable(metrics_path)
+    todo = metrics.todo(grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed),
+                        what=f"run_grid {model} layer {layer}")
+    if not todo:
+        return metrics.table
+    x_train = as_acts(train_acts, device, "train_acts")
+    check_acts_shape(eval_acts, x_train.shape[1])
+    from tqdm.auto import tqdm
+    for width, k in tqdm(todo, desc=f"{model} layer {layer}", disable=not progress):
+        trained = train_sae(x_train, width, k, config, seed=derive_seed(seed, width, k), device=device,
+                            progress=progress)
+        sae_id = f"{model}/layer_{int(layer):02d}/w{width}_k{k}"
+        save_sae(trained, sae_folder(sae_dir, model, layer, width, k),
+                 metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id, "grid_seed": int(seed)})
+        scores = evaluate(trained, eval_acts, batch_size=config.batch_size, device=device)
+        metrics.add(model=model, layer=layer, width=width, k=k, seed=seed, metrics=scores, source=source,
+                    sae_id=sae_id, train_tokens=trained.train_tokens)
+    return metrics.table

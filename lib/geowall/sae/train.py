@@ -1,0 +1,226 @@
+"""Training TopK SAEs: one :class:`TrainConfig`, a step-by-step trainer, one SAE or a grid.
+
+* Adam (eps 6.25e-10) with the learning rate scaled as ``2e-4 / sqrt(W / 2**14)``;
+* AuxK's dead latents: no firing in the last ``dead_tokens`` tokens.
+
+Inputs are rescaled internally during training so that the centred activations have
+mean squared norm ``d`` (this makes the learning rate independent of the activation
+scale); the scale is folded back into ``b_enc`` and ``b_dec`` at the end, so saved
+SAEs act on raw activations and the decoder rows stay unit norm.
+
+Every training setting lives in :class:`TrainConfig`. The entry points take one
+(``config=``) and, for convenience, its fields as keyword overrides
+(``train_sae(x, 64, 8, steps=100)``), resolved once by :meth:`TrainConfig.make`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from geowall.sae.data import as_acts, moments
+from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
+
+__all__ = ["ADAM_EPS", "TrainConfig", "TopKTrainer", "default_lr", "derive_seed", "train_sae", "train_grid",
+           "grid_pairs"]
+
+ADAM_EPS = 6.25e-10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one SAE is trained (shape aside: width and k are given per SAE).
+
+    Exactly one of ``steps`` (optimiser steps) and ``epochs`` (passes over the training
+    tokens) must be set. ``batch_size`` tokens per step (capped at the number of tokens);
+    ``lr`` defaults to :func:`default_lr` of the width; ``dead_tokens`` (a latent is dead
+    after that many tokens without firing) defaults to
+    ``min(10M, max(total_tokens // 10, batch_size))``; ``k_aux`` dead latents used by
+    AuxK (default d/2) with weight ``auxk_coef``; ``bf16`` bfloat16 encoder matmuls on CUDA.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 4096
+    lr: float | None = None
+    dead_tokens: int | None = None
+    k_aux: int | None = None
+    auxk_coef: float = 1.0 / 32.0
+    bf16: bool = False
+
+    @classmethod
+    def make(cls, config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+        """``config`` (default: all defaults) with some fields replaced; TypeError names an unknown one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown training setting(s) {unknown}; TrainConfig has {sorted(known)}")
+        return dataclasses.replace(config or cls(), **overrides)
+
+    def total_steps(self, n: int) -> int:
+        """Optimiser steps for ``n`` training tokens; ValueError unless exactly one of steps/epochs is valid."""
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps= or epochs=")
+        if self.steps is not None:
+            if int(self.steps) < 1:
+                raise ValueError(f"steps must be >= 1, got {self.steps}")
+            return int(self.steps)
+        if not self.epochs or self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        return max(1, math.ceil(self.epochs * n / min(int(self.batch_size), n)))
+
+
+def default_lr(width: int) -> float:
+    """Gao et al. / sparsify learning-rate scaling: ``2e-4 / sqrt(W / 2**14)``."""
+    return 2e-4 / math.sqrt(width / 2**14)
+
+
+def derive_seed(seed: int, width: int, k: int) -> int:
+    """A per-SAE seed that depends only on (seed, width, k) (stable across runs and machines)."""
+    digest = hashlib.sha256(f"geowall-sae:{int(seed)}:{int(width)}:{int(k)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+def _batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterable[Tensor]:
+    """Row indices of each step's batch: consecutive slices of fresh permutations."""
+    perm, pos = torch.randperm(n, generator=generator), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=generator), 0
+        yield perm[pos:pos + batch_size]
+        pos += batch_size
+
+
+def _adam(sae: TopKSAE, lr: float) -> torch.optim.Adam:
+    """Adam (betas 0.9/0.999, eps 6.25e-10), the fused kernel where this torch has it."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=ADAM_EPS, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # pragma: no cover - older torch / other devices
+        return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), eps=ADAM_EPS)
+
+
+@torch.no_grad()
+def _fold_input_scale(sae: TopKSAE, scale: float) -> None:
+    """Make an SAE trained on ``scale * x`` act on raw ``x`` (same TopK choice, unit decoder)."""
+    sae.b_dec /= scale
+    sae.b_enc /= scale
+
+
+class TopKTrainer:
+    """Step-by-step training of one TopK SAE (what :func:`train_sae` drives).
+
+    Holds the SAE, Adam, the input scale, the dead-latent counters and the batch order;
+    ``step()`` runs one optimisation step on the next batch, ``finish()`` folds the
+    input scale back and returns the :class:`TrainedSAE`. ``seed`` seeds initialisation
+    and batch order directly.
+    """
+
+    def __init__(self, acts: Any, width: int, k: int, config: TrainConfig | None = None, *, seed: int = 0,
+                 device: str | torch.device = "cpu", **overrides: Any):
+        cfg = self.config = TrainConfig.make(config, **overrides)
+        self.x_all = as_acts(acts, device)
+        n, d = self.x_all.shape
+        self.device = torch.device(device)
+        self.batch_size = min(int(cfg.batch_size), n)
+        self.steps = cfg.total_steps(n)
+        self.lr = default_lr(width) if cfg.lr is None else float(cfg.lr)
+        self.seed = int(seed)
+        total = self.steps * self.batch_size
+        self.dead_tokens = (min(10_000_000, max(total // 10, self.batch_size))
+                            if cfg.dead_tokens is None else int(cfg.dead_tokens))
+        shape = TopKConfig(d_in=d, width=int(width), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef,
+                           bf16=bool(cfg.bf16) and self.device.type == "cuda")
+        gen = torch.Generator().manual_seed(self.seed)
+        self.sae = TopKSAE(shape, device=device, generator=gen)
+        mom = moments(self.x_all)
+        if not mom.m2 > 0:
+            raise ValueError("acts: training activations have zero variance; nothing to learn")
+        self.scale = math.sqrt(d * n / mom.m2)
+        with torch.no_grad():
+            self.sae.b_dec.copy_((mom.mean * self.scale).to(self.sae.b_dec.dtype))
+        self.opt = _adam(self.sae, self.lr)
+        self.since_fired = torch.zeros(shape.width, dtype=torch.long, device=device)
+        self.fvus = torch.zeros(self.steps, device=device)
+        self.n_dead = torch.zeros(self.steps, dtype=torch.long, device=device)
+        self.batches = iter(_batch_order(n, self.batch_size, self.steps, gen))
+        self.step_count = 0
+
+    def step(self) -> None:
+        """One Adam step on the next batch, with the decoder-norm constraint and dead tracking."""
+        if self.step_count >= self.steps:
+            raise RuntimeError(f"all {self.steps} steps are done")
+        sae, i = self.sae, self.step_count
+        x = self.x_all.index_select(0, next(self.batches).to(self.device)) * self.scale
+        dead_mask = self.since_fired > self.dead_tokens
+        out = sae(x, dead_mask=dead_mask)
+        out.loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sae.set_decoder_norm_to_unit_norm()
+        with torch.no_grad():
+            self.since_fired += x.shape[0]
+            self.since_fired[out.latent_indices[out.latent_acts > 0]] = 0
+            self.fvus[i] = out.fvu.detach()
+            self.n_dead[i] = dead_mask.sum()
+        self.step_count += 1
+
+    def finish(self) -> TrainedSAE:
+        """Fold the input scale into the biases and return the trained SAE (eval mode)."""
+        _fold_input_scale(self.sae, self.scale)
+        self.sae.eval()
+        cfg = self.sae.cfg
+        return TrainedSAE(sae=self.sae, width=cfg.width, k=cfg.k, seed=self.seed,
+                          steps=self.step_count, train_tokens=self.step_count * self.batch_size,
+                          lr=self.lr, fvu_history=self.fvus[:self.step_count].cpu().tolist(),
+                          dead_history=self.n_dead[:self.step_count].cpu().tolist())
+
+
+def train_sae(acts: Any, width: int, k: int, config: TrainConfig | None = None, *, seed: int = 0,
+              device: str | torch.device = "cpu", progress: bool = True, **overrides: Any) -> TrainedSAE:
+    """Train one TopK SAE of ``width`` latents and sparsity ``k`` on ``acts`` (n, d).
+
+    ``config`` (a :class:`TrainConfig`) and keyword ``overrides`` of its fields set the
+    training; ``seed`` seeds initialisation and batch order directly (``train_grid``
+    derives it per SAE).
+    """
+    trainer = TopKTrainer(acts, width, k, config, seed=seed, device=device, **overrides)
+    from tqdm.auto import tqdm
+    with tqdm(total=trainer.steps, desc=f"SAE W={width} k={k}", disable=not progress, leave=False) as bar:
+        for i in range(trainer.steps):
+            trainer.step()
+            if progress and (i % 25 == 0 or i == trainer.steps - 1):
+                bar.set_postfix(fvu=f"{float(trainer.fvus[i]):.4f}", dead=int(trainer.n_dead[i]))
+            bar.update(1)
+    return trainer.finish()
+
+
+def train_grid(acts: Any, widths: Sequence[int], ks: Sequence[int], config: TrainConfig | None = None, *,
+               seed: int, device: str | torch.device = "cpu", progress: bool = True,
+               **overrides: Any) -> list[TrainedSAE]:
+    """Train one TopK SAE per (width, k), in sorted order, each with ``derive_seed(seed, width, k)``."""
+    config = TrainConfig.make(config, **overrides)
+    grid = grid_pairs(widths, ks)
+    x_all = as_acts(acts, device)
+    from tqdm.auto import tqdm
+    return [train_sae(x_all, width, k, config, seed=derive_seed(seed, width, k), device=device, progress=progress)
+            for width, k in tqdm(grid, desc="SAE grid", disable=not progress)]
+
+
+def grid_pairs(widths: Sequence[int], ks: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted, de-duplicated (width, k) pairs; ValueError on a k above its width."""
+    ws = sorted({int(w) for w in widths})
+    kk = sorted({int(k) for k in ks})
+    if not ws or not kk or ws[0] < 1 or kk[0] < 1:
+        raise ValueError(f"widths and ks must be non-empty positive ints, got {widths!r}, {ks!r}")
+    bad = [(w, k) for w, k in product(ws, kk) if k > w]
+    if bad:
+        raise ValueError(f"k must not exceed width; offending (width, k): {bad}")
+    return list(product(ws, kk))
