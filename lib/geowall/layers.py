@@ -112,12 +112,17 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
             wanted.extend((spec.name, layer, w, k) for w in widths for k in ks)
             train = activations.load(run_dir, spec.name, layer, "train")
             evl = activations.load(run_dir, spec.name, layer, "eval")
-            for w in widths:  # one call per width: the learning rate depends on the width
-                lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
-                steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
-                train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
-                sae.run_grid(train, evl, train_cfg, model=spec.name, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
-                             device=_device(cfg), sae_dir=work, metrics_path=metrics, progress=progress)
+            by_steps: dict[int, list[int]] = {}  # SAEs with the same step count train together
+            for w in widths:
+                by_steps.setdefault(max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent)), []).append(w)
+            for steps, ws in by_steps.items():
+                s = cfg.sae
+                train_cfg = sae.TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, lr_scale=s.lr_scale,
+                                            lr_warmup=s.lr_warmup, lr_decay=s.lr_decay, curve_points=s.curve_points,
+                                            plateau_window=s.plateau_window)
+                sae.run_grid(train, evl, train_cfg, model=spec.name, layer=layer, widths=ws, ks=ks, seed=cfg.seed,
+                             device=_device(cfg), sae_dir=work, metrics_path=metrics, progress=progress,
+                             plateau_tol=s.plateau_tol)
     table = sae.read_metrics(metrics)
     key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
     table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)
@@ -126,4 +131,9 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
     print(f"{reused} of {len(table)} SAEs were already done in {work.name}/ (resumed, not retrained); "
           f"{len(table) - reused} trained or evaluated now")
     write_parquet(Path(run_dir) / "sae_metrics.parquet", table)
+    curves = sae.read_curves(sae.curves_path(metrics))
+    if len(curves):
+        ckey = pd.MultiIndex.from_frame(curves[["model", "layer", "width", "k"]])
+        curves = curves[ckey.isin(wanted) & (curves.seed == cfg.seed)].reset_index(drop=True)
+    write_parquet(Path(run_dir) / "sae_curves.parquet", curves)
     return table
