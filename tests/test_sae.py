@@ -391,18 +391,18 @@ def test_train_group_matches_layout_and_learns(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     basis = torch.randn(24, 16, generator=g)
-    codes = torch.relu(torch.randn(3000, 24, generator=g) - 1.0)
+    codes = torch.relu(torch.randn(1200, 24, generator=g) - 1.0)
     x = 5.0 * (codes @ basis) + 2.0
-    tr, ev = x[:2500], x[2500:]
-    shapes = [(32, 4), (64, 4)]
-    saes = train_group(tr, shapes, steps=150, batch_size=256, seed=1, eval_acts=ev, curve_points=5, lr_scale=4,
+    tr, ev = x[:1000], x[1000:]
+    shapes = [(32, 4), (48, 4)]
+    saes = train_group(tr, shapes, steps=60, batch_size=200, seed=1, eval_acts=ev, curve_points=3, lr_scale=4,
                        progress=False)
     assert [(s.width, s.k) for s in saes] == shapes
     for s, (w, k) in zip(saes, shapes):
-        assert s.curve_steps == [30, 60, 90, 120, 150] and len(s.curve_fvu) == 5
+        assert s.curve_steps == [20, 40, 60] and len(s.curve_fvu) == 3
         assert s.curve_fvu[-1] < s.curve_fvu[0]
-        one = train_sae(tr, w, k, steps=150, batch_size=256, seed=s.seed, lr_scale=4, progress=False)
-        fvu_group, fvu_one = evaluate(s, ev)["fvu"], evaluate(one, ev)["fvu"]
-        assert fvu_group == pytest.approx(fvu_one, rel=0.25)
-        assert abs(s.curve_fvu[-1] - fvu_group) < 0.05  # the curve's last point is the held-out fvu (on a subset)
+        fvu_group = evaluate(s, ev)["fvu"]
+        assert abs(s.curve_fvu[-1] - fvu_group) < 1e-6  # the curve's last point is the held-out fvu
         torch.testing.assert_close(s.sae.W_dec.norm(dim=1), torch.ones(w))
+    one = train_sae(tr, 48, 4, steps=60, batch_size=200, seed=saes[1].seed, lr_scale=4, progress=False)
+    assert fvu_group == pytest.approx(evaluate(one, ev)["fvu"], rel=0.25)  # same recipe, other batch order
