@@ -12,6 +12,9 @@ truncation at ``max_seq_len``; every non-special token is kept, in that order, u
 ``n_train`` (from train documents) and ``n_eval`` (from held-out evaluation documents)
 tokens are filled. The chosen documents then run through the model in batches sorted
 by length (little padding), each document's rows written at its place in the order.
+Beside the activations, step 00 stores ``tokens_<split>.npy`` (token ids) and
+``docs_<split>.npy`` (each token's document: an index into the split's documents), which
+the document-block resampling of step 02 uses.
 """
 from __future__ import annotations
 
@@ -52,6 +55,13 @@ def load(run_dir: Path, model: str, layer: int, split: str = "train", *, check: 
     if check:
         check_finite(x, model=model, layer=layer, split=split)
     return x
+
+
+def doc_ids(run_dir: Path, model: str, split: str = "train") -> np.ndarray | None:
+    """Each harvested token's document id (``docs_<split>.npy``, step 00), or None where there are
+    no documents (the synthetic zoo) or the activations predate document ids."""
+    path = Path(run_dir) / model / "acts" / f"docs_{split}.npy"
+    return load_npy(path) if path.is_file() else None
 
 
 def check_finite(x: np.ndarray, *, model: str, layer: int, split: str, chunk: int = 65536) -> None:
@@ -248,6 +258,7 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
             used = np.flatnonzero(take > 0)
             seq_len = np.array([len(enc_ids[i]) for i in used])
             ids_out = np.zeros(n[split], dtype=np.int64)
+            doc_of = np.zeros(n[split], dtype=np.int64)  # each token's document (index into the split's docs)
             bar = tqdm(total=n[split], desc=f"{spec.name} {split} tokens", unit="tok", disable=not progress)
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             for batch_idx in length_batches(seq_len, token_budget, 4 * acts_spec.batch_size):
@@ -271,9 +282,11 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
                     rows = outs[layer].reshape(-1, d).float()[flat_keep.to(dev)].cpu().numpy()
                     writers[layer].write_rows(split, dest, rows)
                 ids_out[dest] = input_ids.reshape(-1)[flat_keep].numpy()
+                doc_of[dest] = np.repeat(order[docs_b], take[docs_b])
                 bar.update(len(dest))
             bar.close()
             save_npy(tokens_dir / f"tokens_{split}.npy", ids_out)
+            save_npy(tokens_dir / f"docs_{split}.npy", doc_of)
         for layer in todo:  # check every layer before committing any
             writers[layer].check(requests[layer])
         for layer in todo:

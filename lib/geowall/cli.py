@@ -2,7 +2,8 @@
 
 Errors the user can fix (bad profile, bad input file, a failing notebook cell) print
 one readable message and exit with status 2 (1 for a failed step); ``--debug`` shows
-the full traceback instead.
+the full traceback instead. ``check`` and ``run`` validate the profile (schema, then
+:mod:`geowall.preflight`: the preconditions every step asserts) before any step runs.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from geowall.pipeline import StepFailed
 
-        print(f"geowall: error: {e}", file=sys.stderr)
+        msg = str(e).encode("utf-8", "backslashreplace").decode()  # printable whatever the input held
+        print(f"geowall: error: {msg}", file=sys.stderr)
         return 1 if isinstance(e, StepFailed) else 2
 
 
@@ -62,7 +64,11 @@ def _dispatch(args) -> int:
         return _report(args)
     cfg = config.load_profile(args.profile, args.overrides)
     if args.cmd == "check":
-        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models)")
+        from geowall import preflight
+
+        preflight.check(cfg, machine=False)  # every step's preconditions; device etc. are checked by `run`
+        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models; the preconditions of all "
+              f"{len(pipeline.STEPS)} steps hold)")
         return 0
     from pathlib import Path
 

@@ -33,7 +33,7 @@ class ProfileError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # no inf or nan anywhere
 
 
 SourceName = Literal["minilm", "minilm-random", "mpnet", "mpnet-random", "synthetic", "hf"]
@@ -51,7 +51,8 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
-    ks: list[PositiveInt] | None = Field(None, description="trained SAEs: this model's k grid (default: sae.ks)")
+    ks: list[PositiveInt] | None = Field(None, min_length=1,
+                                         description="trained SAEs: this model's k grid (default: sae.ks)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -94,15 +95,15 @@ class CorpusSpec(_Strict):
 
 
 class ActivationsSpec(_Strict):
-    n_train: PositiveInt = Field(description="train tokens per layer")
-    n_eval: PositiveInt = Field(description="held-out evaluation tokens per layer")
+    n_train: int = Field(ge=2, description="train tokens per layer")
+    n_eval: int = Field(ge=2, description="held-out evaluation tokens per layer (fvu needs at least 2)")
     max_seq_len: int = Field(128, ge=8, le=8192)
     batch_size: PositiveInt = 32
 
 
 class SaeSpec(_Strict):
-    width_multiples: list[PositiveFloat] = Field(description="widths as multiples of d")
-    ks: list[PositiveInt]
+    width_multiples: list[PositiveFloat] = Field(min_length=1, description="widths as multiples of d")
+    ks: list[PositiveInt] = Field(min_length=1)
     showcase_layers: dict[str, list[int]] = Field(default_factory=dict, description="model name -> layers")
     showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
     steps: PositiveInt = 1000
@@ -129,11 +130,13 @@ class SaeSpec(_Strict):
 
 
 class GeometrySpec(_Strict):
-    n_points: PositiveInt = 2000
-    n_boot: PositiveInt = 100
-    k_neighbors: int | None = Field(None, ge=3, description="kNN patch size; None: geometry.patch_k(dim)")
+    n_points: int = Field(2000, ge=4, description="points per layer (at most activations.n_train are available)")
+    n_boot: int = Field(20, ge=2, description="document-block half-samples, each rerunning every estimator")
+    k_neighbors: int | None = Field(None, ge=3, description="curvature fit-patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
-    max_dim: PositiveInt = Field(12, description="cap on the tangent dimension of the curvature / residual patch fits")
+    max_dim: PositiveInt = Field(12, description="cap on the per-patch tangent dimension of the curvature fits")
+    tangent_tol: float = Field(0.1, gt=0, lt=1, description="local axis is tangent if its variance >= this x the leading")
+    near_dup_tol: float = Field(0.1, ge=0, lt=1, description="near-duplicate: r1 < this x median r1")
 
 
 class ChecksSpec(_Strict):
@@ -151,6 +154,14 @@ class BayesSpec(_Strict):
     chains: PositiveInt = 2
     target_accept: float = Field(0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)")
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+
+    def check_kwargs(self, section: str) -> dict:
+        """Keyword arguments for the convergence check of a fit sampled with these settings:
+        the thresholds, and ``advice`` (what :func:`geowall.preflight.fit_advice` needs to
+        say which key of ``section`` to change, and to what, if the fit fails)."""
+        return {**self.checks.model_dump(), "advice": {
+            "section": section, "draws": self.draws, "chains": self.chains, "tune": self.tune,
+            "target_accept": self.target_accept}}
 
 
 class Stage1Spec(BayesSpec):
@@ -176,7 +187,7 @@ class Profile(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0)
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
-    models: list[ModelSpec]
+    models: list[ModelSpec] = Field(min_length=1)
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     activations: ActivationsSpec
     sae: SaeSpec
@@ -324,10 +335,27 @@ def validate(raw: dict, *, origin: str = "profile") -> Profile:
     """Validate a raw mapping; raise :class:`ProfileError` naming each bad key."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_text(raw, "", origin)
     try:
         return Profile.model_validate(raw)
     except ValidationError as e:
         raise ProfileError(f"{origin}: invalid parameters\n" + _format_errors(e)) from None
+
+
+def _check_text(node: Any, where: str, origin: str) -> None:
+    """Refuse strings that are not Unicode text (lone surrogates, which YAML's \\u escapes can
+    make): the schema's validator cannot even read them. Keys and values, at any depth."""
+    def bad(x) -> bool:
+        return isinstance(x, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in x)
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{where}.{k}" if where else str(k)
+        if bad(k) or bad(v):
+            shown = (k if bad(k) else v).encode("utf-8", "backslashreplace").decode()
+            raise ProfileError(f"{origin}: invalid parameters\n  {key.encode('utf-8', 'backslashreplace').decode()}: "
+                               f"not Unicode text ({shown!r} holds a lone surrogate); expected UTF-8 text")
+        _check_text(v, key, origin)
 
 
 def _format_errors(e: ValidationError) -> str:

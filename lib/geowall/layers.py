@@ -28,27 +28,44 @@ def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
 
 def subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     """At most n rows, chosen without replacement by a seeded RNG, in their original order."""
-    if len(x) <= n:
-        return np.asarray(x, dtype=np.float32)
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
-    return np.asarray(x[idx], dtype=np.float32)
+    return np.asarray(x[subsample_index(len(x), n, seed)], dtype=np.float32)
 
 
-def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summaries, multiscale ID) for every layer, from ``geometry.n_points`` train tokens."""
+def subsample_index(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """The row indices ``subsample`` keeps (all rows when n_rows <= n)."""
+    if n_rows <= n:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
+def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summaries, multiscale ID, sensitivity) for every layer, from ``geometry.n_points`` train tokens.
+
+    Standard errors resample whole documents (step 00's ``docs_train.npy``; the synthetic
+    zoo, which has none, resamples points). The sensitivity table holds each summary at
+    three settings of its main knob and the Levina-Bickel MLE (``geometry.sensitivity``).
+    """
     g = cfg.geometry
-    rows, multi = [], []
+    rows, multi, sens = [], [], []
     for i, (model, layer, depth) in enumerate(tqdm(layer_depths(cfg), desc="geometry", disable=not progress)):
         seed = cfg.seed * 1_000_003 + i
-        x = subsample(activations.load(run_dir, model, layer, "train"), g.n_points, seed)
-        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, max_dim=g.max_dim,
-                               device=_device(cfg))
+        acts = activations.load(run_dir, model, layer, "train")
+        idx = subsample_index(len(acts), g.n_points, seed)
+        x = np.asarray(acts[idx], dtype=np.float32)
+        docs = activations.doc_ids(run_dir, model, "train")
+        groups = None if docs is None else np.asarray(docs)[idx]
+        kw = dict(max_dim=g.max_dim, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, groups=groups, **kw)
         rows.append(s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0))))
-        ms = geometry.multiscale_id(x, seed=seed, device=_device(cfg))
+        ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
         multi.append(ms.assign(model=model, layer=layer, depth=depth))
+        sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)
+        sens.append(sv.assign(model=model, layer=layer, depth=depth))
     front = ["model", "layer", "depth", "summary"]
     table = pd.concat(rows, ignore_index=True)
-    return table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True)
+    return (table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True),
+            pd.concat(sens, ignore_index=True))
 
 
 def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
@@ -72,8 +89,12 @@ def _device(cfg: Profile) -> str:
 def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
     """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
     showcase = layer in cfg.sae.showcase_layers.get(model, [])
-    mults = cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples
-    return sorted({int(round(m * d)) for m in mults})
+    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
+
+
+def widths_of(multiples, d: int) -> list[int]:
+    """Distinct widths (whole latents) of width multiples of d, ascending."""
+    return sorted({int(round(m * d)) for m in multiples})
 
 
 def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from geowall import preflight
 from geowall.config import Profile, load_profile
 from geowall.io import read_json, sha256_json, write_json
 from geowall.memory import PeakRSS
@@ -136,13 +137,22 @@ def run(
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
-    records, prints = [], {}
+    preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions, before anything is written
+    prints = {}
     for s in steps:  # upstream fingerprints of steps not chosen come from their records
         rec = run_dir / "steps" / f"{s.name}.json"
         if rec.is_file():
             prints[s.name] = read_json(rec)["fingerprint"]
+    available = set(prints)
+    for s in chosen:  # an upstream step neither chosen before it nor run earlier: refuse before any work
+        missing = [u for u in s.upstream if u not in available]
+        if missing:
+            raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r} "
+                             f"(add them to --only, or run them first)")
+        available.add(s.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
+    records = []
     bar = tqdm(chosen, desc=f"geowall {cfg.name}", unit="step", disable=not progress)
     for s in bar:
         bar.set_postfix_str(s.name)

@@ -50,11 +50,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
                  "layers": _fmt(m.groupby(["model", "layer"]).ngroups) if m is not None else NA,
                  "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
                  "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA}
-    g = _read(run_dir, "geometry.parquet")
-    v["geometry"] = {}
-    for model in [x.name for x in cfg.models]:
-        ids = g[(g.model == model) & (g.summary == "id_twonn")].estimate if g is not None else None
-        v["geometry"][model] = {"id_min": _fmt(ids.min(), 1), "id_max": _fmt(ids.max(), 1)} if ids is not None and len(ids) else {"id_min": NA, "id_max": NA}
+    v["geometry"] = _geometry_variables(cfg, run_dir)
     e = _read(run_dir, "exponents.parquet")
     v["stage1"] = {"form": cfg.stage1.primary_form}
     if e is not None:
@@ -88,6 +84,51 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         for s in rho.index:
             v["floors"][s] = {"rho": _fmt(rho.loc[s, "rho_mean"]), "p_gt0": _fmt(rho.loc[s, "p_gt0"])}
     return v
+
+
+def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
+    """Per model: TwoNN and curvature ranges, layers whose curvature is withheld (tangent cap);
+    the summaries whose layer ordering flips under another setting; the zoo's curvature check."""
+    from geowall import geometry
+
+    g = _read(run_dir, "geometry.parquet")
+    out: dict = {}
+    for model in dict.fromkeys([x.name for x in cfg.models] + ["minilm", "minilm-random"]):  # index.qmd names these
+        rows = g[g.model == model] if g is not None else None
+        if rows is None or not len(rows):
+            out[model] = {k: NA for k in ("id_min", "id_max", "curv_min", "curv_max", "n_withheld", "n_layers")}
+            continue
+        ids, curv = rows[rows.summary == "id_twonn"].estimate, rows[rows.summary == "curvature"]
+        withheld = int(curv.estimate.isna().sum())
+        out[model] = {"id_min": _fmt(ids.min(), 1), "id_max": _fmt(ids.max(), 1),
+                      "curv_min": _fmt(curv.estimate.min(), 2) if withheld < len(curv) else "n/a",
+                      "curv_max": _fmt(curv.estimate.max(), 2) if withheld < len(curv) else "n/a",
+                      "n_withheld": str(withheld), "n_layers": str(len(curv))}
+    sens = _read(run_dir, "geometry_sensitivity.parquet")
+    if sens is not None:
+        agree = geometry.rank_agreement(sens)
+        flagged = sorted(set(agree[agree.flipped].summary))
+        out["sensitivity_flags"] = ", ".join(flagged) if flagged else "none"
+        ok = agree[agree.summary != "id_mle"].rho.dropna()
+        out["sensitivity_min_rho"] = _fmt(ok.min(), 2) if len(ok) else "n/a"
+    else:
+        out["sensitivity_flags"] = out["sensitivity_min_rho"] = NA
+    out["zoo_curv_rho"] = NA
+    if g is not None and any(m.source == "synthetic" for m in cfg.models):
+        from scipy.stats import spearmanr
+
+        from geowall import layers
+
+        try:
+            truth = layers.truth_table(cfg, run_dir)
+        except Exception:  # activations of the zoo absent: the paper says "n/a"
+            truth = pd.DataFrame()
+        if len(truth):
+            est = g[g.summary == "curvature"][["model", "layer", "estimate"]]
+            both = truth.merge(est, on=["model", "layer"]).dropna(subset=["estimate"])
+            if len(both) >= 3:
+                out["zoo_curv_rho"] = _fmt(spearmanr(both.curvature_true, both.estimate).statistic, 2)
+    return out
 
 
 def flatten(v: dict, prefix: str = "") -> dict[str, str]:
