@@ -6,7 +6,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from geowall import activations
 from geowall.config import ActivationsSpec, ModelSpec, ProfileError, validate
 from geowall.sources import mpnet

@@ -165,7 +165,7 @@ def run_sequential(gw, sl_trainers, steps, device):
 
 def grid_bench(args) -> None:
     """A layer's grid: one SAE at a time (autograd trainer) vs all together (grouped trainer)."""
-    from geowall.sae import TopKTrainer, TrainConfig, default_lr
+    from geowall.sae import TopKTrainer, TrainConfig
     from geowall.sae.group import STAGES, train_group
 
     B, d, steps = args.batch_size, args.d, args.steps

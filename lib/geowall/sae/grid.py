@@ -223,11 +223,11 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
     check_acts_shape(eval_acts, d)
     if use_dense_reference():
         groups = [[wk] for wk in todo]
-        trainer = lambda group: [train_sae(x_train, *group[0], config, seed=derive_seed(seed, *group[0]),  # noqa: E731
+        trainer = lambda group: [train_sae(x_train, *group[0], config, seed=derive_seed(seed, *group[0]),
                                            device=device, progress=progress)]
     else:
         groups = _chunks(todo, d, max_group_floats)
-        trainer = lambda group: train_group(x_train, group, config, seed=seed, device=device,  # noqa: E731
+        trainer = lambda group: train_group(x_train, group, config, seed=seed, device=device,
                                             eval_acts=eval_acts, progress=progress)
     from tqdm.auto import tqdm
     for group in tqdm(groups, desc=f"{model} layer {layer}", disable=not progress or len(groups) == 1):
@@ -249,5 +249,5 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
             metrics.add(model=model, layer=layer, width=trained.width, k=trained.k, seed=seed, metrics=scores,
                         source=source, sae_id=f"{model}/layer_{int(layer):02d}/w{trained.width}_k{trained.k}",
                         train_tokens=trained.train_tokens, plateau_change=change,
-                        plateaued=bool(change <= plateau_tol) if change == change else None)
+                        plateaued=None if np.isnan(change) else bool(change <= plateau_tol))
     return metrics.table

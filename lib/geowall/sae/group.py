@@ -219,7 +219,7 @@ class GroupTrainer:
             g["b_dec"][s] = gb_dec
             fired = idx[acts > 0]
             self.since_fired[sl] += B
-            self.since_fired[sl][fired] = 0  # noqa: B909 - a view: writes through
+            self.since_fired[sl][fired] = 0  # a view: writes through
             t = self._tick("backward", t)
         # decoder-norm constraint: no gradient along each (unit) decoder row
         g["W_dec"] -= (g["W_dec"] * p.W_dec).sum(1, keepdim=True) * p.W_dec
@@ -235,7 +235,10 @@ class GroupTrainer:
         if FUSED_ADAM:
             for s in range(self.S):
                 sl = self.sae_slice(s)
-                views = lambda d: [d["W_enc"][sl], d["W_dec"][sl], d["b_enc"][sl], d["b_dec"][s]]  # noqa: E731
+
+                def views(t: dict[str, Tensor], sl: slice = sl, s: int = s) -> list[Tensor]:
+                    return [t["W_enc"][sl], t["W_dec"][sl], t["b_enc"][sl], t["b_dec"][s]]
+
                 for st in self.adam_steps[s]:
                     st.fill_(self.step_count + 1)
                 torch._fused_adam_(views(vars(p)), views(grads), views(self.m), views(self.v), [], self.adam_steps[s],
