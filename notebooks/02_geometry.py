@@ -221,11 +221,12 @@ if len(truth):
     print(f"TwoNN max relative error {both.id_rel_err.max():.3f}; Spearman(curvature, truth) = {rho:.2f}; "
           f"spheres {s_curv.min():.2f} to {s_curv.max():.2f}; flat boxes at most {f_curv.max():.3f}")
     sph = both[both.kind.isin(["sphere", "flat"])].sort_values(["kind", "dim"])
-    display(sph[["model", "layer", "kind", "dim", "id_twonn", "curvature", "curvature_true", "local_residual"]].round(3))
+    print(sph[["model", "layer", "kind", "dim", "id_twonn", "curvature", "curvature_true", "local_residual"]]
+          .round(3).to_string(index=False))
     if cfg.geometry.n_points >= 2000:
         assert (both.id_rel_err[both.id_true <= 8] < 0.15).all(), both[both.id_rel_err >= 0.15]
         assert rho >= 0.8, "curvature estimates are not ordered like the true curvature"
-        assert s_curv.max() / s_curv.min() < 1.5, "equal-radius spheres of different dimension read different curvatures"
+        assert s_curv.max() / s_curv.min() < 1.5, "equal-radius spheres of different dimensions disagree"
         assert (f_curv < 0.2 * s_curv.min()).all(), "a flat box reads curved"
     else:
         assert rho > 0, "curvature estimates are not ordered like the true curvature"

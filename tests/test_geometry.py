@@ -1,11 +1,12 @@
 """Geometric summaries against ground truth: analytic manifolds in R^100, skdim, closed forms."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from geowall import geometry as G
 
 AMBIENT = 100
@@ -172,7 +173,7 @@ def test_curvature_is_dimension_fair_on_equal_radius_spheres():
 def test_flat_box_reads_flat_against_its_sphere():
     """An 8-dimensional box: at most 0.2 x the 8-sphere on curvature and local residual (old: 0.3x, 5.7x)."""
     box, sph = unit_cloud("box", 8), unit_cloud("sphere", 8)
-    kw = dict(n_base=120, seed=0)
+    kw = {"n_base": 120, "seed": 0}
     assert G.twonn(box) < 7.6  # TwoNN underestimates the box: rounding it loses a tangent direction
     assert G.curvature(box, **kw) < 0.2 * G.curvature(sph, **kw)
     assert G.local_residual(box, **kw) < 0.2 * G.local_residual(sph, **kw)
@@ -182,7 +183,7 @@ def test_curvature_is_scale_free_and_has_physical_units():
     rng = np.random.default_rng(8)
     Z = sphere(rng, 2000, 3)
     small, large = embed(rng, 0.5 * Z), embed(rng, 5.0 * Z)
-    kw = dict(n_base=100, seed=0)
+    kw = {"n_base": 100, "seed": 0}
     # raw: 1 / R per tangent direction, in units of X
     assert G.curvature(small, scale_free=False, **kw) == pytest.approx(1 / 0.5, rel=0.15)
     assert G.curvature(large, scale_free=False, **kw) == pytest.approx(1 / 5.0, rel=0.15)
@@ -198,7 +199,7 @@ def test_curvature_zero_on_noisy_flat_and_ordered_sphere_over_cap():
     flat_x = embed(rng, flat(rng, 2000, m), noise=1e-4)
     small_cap = embed(rng, cap(rng, 2000, m, 0.3))
     full = embed(rng, sphere(rng, 2000, m))
-    kw = dict(n_base=100, seed=0)
+    kw = {"n_base": 100, "seed": 0}
     c_flat, c_full = G.curvature(flat_x, **kw), G.curvature(full, **kw)
     assert c_flat < 0.02 * c_full
     assert G.curvature(flat_x, debias=False, **kw) > 3 * c_flat  # the noise floor the debiasing removes
@@ -215,7 +216,7 @@ def test_local_residual_zero_on_flat_and_growing_with_curvature():
         X = embed(rng, cap(rng, 2000, m, angle)) if angle < np.pi else embed(rng, sphere(rng, 2000, m))
         res.append(G.local_residual(X, n_base=100, seed=0))
     assert res[0] < 1e-5
-    assert all(a < b for a, b in zip(res, res[1:])), res
+    assert all(a < b for a, b in itertools.pairwise(res)), res
 
 
 # ----------------------------------------------------------------------------- tangent dimension (item 2)
@@ -297,7 +298,8 @@ def test_multiscale_id_is_stable_on_flat_and_columns():
     X = manifold("flat", 4, n=4000, seed=11)
     df = G.multiscale_id(X, scales=(1, 2, 4, 8), seed=0)
     assert list(df.columns[:3]) == ["scale", "n_points", "id"]
-    assert list(df.scale) == [1, 2, 4, 8] and list(df.n_points) == [len(G.distinct_points(X)) // s for s in (1, 2, 4, 8)]
+    assert list(df.scale) == [1, 2, 4, 8]
+    assert list(df.n_points) == [len(G.distinct_points(X)) // s for s in (1, 2, 4, 8)]
     assert np.all(np.abs(df.id - 4) < 0.6)
     assert np.all(np.diff(df.r1_median) > 0)  # coarser scales at higher decimation
 
@@ -329,7 +331,7 @@ def test_document_blocks_widen_the_standard_error():
     centres = rng.standard_normal((n_docs, 20)) * np.r_[np.full(3, 3.0), np.full(17, 0.3)]
     X = np.repeat(centres, per, axis=0) + 0.5 * rng.standard_normal((n_docs * per, 20))
     docs = np.repeat(np.arange(n_docs), per)
-    kw = dict(n_boot=12, seed=0, n_base=40)
+    kw = {"n_boot": 12, "seed": 0, "n_base": 40}
     by_doc = G.summaries(X, groups=docs, **kw).set_index("summary")
     by_point = G.summaries(X, **kw).set_index("summary")
     assert by_doc.n_blocks.iloc[0] == n_docs and by_point.n_blocks.iloc[0] == len(X)
@@ -372,17 +374,19 @@ def test_mle_matches_skdim_and_sensitivity_rows():
     assert G.mle_id(X, k=20, near_dup_tol=0) == pytest.approx(ref, rel=1e-6)
     sv = G.sensitivity(X, seed=0, n_base=40)
     assert set(sv.summary) == {"id_twonn", "pr", "curvature", "local_residual", "id_mle"}
-    assert sv.groupby(["summary", "knob"]).size().eq(3).all() and sv.groupby("summary").default.sum().eq(1).all()
+    by_knob = sv.groupby(["summary", "knob"])
+    assert by_knob.size().eq(3).all() and by_knob.default.sum().eq(1).all()
     assert np.allclose(sv[sv.summary.isin(["id_twonn", "id_mle"])].estimate, 4, rtol=0.2)
 
 
 def test_rank_agreement_flags_a_flipped_ordering():
     rows = []
     for layer, (a, b) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)]):
-        rows += [dict(model="m", layer=layer, summary="pr", knob="n", setting=1.0, estimate=a, default=True),
-                 dict(model="m", layer=layer, summary="pr", knob="n", setting=0.5, estimate=b, default=False),
-                 dict(model="m", layer=layer, summary="curvature", knob="k", setting=1.0, estimate=a, default=True),
-                 dict(model="m", layer=layer, summary="curvature", knob="k", setting=2.0, estimate=-b, default=False)]
+        for summary, knob, setting, value in [("pr", "n", 0.5, b), ("curvature", "k", 2.0, -b)]:
+            rows += [{"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": 1.0, "estimate": a,
+                      "default": True},
+                     {"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": setting,
+                      "estimate": value, "default": False}]
     agree = G.rank_agreement(pd.DataFrame(rows)).set_index("summary")
     assert agree.rho["pr"] == pytest.approx(1.0) and not agree.flipped["pr"]
     assert agree.rho["curvature"] == pytest.approx(-1.0) and agree.flipped["curvature"]

@@ -53,9 +53,10 @@ CASES = [
     (["stage2.draws=1"], "stage2.draws", "expected stage2.draws >= 3", {"stage2", "transfer"}),
     (["stage1.chains=1"], "stage1.chains", "expected >= 2", {"stage1"}),
     (["stage2.checks.ess_min=10000"], "stage2.draws", "expected stage2.draws >= 5000", {"stage2", "transfer"}),
-    (["geometry.n_points=150"], "geometry.n_points", "expected >= 183 points", {"geometry"}),
-    (["geometry.k_neighbors=20"], "geometry.k_neighbors", "expected >= 91", {"geometry"}),
-    (["activations.n_train=100"], "activations.n_train", "are too few for curvature patches", {"geometry"}),
+    (["geometry.n_points=50"], "geometry.n_points", "expected >= 80 points", {"geometry"}),
+    (["geometry.k_neighbors=300"], "geometry.n_points", "expected >= 602 points", {"geometry"}),
+    (["geometry.k_neighbors=20"], "geometry.k_neighbors", "expected >= 92", {"geometry"}),
+    (["activations.n_train=60"], "activations.n_train", "each half-sample replicate needs more points", {"geometry"}),
     (["sae.width_multiples=[1, 1.001]"], "sae.width_multiples", "at least 2 distinct widths", {"stage1"}),
     (["sae.showcase_width_multiples=[0.01, 1, 2, 3, 4, 5]"], "sae.showcase_width_multiples", "must exceed the largest k",
      {"sae_grid"}),
@@ -79,17 +80,17 @@ def test_each_precondition_names_its_key_and_steps(overrides, key, needle, steps
     assert preflight.problems(load_profile("smoke", overrides), others) == []  # only the steps that need it
 
 
-def test_patch_size_boundary_agrees_with_the_library():
-    k = geometry.patch_k(12)
-    for n_points, ok in ((k + 1, True), (k, False)):
-        found = _problems([f"geometry.n_points={n_points}"])
-        assert (found == []) is ok, found
-        try:
-            geometry._check_patch_args(n_points, k, 12, 10)
-            lib_ok = True
-        except ValueError:
-            lib_ok = False
-        assert lib_ok is ok
+def test_point_count_boundary_agrees_with_the_geometry_step():
+    """At the preflight's minimum every summary has a standard error; one point fewer and the
+    half-sample replicates are too small for the tangent patch (se NaN: step 02 fails)."""
+    need = preflight.geometry_min_points(load_profile("smoke").geometry)
+    assert need == 2 * (geometry.dim_patch_k(12) + 1) == 80
+    rng = np.random.default_rng(0)
+    for n, ok in ((need, True), (need - 1, False)):
+        assert (_problems([f"geometry.n_points={n}"]) == []) is ok
+        X = rng.standard_normal((n, 3)) @ rng.standard_normal((3, 16))
+        s = geometry.summaries(X, n_boot=3, seed=0, n_base=20)
+        assert bool(np.isfinite(s.se).all()) is ok, s
 
 
 def test_ess_boundary():
@@ -253,10 +254,12 @@ def _library_accepts(cfg: Profile) -> None:
     with pytest.raises(ValueError) as e:  # summaries checks n_boot first, then refuses the empty X
         geometry.summaries(np.zeros((0, 2)), n_boot=cfg.geometry.n_boot)
     assert "n_boot" not in str(e.value), e.value
+    from geowall.geometry.estimators import _check_patch_args
+
     g = cfg.geometry
-    dim = g.max_dim
-    k = g.k_neighbors or geometry.patch_k(dim)
-    geometry._check_patch_args(min(g.n_points, cfg.activations.n_train), k, dim, g.n_base)
+    half = min(g.n_points, cfg.activations.n_train) // 2  # a half-sample replicate
+    _check_patch_args(half, g.n_base, g.max_dim, g.tangent_tol, g.k_neighbors, geometry.dim_patch_k(g.max_dim))
+    assert g.k_neighbors is None or g.k_neighbors <= half - 1
     for s in (cfg.stage1, cfg.stage2):
         assert s.chains >= 2 and s.chains * s.draws >= s.checks.ess_min
     need = preflight.min_training_layers(len(law.SUMMARIES))

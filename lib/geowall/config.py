@@ -51,6 +51,8 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
+    sae_mirror: Path | None = Field(None, description="gemma-scope: fetch from this folder (<release>/<sae_id>/params.npz, "
+                                                      "e.g. a network mount) through the SAE cache instead of the hub")
     ks: list[PositiveInt] | None = Field(None, min_length=1,
                                          description="trained SAEs: this model's k grid (default: sae.ks)")
 
@@ -64,6 +66,8 @@ class ModelSpec(_Strict):
             raise ValueError("sae_source 'gemma-scope' needs sae_release (e.g. gemma-scope-2b-pt-res)")
         if self.sae_local_dir is not None and not Path(self.sae_local_dir).is_dir():
             raise ValueError(f"sae_local_dir: folder not found: {self.sae_local_dir}")
+        if self.sae_mirror is not None and not Path(self.sae_mirror).is_dir():
+            raise ValueError(f"sae_mirror: folder not found: {self.sae_mirror}")
         if isinstance(self.layers, list):
             if not self.layers:
                 raise ValueError("layers must list at least one layer index, or be 'all'")
@@ -73,8 +77,14 @@ class ModelSpec(_Strict):
 
 
 class CorpusSpec(_Strict):
-    kind: Literal["stdlib", "files"] = "stdlib"
+    kind: Literal["stdlib", "files", "folder", "hf"] = "stdlib"
     files: list[Path] = Field(default_factory=list, description="kind 'files': UTF-8 text files")
+    folder: Path | None = Field(None, description="kind 'folder': every *.txt / *.md file under it (recursively)")
+    dataset: str | None = Field(None, description="kind 'hf': a Hugging Face dataset id (needs the hub) or local folder")
+    dataset_config: str | None = Field(None, description="kind 'hf': the dataset's configuration name")
+    split: str = Field("train", description="kind 'hf': the split to read (streamed)")
+    text_field: str = Field("text", description="kind 'hf': the column holding the text")
+    max_docs: PositiveInt = Field(20000, description="kind 'hf': documents read (before the train/eval split)")
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     min_words: PositiveInt = 8
 
@@ -82,6 +92,17 @@ class CorpusSpec(_Strict):
     def _files(self) -> "CorpusSpec":
         if self.kind == "files" and not self.files:
             raise ValueError("kind 'files' needs at least one path in files")
+        if self.kind == "folder":
+            from geowall.corpus import folder_files
+
+            if self.folder is None:
+                raise ValueError("kind 'folder' needs folder (a directory of .txt / .md files)")
+            try:
+                folder_files(self.folder)
+            except ValueError as e:
+                raise ValueError(f"folder: {e}") from None
+        if self.kind == "hf" and not self.dataset:
+            raise ValueError("kind 'hf' needs dataset (a Hugging Face dataset id or a local dataset folder)")
         from geowall.corpus import read_text_file
 
         for i, f in enumerate(self.files):
@@ -117,6 +138,13 @@ class SaeSpec(_Strict):
     plateau_tol: PositiveFloat = Field(0.02, description="plateau criterion: held-out fvu may fall by at most this "
                                                          "fraction over the last plateau_window of training")
     plateau_window: float = Field(0.2, gt=0, lt=1, description="fraction of training the plateau criterion looks at")
+    cache_budget_gb: PositiveFloat | None = Field(
+        None, description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
+                          "start if the largest SAE it streams does not fit")
+    keep_downloads: bool = Field(False, description="released SAEs: keep downloads (evicted only when the budget "
+                                                    "needs room) instead of deleting each after evaluation")
+    cache_dir: Path | None = Field(None, description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
+                                                     "on a cluster, a machine-local disk)")
     monotone_slack: NonNegativeFloat | None = Field(
         0.02, description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
                           "(real networks); null switches the width checks off")

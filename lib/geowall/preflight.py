@@ -143,34 +143,48 @@ def _showcase_widths_above_k(cfg):
 
 
 @register("geometry.k_neighbors", steps=("geometry",),
-          where="geometry._check_patch_args: k >= fit parameters at the tangent dimension (up to geometry.max_dim)")
+          where="geometry.local_geometry: a fit patch of k points needs k >= fit parameters + 1 at the tangent "
+                "dimension (up to geometry.max_dim); smaller patches are dropped")
 def _patch_k_fits_quadratic(cfg):
-    from geowall import geometry
+    from geowall.geometry.estimators import _n_params
 
     g = cfg.geometry
     if g.k_neighbors is not None:
-        need = geometry._n_params(g.max_dim)
+        need = _n_params(g.max_dim) + 1
         if g.k_neighbors < need:
             yield ("geometry.k_neighbors",
                    f"{g.k_neighbors} neighbours cannot fit a quadratic patch in up to geometry.max_dim={g.max_dim} "
-                   f"tangent dimensions; expected >= {need}, null (automatic), or a lower geometry.max_dim")
+                   f"tangent dimensions (such patches would be dropped from the curvature); expected >= {need}, "
+                   f"null (automatic), or a lower geometry.max_dim")
+
+
+def geometry_min_points(g) -> int:
+    """The fewest points per layer the geometry step can use: every half-sample replicate
+    (``geometry.summaries`` keeps half the documents) must hold more points than the
+    tangent-dimension patch ``dim_patch_k(max_dim)`` and a user-set fit patch
+    ``k_neighbors`` (``estimators._check_patch_args``; ``geometry.sensitivity`` calls it
+    on all points without catching)."""
+    from geowall import geometry
+
+    k = max(geometry.dim_patch_k(g.max_dim), g.k_neighbors or 0)
+    return 2 * (k + 1)
 
 
 @register("geometry.n_points", steps=("geometry",),
-          where="geometry.summaries: patch size k <= distinct points - 1 (else NaN, and step 02 asserts estimates)")
+          where="geometry.estimators._check_patch_args: patch size <= distinct points - 1, in every half-sample "
+                "(else NaN curvature, which step 02 asserts against, or an uncaught error in geometry.sensitivity)")
 def _enough_points(cfg):
-    from geowall import geometry
-
     g = cfg.geometry
-    k = g.k_neighbors if g.k_neighbors is not None else geometry.patch_k(g.max_dim)
+    need = geometry_min_points(g)
     have = min(g.n_points, cfg.activations.n_train)
-    if have < k + 1:
+    if have < need:
         key = "geometry.n_points" if g.n_points <= cfg.activations.n_train else "activations.n_train"
-        how = (f"geometry.k_neighbors={g.k_neighbors}" if g.k_neighbors is not None
-               else f"geometry.k_neighbors null: patch_k(geometry.max_dim={g.max_dim})")
+        how = (f"geometry.k_neighbors={g.k_neighbors}" if need // 2 - 1 == g.k_neighbors
+               else f"dim_patch_k(geometry.max_dim={g.max_dim})")
         yield (key, f"{have} points per layer (the smaller of geometry.n_points={g.n_points} and activations.n_train="
-                    f"{cfg.activations.n_train}) are too few for curvature patches of k={k} neighbours ({how}); "
-                    f"expected >= {k + 1} points, or a smaller patch (geometry.max_dim, geometry.k_neighbors)")
+                    f"{cfg.activations.n_train}) are too few: each half-sample replicate needs more points than the "
+                    f"patch of {need // 2 - 1} neighbours ({how}); expected >= {need} points, or a smaller "
+                    f"geometry.max_dim / geometry.k_neighbors")
 
 
 # ---------------------------------------------------------------------------- Bayesian fits

@@ -58,10 +58,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import skdim
-    from sklearn.neighbors import NearestNeighbors
-
     from geowall.geometry import twonn
     from geowall.kernels import knn
+    from sklearn.neighbors import NearestNeighbors
 
     X = curved_manifold(a.n, a.d, a.latent, a.seed)
     assert len(np.unique(X, axis=0)) == a.n, "benchmark data must be duplicate-free"

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geowall.kernels import knn
 from geowall.geometry.estimators import (
     MAX_DIM,
     NEAR_DUP_TOL,
@@ -59,11 +58,29 @@ from geowall.geometry.estimators import (
     twonn,
     unique_rows,
 )
+from geowall.kernels import knn
 
 __all__ = [
-    "twonn", "mle_id", "participation_ratio", "curvature", "local_residual", "local_geometry", "multiscale_id",
-    "summaries", "sensitivity", "rank_agreement", "distinct_points", "unique_rows", "patch_k", "dim_patch_k",
-    "rms_radius", "SUMMARY_NAMES", "MAX_DIM", "TANGENT_TOL", "NEAR_DUP_TOL", "ABOVE_CAP_MAX",
+    "ABOVE_CAP_MAX",
+    "MAX_DIM",
+    "NEAR_DUP_TOL",
+    "SUMMARY_NAMES",
+    "TANGENT_TOL",
+    "curvature",
+    "dim_patch_k",
+    "distinct_points",
+    "local_geometry",
+    "local_residual",
+    "mle_id",
+    "multiscale_id",
+    "participation_ratio",
+    "patch_k",
+    "rank_agreement",
+    "rms_radius",
+    "sensitivity",
+    "summaries",
+    "twonn",
+    "unique_rows",
 ]
 
 SUMMARY_NAMES = ("id_twonn", "pr", "curvature", "local_residual")
@@ -72,7 +89,7 @@ _Z95 = 1.959963984540054
 
 
 # ----------------------------------------------------------------------------- one cloud, all four
-def _kNN_summaries(X: torch.Tensor, *, seed: int, k, n_base: int, discard_fraction: float, max_dim: int,
+def _knn_summaries(X: torch.Tensor, *, seed: int, k, n_base: int, discard_fraction: float, max_dim: int,
                    tangent_tol: float, near_dup_tol: float) -> dict:
     """The three kNN-based summaries of one cloud (plus what the table reports beside them)."""
     keep, dist = _dedup(X, near_dup_tol)
@@ -156,14 +173,15 @@ def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_bas
         X, groups = X[torch.from_numpy(sub).to(X.device)], groups[sub]
     n = X.shape[0]
     base_seed = int(seq_base.integers(2**32))
-    kw = dict(k=k, n_base=n_base, discard_fraction=discard_fraction, max_dim=max_dim, tangent_tol=tangent_tol,
-              near_dup_tol=near_dup_tol)
-    full = _kNN_summaries(X, seed=base_seed, **kw)
+    kw = {"k": k, "n_base": n_base, "discard_fraction": discard_fraction, "max_dim": max_dim,
+          "tangent_tol": tangent_tol,
+              "near_dup_tol": near_dup_tol}
+    full = _knn_summaries(X, seed=base_seed, **kw)
     masks, factor = _half_samples(groups, n_boot, rng_rep)
     pr_all = pr_weighted(X, np.vstack([np.ones((1, n))] + [m[None].astype(float) for m in masks]))
     reps = []
     for i, m in enumerate(masks):
-        rep = _kNN_summaries(X[torch.from_numpy(np.flatnonzero(m)).to(X.device)], seed=base_seed + 1 + i, **kw)
+        rep = _knn_summaries(X[torch.from_numpy(np.flatnonzero(m)).to(X.device)], seed=base_seed + 1 + i, **kw)
         reps.append(rep)
     reps = pd.DataFrame(reps)
     reps["pr"] = pr_all[1:]
@@ -174,11 +192,11 @@ def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_bas
         vals = vals[np.isfinite(vals)]
         e = est[name]
         se = math.sqrt(factor * np.mean((vals - vals.mean()) ** 2)) if len(vals) > 1 and np.isfinite(e) else math.nan
-        rows.append(dict(summary=name, estimate=e, se=se, lo=e - _Z95 * se, hi=e + _Z95 * se,
-                         n={"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
-                         k={"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
+        rows.append({"summary": name, "estimate": e, "se": se, "lo": e - _Z95 * se, "hi": e + _Z95 * se,
+                         "n": {"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
+                         "k": {"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
                              name, float(dim_patch_k(max_dim))),
-                         n_boot=int(n_boot)))
+                         "n_boot": int(n_boot)})
     out = pd.DataFrame(rows)
     local = out.summary.isin(["curvature", "local_residual"])
     out["dim"] = np.where(local, full["dim"], math.nan)
@@ -215,7 +233,8 @@ def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, 
     defaults = dict(defaults or {})
 
     def add(summary, knob, setting, value, default):
-        rows.append(dict(summary=summary, knob=knob, setting=float(setting), estimate=float(value), default=default))
+        rows.append({"summary": summary, "knob": knob, "setting": float(setting), "estimate": float(value),
+                     "default": default})
 
     def known(summary, default):  # the default setting's value, when the caller has it
         return default and summary in defaults
@@ -233,7 +252,7 @@ def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, 
             sub = np.sort(rng.choice(n, size=max(4, int(frac * n)), replace=False))
             add("pr", "n_points", frac, participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
                 frac == 1.0)
-    geo = dict(n_base=n_base, seed=seed, tangent_tol=tangent_tol, _distinct_done=True)
+    geo = {"n_base": n_base, "seed": seed, "tangent_tol": tangent_tol, "_distinct_done": True}
     for mult in (0.75, 1.0, 1.5):
         if known("curvature", mult == 1.0):
             add("curvature", "patch_k_multiple", mult, defaults["curvature"], True)
@@ -251,7 +270,7 @@ def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, 
         ok = lc.above_cap.mean() <= ABOVE_CAP_MAX and lc.kappa.notna().any()
         add("curvature", "max_dim", cap, lc.kappa.mean() * R if ok else math.nan, cap == max_dim)
     for mult in (0.5, 1.0, 2.0):
-        kd = max(max_dim + 1, int(round(mult * dim_patch_k(max_dim))))
+        kd = max(max_dim + 1, round(mult * dim_patch_k(max_dim)))
         if kd > nu - 1:
             continue
         if known("local_residual", mult == 1.0):
@@ -296,6 +315,7 @@ def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int 
         both = pd.concat([g.set_index("layer").estimate.rename("x"), ref.rename("y")], axis=1).dropna()
         rho = float(spearmanr(both.x, both.y).statistic) if len(both) >= 3 and both.x.nunique() > 1 \
             and both.y.nunique() > 1 else math.nan
-        rows.append(dict(model=model, summary=summary, knob=knob, setting=setting, n_layers=len(both), rho=rho,
-                         flipped=bool(np.isfinite(rho) and rho < min_rho and len(both) >= min_layers)))
+        rows.append({"model": model, "summary": summary, "knob": knob, "setting": setting, "n_layers": len(both),
+                     "rho": rho,
+                         "flipped": bool(np.isfinite(rho) and rho < min_rho and len(both) >= min_layers)})
     return pd.DataFrame(rows, columns=["model", "summary", "knob", "setting", "n_layers", "rho", "flipped"])

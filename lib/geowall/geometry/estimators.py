@@ -278,7 +278,7 @@ def dim_patch_k(max_dim: int) -> int:
 
 def _fit_k(m: int, k: int | None, k_scale: float) -> int:
     """Fit-patch size at tangent dimension m: ``k`` if given, else k_scale x patch_k(m) (at least p + 2)."""
-    return int(k) if k is not None else max(_n_params(m) + 2, int(round(k_scale * patch_k(m))))
+    return int(k) if k is not None else max(_n_params(m) + 2, round(k_scale * patch_k(m)))
 
 
 def _n_params(dim: int) -> int:
@@ -532,7 +532,7 @@ def multiscale_id(X, *, scales=(1, 2, 4, 8, 16), seed: int = 0, discard_fraction
             mu, r1 = _twonn_ratios(Xu[perm[j * m : (j + 1) * m]])
             ids.append(float(_twonn_fit(mu, discard_fraction)))
             r1s.append(r1)
-        rows.append(dict(scale=s, n_points=m, id=float(np.mean(ids)),
-                         id_sd=float(np.std(ids, ddof=1)) if len(ids) > 1 else float("nan"),
-                         n_subsets=len(ids), r1_median=float(np.median(np.concatenate(r1s)))))
+        rows.append({"scale": s, "n_points": m, "id": float(np.mean(ids)),
+                         "id_sd": float(np.std(ids, ddof=1)) if len(ids) > 1 else float("nan"),
+                         "n_subsets": len(ids), "r1_median": float(np.median(np.concatenate(r1s)))})
     return pd.DataFrame(rows, columns=["scale", "n_points", "id", "id_sd", "n_subsets", "r1_median"])

@@ -154,8 +154,10 @@ def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[
 
 
 def curves_path(metrics_path: str | os.PathLike) -> Path:
-    """The learning-curve side table beside a metrics table (``curves.parquet``)."""
-    return Path(metrics_path).with_name("curves.parquet")
+    """The learning-curve side table beside a metrics table (``<stem>_curves.parquet``: one per
+    table, so parallel tasks with their own tables never share one)."""
+    p = Path(metrics_path)
+    return p.with_name(f"{p.stem}_curves.parquet")
 
 
 CURVE_COLUMNS = ["model", "layer", "width", "k", "seed", "step", "tokens", "fvu_heldout"]
@@ -204,7 +206,7 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
     autograd trainer when the dense reference is switched on (``GEOWALL_DENSE_DECODE=1``).
     A (model, layer, width, k, seed) already in ``metrics_path`` is skipped (logged).
     Each SAE's folder ``sae_dir/<model>/layer_XX/w{W}_k{k}`` is written, its learning curve
-    added to ``curves.parquet`` beside the metrics, then one row is added to
+    added to ``<stem>_curves.parquet`` beside the metrics, then one row is added to
     ``metrics_path`` (see :class:`MetricsTable`) with ``plateau_change`` (relative fall of
     held-out fvu over the curve's last window) and ``plateaued`` (that fall <=
     ``plateau_tol``). Returns the whole metrics table.
