@@ -212,3 +212,22 @@ def sbc_ranks(ranks: pd.DataFrame, n_bins: int = 10) -> alt.FacetChart:
     data = counts.merge(expect, on=["grid", "param"])
     return alt.layer(bars, line, data=data).properties(width=200, height=140).facet(row="grid:N", column="param:N")
 
+
+def learning_curves(curves: pd.DataFrame, metrics: pd.DataFrame) -> alt.VConcatChart:
+    """Held-out fvu against training tokens (log-log), one line per SAE, a panel per model and
+    layer; SAEs that missed the plateau criterion (``plateaued`` false in ``metrics``) in red."""
+    flags = metrics[["model", "layer", "width", "k", "plateaued"]]
+    both = curves.merge(flags, on=["model", "layer", "width", "k"], how="left")
+    both["sae"] = "W=" + both["width"].astype(str) + " k=" + both["k"].astype(str)
+    both["status"] = both["plateaued"].map({True: "plateaued", False: "not plateaued"}).fillna("n/a")
+    rows = []
+    for model, g in both.groupby("model", sort=False):
+        rows.append(alt.Chart(g).mark_line(opacity=0.7).encode(
+            x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens"),
+            y=alt.Y("fvu_heldout:Q", scale=alt.Scale(type="log"), title="held-out fvu"),
+            detail="sae:N",
+            color=alt.Color("status:N", scale=alt.Scale(domain=["plateaued", "not plateaued", "n/a"],
+                                                        range=["#4c78a8", "#e45756", "#bbbbbb"])),
+            tooltip=["model", "layer", "width", "k", "tokens", "fvu_heldout", "status"],
+        ).properties(width=110, height=100).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+    return alt.vconcat(*rows)

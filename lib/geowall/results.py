@@ -16,6 +16,7 @@ from geowall.io import read_json, read_parquet
 NA = "n/a (step not run)"
 SUMMARIES = ("id_twonn", "pr", "curvature", "local_residual")
 SOURCE_NAMES = {"minilm": "all-MiniLM-L6-v2 (pretrained)", "minilm-random": "all-MiniLM-L6-v2 (random init)",
+                "mpnet": "all-mpnet-base-v2 (pretrained)", "mpnet-random": "all-mpnet-base-v2 (random init)",
                 "synthetic": "synthetic manifold zoo", "hf": "Hugging Face causal LM"}
 
 
