@@ -383,3 +383,22 @@ def test_disk_budget_is_a_preflight_check():
     assert [p.key for p in found] == ["sae.cache_budget_gb"] and found[0].message.startswith("20 GB cannot hold")
     assert preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
                               ["sae_grid"], machine=False) == []
+
+
+def test_runner_appends_advice_to_a_failed_fit():
+    from geowall import scaling
+
+    failures = [{"diagnostic": "ess_bulk", "variable": "alpha[minilm/L3]", "value": 53.04, "threshold": ">= 400"},
+                {"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": 12, "threshold": "<= 0"},
+                {"diagnostic": "r_hat", "variable": "sigma", "value": 1.05, "threshold": "<= 1.01"}]
+    message = str(scaling.FitDiagnosticsError(failures, label="stage 2 law 'all4'"))
+    parsed = preflight.parse_failures(message)
+    assert [(f["diagnostic"], f["value"], f["threshold"]) for f in parsed] == [
+        (f["diagnostic"], f["value"], f["threshold"]) for f in failures]
+    cfg = load_profile("default")  # stage2: 2 chains x 4000 draws, target_accept 0.95
+    text = preflight.step_advice("transfer", cfg, "FitDiagnosticsError", message)
+    assert text.startswith("; to pass: raise stage2.draws to >= ")
+    assert "raise stage2.target_accept to 0.99 (12 divergent transitions" in text and "raise stage2.tune" in text
+    assert preflight.step_advice("stage1", cfg, "FitDiagnosticsError", message).startswith("; to pass: raise stage1.")
+    assert preflight.step_advice("geometry", cfg, "FitDiagnosticsError", message) == ""
+    assert preflight.step_advice("stage2", cfg, "ValueError", message) == ""

@@ -21,6 +21,7 @@ defaults of ``scaling.exponents``); where a rule is inline in a library function
 from __future__ import annotations
 
 import inspect
+import re
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -429,3 +430,31 @@ def fit_advice_text(failures: Iterable[dict], settings: dict | None) -> str:
         return ""
     lines = fit_advice(failures, **settings)
     return ("; to pass: " + "; ".join(lines)) if lines else ""
+
+
+_DIAG = re.compile(r"(r_hat|ess_bulk|ess_tail|divergences|bfmi) = (.+?) \(threshold (.+?)\)")
+STEP_SAMPLER = {"stage1": "stage1", "stage2": "stage2", "transfer": "stage2"}  # step -> profile section it samples with
+
+
+def parse_failures(message: str) -> list[dict]:
+    """The failure records of a ``FitDiagnosticsError`` message (what a notebook's error
+    carries to the runner): ``[{"diagnostic", "value", "threshold"}, ...]``."""
+    out = []
+    for diag, value, thr in _DIAG.findall(message):
+        try:
+            v: float | str = float(value)
+        except ValueError:
+            v = value
+        out.append({"diagnostic": diag, "value": v, "threshold": thr})
+    return out
+
+
+def step_advice(step: str, cfg: Profile, ename: str, evalue: str) -> str:
+    """What the runner appends to a failed step's error: for a ``FitDiagnosticsError`` in a
+    sampling step, which key of the step's profile section to change and to what."""
+    section = STEP_SAMPLER.get(step)
+    if ename != "FitDiagnosticsError" or section is None or "; to pass: " in evalue:
+        return ""
+    spec = getattr(cfg, section)
+    return fit_advice_text(parse_failures(evalue), {"section": section, "draws": spec.draws, "chains": spec.chains,
+                                                    "tune": spec.tune, "target_accept": spec.target_accept})
