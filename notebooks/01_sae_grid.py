@@ -14,8 +14,6 @@ run_dir = None
 params = None
 
 # %%
-
-
 from geowall import charts, layers, notebook, sae
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)

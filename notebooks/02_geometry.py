@@ -14,7 +14,6 @@ run_dir = None
 params = None
 
 # %%
-
 from scipy.stats import spearmanr
 
 from geowall import charts, layers, notebook

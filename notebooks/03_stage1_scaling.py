@@ -14,7 +14,6 @@ run_dir = None
 params = None
 
 # %%
-
 import numpy as np
 import pandas as pd
 

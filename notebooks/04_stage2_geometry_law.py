@@ -14,7 +14,6 @@ run_dir = None
 params = None
 
 # %%
-
 import pandas as pd
 
 from geowall import charts, law, notebook, scaling

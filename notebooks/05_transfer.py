@@ -13,8 +13,6 @@ run_dir = None
 params = None
 
 # %%
-
-
 from geowall import charts, law, notebook
 from geowall.io import read_parquet, write_parquet
 

@@ -14,7 +14,6 @@ run_dir = None
 params = None
 
 # %%
-
 import arviz as az
 
 from geowall import charts, law, notebook
