@@ -46,8 +46,10 @@ def setup(
     list of overrides of ``profile`` (``["stage1.draws=2000"]``, as ``geowall run --set``
     takes them). ``run_dir`` defaults to ``data/runs/<profile name>`` under the project
     root, and a relative ``run_dir`` is taken relative to the project root. The seed is
-    the profile's.
+    the profile's. Altair charts then render with :mod:`geowall.charts`' renderer.
     """
+    import geowall.charts  # noqa: F401  (registers the renderer that draws charts offline)
+
     if isinstance(params, (list, tuple)):
         cfg = load_profile(profile, list(params))
     else:
