@@ -7,6 +7,7 @@ table atomically, so a killed and resumed run ends with the same table as an
 uninterrupted one. :func:`run_grid` (SAEs trained here) and
 ``geowall.sources.gemma_scope.run_manifest`` (released SAEs) both use it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,17 @@ from geowall.sae.disk import save_sae
 from geowall.sae.evaluate import METRICS, evaluate
 from geowall.sae.train import TrainConfig, derive_seed, grid_pairs, train_sae
 
-__all__ = ["METRIC_COLUMNS", "KEY", "MetricsTable", "read_metrics", "append_metrics", "sae_folder", "run_grid",
-           "width_trend", "check_width_trend"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "KEY",
+    "MetricsTable",
+    "read_metrics",
+    "append_metrics",
+    "sae_folder",
+    "run_grid",
+    "width_trend",
+    "check_width_trend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +88,6 @@ def append_metrics(metrics_path: str | os.PathLike, table: pd.DataFrame, row: di
     return table
 
 
-
 class MetricsTable:
     """The metrics table at ``path``, resumed: which keys remain, and one atomic append per row."""
 
@@ -95,16 +104,41 @@ class MetricsTable:
     def todo(self, items: Sequence[Any], key: Any, *, what: str) -> list[Any]:
         """The ``items`` whose ``key(item)`` has no row yet, in order; logs how many were skipped."""
         left = [item for item in items if key(item) not in self]
-        log.info("%s: %d of %d SAEs already in %s, skipped; %d to do", what, len(items) - len(left), len(items),
-                 self.path, len(left))
+        log.info(
+            "%s: %d of %d SAEs already in %s, skipped; %d to do",
+            what,
+            len(items) - len(left),
+            len(items),
+            self.path,
+            len(left),
+        )
         return left
 
-    def add(self, *, model: str, layer: int, width: int, k: int, seed: int, metrics: dict[str, Any],
-            source: str, sae_id: str, train_tokens: int) -> None:
+    def add(
+        self,
+        *,
+        model: str,
+        layer: int,
+        width: int,
+        k: int,
+        seed: int,
+        metrics: dict[str, Any],
+        source: str,
+        sae_id: str,
+        train_tokens: int,
+    ) -> None:
         """Append one SAE's row (the :data:`~geowall.sae.evaluate.METRICS` of ``metrics`` and its facts)."""
-        row = {"model": str(model), "layer": int(layer), "width": int(width), "k": int(k),
-               **{m: metrics[m] for m in METRICS}, "source": source, "sae_id": sae_id,
-               "train_tokens": int(train_tokens), "seed": int(seed)}
+        row = {
+            "model": str(model),
+            "layer": int(layer),
+            "width": int(width),
+            "k": int(k),
+            **{m: metrics[m] for m in METRICS},
+            "source": source,
+            "sae_id": sae_id,
+            "train_tokens": int(train_tokens),
+            "seed": int(seed),
+        }
         self.table = append_metrics(self.path, self.table, row)
         self._done.add((row["model"], row["layer"], row["width"], row["k"], row["seed"]))
 
@@ -121,9 +155,17 @@ def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
         if len(g) < 2:
             continue
         f, w = g.fvu.to_numpy(dtype=float), g.width.to_numpy(dtype=float)
-        rows.append({"model": model, "layer": int(layer), "k": int(k), "n_widths": len(g),
-                     "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
-                     "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
+        rows.append(
+            {
+                "model": model,
+                "layer": int(layer),
+                "k": int(k),
+                "n_widths": len(g),
+                "max_step_increase": float((f[1:] / f[:-1] - 1).max()),
+                "end_change": float(f[-1] / f[0] - 1),
+                "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0]),
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
 
 
@@ -146,11 +188,23 @@ def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[
     return synth[synth.max_step_increase > slack]
 
 
-
-def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None, *, model: str, layer: int,
-             widths: Sequence[int], ks: Sequence[int], seed: int, device: str | torch.device = "cpu",
-             sae_dir: str | os.PathLike, metrics_path: str | os.PathLike, source: str = "trained",
-             progress: bool = True, **overrides: Any) -> pd.DataFrame:
+def run_grid(
+    train_acts: Any,
+    eval_acts: Any,
+    config: TrainConfig | None = None,
+    *,
+    model: str,
+    layer: int,
+    widths: Sequence[int],
+    ks: Sequence[int],
+    seed: int,
+    device: str | torch.device = "cpu",
+    sae_dir: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    source: str = "trained",
+    progress: bool = True,
+    **overrides: Any,
+) -> pd.DataFrame:
     """Train, save and evaluate every (width, k) SAE of one model layer; resume-safe.
 
     ``config`` and keyword ``overrides`` of its fields set the training (see
@@ -162,20 +216,35 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
     """
     config = TrainConfig.make(config, **overrides)
     metrics = MetricsTable(metrics_path)
-    todo = metrics.todo(grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed),
-                        what=f"run_grid {model} layer {layer}")
+    todo = metrics.todo(
+        grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed), what=f"run_grid {model} layer {layer}"
+    )
     if not todo:
         return metrics.table
     x_train = as_acts(train_acts, device, "train_acts")
     check_acts_shape(eval_acts, x_train.shape[1])
     from tqdm.auto import tqdm
+
     for width, k in tqdm(todo, desc=f"{model} layer {layer}", disable=not progress):
-        trained = train_sae(x_train, width, k, config, seed=derive_seed(seed, width, k), device=device,
-                            progress=progress)
+        trained = train_sae(
+            x_train, width, k, config, seed=derive_seed(seed, width, k), device=device, progress=progress
+        )
         sae_id = f"{model}/layer_{int(layer):02d}/w{width}_k{k}"
-        save_sae(trained, sae_folder(sae_dir, model, layer, width, k),
-                 metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id, "grid_seed": int(seed)})
+        save_sae(
+            trained,
+            sae_folder(sae_dir, model, layer, width, k),
+            metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id, "grid_seed": int(seed)},
+        )
         scores = evaluate(trained, eval_acts, batch_size=config.batch_size, device=device)
-        metrics.add(model=model, layer=layer, width=width, k=k, seed=seed, metrics=scores, source=source,
-                    sae_id=sae_id, train_tokens=trained.train_tokens)
+        metrics.add(
+            model=model,
+            layer=layer,
+            width=width,
+            k=k,
+            seed=seed,
+            metrics=scores,
+            source=source,
+            sae_id=sae_id,
+            train_tokens=trained.train_tokens,
+        )
     return metrics.table
