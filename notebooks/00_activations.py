@@ -15,11 +15,9 @@ run_dir = None
 params = None
 
 # %%
-import time
-
 import pandas as pd
 
-from geowall import activations, charts, corpus, notebook
+from geowall import activations, charts, corpus, layers, notebook
 from geowall.io import write_json
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -50,17 +48,7 @@ if text is not None:
 # directly from their manifold.
 
 # %%
-timings = []
-for spec in cfg.models:
-    layers = cfg.layers_of(spec)
-    t0 = time.perf_counter()
-    res = activations.harvest(spec, layers, cfg.activations, run_dir=run_dir, seed=RANDOM_SEED,
-                              device=cfg.device, corpus=text)
-    dt = time.perf_counter() - t0
-    n_tok = cfg.activations.n_train + cfg.activations.n_eval
-    timings.append({"model": spec.name, "source": spec.source, "layers": len(layers), **res, "seconds": round(dt, 2),
-                    "tokens_per_s": round(n_tok / dt, 1) if res["harvested"] and spec.source != "synthetic" else None})
-timings = pd.DataFrame(timings)
+timings = layers.harvest_models(cfg, run_dir, text)  # one unit of work per model (local, or Ray tasks)
 timings
 
 # %% [markdown]

@@ -37,3 +37,14 @@ def test_cli_rerun_skips(smoke_run):
     r = _cli("run", "--profile", "smoke", "--only", "activations", "--runs-dir", str(run_dir.parent), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "[activations] unchanged" in r.stdout
+
+
+def test_run_checks_only_the_chosen_steps_preconditions(smoke_run):
+    run_dir, _ = smoke_run
+    base = ["run", "--profile", "smoke", "--runs-dir", str(run_dir.parent), "--no-progress", "--set", "stage2.draws=1"]
+    r = _cli(*base, "--only", "activations")  # step 00 does not sample: its preconditions hold
+    assert r.returncode == 0, r.stderr
+    r = _cli(*base, "--only", "stage2")
+    assert r.returncode == 2 and r.stderr.startswith("geowall: error: stage2.draws: "), r.stderr
+    assert "needed by steps stage2, transfer" not in r.stderr and "needed by step stage2" in r.stderr
+    assert not (run_dir / "steps" / "stage2.json").exists()

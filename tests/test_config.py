@@ -37,10 +37,24 @@ def test_shipped_profiles_validate(name):
         ("models.2.layers=[-1]", "models.2.layers: [-1] outside model 'synth-a'"),
         ("corpus.kind=files", "corpus: kind 'files' needs at least one path"),
         ("corpus.files=[/no/such/file.txt]", "corpus: files.0: corpus file not found: /no/such/file.txt"),
-        ("activations.n_train=-5", "activations.n_train: Input should be greater than 0"),
+        ("activations.n_train=-5", "activations.n_train: Input should be greater than or equal to 2"),
         ("device=tpu", "device: String should match pattern"),
         ("transfer=[[minilm, nope]]", "transfer: unknown model 'nope'"),
         ("sae.showcase_layers={minilm: [99]}", "sae.showcase_layers.minilm: [99] outside"),
+        # preconditions of the steps that the schema now carries (issue 15)
+        ("sae.ks=[]", "sae.ks: List should have at least 1 item"),
+        ("sae.width_multiples=[]", "sae.width_multiples: List should have at least 1 item"),
+        ("models.2.ks=[]", "models.2.ks: List should have at least 1 item"),
+        ("models=[]", "models: List should have at least 1 item"),
+        ("geometry.n_boot=1", "geometry.n_boot: Input should be greater than or equal to 2"),
+        ("geometry.n_points=3", "geometry.n_points: Input should be greater than or equal to 4"),
+        ("activations.n_eval=1", "activations.n_eval: Input should be greater than or equal to 2"),
+        # found by the property test (tests/test_preflight.py): YAML escapes can make lone surrogates
+        ('transfer=[[synth-a, "\\udc54"]]', "transfer.0.1: not Unicode text"),
+        ('sae.showcase_layers={"\\udc54": [1]}', "sae.showcase_layers.\\udc54: not Unicode text"),
+        ("sae.width_multiples=[.inf]", "sae.width_multiples.0: Input should be a finite number"),  # was an OverflowError
+        ('stage1.checks.ess_min="1e999"', "stage1.checks.ess_min: Input should be a finite number"),
+        ("stage2.target_accept=.nan", "stage2.target_accept: Input should be a finite number"),
     ],
 )
 def test_bad_override_is_rejected_with_the_key(override, needle):

@@ -1,11 +1,12 @@
 """Geometric summaries against ground truth: analytic manifolds in R^100, skdim, closed forms."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from geowall import geometry as G
 
 AMBIENT = 100
@@ -74,9 +75,10 @@ def test_twonn_matches_skdim():
     for kind, m in [("sphere", 3), ("torus", 5), ("flat", 7), ("torus", 9)]:
         X = manifold(kind, m, n=1500, seed=1)
         ref = skdim.id.TwoNN().fit(X).dimension_
-        assert G.twonn(X) == pytest.approx(ref, rel=1e-6)
+        assert G.twonn(X, near_dup_tol=0) == pytest.approx(ref, rel=1e-6)
         ref = skdim.id.TwoNN(discard_fraction=0.3).fit(X).dimension_
-        assert G.twonn(X, discard_fraction=0.3) == pytest.approx(ref, rel=1e-6)
+        assert G.twonn(X, discard_fraction=0.3, near_dup_tol=0) == pytest.approx(ref, rel=1e-6)
+        assert G.twonn(X) == pytest.approx(G.twonn(X, near_dup_tol=0), rel=0.02)  # clean data: rule is inert
 
 
 def test_twonn_ignores_exact_duplicates():
@@ -137,7 +139,7 @@ def test_pr_bootstrap_replicates_equal_direct_computation():
     rng = np.random.default_rng(7)
     X = rng.standard_normal((60, 8)) * np.arange(1, 9)
     counts = rng.multinomial(60, np.full(60, 1 / 60), size=3)
-    fast = G._pr_weighted(torch.from_numpy(X), counts)
+    fast = G.pr_weighted(torch.from_numpy(X), counts)
     Xc = X - X.mean(0)
     K = Xc @ Xc.T
     for b, w in enumerate(counts):
@@ -147,59 +149,148 @@ def test_pr_bootstrap_replicates_equal_direct_computation():
         assert fast[b] == pytest.approx(num / den, rel=1e-5)
 
 
-# ----------------------------------------------------------------------------- curvature
-def _curv(X, m, **kw):
-    return G.curvature(X, k=G.patch_k(m), n_base=150, dim=m, seed=0, **kw)
+# ----------------------------------------------------------------------------- clouds of the issue
+def unit_cloud(kind, m, n=3000, D=64, seed=0):
+    """``kind`` of dimension m, randomly rotated into R^D, centred, unit RMS norm (issue 10's setting)."""
+    rng = np.random.default_rng([seed, m, len(kind)])
+    Z = {"sphere": lambda: sphere(rng, n, m), "box": lambda: rng.uniform(-1, 1, (n, m))}[kind]()
+    X = Z @ _rotation(rng, Z.shape[1], D)
+    X -= X.mean(0)
+    return X / np.sqrt((X**2).sum(1).mean())
 
 
-@pytest.mark.parametrize("m", [2, 3])
-def test_curvature_of_spheres(m):
+# ----------------------------------------------------------------------------- curvature (item 1)
+def test_curvature_is_dimension_fair_on_equal_radius_spheres():
+    """Unit spheres S^2, S^4, S^8 (the whole cloud: RMS radius = sphere radius) all read ~1.
+
+    The old estimator read 0.20, 0.95, 3.06 (||II|| r grows like sqrt(m) r / R, and the
+    patch radius r grows with the dimension)."""
+    c = {m: G.curvature(unit_cloud("sphere", m), n_base=120, seed=0) for m in (2, 4, 8)}
+    assert max(c.values()) / min(c.values()) < 1.5, c
+    assert all(0.8 < v < 1.4 for v in c.values()), c  # 1 = a sphere of the cloud's RMS radius
+
+
+def test_flat_box_reads_flat_against_its_sphere():
+    """An 8-dimensional box: at most 0.2 x the 8-sphere on curvature and local residual (old: 0.3x, 5.7x)."""
+    box, sph = unit_cloud("box", 8), unit_cloud("sphere", 8)
+    kw = {"n_base": 120, "seed": 0}
+    assert G.twonn(box) < 7.6  # TwoNN underestimates the box: rounding it loses a tangent direction
+    assert G.curvature(box, **kw) < 0.2 * G.curvature(sph, **kw)
+    assert G.local_residual(box, **kw) < 0.2 * G.local_residual(sph, **kw)
+
+
+def test_curvature_is_scale_free_and_has_physical_units():
     rng = np.random.default_rng(8)
-    small = embed(rng, sphere(rng, 2000, m, radius=0.5))
-    large = embed(rng, sphere(rng, 2000, m, radius=5.0))
-    # raw ||II||_F = sqrt(m) / R, in units of X
-    assert _curv(small, m, scale_free=False) == pytest.approx(np.sqrt(m) / 0.5, rel=0.1)
-    assert _curv(large, m, scale_free=False) == pytest.approx(np.sqrt(m) / 5.0, rel=0.1)
-    # the scale-free value does not depend on the radius
-    assert _curv(small, m) == pytest.approx(_curv(large, m), rel=0.05)
+    Z = sphere(rng, 2000, 3)
+    small, large = embed(rng, 0.5 * Z), embed(rng, 5.0 * Z)
+    kw = {"n_base": 100, "seed": 0}
+    # raw: 1 / R per tangent direction, in units of X
+    assert G.curvature(small, scale_free=False, **kw) == pytest.approx(1 / 0.5, rel=0.15)
+    assert G.curvature(large, scale_free=False, **kw) == pytest.approx(1 / 5.0, rel=0.15)
+    assert G.curvature(small, **kw) == pytest.approx(G.curvature(large, **kw), rel=1e-6)
+    # a sphere of radius 1 inside a cloud of RMS radius ~ 3: curvature ~ 3 (the cloud's scale / R)
+    far = embed(rng, np.concatenate([Z, Z + [6.0, 0, 0, 0]]))
+    assert G.curvature(far, **kw) == pytest.approx(G.rms_radius(far), rel=0.2)
 
 
-@pytest.mark.parametrize("m", [2, 3])
-def test_curvature_zero_on_flat_and_ordered_sphere_over_cap(m):
+def test_curvature_zero_on_noisy_flat_and_ordered_sphere_over_cap():
     rng = np.random.default_rng(9)
+    m = 3
     flat_x = embed(rng, flat(rng, 2000, m), noise=1e-4)
     small_cap = embed(rng, cap(rng, 2000, m, 0.3))
     full = embed(rng, sphere(rng, 2000, m))
-    c_flat, c_cap, c_full = _curv(flat_x, m), _curv(small_cap, m), _curv(full, m)
-    assert c_flat < 0.01
-    assert _curv(flat_x, m, debias=False) > 3 * c_flat  # the noise floor debiasing removes
-    # scale-free: at the kNN scale a small cap looks flatter than a full sphere
-    assert c_full > 3 * c_cap > 3 * c_flat
+    kw = {"n_base": 100, "seed": 0}
+    c_flat, c_full = G.curvature(flat_x, **kw), G.curvature(full, **kw)
+    assert c_flat < 0.02 * c_full
+    assert G.curvature(flat_x, debias=False, **kw) > 3 * c_flat  # the noise floor the debiasing removes
+    # in units of the cloud's RMS radius a small cap (radius 1, RMS radius ~0.24) is flatter
+    c_cap = G.curvature(small_cap, **kw)
+    assert c_cap == pytest.approx(G.rms_radius(small_cap), rel=0.25) and c_cap < 0.5 * c_full
 
 
 def test_local_residual_zero_on_flat_and_growing_with_curvature():
-    m = 2
     rng = np.random.default_rng(10)
-    res = [G.local_residual(embed(rng, flat(rng, 2000, m), noise=1e-5), k=20, n_base=150, dim=m, seed=0)]
+    m = 2
+    res = [G.local_residual(embed(rng, flat(rng, 2000, m), noise=1e-5), n_base=100, seed=0)]
     for angle in (0.3, 1.0, np.pi):
         X = embed(rng, cap(rng, 2000, m, angle)) if angle < np.pi else embed(rng, sphere(rng, 2000, m))
-        res.append(G.local_residual(X, k=20, n_base=150, dim=m, seed=0))
+        res.append(G.local_residual(X, n_base=100, seed=0))
     assert res[0] < 1e-5
-    assert all(a < b for a, b in zip(res, res[1:])), res
-    # a uniform 2-disc of radius r on a unit sphere: normal height rho^2 / 2 has
-    # variance r^4 / 48, tangent variance r^2 / 2, fraction r^2 / 24; k = 20 of 2000
-    # points gives r ~ 0.2, so ~1.7e-3
-    assert 1e-3 < res[-1] < 3e-3
+    assert all(a < b for a, b in itertools.pairwise(res)), res
+
+
+# ----------------------------------------------------------------------------- tangent dimension (item 2)
+def test_tangent_dimension_is_per_patch_not_rounded_twonn():
+    box = unit_cloud("box", 8)
+    loc = G.local_geometry(box, n_base=100, seed=0)
+    assert (loc.dim == 8).mean() > 0.9 and not loc.above_cap.any()
+    sph = unit_cloud("sphere", 4)
+    assert (G.local_geometry(sph, n_base=100, seed=0).dim == 4).all()  # curvature is not a dimension
+    # a cloud that is a 3-sphere in one half and a 6-dimensional box in the other: each patch its own
+    rng = np.random.default_rng(1)
+    mix = embed(rng, np.concatenate([np.c_[sphere(rng, 1500, 3), np.zeros((1500, 3))],
+                                     np.c_[rng.uniform(-1, 1, (1500, 6)) + 10, np.zeros((1500, 1))]]))
+    loc = G.local_geometry(mix, n_base=200, seed=0)
+    first = loc.base.to_numpy() < G.distinct_points(mix).searchsorted(1500)
+    assert (loc.dim[first] == 3).mean() > 0.9 and (loc.dim[~first] == 6).mean() > 0.9
+
+
+def test_tangent_cap_is_flagged_not_turned_into_curvature():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((800, 30))  # locally 30-dimensional: far above a cap of 6
+    s = G.summaries(x, n_boot=3, seed=0, n_base=40, max_dim=6).set_index("summary")
+    assert s.loc["curvature", "above_cap"] > 0.9
+    assert np.isnan(s.loc["curvature", "estimate"])  # the old code reported a finite curvature here
+    assert s.loc["local_residual", "estimate"] > 0  # defined above the cap
+    assert np.isnan(G.curvature(x, n_base=40, seed=0, max_dim=6))
+    # a 4-dimensional flat with the same cap is below it and reads flat
+    flat4 = embed(rng, flat(rng, 800, 4), noise=1e-6)
+    s = G.summaries(flat4, n_boot=3, seed=0, n_base=40, max_dim=6).set_index("summary")
+    assert s.loc["curvature", "above_cap"] == 0 and s.loc["curvature", "estimate"] < 0.05
 
 
 def test_patch_arguments_are_checked():
     X = manifold("sphere", 2, n=200)
-    with pytest.raises(ValueError, match="too small for a quadratic fit"):
-        G.curvature(X, k=5, n_base=10, dim=2, seed=0)
-    with pytest.raises(ValueError, match="dim must be"):
-        G.local_residual(X, k=20, n_base=10, dim=0, seed=0)
-    with pytest.raises(ValueError, match="only 200 distinct"):
-        G.curvature(X, k=500, n_base=10, dim=2, seed=0)
+    with pytest.raises(ValueError, match="max_dim must be"):
+        G.curvature(X, n_base=10, max_dim=0)
+    with pytest.raises(ValueError, match="tangent_tol"):
+        G.local_residual(X, n_base=10, tangent_tol=1.5)
+    with pytest.raises(ValueError, match="only 20 distinct"):
+        G.curvature(X[:20], n_base=10, max_dim=12)
+
+
+# ----------------------------------------------------------------------------- near-duplicates (item 3)
+def test_near_duplicates_are_merged_and_twonn_recovers():
+    """A third of the points have a twin at 1% of the neighbour spacing (like the random-init
+    network's same-token pairs): the old TwoNN (exact duplicates only) collapses towards 1."""
+    rng = np.random.default_rng(3)
+    X = manifold("sphere", 5, n=3000, seed=3)
+    spacing = np.median(np.sort(np.linalg.norm(X[:200, None] - X[None], axis=-1), axis=1)[:, 1])
+    twins = X[:1000] + 0.01 * spacing * rng.standard_normal((1000, X.shape[1])) / np.sqrt(X.shape[1])
+    Y = np.concatenate([X, twins])
+    old = G.twonn(Y, near_dup_tol=0)
+    assert old < 2.5
+    assert abs(G.twonn(Y) - 5) < 0.5
+    keep = G.distinct_points(Y)
+    assert len(keep) == pytest.approx(3000, abs=30) and (keep < 3000).sum() > 2950
+    # clean data lose almost nothing (~0.1^d ln 2 of the points by chance)
+    assert len(G.distinct_points(X)) > 0.99 * len(X)
+    assert G.twonn(X) == pytest.approx(G.twonn(X, near_dup_tol=0), rel=0.02)
+
+
+def test_near_duplicates_from_bf16_rounding():
+    X = manifold("torus", 3, n=2000, seed=4).astype(np.float32)
+    rng = np.random.default_rng(4)
+    copies = torch.from_numpy(X[rng.choice(2000, 800, replace=False)]).to(torch.bfloat16).float().numpy()
+    Y = np.concatenate([X, copies + 1e-7])  # bf16-rounded copies: near, not exact, duplicates
+    assert G.twonn(Y, near_dup_tol=0) < 2.0
+    assert abs(G.twonn(Y) - 3) < 0.35
+
+
+def test_twonn_ignores_exact_duplicates_with_near_dup_rule_off():
+    X = manifold("sphere", 4, n=1500, seed=2)
+    dup = np.concatenate([X, X[:700]])
+    assert G.twonn(dup, near_dup_tol=0) == G.twonn(X, near_dup_tol=0)
 
 
 # ----------------------------------------------------------------------------- multiscale
@@ -207,34 +298,61 @@ def test_multiscale_id_is_stable_on_flat_and_columns():
     X = manifold("flat", 4, n=4000, seed=11)
     df = G.multiscale_id(X, scales=(1, 2, 4, 8), seed=0)
     assert list(df.columns[:3]) == ["scale", "n_points", "id"]
-    assert list(df.scale) == [1, 2, 4, 8] and list(df.n_points) == [4000, 2000, 1000, 500]
+    assert list(df.scale) == [1, 2, 4, 8]
+    assert list(df.n_points) == [len(G.distinct_points(X)) // s for s in (1, 2, 4, 8)]
     assert np.all(np.abs(df.id - 4) < 0.6)
     assert np.all(np.diff(df.r1_median) > 0)  # coarser scales at higher decimation
 
 
-# ----------------------------------------------------------------------------- summaries
+# ----------------------------------------------------------------------------- summaries and resampling (item 4)
 def test_summaries_table():
     X = manifold("sphere", 3, n=1500, seed=12).astype(np.float32)
-    df = G.summaries(X, n_boot=50, seed=0, n_base=100)
+    df = G.summaries(X, n_boot=8, seed=0, n_base=80)
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["summary", "estimate", "se", "lo", "hi", "n", "k", "n_boot", "dim"]
-    assert list(df.summary) == ["id_twonn", "pr", "curvature", "local_residual"]
+    assert list(df.columns) == ["summary", "estimate", "se", "lo", "hi", "n", "k", "n_boot", "dim", "above_cap",
+                                "n_blocks"]
+    assert tuple(df.summary) == G.SUMMARY_NAMES
     assert (df.lo <= df.estimate).all() and (df.estimate <= df.hi).all() and (df.se > 0).all()
     row = df.set_index("summary")
     assert abs(row.estimate["id_twonn"] - 3) < 0.3 and row.k["id_twonn"] == 2
     assert row.estimate["pr"] == pytest.approx(4.0, rel=0.05) and np.isnan(row.k["pr"])
-    assert row.k["curvature"] == row.k["local_residual"] == G.patch_k(3)
-    assert row.n["curvature"] == 100 and row.n["pr"] == 1500 and (df.n_boot == 50).all()
-    # full unit 3-sphere: scale-free curvature ~ sqrt(3) r with r the patch radius
-    assert 0.2 < row.estimate["curvature"] < 1.5
-    again = G.summaries(torch.from_numpy(X), n_boot=50, seed=0, n_base=100)
+    assert row.k["curvature"] == G.patch_k(3) and row.dim["curvature"] == 3
+    assert row.n["curvature"] == 80 and row.n["pr"] == 1500 and (df.n_boot == 8).all()
+    assert row.estimate["curvature"] == pytest.approx(1.0, rel=0.2)  # the cloud is a unit sphere
+    again = G.summaries(torch.from_numpy(X), n_boot=8, seed=0, n_base=80)
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_document_blocks_widen_the_standard_error():
+    """Tokens of a document share a direction (a document offset): resampling documents
+    sees that correlation, resampling points does not."""
+    rng = np.random.default_rng(5)
+    n_docs, per = 40, 40
+    centres = rng.standard_normal((n_docs, 20)) * np.r_[np.full(3, 3.0), np.full(17, 0.3)]
+    X = np.repeat(centres, per, axis=0) + 0.5 * rng.standard_normal((n_docs * per, 20))
+    docs = np.repeat(np.arange(n_docs), per)
+    kw = {"n_boot": 12, "seed": 0, "n_base": 40}
+    by_doc = G.summaries(X, groups=docs, **kw).set_index("summary")
+    by_point = G.summaries(X, **kw).set_index("summary")
+    assert by_doc.n_blocks.iloc[0] == n_docs and by_point.n_blocks.iloc[0] == len(X)
+    assert by_doc.se["pr"] > 2 * by_point.se["pr"]
+    with pytest.raises(ValueError, match="groups has"):
+        G.summaries(X, groups=docs[:-1], **kw)
+
+
+def test_resampling_reruns_the_estimators():
+    """The old bootstrap held the kNN graph and patches fixed; a rerun sees base-point and graph variation,
+    so the curvature se is at least the spread of the estimate over base-point seeds."""
+    X = manifold("sphere", 3, n=1500, seed=14)
+    s = G.summaries(X, n_boot=10, seed=0, n_base=60).set_index("summary")
+    spread = np.std([G.curvature(X, n_base=60, seed=i) for i in range(6)], ddof=1)
+    assert s.se["curvature"] > 0.5 * spread
 
 
 def test_summaries_subsampling_and_duplicates():
     X = manifold("flat", 5, n=3000, seed=13)
     dup = np.concatenate([X, X[:1000]])
-    df = G.summaries(dup, n_boot=20, seed=1, max_points=3500).set_index("summary")
+    df = G.summaries(dup, n_boot=4, seed=1, max_points=3500, n_base=60).set_index("summary")
     assert df.n["pr"] == 3500
     assert df.n["id_twonn"] < 3500  # duplicates removed before TwoNN
     assert abs(df.estimate["id_twonn"] - 5) < 0.5
@@ -248,9 +366,48 @@ def test_summaries_bad_input(bad, match):
         G.summaries(bad, n_boot=10, seed=0)
 
 
-def test_summaries_caps_the_tangent_dimension():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((600, 30))  # ID ~ 30: patch_k(30) far exceeds 600 points
-    capped = G.summaries(x, n_boot=5, seed=0, n_base=20, max_dim=4).set_index("summary")
-    assert capped.loc["curvature", "dim"] == 4 and np.isfinite(capped.loc["curvature", "estimate"])
-    assert capped.loc["local_residual", "estimate"] > 0.5  # a 4-dim flat misses most of a 30-dim blob
+# ----------------------------------------------------------------------------- sensitivity (item 5)
+def test_mle_matches_skdim_and_sensitivity_rows():
+    skdim = pytest.importorskip("skdim")
+    X = manifold("sphere", 4, n=1500, seed=15)
+    ref = skdim.id.MLE().fit(X, n_neighbors=20, comb="mle").dimension_
+    assert G.mle_id(X, k=20, near_dup_tol=0) == pytest.approx(ref, rel=1e-6)
+    sv = G.sensitivity(X, seed=0, n_base=40)
+    assert set(sv.summary) == {"id_twonn", "pr", "curvature", "local_residual", "id_mle"}
+    by_knob = sv.groupby(["summary", "knob"])
+    assert by_knob.size().eq(3).all() and by_knob.default.sum().eq(1).all()
+    assert np.allclose(sv[sv.summary.isin(["id_twonn", "id_mle"])].estimate, 4, rtol=0.2)
+
+
+def test_rank_agreement_flags_a_flipped_ordering():
+    rows = []
+    for layer, (a, b) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)]):
+        for summary, knob, setting, value in [("pr", "n", 0.5, b), ("curvature", "k", 2.0, -b)]:
+            rows += [{"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": 1.0, "estimate": a,
+                      "default": True},
+                     {"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": setting,
+                      "estimate": value, "default": False}]
+    agree = G.rank_agreement(pd.DataFrame(rows)).set_index("summary")
+    assert agree.rho["pr"] == pytest.approx(1.0) and not agree.flipped["pr"]
+    assert agree.rho["curvature"] == pytest.approx(-1.0) and agree.flipped["curvature"]
+
+
+# ----------------------------------------------------------------------------- ground truth (item 6)
+@pytest.mark.slow
+def test_zoo_ground_truth_tight():
+    """Every zoo layer: TwoNN within 15% of the truth; Spearman(curvature, truth) >= 0.8 across both zoos;
+    the zoo's equal-radius spheres within 1.5x and its flat boxes below 0.2x of them."""
+    from scipy.stats import spearmanr
+
+    synthetic = pytest.importorskip("geowall.sources.synthetic")
+    rows = []
+    for zoo in synthetic.ZOOS:
+        for layer in range(len(synthetic.ZOOS[zoo])):
+            X, truth = synthetic.layer_points(zoo, layer, 2500, 0)
+            rows.append({**truth, "id": G.twonn(X), "curv": G.curvature(X, n_base=60, seed=0)})
+    df = pd.DataFrame(rows)
+    assert ((df.id - df.id_true).abs() < 0.15 * df.id_true).all(), df
+    assert spearmanr(df.curvature_true, df.curv).statistic >= 0.8, df
+    sph, box = df[df.kind == "sphere"].curv, df[df.kind == "flat"].curv
+    assert len(sph) >= 4 and len(box) >= 3 and sph.max() / sph.min() < 1.5
+    assert (box < 0.2 * sph.min()).all()

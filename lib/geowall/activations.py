@@ -10,7 +10,9 @@ Arrays are filled in temporary ``.partial`` memmaps and renamed into place.
 Token selection: documents are shuffled with the profile seed, tokenised with
 truncation at ``max_seq_len`` and fed in batches; every non-special, non-padding
 token is kept, in order, until ``n_train`` (from train documents) and ``n_eval``
-(from held-out evaluation documents) tokens are filled.
+(from held-out evaluation documents) tokens are filled. Beside the activations, step 00 stores
+``tokens_<split>.npy`` (token ids) and ``docs_<split>.npy`` (each token's document: an index into
+the split's documents), which the document-block resampling of step 02 uses.
 """
 from __future__ import annotations
 
@@ -51,6 +53,13 @@ def load(run_dir: Path, model: str, layer: int, split: str = "train", *, check: 
     if check:
         check_finite(x, model=model, layer=layer, split=split)
     return x
+
+
+def doc_ids(run_dir: Path, model: str, split: str = "train") -> np.ndarray | None:
+    """Each harvested token's document id (``docs_<split>.npy``, step 00), or None where there are
+    no documents (the synthetic zoo) or the activations predate document ids."""
+    path = Path(run_dir) / model / "acts" / f"docs_{split}.npy"
+    return load_npy(path) if path.is_file() else None
 
 
 def check_finite(x: np.ndarray, *, model: str, layer: int, split: str, chunk: int = 65536) -> None:
@@ -186,6 +195,7 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
         for split, docs in (("train", corpus.train), ("eval", corpus.eval)):
             order = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(docs))
             ids = np.zeros(n[split], dtype=np.int64)
+            doc_of = np.zeros(n[split], dtype=np.int64)  # each token's document (index into the split's docs)
             filled = 0
             bar = tqdm(total=n[split], desc=f"{spec.name} {split} tokens", unit="tok", disable=not progress)
             for start in range(0, len(order), acts_spec.batch_size):
@@ -203,6 +213,8 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
                     rows = outs[layer].reshape(-1, d).float()[flat_keep.to(dev)].cpu().numpy()
                     writers[layer].write(split, filled, rows)
                 ids[filled : filled + take] = batch["input_ids"].reshape(-1)[flat_keep].numpy()
+                row_of = flat_keep.numpy() // batch["input_ids"].shape[1]
+                doc_of[filled : filled + take] = order[start : start + acts_spec.batch_size][row_of]
                 filled += take
                 bar.update(take)
             bar.close()
@@ -212,6 +224,7 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
                     f"activations.n_{split} asks for {n[split]}"
                 )
             save_npy(tokens_dir / f"tokens_{split}.npy", ids)
+            save_npy(tokens_dir / f"docs_{split}.npy", doc_of)
         for layer in todo:  # check every layer before committing any
             writers[layer].check(requests[layer])
         for layer in todo:

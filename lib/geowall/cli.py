@@ -2,7 +2,8 @@
 
 Errors the user can fix (bad profile, bad input file, a failing notebook cell) print
 one readable message and exit with status 2 (1 for a failed step); ``--debug`` shows
-the full traceback instead.
+the full traceback instead. ``check`` and ``run`` validate the profile (schema, then
+:mod:`geowall.preflight`: the preconditions every step asserts) before any step runs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun steps even if unchanged")
     r.add_argument("--runs-dir", default=None, help="where runs live (default: data/runs)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where per-model / per-layer work of steps 00-02 runs (ray: pip install 'geowall[ray]')")
+    r.add_argument("--address", default=None, help="--executor ray: the cluster to join (e.g. ray://head:10001)")
     c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
     c.add_argument("--profile", default="default")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -31,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--offline", action="store_true", help="offline HTML build even if Quarto is installed")
     rp.add_argument("--browser", action="store_true",
                     help="open the built pages in headless Chromium, screenshot them, check that charts drew")
+    pl = sub.add_parser("plan", help="what a run will download, store, use and take, before any work")
+    pl.add_argument("--profile", default="default")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pl.add_argument("--throughput", metavar="FILE", help="a throughput record (from --measure on the target machine)")
+    pl.add_argument("--measure", metavar="FILE", help="measure the profile device's throughput now, save it to FILE")
+    pl.add_argument("--bandwidth", type=float, metavar="MB_PER_S", help="download bandwidth to time downloads with")
+    pl.add_argument("--concurrency", type=int, default=1, help="SAE evaluations at once per machine (Ray workers)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     sub.add_parser("steps", help="list the pipeline steps in order")
     return p
 
@@ -47,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from geowall.pipeline import StepFailed
 
-        print(f"geowall: error: {e}", file=sys.stderr)
+        msg = str(e).encode("utf-8", "backslashreplace").decode()  # printable whatever the input held
+        print(f"geowall: error: {msg}", file=sys.stderr)
         return 1 if isinstance(e, StepFailed) else 2
 
 
@@ -61,13 +74,48 @@ def _dispatch(args) -> int:
     if args.cmd == "report":
         return _report(args)
     cfg = config.load_profile(args.profile, args.overrides)
+    if args.cmd == "plan":
+        return _plan(args, cfg)
     if args.cmd == "check":
-        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models)")
+        from geowall import preflight
+
+        preflight.check(cfg, machine=False)  # every step's preconditions; device etc. are checked by `run`
+        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models; the preconditions of all "
+              f"{len(pipeline.STEPS)} steps hold)")
         return 0
     from pathlib import Path
 
     pipeline.run(cfg, only=args.only, force=args.force, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, executor=args.executor, address=args.address)
+    return 0
+
+
+def _plan(args, cfg) -> int:
+    import json
+
+    from geowall import plan
+    from geowall.sources.transformer import resolve_device
+
+    throughput = None
+    if args.throughput:
+        throughput = plan.load_throughput(args.throughput)
+    else:
+        try:
+            resolve_device(cfg.device)
+            available = True
+        except ValueError:
+            available = False
+        if args.measure and not available:
+            raise ValueError(f"--measure: device {cfg.device!r} is not available on this machine")
+        if available:
+            throughput = plan.measure_throughput(cfg.device)
+            throughput["source"] = "measured now by geowall plan"
+            if args.measure:
+                from geowall.io import write_json
+
+                write_json(args.measure, {**throughput, "source": args.measure})
+    p = plan.build(cfg, throughput=throughput, bandwidth_mb_s=args.bandwidth, concurrency=args.concurrency)
+    print(json.dumps(p.as_dict(), indent=2, default=str) if args.json else plan.render(p))
     return 0
 
 

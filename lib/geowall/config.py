@@ -33,7 +33,7 @@ class ProfileError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # no inf or nan anywhere
 
 
 SourceName = Literal["minilm", "minilm-random", "synthetic", "hf"]
@@ -51,7 +51,10 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
-    ks: list[PositiveInt] | None = Field(None, description="trained SAEs: this model's k grid (default: sae.ks)")
+    sae_mirror: Path | None = Field(None, description="gemma-scope: fetch from this folder (<release>/<sae_id>/params.npz, "
+                                                      "e.g. a network mount) through the SAE cache instead of the hub")
+    ks: list[PositiveInt] | None = Field(None, min_length=1,
+                                         description="trained SAEs: this model's k grid (default: sae.ks)")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -63,6 +66,8 @@ class ModelSpec(_Strict):
             raise ValueError("sae_source 'gemma-scope' needs sae_release (e.g. gemma-scope-2b-pt-res)")
         if self.sae_local_dir is not None and not Path(self.sae_local_dir).is_dir():
             raise ValueError(f"sae_local_dir: folder not found: {self.sae_local_dir}")
+        if self.sae_mirror is not None and not Path(self.sae_mirror).is_dir():
+            raise ValueError(f"sae_mirror: folder not found: {self.sae_mirror}")
         if isinstance(self.layers, list):
             if not self.layers:
                 raise ValueError("layers must list at least one layer index, or be 'all'")
@@ -72,8 +77,14 @@ class ModelSpec(_Strict):
 
 
 class CorpusSpec(_Strict):
-    kind: Literal["stdlib", "files"] = "stdlib"
+    kind: Literal["stdlib", "files", "folder", "hf"] = "stdlib"
     files: list[Path] = Field(default_factory=list, description="kind 'files': UTF-8 text files")
+    folder: Path | None = Field(None, description="kind 'folder': every *.txt / *.md file under it (recursively)")
+    dataset: str | None = Field(None, description="kind 'hf': a Hugging Face dataset id (needs the hub) or local folder")
+    dataset_config: str | None = Field(None, description="kind 'hf': the dataset's configuration name")
+    split: str = Field("train", description="kind 'hf': the split to read (streamed)")
+    text_field: str = Field("text", description="kind 'hf': the column holding the text")
+    max_docs: PositiveInt = Field(20000, description="kind 'hf': documents read (before the train/eval split)")
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     min_words: PositiveInt = 8
 
@@ -81,6 +92,17 @@ class CorpusSpec(_Strict):
     def _files(self) -> "CorpusSpec":
         if self.kind == "files" and not self.files:
             raise ValueError("kind 'files' needs at least one path in files")
+        if self.kind == "folder":
+            from geowall.corpus import folder_files
+
+            if self.folder is None:
+                raise ValueError("kind 'folder' needs folder (a directory of .txt / .md files)")
+            try:
+                folder_files(self.folder)
+            except ValueError as e:
+                raise ValueError(f"folder: {e}") from None
+        if self.kind == "hf" and not self.dataset:
+            raise ValueError("kind 'hf' needs dataset (a Hugging Face dataset id or a local dataset folder)")
         from geowall.corpus import read_text_file
 
         for i, f in enumerate(self.files):
@@ -94,15 +116,15 @@ class CorpusSpec(_Strict):
 
 
 class ActivationsSpec(_Strict):
-    n_train: PositiveInt = Field(description="train tokens per layer")
-    n_eval: PositiveInt = Field(description="held-out evaluation tokens per layer")
+    n_train: int = Field(ge=2, description="train tokens per layer")
+    n_eval: int = Field(ge=2, description="held-out evaluation tokens per layer (fvu needs at least 2)")
     max_seq_len: int = Field(128, ge=8, le=8192)
     batch_size: PositiveInt = 32
 
 
 class SaeSpec(_Strict):
-    width_multiples: list[PositiveFloat] = Field(description="widths as multiples of d")
-    ks: list[PositiveInt]
+    width_multiples: list[PositiveFloat] = Field(min_length=1, description="widths as multiples of d")
+    ks: list[PositiveInt] = Field(min_length=1)
     showcase_layers: dict[str, list[int]] = Field(default_factory=dict, description="model name -> layers")
     showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
     steps: PositiveInt = 1000
@@ -110,6 +132,13 @@ class SaeSpec(_Strict):
     lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
     steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
     lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
+    cache_budget_gb: PositiveFloat | None = Field(
+        None, description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
+                          "start if the largest SAE it streams does not fit")
+    keep_downloads: bool = Field(False, description="released SAEs: keep downloads (evicted only when the budget "
+                                                    "needs room) instead of deleting each after evaluation")
+    cache_dir: Path | None = Field(None, description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
+                                                     "on a cluster, a machine-local disk)")
     monotone_slack: NonNegativeFloat | None = Field(
         0.02, description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
                           "(real networks); null switches the width checks off")
@@ -123,11 +152,13 @@ class SaeSpec(_Strict):
 
 
 class GeometrySpec(_Strict):
-    n_points: PositiveInt = 2000
-    n_boot: PositiveInt = 100
-    k_neighbors: int | None = Field(None, ge=3, description="kNN patch size; None: geometry.patch_k(dim)")
+    n_points: int = Field(2000, ge=4, description="points per layer (at most activations.n_train are available)")
+    n_boot: int = Field(20, ge=2, description="document-block half-samples, each rerunning every estimator")
+    k_neighbors: int | None = Field(None, ge=3, description="curvature fit-patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
-    max_dim: PositiveInt = Field(12, description="cap on the tangent dimension of the curvature / residual patch fits")
+    max_dim: PositiveInt = Field(12, description="cap on the per-patch tangent dimension of the curvature fits")
+    tangent_tol: float = Field(0.1, gt=0, lt=1, description="local axis is tangent if its variance >= this x the leading")
+    near_dup_tol: float = Field(0.1, ge=0, lt=1, description="near-duplicate: r1 < this x median r1")
 
 
 class ChecksSpec(_Strict):
@@ -145,6 +176,14 @@ class BayesSpec(_Strict):
     chains: PositiveInt = 2
     target_accept: float = Field(0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)")
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+
+    def check_kwargs(self, section: str) -> dict:
+        """Keyword arguments for the convergence check of a fit sampled with these settings:
+        the thresholds, and ``advice`` (what :func:`geowall.preflight.fit_advice` needs to
+        say which key of ``section`` to change, and to what, if the fit fails)."""
+        return {**self.checks.model_dump(), "advice": {
+            "section": section, "draws": self.draws, "chains": self.chains, "tune": self.tune,
+            "target_accept": self.target_accept}}
 
 
 class Stage1Spec(BayesSpec):
@@ -170,7 +209,7 @@ class Profile(_Strict):
     description: str = ""
     seed: int = Field(0, ge=0)
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
-    models: list[ModelSpec]
+    models: list[ModelSpec] = Field(min_length=1)
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     activations: ActivationsSpec
     sae: SaeSpec
@@ -318,10 +357,27 @@ def validate(raw: dict, *, origin: str = "profile") -> Profile:
     """Validate a raw mapping; raise :class:`ProfileError` naming each bad key."""
     if not isinstance(raw, dict):
         raise ProfileError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    _check_text(raw, "", origin)
     try:
         return Profile.model_validate(raw)
     except ValidationError as e:
         raise ProfileError(f"{origin}: invalid parameters\n" + _format_errors(e)) from None
+
+
+def _check_text(node: Any, where: str, origin: str) -> None:
+    """Refuse strings that are not Unicode text (lone surrogates, which YAML's \\u escapes can
+    make): the schema's validator cannot even read them. Keys and values, at any depth."""
+    def bad(x) -> bool:
+        return isinstance(x, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in x)
+
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{where}.{k}" if where else str(k)
+        if bad(k) or bad(v):
+            shown = (k if bad(k) else v).encode("utf-8", "backslashreplace").decode()
+            raise ProfileError(f"{origin}: invalid parameters\n  {key.encode('utf-8', 'backslashreplace').decode()}: "
+                               f"not Unicode text ({shown!r} holds a lone surrogate); expected UTF-8 text")
+        _check_text(v, key, origin)
 
 
 def _format_errors(e: ValidationError) -> str:

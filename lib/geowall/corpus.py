@@ -3,9 +3,13 @@
 Built deterministically from what every Python install carries: the docstrings of the
 whole standard library (every ``.py`` file under ``sysconfig``'s stdlib path, all
 subpackages, parsed with :mod:`ast`, never imported) plus the help topics of
-``pydoc_data.topics``. Users can point the profile at their own UTF-8 text files
-instead (``corpus.kind: files``), where each blank-line-separated paragraph is a
-document.
+``pydoc_data.topics``. Users can point the profile at text closer to a model's
+pretraining data instead: their own UTF-8 text files (``corpus.kind: files``) or every
+``.txt`` / ``.md`` file under a folder (``kind: folder``), where each blank-line-separated
+paragraph is a document; or a Hugging Face dataset (``kind: hf``: ``dataset`` is a hub
+id, read streamed when the hub is reachable, or a local dataset folder; the first
+``max_docs`` rows of ``split``, column ``text_field``, one document each). The stdlib
+docstrings stay the default: they need nothing but Python.
 
 Cleaning: ``inspect.cleandoc``, doctest lines (``>>>`` / ``...``) dropped, whitespace
 collapsed, documents shorter than ``min_words`` dropped, exact duplicates dropped
@@ -89,13 +93,60 @@ def file_documents(files: list[Path]) -> list[str]:
     return docs
 
 
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def folder_files(folder: str | Path) -> list[Path]:
+    """The ``.txt`` / ``.md`` files under ``folder`` (recursively, sorted); ValueError if none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"corpus folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    if not files:
+        raise ValueError(f"corpus folder {folder}: no {' / '.join(TEXT_SUFFIXES)} files under it")
+    return files
+
+
+def hf_documents(dataset: str, *, config: str | None = None, split: str = "train", text_field: str = "text",
+                 max_docs: int = 20000) -> list[str]:
+    """The first ``max_docs`` texts of a Hugging Face dataset split (streamed: nothing else is
+    downloaded). ``dataset`` may be a local folder of data files. ValueError naming the
+    dataset if it cannot be read (e.g. the hub is unreachable) or lacks ``text_field``."""
+    import itertools
+
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(dataset, config, split=split, streaming=True)
+        rows = list(itertools.islice(iter(ds), max_docs))
+    except Exception as e:  # noqa: BLE001 - network, missing dataset, bad split: one clear message
+        raise ValueError(f"corpus dataset {dataset!r} (config {config!r}, split {split!r}) cannot be read: "
+                         f"{type(e).__name__}: {e}") from None
+    if rows and text_field not in rows[0]:
+        raise ValueError(f"corpus dataset {dataset!r}: no column {text_field!r} (columns {sorted(rows[0])})")
+    return [str(r[text_field]) for r in rows if r.get(text_field)]
+
+
 def is_eval(doc: str, eval_fraction: float) -> bool:
     h = int.from_bytes(hashlib.sha256(doc.encode()).digest()[:8], "big")
     return h / 2**64 < eval_fraction
 
 
-def build(kind: str = "stdlib", files: list[Path] | None = None, *, eval_fraction: float = 0.2, min_words: int = 8) -> Corpus:
-    raw = stdlib_documents() if kind == "stdlib" else file_documents(list(files or []))
+def build(kind: str = "stdlib", files: list[Path] | None = None, *, eval_fraction: float = 0.2, min_words: int = 8,
+          spec=None) -> Corpus:
+    """The cleaned, de-duplicated, split corpus. ``spec`` (a CorpusSpec) supplies the
+    ``folder`` and ``hf`` kinds' settings."""
+    if kind == "stdlib":
+        raw = stdlib_documents()
+    elif kind == "files":
+        raw = file_documents(list(files or []))
+    elif kind == "folder":
+        raw = file_documents(folder_files(spec.folder))
+    elif kind == "hf":
+        raw = hf_documents(spec.dataset, config=spec.dataset_config, split=spec.split, text_field=spec.text_field,
+                           max_docs=spec.max_docs)
+    else:
+        raise ValueError(f"corpus kind {kind!r}: expected stdlib, files, folder or hf")
     seen: set[str] = set()
     docs: list[str] = []
     for d in map(clean, raw):
@@ -119,7 +170,7 @@ def load_or_build(cache: Path, spec) -> Corpus:
         data = read_json(cache)
         if data.get("key") == key:
             return Corpus(data["train"], data["eval"], data["source"], data["hash"])
-    c = build(spec.kind, spec.files, eval_fraction=spec.eval_fraction, min_words=spec.min_words)
+    c = build(spec.kind, spec.files, eval_fraction=spec.eval_fraction, min_words=spec.min_words, spec=spec)
     write_json(cache, {"key": key, "train": c.train, "eval": c.eval, "source": c.source, "hash": c.hash})
     return c
 
@@ -129,7 +180,12 @@ def _file_stamps(spec) -> list:
 
     if spec.kind == "stdlib":
         return [sys.version]
-    return [[str(f), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in spec.files]
+    if spec.kind == "hf":
+        local = Path(spec.dataset)
+        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(local.rglob("*")) if f.is_file()] \
+            if local.is_dir() else []  # a hub dataset: keyed by its id, config, split and field
+    files = folder_files(spec.folder) if spec.kind == "folder" else spec.files
+    return [[str(f), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files]
 
 
 def stats(c: Corpus) -> dict:

@@ -28,27 +28,98 @@ def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
 
 def subsample(x: np.ndarray, n: int, seed: int) -> np.ndarray:
     """At most n rows, chosen without replacement by a seeded RNG, in their original order."""
-    if len(x) <= n:
-        return np.asarray(x, dtype=np.float32)
-    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
-    return np.asarray(x[idx], dtype=np.float32)
+    return np.asarray(x[subsample_index(len(x), n, seed)], dtype=np.float32)
 
 
-def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summaries, multiscale ID) for every layer, from ``geometry.n_points`` train tokens."""
+def _harvest_unit(cfg_json: dict, run_dir: str, model: str, corpus, progress: bool = False) -> dict:
+    """Harvest one model's layers into the run folder (each layer renamed into place when
+    complete); returns its timing record. A unit of work for :mod:`geowall.executors`."""
+    import time
+
+    from geowall.config import validate
+
+    cfg = validate(cfg_json)
+    spec = cfg.model(model)
+    layers = cfg.layers_of(spec)
+    t0 = time.perf_counter()
+    res = activations.harvest(spec, layers, cfg.activations, run_dir=Path(run_dir), seed=cfg.seed, device=cfg.device,
+                              corpus=corpus, progress=progress)
+    dt = time.perf_counter() - t0
+    n_tok = cfg.activations.n_train + cfg.activations.n_eval
+    return {"model": spec.name, "source": spec.source, "layers": len(layers), **res, "seconds": round(dt, 2),
+            "tokens_per_s": round(n_tok / dt, 1) if res["harvested"] and spec.source != "synthetic" else None}
+
+
+def harvest_models(cfg: Profile, run_dir: Path, corpus, *, executor=None) -> pd.DataFrame:
+    """Step 00's harvest, one unit of work per model (see :mod:`geowall.executors`); one
+    timing row per model, in profile order."""
+    from geowall import executors
+
+    ex = executor or executors.current()
+    cfg_json = cfg.model_dump(mode="json")
+    units = [(cfg_json, str(run_dir), m.name, corpus if m.source != "synthetic" else None, ex.name == "local")
+             for m in cfg.models]
+    got = {args[2]: rec for args, rec in ex.map(_harvest_unit, units,
+                                                resources=executors.resources_for(cfg.device, "harvest"))}
+    return pd.DataFrame([got[m.name] for m in cfg.models])
+
+
+def subsample_index(n_rows: int, n: int, seed: int) -> np.ndarray:
+    """The row indices ``subsample`` keeps (all rows when n_rows <= n)."""
+    if n_rows <= n:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=n, replace=False))
+
+
+def _geometry_unit(cfg_json: dict, run_dir: str, i: int, model: str, layer: int, depth: float):
+    """Geometry of one (model, layer): (summaries, multiscale ID, sensitivity) rows. A unit of
+    work for :mod:`geowall.executors`; the seed depends only on the layer's position ``i``."""
+    from geowall.config import validate
+
+    cfg = validate(cfg_json)
     g = cfg.geometry
-    rows, multi = [], []
-    for i, (model, layer, depth) in enumerate(tqdm(layer_depths(cfg), desc="geometry", disable=not progress)):
-        seed = cfg.seed * 1_000_003 + i
-        x = subsample(activations.load(run_dir, model, layer, "train"), g.n_points, seed)
-        s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, max_dim=g.max_dim,
-                               device=_device(cfg))
-        rows.append(s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0))))
-        ms = geometry.multiscale_id(x, seed=seed, device=_device(cfg))
-        multi.append(ms.assign(model=model, layer=layer, depth=depth))
+    run_dir = Path(run_dir)
+    seed = cfg.seed * 1_000_003 + i
+    acts = activations.load(run_dir, model, layer, "train")
+    idx = subsample_index(len(acts), g.n_points, seed)
+    x = np.asarray(acts[idx], dtype=np.float32)
+    docs = activations.doc_ids(run_dir, model, "train")
+    groups = None if docs is None else np.asarray(docs)[idx]
+    kw = dict(max_dim=g.max_dim, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+    s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, groups=groups, **kw)
+    rows = s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0)))
+    ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+    sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)
+    return rows, ms.assign(model=model, layer=layer, depth=depth), sv.assign(model=model, layer=layer, depth=depth)
+
+
+def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(summaries, multiscale ID, sensitivity) for every layer, from ``geometry.n_points`` train tokens.
+
+    Standard errors resample whole documents (step 00's ``docs_train.npy``; the synthetic
+    zoo, which has none, resamples points). The sensitivity table holds each summary at
+    three settings of its main knob and the Levina-Bickel MLE (``geometry.sensitivity``).
+    Each (model, layer) is a unit of work for ``executor`` (default
+    :func:`geowall.executors.current`); results are put back in layer order.
+    """
+    from geowall import executors
+
+    ex = executor or executors.current()
+    cfg_json = cfg.model_dump(mode="json")
+    units = [(cfg_json, str(run_dir), i, model, layer, depth)
+             for i, (model, layer, depth) in enumerate(layer_depths(cfg))]
+    got: dict[int, tuple] = {}
+    bar = tqdm(total=len(units), desc="geometry", disable=not progress)
+    for args, result in ex.map(_geometry_unit, units, resources=executors.resources_for(cfg.device, "geometry")):
+        got[args[2]] = result
+        bar.update(1)
+    bar.close()
+    rows, multi, sens = ([got[i][j] for i in range(len(units))] for j in range(3))
     front = ["model", "layer", "depth", "summary"]
     table = pd.concat(rows, ignore_index=True)
-    return table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True)
+    return (table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True),
+            pd.concat(sens, ignore_index=True))
 
 
 def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
@@ -72,11 +143,79 @@ def _device(cfg: Profile) -> str:
 def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
     """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
     showcase = layer in cfg.sae.showcase_layers.get(model, [])
-    mults = cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples
-    return sorted({int(round(m * d)) for m in mults})
+    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
 
 
-def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFrame:
+def widths_of(multiples, d: int) -> list[int]:
+    """Distinct widths (whole latents) of width multiples of d, ascending."""
+    return sorted({round(m * d) for m in multiples})
+
+
+def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: int, metrics_path: str) -> list[dict]:
+    """Train and evaluate every SAE of one (model, layer) into ``metrics_path`` (resumable:
+    rows already there are skipped); returns that table's rows of this layer."""
+    from geowall import sae
+    from geowall.config import validate
+    from geowall.sources import model_info
+
+    cfg = validate(cfg_json)
+    spec = cfg.model(model)
+    d = model_info(spec).d
+    widths, ks = widths_for(cfg, model, layer, d), cfg.ks_of(spec)
+    train = activations.load(Path(run_dir), model, layer, "train")
+    evl = activations.load(Path(run_dir), model, layer, "eval")
+    for w in widths:  # one call per width: the learning rate depends on the width
+        lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
+        steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
+        train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
+        sae.run_grid(train, evl, train_cfg, model=model, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
+                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path), progress=False)
+    table = sae.read_metrics(metrics_path)
+    return table[(table.model == model) & (table.layer == layer)].to_dict("records")
+
+
+def _released_unit(cfg_json: dict, run_dir: str, model: str, layer: int, rows: list[dict],
+                   metrics_path: str) -> list[dict]:
+    """Evaluate the given Gemma Scope manifest rows of one (model, layer), streamed through
+    the profile's SAE cache, into ``metrics_path`` (resumable); returns this layer's rows."""
+    from geowall import sae
+    from geowall.config import validate
+    from geowall.sources import gemma_scope
+
+    cfg = validate(cfg_json)
+    spec = cfg.model(model)
+    done = sae.MetricsTable(metrics_path)
+    table = done.table
+    todo = pd.DataFrame(rows)
+    todo = todo[[(model, int(r.layer), int(r.width), int(r.k), cfg.seed) not in done for r in todo.itertuples()]]
+    if len(todo):
+        acts = activations.load(Path(run_dir), model, layer, "eval")
+        for row in gemma_scope.evaluate_rows(spec, todo, acts, cache=gemma_scope.cache_for(cfg.sae, run_dir),
+                                             seed=cfg.seed, device=_device(cfg)):
+            table = sae.append_metrics(metrics_path, table, row)
+    return table[(table.model == model) & (table.layer == layer)].to_dict("records")
+
+
+def merge_rows(metrics_path: Path, rows: list[dict]) -> int:
+    """Add the rows whose (model, layer, width, k, seed) key is not in ``metrics_path`` yet,
+    in one atomic rewrite; returns how many were new. The driver's only write: a task that
+    was retried, or a run resumed with another executor, never duplicates a row."""
+    from geowall import sae
+    from geowall.io import write_parquet
+
+    from geowall.sae.grid import _coerce_metrics
+
+    table = sae.read_metrics(metrics_path)
+    done = sae.MetricsTable(metrics_path)
+    new = [r for r in rows if (r["model"], int(r["layer"]), int(r["width"]), int(r["k"]), int(r["seed"])) not in done]
+    new = list({(r["model"], int(r["layer"]), int(r["width"]), int(r["k"]), int(r["seed"])): r for r in new}.values())
+    if new:
+        write_parquet(metrics_path, _coerce_metrics(pd.concat([table, pd.DataFrame(new)], ignore_index=True)))
+    return len(new)
+
+
+def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None, units: dict | None = None
+             ) -> pd.DataFrame:
     """Step 01 for every model and layer: train (or load) the SAEs, one metrics row each.
 
     Work happens under ``<run_dir>/saes/<settings>/`` where ``<settings>`` hashes what an
@@ -85,39 +224,63 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True) -> pd.DataFr
     ``metrics.parquet`` as each SAE finishes (atomically), so a killed run resumes, and a
     changed setting never reuses a stale SAE. The step's result, the rows of the current
     grid only, is written to ``<run_dir>/sae_metrics.parquet``.
+
+    Each (model, layer) is a unit of work for ``executor`` (default
+    :func:`geowall.executors.current`). The local executor writes each SAE's row into
+    ``metrics.parquet`` as it finishes; on Ray each task keeps its own resumable table
+    under ``parts/`` and returns its rows, which this process (the only writer of
+    ``metrics.parquet``) merges with :func:`merge_rows`. ``units`` replaces the per-layer
+    functions (keys ``trained`` / ``released``; fault-injection tests wrap them).
     """
-    from geowall import sae
+    from geowall import executors, sae
     from geowall.io import sha256_json, write_parquet
     from geowall.sources import model_info
 
+    ex = executor or executors.current()
     settings = {"sae": cfg.sae.model_dump(mode="json", exclude={"showcase_layers", "showcase_width_multiples",
-                                                                   "width_multiples", "ks"}),
-                "activations": cfg.activations.model_dump(mode="json"), "corpus": cfg.corpus.model_dump(mode="json")}
+                                                                   "width_multiples", "ks", "cache_budget_gb",
+                                                                   "keep_downloads", "cache_dir"}),
+                "activations": cfg.activations.model_dump(mode="json"),
+                "corpus": cfg.corpus.model_dump(mode="json", exclude=None if cfg.corpus.kind in ("folder", "hf") else {
+                    "folder", "dataset", "dataset_config", "split", "text_field", "max_docs"})}
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
     before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
-    wanted = []
+    done = sae.MetricsTable(metrics)
+    cfg_json = cfg.model_dump(mode="json")
+    wanted, trained_units, released_units = [], [], []
+
+    def part(model: str, layer: int) -> str:
+        return str(metrics if ex.name == "local" else work / "parts" / f"{model}__layer_{layer:03d}.parquet")
+
     for spec in cfg.models:
         if spec.sae_source == "gemma-scope":
+            from geowall.plan import check_budget
             from geowall.sources import gemma_scope
 
-            rows = gemma_scope.run_manifest(spec, cfg.layers_of(spec), run_dir=run_dir, metrics_path=metrics,
-                                            seed=cfg.seed, device=_device(cfg), progress=progress)
-            wanted.extend((spec.name, r.layer, r.width, r.k) for r in rows.itertuples())
+            check_budget(cfg)
+            rows = gemma_scope.layer_rows(spec, cfg.layers_of(spec))
+            wanted.extend((spec.name, int(r.layer), int(r.width), int(r.k)) for r in rows.itertuples())
+            for layer, group in rows.groupby("layer", sort=True):
+                todo = [r for r in group.to_dict("records")
+                        if (spec.name, int(layer), int(r["width"]), int(r["k"]), cfg.seed) not in done]
+                if todo:
+                    released_units.append((cfg_json, str(run_dir), spec.name, int(layer), todo, part(spec.name, layer)))
             continue
         d = model_info(spec).d
         for layer in cfg.layers_of(spec):
-            widths = widths_for(cfg, spec.name, layer, d)
-            ks = cfg.ks_of(spec)
-            wanted.extend((spec.name, layer, w, k) for w in widths for k in ks)
-            train = activations.load(run_dir, spec.name, layer, "train")
-            evl = activations.load(run_dir, spec.name, layer, "eval")
-            for w in widths:  # one call per width: the learning rate depends on the width
-                lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
-                steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
-                train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
-                sae.run_grid(train, evl, train_cfg, model=spec.name, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
-                             device=_device(cfg), sae_dir=work, metrics_path=metrics, progress=progress)
+            grid = [(spec.name, layer, w, k) for w in widths_for(cfg, spec.name, layer, d) for k in cfg.ks_of(spec)]
+            wanted.extend(grid)
+            if any((*g, cfg.seed) not in done for g in grid):
+                trained_units.append((cfg_json, str(run_dir), str(work), spec.name, layer, part(spec.name, layer)))
+    bar = tqdm(total=len(trained_units) + len(released_units), desc="SAE layers", disable=not progress)
+    fns = {"trained": _trained_unit, "released": _released_unit, **(units or {})}
+    for fn, todo in ((fns["trained"], trained_units), (fns["released"], released_units)):
+        for _, rows in ex.map(fn, todo, resources=executors.resources_for(cfg.device, "sae")):
+            if ex.name != "local":
+                merge_rows(metrics, rows)
+            bar.update(1)
+    bar.close()
     table = sae.read_metrics(metrics)
     key = pd.MultiIndex.from_frame(table[["model", "layer", "width", "k"]])
     table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)

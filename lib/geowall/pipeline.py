@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from geowall import preflight
 from geowall.config import Profile, load_profile
 from geowall.io import read_json, sha256_json, write_json
 from geowall.memory import PeakRSS
@@ -133,8 +134,17 @@ def run(
     runs_dir: Path | None = None,
     progress: bool = True,
     log=print,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[dict]:
-    """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step."""
+    """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step.
+
+    ``executor``: where the per-model and per-(model, layer) work of steps 00-02 runs
+    (``local`` or ``ray``, see :mod:`geowall.executors`); ``address``: the Ray cluster to
+    join (default: a local Ray instance started here and shared by every step)."""
+    from geowall import executors
+
+    env = executors.environment(executor, address)
     cfg = profile if isinstance(profile, Profile) else load_profile(profile, overrides)
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS)
     run_dir = run_dir_for(cfg, runs_dir)
@@ -142,21 +152,45 @@ def run(
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
-    records, prints = [], {}
+    preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions, before anything is written
+    if any(s.name == "sae_grid" for s in chosen):  # ... and the largest SAE to stream must fit the disk budget
+        from geowall.plan import check_budget
+
+        check_budget(cfg)
+    prints = {}
     for s in steps:  # upstream fingerprints of steps not chosen come from their records
         rec = run_dir / "steps" / f"{s.name}.json"
         if rec.is_file():
             prints[s.name] = read_json(rec)["fingerprint"]
-    bar = tqdm(chosen, desc=f"geowall {cfg.name}", unit="step", disable=not progress)
-    for s in bar:
-        bar.set_postfix_str(s.name)
-        missing = [u for u in s.upstream if u not in prints]
+    available = set(prints)
+    for s in chosen:  # an upstream step neither chosen before it nor run earlier: refuse before any work
+        missing = [u for u in s.upstream if u not in available]
         if missing:
-            raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r}")
-        records.append(_run_step(s, cfg, run_dir, notebooks_dir, prints, force, progress, log))
-    return records
+            raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r} "
+                             f"(add them to --only, or run them first)")
+        available.add(s.name)
+    if executor == "ray" and not address:  # one local Ray instance for all steps, joined by each kernel
+        env[executors.ENV_ADDRESS] = executors.RayExecutor().ray.get_runtime_context().gcs_address
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by geowall.executors.current() in the notebook kernels
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "profile.json", cfg.model_dump(mode="json"))
+        records = []
+        bar = tqdm(chosen, desc=f"geowall {cfg.name}", unit="step", disable=not progress)
+        for s in bar:
+            bar.set_postfix_str(s.name)
+            missing = [u for u in s.upstream if u not in prints]
+            if missing:
+                raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r}")
+            records.append(_run_step(s, cfg, run_dir, notebooks_dir, prints, force, progress, log))
+        return records
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints: dict, force: bool, progress: bool, log) -> dict:

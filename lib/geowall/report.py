@@ -106,13 +106,11 @@ def build(profile: str | Profile = "default", *, runs_dir: Path | None = None, u
           log=print) -> Path:
     """Build the site of a profile's run into ``<run_dir>/site/`` (Quarto if on PATH, else offline)."""
     from geowall import charts
-    from geowall.glance import at_a_glance
     from geowall.results import flatten, report_variables
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
     run_dir = run_dir_for(cfg, runs_dir)
     nested = report_variables(cfg, run_dir)
-    nested["glance"] = at_a_glance(run_dir, cfg.name)
     vega = charts.vega_script()
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None

@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from geowall.config import Profile
+from geowall.geometry import SUMMARY_NAMES as SUMMARIES  # the one list of the four summaries
+from geowall.glance import at_a_glance
 from geowall.io import read_json, read_parquet
 
 NA = "n/a (step not run)"
@@ -31,6 +33,61 @@ def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
     return read_parquet(p) if p.is_file() else None
 
 
+def _join(items: list[str]) -> str:
+    items = [x for x in items if x]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+
+
+def corpus_text(cfg: Profile) -> str:
+    """What the activations were harvested from, from the profile's ``corpus`` section."""
+    c = cfg.corpus
+    if c.kind == "stdlib":
+        return "an offline English corpus: the docstrings of the Python standard library and its help topics"
+    if c.kind == "files":
+        return f"{len(c.files)} user text file{'s' if len(c.files) != 1 else ''} (one document per paragraph)"
+    if c.kind == "folder":
+        return f"the text files under {c.folder} (one document per paragraph)"
+    return (f"the Hugging Face dataset {c.dataset}{' (' + c.dataset_config + ')' if c.dataset_config else ''}, "
+            f"split {c.split}, field {c.text_field}")
+
+
+def source_texts(cfg: Profile) -> dict[str, str]:
+    """Sentences of the paper that depend on the profile's sources (never on a model's name)."""
+    released = [m for m in cfg.models if m.sae_source == "gemma-scope"]
+    trained = [m for m in cfg.models if m.sae_source == "trained"]
+    real_hf = [m for m in cfg.models if m.source == "hf"]
+    desc = [f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}"
+            f"{', zoo ' + m.zoo if m.zoo else ''})" for m in cfg.models]
+    if released and not trained:
+        sources = (f"This is the study's own kind of setting: {_join(desc)}, each layer evaluated with released "
+                   f"Gemma Scope SAEs rather than SAEs trained here.")
+    elif released:
+        sources = (f"The models are {_join(desc)}; {_join([m.name for m in released])} use released Gemma Scope "
+                   f"SAEs, the others SAEs trained here.")
+    else:
+        sources = (f"The figures below are not Gemma 2 with Gemma Scope SAEs: they come from {_join(desc)}, "
+                   f"with SAEs trained here{'' if real_hf else ', all run offline on a CPU'}.")
+    saes = []
+    if trained:
+        saes.append(f"for every layer of {_join([m.name for m in trained])} we train a grid of TopK SAEs over width "
+                    f"and k (showcase layers get a width grid spanning "
+                    f"{max(cfg.sae.showcase_width_multiples or [1]) / min(cfg.sae.showcase_width_multiples or [1]):g}x)")
+    if released:
+        saes.append(f"for {_join([m.name for m in released])} we evaluate every released residual-stream Gemma Scope "
+                    f"JumpReLU SAE of the chosen layers ({_join(sorted({m.sae_release for m in released}))}: widths "
+                    f"16k to 1M at the showcase layers, several L0 targets per width), streamed one at a time")
+    limits = []
+    if trained:
+        limits.append("Trained, not released, SAEs. The TopK SAEs here are trained briefly; part of their error is "
+                      "optimisation error, not geometry.")
+    if released:
+        limits.append(f"Released SAEs on our tokens. The Gemma Scope SAEs were trained by their authors on their own "
+                      f"data; here they are evaluated on {corpus_text(cfg)}, a distribution shift that adds to their "
+                      f"error.")
+    return {"sources": sources, "saes": _join(saes)[:1].upper() + _join(saes)[1:], "corpus": corpus_text(cfg),
+            "sae_limitations": " ".join(limits)}
+
+
 def report_variables(cfg: Profile, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     models = ", ".join(f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}"
@@ -39,6 +96,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         "profile": {"name": cfg.name, "description": cfg.description, "models": models, "seed": cfg.seed,
                     "n_train": _fmt(cfg.activations.n_train), "n_eval": _fmt(cfg.activations.n_eval),
                     "is_gemma": str(any(m.source == "hf" for m in cfg.models)).lower()},
+        "glance": at_a_glance(run_dir, cfg.name),  # the paper's opening paragraph
     }
     stats = run_dir / "corpus_stats.json"
     c = read_json(stats) if stats.is_file() else {}
@@ -49,11 +107,25 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
                  "layers": _fmt(m.groupby(["model", "layer"]).ngroups) if m is not None else NA,
                  "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
                  "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA}
-    g = _read(run_dir, "geometry.parquet")
-    v["geometry"] = {}
+    v["geometry"] = _geometry_variables(cfg, run_dir)
+    real = [x.name for x in cfg.models if x.source != "synthetic"]
+    ranges, per_model = [], []
     for model in [x.name for x in cfg.models]:
-        ids = g[(g.model == model) & (g.summary == "id_twonn")].estimate if g is not None else None
-        v["geometry"][model] = {"id_min": _fmt(ids.min(), 1), "id_max": _fmt(ids.max(), 1)} if ids is not None and len(ids) else {"id_min": NA, "id_max": NA}
+        gm = v["geometry"][model]
+        ranges.append(f"{model} {gm['id_min']} to {gm['id_max']}")
+        if model in real:
+            per_model.append(f"{model}: TwoNN dimension {gm['id_min']} to {gm['id_max']}, curvature {gm['curv_min']} "
+                             f"to {gm['curv_max']}, curvature withheld at {gm['n_withheld']} of {gm['n_layers']} layers")
+    n_layers = sum(len(cfg.layers_of(m)) for m in cfg.models)
+    have = (run_dir / "geometry.parquet").is_file()
+    v["text"] = {**source_texts(cfg), "id_ranges": "; ".join(ranges) if have else NA,
+                 "geometry_models": ("; ".join(per_model) if per_model else "no real network in this profile")
+                 if have else NA,
+                 "layers": f"{n_layers} layers over {len(cfg.models)} model{'s' if len(cfg.models) != 1 else ''}",
+                 "zoo_check": (f"On the synthetic zoo, which holds equal-radius spheres of dimension 3 to 8 and flat "
+                               f"boxes, the estimated curvature orders the layers like the true one (Spearman "
+                               f"{v['geometry']['zoo_curv_rho']}).") if any(m.source == "synthetic" for m in cfg.models)
+                 else "This profile has no synthetic zoo, so no ground-truth check of the estimators runs here."}
     e = _read(run_dir, "exponents.parquet")
     v["stage1"] = {"form": cfg.stage1.primary_form}
     if e is not None:
@@ -67,11 +139,13 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
     cmp_ = _read(run_dir, "law_compare.parquet")
     coefs = _read(run_dir, "law.parquet")
     v["stage2"] = {"best_set": str(cmp_.sort_values("rank").predictor_set.iloc[0]) if cmp_ is not None else NA}
-    if coefs is not None:
-        full = coefs[(coefs.predictor_set == "all4")].set_index("term")
-        for term in ("id_twonn", "pr", "curvature", "local_residual"):
+    full = coefs[(coefs.predictor_set == "all4")].set_index("term") if coefs is not None else None
+    for term in SUMMARIES:
+        if full is not None and term in full.index:
             r = full.loc[term]
             v["stage2"][term] = {"b": _fmt(r.b_mean), "lo": _fmt(r.b_hdi_3), "hi": _fmt(r.b_hdi_97), "p_gt0": _fmt(r.p_gt0)}
+        else:
+            v["stage2"][term] = {k: NA for k in ("b", "lo", "hi", "p_gt0")}
     t = _read(run_dir, "transfer.parquet")
     v["transfer"] = {}
     if t is not None:
@@ -80,13 +154,59 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
             v["transfer"].setdefault(key, {})[r.predictor_set] = {"r2": _fmt(r.r2), "spearman": _fmt(r.spearman),
                                                                   "coverage90": _fmt(r.coverage90)}
     f = _read(run_dir, "floors.parquet")
-    v["floors"] = {"n_layers": NA}
+    v["floors"] = {"n_layers": NA, **{s: {"rho": NA, "p_gt0": NA} for s in SUMMARIES}}
     if f is not None:
         rho = f[f.row_type == "spearman"].set_index("summary")
         v["floors"]["n_layers"] = _fmt(int(rho.n_layers.iloc[0]))
         for s in rho.index:
             v["floors"][s] = {"rho": _fmt(rho.loc[s, "rho_mean"]), "p_gt0": _fmt(rho.loc[s, "p_gt0"])}
     return v
+
+
+def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
+    """Per model: TwoNN and curvature ranges, layers whose curvature is withheld (tangent cap);
+    the summaries whose layer ordering flips under another setting; the zoo's curvature check."""
+    from geowall import geometry
+
+    g = _read(run_dir, "geometry.parquet")
+    out: dict = {}
+    for model in [x.name for x in cfg.models]:
+        rows = g[g.model == model] if g is not None else None
+        if rows is None or not len(rows):
+            out[model] = {k: NA for k in ("id_min", "id_max", "curv_min", "curv_max", "n_withheld", "n_layers")}
+            continue
+        ids, curv = rows[rows.summary == "id_twonn"].estimate, rows[rows.summary == "curvature"]
+        withheld = int(curv.estimate.isna().sum())
+        out[model] = {"id_min": _fmt(ids.min(), 1), "id_max": _fmt(ids.max(), 1),
+                      "curv_min": _fmt(curv.estimate.min(), 2) if withheld < len(curv) else "n/a",
+                      "curv_max": _fmt(curv.estimate.max(), 2) if withheld < len(curv) else "n/a",
+                      "n_withheld": str(withheld), "n_layers": str(len(curv))}
+    sens = _read(run_dir, "geometry_sensitivity.parquet")
+    if sens is not None:
+        agree = geometry.rank_agreement(sens)
+        flagged = sorted(set(agree[agree.flipped].summary))
+        out["sensitivity_flags"] = ", ".join(flagged) if flagged else "none"
+        ok = agree[agree.summary != "id_mle"].rho.dropna()
+        out["sensitivity_min_rho"] = _fmt(ok.min(), 2) if len(ok) else "n/a"
+    else:
+        out["sensitivity_flags"] = out["sensitivity_min_rho"] = NA
+    out["zoo_curv_rho"] = NA
+    if g is not None and any(m.source == "synthetic" for m in cfg.models):
+        from scipy.stats import spearmanr
+
+        from geowall import layers
+        from geowall.activations import ActivationError
+
+        try:
+            truth = layers.truth_table(cfg, run_dir)
+        except ActivationError:  # activations of the zoo absent: the paper says "n/a"
+            truth = pd.DataFrame()
+        if len(truth):
+            est = g[g.summary == "curvature"][["model", "layer", "estimate"]]
+            both = truth.merge(est, on=["model", "layer"]).dropna(subset=["estimate"])
+            if len(both) >= 3:
+                out["zoo_curv_rho"] = _fmt(spearmanr(both.curvature_true, both.estimate).statistic, 2)
+    return out
 
 
 def flatten(v: dict, prefix: str = "") -> dict[str, str]:

@@ -11,6 +11,7 @@ uninterrupted one. :func:`run_grid` (SAEs trained here) and
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -181,10 +182,14 @@ def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[
     real, synth = trend[~is_synth], trend[is_synth]
     bad = real[real.max_step_increase > slack]
     if len(bad):
-        raise ValueError(f"fvu increases with width at fixed k beyond the {slack:.0%} slack:\n{bad}")
+        worst = float(bad.max_step_increase.max())
+        raise ValueError(f"fvu increases with width at fixed k beyond the {slack:.0%} slack; to pass: train longer "
+                         f"(raise sae.steps, or sae.steps_width_exponent so wider SAEs get more steps), or raise "
+                         f"sae.monotone_slack to >= {math.ceil(worst * 100) / 100:g} (null switches the check off):\n{bad}")
     median_slope = synth.groupby("model").slope.median()
     if (median_slope >= 0).any():
-        raise ValueError(f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}")
+        raise ValueError(f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}; "
+                         f"to pass: train longer (raise sae.steps or sae.lr_scale)")
     return synth[synth.max_step_increase > slack]
 
 

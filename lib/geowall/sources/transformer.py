@@ -53,11 +53,45 @@ def load(spec, *, seed: int, device: torch.device):
 
         # The Hugging Face token, if any, is read by huggingface_hub from the environment
         # (HF_TOKEN); geowall never reads, passes or records it.
-        tok = AutoTokenizer.from_pretrained(spec.hf_model)
-        model = AutoModelForCausalLM.from_pretrained(spec.hf_model, dtype=DTYPES[spec.dtype])
+        tok = causal_tokenizer(AutoTokenizer.from_pretrained(spec.hf_model))
+        config = AutoConfig.from_pretrained(spec.hf_model)
+        model = AutoModelForCausalLM.from_pretrained(spec.hf_model, **causal_lm_kwargs(config, spec.dtype))
         model = model.to(device).eval()
         return model, tok, _hook_forward(model)
     raise ValueError(f"source {spec.source!r} is not a transformer source")
+
+
+def dtype_keyword() -> str:
+    """``from_pretrained``'s dtype keyword in the installed transformers: ``dtype`` from 4.56
+    on (``torch_dtype`` is deprecated there), ``torch_dtype`` before (the pin admits 4.44+)."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
+
+
+def causal_lm_kwargs(config, dtype: str) -> dict:
+    """``from_pretrained`` keywords for a causal LM harvested in ``dtype``.
+
+    Gemma 2 soft-caps its attention logits (``attn_logit_softcapping``); PyTorch's SDPA
+    kernels cannot, so transformers' SDPA path silently skips the capping. Any config with
+    soft-capping is therefore loaded with eager attention, which applies it.
+    """
+    cfg = getattr(config, "text_config", config)
+    kwargs = {dtype_keyword(): DTYPES[dtype]}
+    if getattr(cfg, "attn_logit_softcapping", None) is not None:
+        kwargs["attn_implementation"] = "eager"
+    return kwargs
+
+
+def causal_tokenizer(tok):
+    """Right padding (position ids then match the unpadded sequence, and padding tokens,
+    dropped by the attention mask, come after the real ones) and a pad token if the
+    tokenizer has none (the end-of-sequence token; padded positions are never kept)."""
+    tok.padding_side = "right"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def _hidden_states_forward(model) -> Callable:

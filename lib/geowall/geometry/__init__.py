@@ -1,0 +1,321 @@
+"""Geometry of an activation point cloud: the four layerwise summaries of step 02.
+
+For a layer's activations X (n points in R^d) we measure
+
+``id_twonn``
+    TwoNN intrinsic dimension (Facco et al. 2017), the linear-fit variant that is
+    ``skdim.id.TwoNN``'s default, after removing duplicates and near-duplicates
+    (``estimators.distinct_points``).
+``pr``
+    participation ratio (sum lambda)^2 / sum lambda^2 of the covariance eigenvalues:
+    a linear ("how many directions carry the variance") dimension; the U-statistic
+    estimate of the population value.
+``curvature``
+    root-mean-square normal curvature per tangent direction from local quadratic fits,
+    each kNN patch at its own tangent dimension (local PCA), times the cloud's RMS
+    radius: **1 = a sphere whose radius equals the cloud's RMS radius**, whatever its
+    dimension; 0 = flat. Patches whose tangent dimension exceeds the cap ``max_dim`` get
+    no curvature; the ``above_cap`` column gives their share, and a layer with more
+    than half of its patches above the cap reports no curvature (NaN) at all.
+``local_residual``
+    fraction of local-patch variance outside the patch's own tangent space (see
+    ``estimators.local_residual``).
+
+``summaries`` returns all four with standard errors from a document-block
+half-sampling that reruns every estimator (see ``summaries``); ``sensitivity`` reruns
+them at other settings of their main knobs and adds a second ID estimator (Levina-Bickel
+MLE); ``multiscale_id`` shows whether the ID is stable across scales. ``SUMMARY_NAMES``
+is the one home of the summary names.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geowall.geometry.estimators import (
+    MAX_DIM,
+    NEAR_DUP_TOL,
+    TANGENT_TOL,
+    _check_fraction,
+    _dedup,
+    _points,
+    _twonn_fit,
+    _twonn_ratios,
+    curvature,
+    dim_patch_k,
+    distinct_points,
+    local_geometry,
+    local_residual,
+    mle_id,
+    multiscale_id,
+    participation_ratio,
+    patch_k,
+    pr_weighted,
+    rms_radius,
+    twonn,
+    unique_rows,
+)
+from geowall.kernels import knn
+
+__all__ = [
+    "ABOVE_CAP_MAX",
+    "MAX_DIM",
+    "NEAR_DUP_TOL",
+    "SUMMARY_NAMES",
+    "TANGENT_TOL",
+    "curvature",
+    "dim_patch_k",
+    "distinct_points",
+    "local_geometry",
+    "local_residual",
+    "mle_id",
+    "multiscale_id",
+    "participation_ratio",
+    "patch_k",
+    "rank_agreement",
+    "rms_radius",
+    "sensitivity",
+    "summaries",
+    "twonn",
+    "unique_rows",
+]
+
+SUMMARY_NAMES = ("id_twonn", "pr", "curvature", "local_residual")
+ABOVE_CAP_MAX = 0.5  # a layer with a larger share of patches above the tangent cap reports no curvature
+_Z95 = 1.959963984540054
+
+
+# ----------------------------------------------------------------------------- one cloud, all four
+def _knn_summaries(X: torch.Tensor, *, seed: int, k, n_base: int, discard_fraction: float, max_dim: int,
+                   tangent_tol: float, near_dup_tol: float) -> dict:
+    """The three kNN-based summaries of one cloud (plus what the table reports beside them)."""
+    keep, dist = _dedup(X, near_dup_tol)
+    Xu = X[torch.from_numpy(keep).to(X.device)]
+    if dist is not None and dist.shape[1] >= 2:
+        r1, r2 = dist[:, 0], dist[:, 1]
+        mu = r2[r1 > 0] / r1[r1 > 0]
+    else:
+        mu, _ = _twonn_ratios(Xu)
+    out = {"id_twonn": float(_twonn_fit(mu, discard_fraction)), "n_id": len(mu), "n_distinct": len(keep)}
+    try:
+        loc = local_geometry(Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k,
+                             _distinct_done=True)
+    except ValueError as err:  # too few distinct points for the patches
+        out.update(curvature=math.nan, local_residual=math.nan, above_cap=math.nan, dim=math.nan, n_base=0,
+                   k_fit=math.nan, patch_error=str(err))
+        return out
+    above = float(loc.above_cap.mean())
+    kap = loc.kappa.dropna()
+    out.update(curvature=float(kap.mean() * rms_radius(Xu)) if above <= ABOVE_CAP_MAX and len(kap) else math.nan,
+               local_residual=float(loc.residual.mean()), above_cap=above, dim=float(loc.dim.median()),
+               n_base=len(loc), k_fit=float(loc.k[loc.k > 0].median()) if (loc.k > 0).any() else math.nan)
+    return out
+
+
+def _half_samples(groups: np.ndarray, n_rep: int, rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+    """Row masks of ``n_rep`` random halves of the blocks, and the delete-d jackknife factor r / d."""
+    blocks, inv = np.unique(groups, return_inverse=True)
+    g = len(blocks)
+    if g < 4:
+        raise ValueError(f"block resampling needs at least 4 documents (blocks); got {g}")
+    r = g // 2  # blocks kept per replicate
+    masks = []
+    for _ in range(n_rep):
+        chosen = np.zeros(g, dtype=bool)
+        chosen[rng.choice(g, size=r, replace=False)] = True
+        masks.append(chosen[inv])
+    return masks, r / (g - r)
+
+
+def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_base: int = 300,
+              max_points: int | None = None, discard_fraction: float = 0.1, max_dim: int = MAX_DIM,
+              tangent_tol: float = TANGENT_TOL, near_dup_tol: float = NEAR_DUP_TOL, groups=None,
+              device=None) -> pd.DataFrame:
+    """The four geometric summaries of ``X`` (n, d) with document-block standard errors.
+
+    One row per summary, in the order of ``SUMMARY_NAMES``; columns summary, estimate,
+    se, lo, hi (estimate -/+ 1.96 se), n (distinct points for TwoNN, all rows for PR,
+    base points for curvature / local_residual), k (kNN scale: 2 for TwoNN, NaN for PR,
+    the median fit-patch size for curvature, the tangent patch size for local_residual),
+    n_boot (replicates), dim (median per-patch tangent dimension), above_cap (share of
+    patches whose tangent dimension exceeds ``max_dim``; curvature is NaN above
+    ``ABOVE_CAP_MAX``), n_blocks (documents).
+
+    Uncertainty: ``groups`` gives each row's document (``None``: every row is its own
+    block, as for the synthetic zoo). Each of ``n_boot`` replicates keeps a random half
+    of the documents with all their tokens and *reruns every estimator* on them (new
+    duplicate removal, kNN graph, TwoNN fit, base points, tangent dimensions and patch
+    fits; PR through the Gram-matrix identity of ``estimators.pr_weighted``), so the
+    standard error includes kNN-graph and patch variability and the correlation of
+    tokens within a document. Half-samples without replacement rather than a bootstrap
+    with replacement: a document drawn twice would put exact duplicate tokens into the
+    cloud, which the kNN estimators must discard, so a with-replacement bootstrap would
+    silently shrink the sample. The variance is the delete-d jackknife's (Shao & Wu
+    1989; d = half the documents): se^2 = (r / d) mean((theta_s - mean theta)^2) with r
+    documents kept and d deleted (r / d ~ 1). Cost: ``n_boot`` reruns at half size; 20 to
+    30 replicates give the se to about +/-15%, the choice of the profiles (the old
+    200-replicate bootstrap held the kNN graph and patches fixed).
+    """
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+        raise ValueError(f"n_boot must be an integer >= 2; got {n_boot!r}")
+    _check_fraction(discard_fraction)
+    ss = np.random.SeedSequence(seed)
+    rng_sub, rng_rep, seq_base = (np.random.default_rng(s) for s in ss.spawn(3))
+    X = _points(X, device, name="X", min_points=4)
+    groups = np.arange(X.shape[0]) if groups is None else np.asarray(groups).reshape(-1)
+    if len(groups) != X.shape[0]:
+        raise ValueError(f"groups has {len(groups)} entries for {X.shape[0]} rows")
+    if max_points is not None and X.shape[0] > max_points:
+        sub = np.sort(rng_sub.choice(X.shape[0], size=int(max_points), replace=False))
+        X, groups = X[torch.from_numpy(sub).to(X.device)], groups[sub]
+    n = X.shape[0]
+    base_seed = int(seq_base.integers(2**32))
+    kw = {"k": k, "n_base": n_base, "discard_fraction": discard_fraction, "max_dim": max_dim,
+          "tangent_tol": tangent_tol,
+              "near_dup_tol": near_dup_tol}
+    full = _knn_summaries(X, seed=base_seed, **kw)
+    masks, factor = _half_samples(groups, n_boot, rng_rep)
+    pr_all = pr_weighted(X, np.vstack([np.ones((1, n))] + [m[None].astype(float) for m in masks]))
+    reps = []
+    for i, m in enumerate(masks):
+        rep = _knn_summaries(X[torch.from_numpy(np.flatnonzero(m)).to(X.device)], seed=base_seed + 1 + i, **kw)
+        reps.append(rep)
+    reps = pd.DataFrame(reps)
+    reps["pr"] = pr_all[1:]
+    est = {**full, "pr": float(pr_all[0])}
+    rows = []
+    for name in SUMMARY_NAMES:
+        vals = reps[name].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        e = est[name]
+        se = math.sqrt(factor * np.mean((vals - vals.mean()) ** 2)) if len(vals) > 1 and np.isfinite(e) else math.nan
+        rows.append({"summary": name, "estimate": e, "se": se, "lo": e - _Z95 * se, "hi": e + _Z95 * se,
+                         "n": {"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
+                         "k": {"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
+                             name, float(dim_patch_k(max_dim))),
+                         "n_boot": int(n_boot)})
+    out = pd.DataFrame(rows)
+    local = out.summary.isin(["curvature", "local_residual"])
+    out["dim"] = np.where(local, full["dim"], math.nan)
+    out["above_cap"] = np.where(local, full["above_cap"], math.nan)
+    out["n_blocks"] = len(np.unique(groups))
+    return out
+
+
+# ----------------------------------------------------------------------------- sensitivity
+def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, tangent_tol: float = TANGENT_TOL,
+                near_dup_tol: float = NEAR_DUP_TOL, discard_fraction: float = 0.1, defaults: dict | None = None,
+                device=None) -> pd.DataFrame:
+    """Each summary at three settings of its main knob, and a second ID estimator.
+
+    Rows (summary, knob, setting, estimate, default): the middle setting is the one
+    ``summaries`` uses (``default`` True). ``defaults`` ({summary: estimate}, e.g. the
+    ``summaries`` table's estimates of the same points) fills the default settings
+    instead of recomputing them (they are the same estimator on the same points).
+
+    * ``id_twonn``, ``pr``: number of points, 1/4, 1/2 and all (a seeded random subset);
+    * ``curvature``: fit-patch size, 0.75, 1 and 1.5 x ``patch_k(dim)``; and the tangent
+      cap, max_dim - 4, max_dim, max_dim + 4;
+    * ``local_residual``: tangent-patch size, 0.5, 1 and 2 x ``dim_patch_k(max_dim)``;
+    * ``id_mle``: Levina-Bickel MLE (``mle_id``) with k = 10, 20, 40 neighbours (20 is
+      the comparison point: a second, coarser-scale estimate of the same dimension).
+    """
+    rng = np.random.default_rng(seed)
+    X = _points(X, device, name="X", min_points=4)
+    Xu = X[torch.from_numpy(_dedup(X, near_dup_tol)[0]).to(X.device)]
+    n, nu = X.shape[0], Xu.shape[0]
+    R = rms_radius(Xu)
+    rows = []
+
+    defaults = dict(defaults or {})
+
+    def add(summary, knob, setting, value, default):
+        rows.append({"summary": summary, "knob": knob, "setting": float(setting), "estimate": float(value),
+                     "default": default})
+
+    def known(summary, default):  # the default setting's value, when the caller has it
+        return default and summary in defaults
+
+    for frac in (0.25, 0.5, 1.0):
+        if known("id_twonn", frac == 1.0):
+            add("id_twonn", "n_points", frac, defaults["id_twonn"], True)
+        else:
+            sub = np.sort(rng.choice(nu, size=max(4, int(frac * nu)), replace=False))
+            mu, _ = _twonn_ratios(Xu[torch.from_numpy(sub).to(X.device)])
+            add("id_twonn", "n_points", frac, _twonn_fit(mu, discard_fraction), frac == 1.0)
+        if known("pr", frac == 1.0):
+            add("pr", "n_points", frac, defaults["pr"], True)
+        else:
+            sub = np.sort(rng.choice(n, size=max(4, int(frac * n)), replace=False))
+            add("pr", "n_points", frac, participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
+                frac == 1.0)
+    geo = {"n_base": n_base, "seed": seed, "tangent_tol": tangent_tol, "_distinct_done": True}
+    for mult in (0.75, 1.0, 1.5):
+        if known("curvature", mult == 1.0):
+            add("curvature", "patch_k_multiple", mult, defaults["curvature"], True)
+            continue
+        lm = local_geometry(Xu, max_dim=max_dim, k_scale=mult, **geo)
+        ok = lm.above_cap.mean() <= ABOVE_CAP_MAX and lm.kappa.notna().any()
+        add("curvature", "patch_k_multiple", mult, lm.kappa.mean() * R if ok else math.nan, mult == 1.0)
+    for cap in (max_dim - 4, max_dim, max_dim + 4):
+        if cap < 1 or dim_patch_k(cap) > nu - 1:
+            continue
+        if known("curvature", cap == max_dim):
+            add("curvature", "max_dim", cap, defaults["curvature"], True)
+            continue
+        lc = local_geometry(Xu, max_dim=cap, **geo)
+        ok = lc.above_cap.mean() <= ABOVE_CAP_MAX and lc.kappa.notna().any()
+        add("curvature", "max_dim", cap, lc.kappa.mean() * R if ok else math.nan, cap == max_dim)
+    for mult in (0.5, 1.0, 2.0):
+        kd = max(max_dim + 1, round(mult * dim_patch_k(max_dim)))
+        if kd > nu - 1:
+            continue
+        if known("local_residual", mult == 1.0):
+            add("local_residual", "k_dim_multiple", mult, defaults["local_residual"], True)
+            continue
+        lr = local_geometry(Xu, max_dim=max_dim, k_dim=kd, fit=False, **geo)
+        add("local_residual", "k_dim_multiple", mult, lr.residual.mean(), mult == 1.0)
+    if 40 < nu:  # one kNN search serves the three neighbourhood sizes
+        import skdim
+
+        dist, idx = knn(Xu, 40)
+        Xn = Xu.cpu().numpy()
+        for kk in (10, 20, 40):
+            est = skdim.id.MLE().fit(Xn, precomputed_knn_arrays=(dist[:, :kk], idx[:, :kk]), comb="mle")
+            add("id_mle", "k", kk, est.dimension_, kk == 20)
+    return pd.DataFrame(rows, columns=["summary", "knob", "setting", "estimate", "default"])
+
+
+def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int = 4) -> pd.DataFrame:
+    """Does each summary order the layers of a model the same way at every setting?
+
+    ``sens``: ``sensitivity`` rows for many layers, with ``model`` and ``layer`` columns.
+    Per (model, summary, knob, setting): Spearman's rho between the layers' estimates at
+    that setting and at the default one (for ``id_mle``: against ``id_twonn`` at its
+    default, the second-estimator check), the number of layers compared, and ``flipped``
+    (rho < ``min_rho`` over at least ``min_layers`` layers: the layer ordering changes under
+    a reasonable setting; with fewer layers rho takes only a few coarse values and nothing
+    is flagged).
+    """
+    from scipy.stats import spearmanr
+
+    rows = []
+    ref_all = sens[sens.default].set_index(["model", "summary", "layer"]).estimate.sort_index()
+    for (model, summary, knob, setting), g in sens.groupby(["model", "summary", "knob", "setting"]):
+        ref_name = "id_twonn" if summary == "id_mle" else summary
+        if summary != "id_mle" and bool(g.default.all()):
+            continue
+        try:
+            ref = ref_all.loc[(model, ref_name)]
+        except KeyError:
+            continue
+        both = pd.concat([g.set_index("layer").estimate.rename("x"), ref.rename("y")], axis=1).dropna()
+        rho = float(spearmanr(both.x, both.y).statistic) if len(both) >= 3 and both.x.nunique() > 1 \
+            and both.y.nunique() > 1 else math.nan
+        rows.append({"model": model, "summary": summary, "knob": knob, "setting": setting, "n_layers": len(both),
+                     "rho": rho,
+                         "flipped": bool(np.isfinite(rho) and rho < min_rho and len(both) >= min_layers)})
+    return pd.DataFrame(rows, columns=["model", "summary", "knob", "setting", "n_layers", "rho", "flipped"])

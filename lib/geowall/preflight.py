@@ -1,0 +1,419 @@
+"""Preflight: the preconditions the steps assert, checked on a profile before any step runs.
+
+The schema (:mod:`geowall.config`) checks each key on its own: types, ranges, non-empty
+grids, known model names. Some preconditions tie keys together, depend on the models
+(their width ``d``, their layer count) or on the library's own rules (the patch size of a
+quadratic fit, the fewest layers a Stage 2 law accepts, the ESS threshold of the
+convergence checks). They live here, one registered :class:`Check` per precondition,
+each naming the key a user changes to satisfy it and the steps whose library calls would
+otherwise fail after minutes of work. ``geowall check`` runs every check;
+``geowall run`` runs those of the steps it is about to execute, before it writes
+anything. A failure raises :class:`PreflightError` (a :class:`~geowall.config.ProfileError`)
+whose message names the key and what was expected.
+
+Adding a precondition (e.g. for a new key): write a function ``cfg -> iterable of
+(key, message)`` and decorate it with :func:`register`, naming the key, the steps that
+need it and the library function whose own check it mirrors (``where``). Checks read
+the library's rules from the library where it exposes them (``geometry.patch_k``, the
+defaults of ``scaling.exponents``); where a rule is inline in a library function
+(:func:`min_training_layers` for ``law.fit_law``) a test holds the two together.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from geowall.config import ModelSpec, Profile, ProfileError
+
+ALL_STEPS = ("activations", "sae_grid", "geometry", "stage1", "stage2", "transfer", "floor", "walkthrough")
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str  # the dotted profile key to change (e.g. "stage2.draws", "models.2.ks")
+    message: str  # what was found and what is expected
+    steps: tuple[str, ...]  # the steps that would fail
+
+
+@dataclass(frozen=True)
+class Check:
+    key: str  # the key (pattern) the check is about, e.g. "models.<i>.ks"
+    steps: tuple[str, ...]  # steps whose library calls assert this precondition
+    where: str  # the library function / notebook assertion it mirrors
+    fn: Callable[[Profile], Iterable[tuple[str, str]]]
+    machine: bool = False  # depends on this machine (device, installed packages), not on the profile alone
+
+
+CHECKS: list[Check] = []
+
+
+class PreflightError(ProfileError):
+    """One or more preconditions failed; ``problems`` lists them, the message names each key."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = [f"{p.key}: {p.message} (needed by step{'s' if len(p.steps) > 1 else ''} {', '.join(p.steps)})" for p in problems]
+        more = "".join(f"\n  also {line}" for line in lines[1:])
+        super().__init__(lines[0] + more)
+
+
+def register(key: str, *, steps: Iterable[str], where: str, machine: bool = False):
+    """Decorator: add ``fn(cfg) -> [(key, message), ...]`` to :data:`CHECKS`."""
+    steps = tuple(steps)
+    unknown = set(steps) - set(ALL_STEPS)
+    if unknown:
+        raise ValueError(f"register({key!r}): unknown step(s) {sorted(unknown)}")
+
+    def deco(fn):
+        CHECKS.append(Check(key, steps, where, fn, machine))
+        return fn
+
+    return deco
+
+
+def problems(cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool = True) -> list[Problem]:
+    """Every failed precondition of ``steps`` (default: all). ``machine=False`` skips the
+    checks that depend on this machine rather than on the profile (``geowall check``
+    validates a profile that may be meant for another machine)."""
+    wanted = set(ALL_STEPS if steps is None else steps)
+    out: list[Problem] = []
+    for c in CHECKS:
+        if not wanted & set(c.steps) or (c.machine and not machine):
+            continue
+        needed = tuple(s for s in c.steps if s in wanted)
+        out.extend(Problem(key, msg, needed) for key, msg in c.fn(cfg))
+    return out
+
+
+def check(cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool = True) -> None:
+    """Raise :class:`PreflightError` if any precondition of ``steps`` fails."""
+    found = problems(cfg, steps, machine=machine)
+    if found:
+        raise PreflightError(found)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _trained(cfg: Profile) -> Iterator[tuple[int, ModelSpec]]:
+    return ((i, m) for i, m in enumerate(cfg.models) if m.sae_source == "trained")
+
+
+def _d(m: ModelSpec) -> int:
+    from geowall.sources import model_info
+
+    return model_info(m).d
+
+
+def _widths(mults: list[float], d: int) -> list[int]:
+    from geowall.layers import widths_of
+
+    return widths_of(mults, d)
+
+
+def _ks_key(cfg: Profile, i: int) -> str:
+    return "sae.ks" if cfg.models[i].ks is None else f"models.{i}.ks"
+
+
+def _showcase(cfg: Profile) -> list[tuple[str, int]]:
+    return [(m, layer) for m, layers in cfg.sae.showcase_layers.items() for layer in layers]
+
+
+# ---------------------------------------------------------------------------- SAE grid
+
+
+@register("sae.showcase_width_multiples", steps=("sae_grid",), where="sae.model.TopKConfig / sae.train.grid_pairs: k <= width")
+def _showcase_widths_above_k(cfg):
+    """The schema checks k < the smallest ordinary width; showcase layers use another grid."""
+    names = set(cfg.sae.showcase_layers)
+    for i, m in _trained(cfg):
+        if m.name not in names or not cfg.sae.showcase_layers[m.name] or not cfg.sae.showcase_width_multiples:
+            continue
+        d, kmax = _d(m), max(cfg.ks_of(m))
+        wmin = min(cfg.sae.showcase_width_multiples) * d
+        if kmax >= wmin:
+            yield ("sae.showcase_width_multiples",
+                   f"smallest showcase width {min(cfg.sae.showcase_width_multiples)} x d={d} = {wmin:g} must exceed "
+                   f"the largest k={kmax} of model '{m.name}' ({_ks_key(cfg, i)}); expected multiples > {kmax / d:g}")
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+@register("geometry.k_neighbors", steps=("geometry",),
+          where="geometry.local_geometry: a fit patch of k points needs k >= fit parameters + 1 at the tangent "
+                "dimension (up to geometry.max_dim); smaller patches are dropped")
+def _patch_k_fits_quadratic(cfg):
+    from geowall.geometry.estimators import _n_params
+
+    g = cfg.geometry
+    if g.k_neighbors is not None:
+        need = _n_params(g.max_dim) + 1
+        if g.k_neighbors < need:
+            yield ("geometry.k_neighbors",
+                   f"{g.k_neighbors} neighbours cannot fit a quadratic patch in up to geometry.max_dim={g.max_dim} "
+                   f"tangent dimensions (such patches would be dropped from the curvature); expected >= {need}, "
+                   f"null (automatic), or a lower geometry.max_dim")
+
+
+def geometry_min_points(g) -> int:
+    """The fewest points per layer the geometry step can use: every half-sample replicate
+    (``geometry.summaries`` keeps half the documents) must hold more points than the
+    tangent-dimension patch ``dim_patch_k(max_dim)`` and a user-set fit patch
+    ``k_neighbors`` (``estimators._check_patch_args``; ``geometry.sensitivity`` calls it
+    on all points without catching)."""
+    from geowall import geometry
+
+    k = max(geometry.dim_patch_k(g.max_dim), g.k_neighbors or 0)
+    return 2 * (k + 1)
+
+
+@register("geometry.n_points", steps=("geometry",),
+          where="geometry.estimators._check_patch_args: patch size <= distinct points - 1, in every half-sample "
+                "(else NaN curvature, which step 02 asserts against, or an uncaught error in geometry.sensitivity)")
+def _enough_points(cfg):
+    g = cfg.geometry
+    need = geometry_min_points(g)
+    have = min(g.n_points, cfg.activations.n_train)
+    if have < need:
+        key = "geometry.n_points" if g.n_points <= cfg.activations.n_train else "activations.n_train"
+        how = (f"geometry.k_neighbors={g.k_neighbors}" if need // 2 - 1 == g.k_neighbors
+               else f"dim_patch_k(geometry.max_dim={g.max_dim})")
+        yield (key, f"{have} points per layer (the smaller of geometry.n_points={g.n_points} and activations.n_train="
+                    f"{cfg.activations.n_train}) are too few: each half-sample replicate needs more points than the "
+                    f"patch of {need // 2 - 1} neighbours ({how}); expected >= {need} points, or a smaller "
+                    f"geometry.max_dim / geometry.k_neighbors")
+
+
+# ---------------------------------------------------------------------------- Bayesian fits
+
+
+def _sampling(section: str, spec):
+    if spec.chains < 2:
+        yield (f"{section}.chains", f"{spec.chains} chain cannot pass the R-hat check (scaling.check_fit); "
+                                    f"expected >= 2")
+    need = spec.checks.ess_min
+    if spec.chains * spec.draws < need:
+        draws = math.ceil(need / max(spec.chains, 1))
+        yield (f"{section}.draws",
+               f"{spec.chains} chains x {spec.draws} draws = {spec.chains * spec.draws} samples cannot reach the "
+               f"bulk and tail ESS threshold {section}.checks.ess_min={need:g}; expected {section}.draws >= {draws} "
+               f"(with {spec.chains} chains; more draws than that in practice) or a lower {section}.checks.ess_min")
+
+
+@register("stage1.draws", steps=("stage1",), where="scaling.check_fit: >= 2 chains, ESS >= checks.ess_min")
+def _stage1_sampling(cfg):
+    yield from _sampling("stage1", cfg.stage1)
+
+
+@register("stage2.draws", steps=("stage2", "transfer"), where="scaling.check_fit: >= 2 chains, ESS >= checks.ess_min")
+def _stage2_sampling(cfg):
+    yield from _sampling("stage2", cfg.stage2)
+
+
+@register("sae.width_multiples", steps=("stage1",), where="width exponent alpha = -dlog(L-E)/dlog W: two widths")
+def _two_widths(cfg):
+    for i, m in _trained(cfg):
+        d = _d(m)
+        ws = _widths(cfg.sae.width_multiples, d)
+        if len(ws) < 2:
+            yield ("sae.width_multiples",
+                   f"model '{m.name}' (d={d}) gets the width grid {ws}: a width exponent needs at least 2 distinct "
+                   f"widths; expected at least two multiples that differ after rounding to whole latents")
+
+
+@register("sae.showcase_width_multiples", steps=("stage1",),
+          where="scaling.exponents: floor identified only with >= min_widths widths spanning >= min_width_span")
+def _showcase_grid_spans_floor_rule(cfg):
+    from geowall import scaling
+
+    defaults = inspect.signature(scaling.exponents).parameters
+    min_widths, min_span = defaults["min_widths"].default, defaults["min_width_span"].default
+    names = set(cfg.sae.showcase_layers)
+    for _, m in _trained(cfg):
+        if m.name not in names or not cfg.sae.showcase_layers[m.name]:
+            continue
+        d = _d(m)
+        ws = _widths(cfg.sae.showcase_width_multiples, d)
+        span = ws[-1] / ws[0] if ws and ws[0] > 0 else 0.0
+        if len(ws) < min_widths or span < min_span:
+            yield ("sae.showcase_width_multiples",
+                   f"showcase layers of model '{m.name}' (d={d}) get widths {ws} ({len(ws)} widths spanning "
+                   f"{span:.3g}x): the floor rule needs >= {min_widths} distinct widths spanning >= {min_span:g}x")
+
+
+def _n_layers(cfg: Profile, name: str) -> int:
+    return len(cfg.layers_of(cfg.model(name)))
+
+
+def min_training_layers(n_predictors: int) -> int:
+    """The fewest training layers ``law.fit_law`` accepts for ``n_predictors`` predictors
+    (its own check; tests/test_preflight.py holds the two together)."""
+    return max(3, n_predictors + 2)
+
+
+@register("models", steps=("stage2",), where="law.fit_law: >= min_training_layers(predictors) layers")
+def _stage2_layers(cfg):
+    from geowall import law
+
+    need = max(min_training_layers(len(p)) for p in law.DEFAULT_LAW_SETS.values())
+    have = sum(len(cfg.layers_of(m)) for m in cfg.models)
+    if have < need:
+        yield ("models", f"{have} layers over all models: the Stage 2 laws (up to "
+                         f"{max(map(len, law.DEFAULT_LAW_SETS.values()))} predictors) need >= {need}; expected more "
+                         f"layers in models.<i>.layers (or 'all')")
+
+
+@register("transfer", steps=("transfer",), where="law.run_transfer -> fit_law(models=[A]): enough layers of A")
+def _transfer_layers(cfg):
+    from geowall import law
+
+    need = min_training_layers(len(law.SUMMARIES))
+    seen = set()
+    for j, (a, b) in enumerate(cfg.transfer):
+        for x in (a, b):  # step 05 runs both directions: each model of a pair trains a law
+            n = _n_layers(cfg, x)
+            if n < need and x not in seen:
+                seen.add(x)
+                i = [m.name for m in cfg.models].index(x)
+                yield (f"transfer.{j}", f"model '{x}' has {n} layers (models.{i}.layers); a law trained on it needs "
+                                        f">= {need}; expected more layers or another pair")
+
+
+# ---------------------------------------------------------------------------- floor
+
+
+@register("sae.showcase_layers", steps=("floor",), where="law.floor_ordering: >= 2 showcase layers, all in the fit")
+def _floor_showcase(cfg):
+    names = [m.name for m in cfg.models]
+    for model, layers in cfg.sae.showcase_layers.items():
+        if model not in names:
+            continue  # the schema names it
+        fitted = set(cfg.layers_of(cfg.model(model)))
+        out = sorted(set(layers) - fitted)
+        if out:
+            yield (f"sae.showcase_layers.{model}",
+                   f"{out} not among the layers of model '{model}' (models.{names.index(model)}.layers); "
+                   f"expected showcase layers that are processed")
+    n = len(set(_showcase(cfg)))
+    if n < 2:
+        yield ("sae.showcase_layers", f"{n} showcase layer(s): step 06 ranks the floors of at least 2; "
+                                      f"expected e.g. {{{names[0]}: [layer, layer]}}")
+
+
+# ---------------------------------------------------------------------------- sources and machine
+
+
+@register("models.<i>.sae_release", steps=("sae_grid",), where="gemma_scope.run_manifest: layers in the release")
+def _gemma_scope_layers(cfg):
+    for i, m in enumerate(cfg.models):
+        if m.sae_source != "gemma-scope":
+            continue
+        from geowall.sources import gemma_scope
+
+        try:
+            man = gemma_scope.manifest((m.sae_release,))
+        except ModuleNotFoundError:
+            yield (f"models.{i}.sae_source", "gemma-scope needs the sae-lens package; expected it installed")
+            continue
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            yield (f"models.{i}.sae_release", f"{e}; expected a release of the sae-lens registry")
+            continue
+        missing = sorted(set(cfg.layers_of(m)) - {int(x) for x in man.layer})
+        if missing:
+            yield (f"models.{i}.layers", f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
+                                         f"expected layers among {sorted({int(x) for x in man.layer})}")
+
+
+@register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",
+          machine=True)
+def _device_available(cfg):
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            yield ("device", f"{cfg.device!r}: CUDA is not available on this machine; expected cpu or auto")
+        elif ":" in cfg.device and int(cfg.device.split(":")[1]) >= torch.cuda.device_count():
+            yield ("device", f"{cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif cfg.device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            yield ("device", "'mps' is not available on this machine; expected cpu or auto")
+
+
+def inventory() -> list[dict]:
+    """The registered checks as rows (key, steps, where, machine): the README's table."""
+    return [{"key": c.key, "steps": ", ".join(c.steps), "where": c.where, "machine": c.machine} for c in CHECKS]
+
+
+# ---------------------------------------------------------------------------- after the fact
+
+
+def _next_target_accept(ta: float) -> float | None:
+    for step in (0.95, 0.99, 0.995):
+        if ta < step - 1e-12:
+            return step
+    return None
+
+
+def fit_advice(failures: Iterable[dict], *, section: str, draws: int, chains: int, tune: int,
+               target_accept: float) -> list[str]:
+    """Which profile keys to change, and to what, after a fit failed its convergence checks.
+
+    ``failures`` are the records of a ``FitDiagnosticsError`` (``diagnostic``, ``value``,
+    ``threshold``); ``section`` is the profile section that configured the sampler
+    (``"stage1"``, ``"stage2"``). Rules: ESS grows about linearly with draws, so a bulk or
+    tail ESS of v against a threshold t asks for draws x t / v plus 25% (rounded up to a
+    hundred); divergences ask for the next target_accept of 0.95, 0.99, 0.995 (smaller
+    steps), and beyond that a reparameterisation or ``checks.allow_divergences``; a high
+    R-hat or a low E-BFMI asks for twice the tuning (and R-hat for twice the draws);
+    R-hat with one chain asks for two. One line per key, in the order of the keys.
+    """
+    want: dict[str, tuple[float, str]] = {}  # key -> (value, why); the largest value wins
+
+    def ask(key: str, value: float, why: str) -> None:
+        if key not in want or value > want[key][0]:
+            want[key] = (value, why)
+
+    notes: list[str] = []
+    for f in failures:
+        diag, v, thr = f.get("diagnostic"), f.get("value"), str(f.get("threshold", ""))
+        numeric = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        if diag in ("ess_bulk", "ess_tail") and numeric:
+            t = float(thr.split()[-1]) if thr.split() else 0.0
+            need = math.ceil(draws * t / max(float(v), 1.0) * 1.25 / 100) * 100
+            ask(f"{section}.draws", max(need, draws + 100),
+                f"min {diag.split('_')[1]} ESS {float(v):.4g} < {t:g} with {chains} chains x {draws} draws")
+        elif diag == "r_hat" and not numeric:
+            ask(f"{section}.chains", 2, "R-hat needs at least 2 chains")
+        elif diag == "r_hat":
+            why = f"R-hat {float(v):.4g}, threshold {thr}: the chains have not mixed"
+            ask(f"{section}.tune", 2 * tune, why)
+            ask(f"{section}.draws", 2 * draws, why)
+        elif diag == "divergences" and numeric:
+            nxt = _next_target_accept(target_accept)
+            if nxt is not None:
+                ask(f"{section}.target_accept", nxt, f"{int(v)} divergent transitions, allowed {thr.split()[-1]}")
+            else:
+                notes.append(f"{int(v)} divergences at {section}.target_accept={target_accept}: the posterior "
+                             f"needs a reparameterisation, or raise {section}.checks.allow_divergences knowingly")
+        elif diag == "bfmi" and numeric:
+            ask(f"{section}.tune", 2 * tune, f"E-BFMI {float(v):.3g}, threshold {thr}: the energy is poorly explored")
+    lines = []
+    for key in sorted(want):
+        value, why = want[key]
+        op = "to" if key.endswith(("target_accept", "chains")) else "to >="
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        lines.append(f"raise {key} {op} {shown} ({why})")
+    return lines + notes
+
+
+def fit_advice_text(failures: Iterable[dict], settings: dict | None) -> str:
+    """``fit_advice`` as one sentence to append to an error ('' without settings)."""
+    if not settings:
+        return ""
+    lines = fit_advice(failures, **settings)
+    return ("; to pass: " + "; ".join(lines)) if lines else ""
