@@ -160,6 +160,9 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Pat
     for name in PROJECT_FILES:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, project / name)
+    # Quarto resolves the theme's path from each input's folder: the notebook pages look for it there
+    (project / "notebooks" / "assets").mkdir()
+    shutil.copyfile(ROOT / "assets" / "offline.scss", project / "notebooks" / "assets" / "offline.scss")
     _write_text(project / "_variables.yml", yaml.safe_dump(variables, sort_keys=True, allow_unicode=True))
     _write_text(project / "assets" / "vega-inline.html", vega + "\n")
     for href in notebooks:
