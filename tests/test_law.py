@@ -1,4 +1,4 @@
-"""Stage 2 (geowall.law): geometric-law recovery, transfer scores, floor ordering."""
+"""Stage 2 (geowall.law): within-model law recovery, baselines, nulls, the between-model trap."""
 from __future__ import annotations
 
 import json
@@ -8,28 +8,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geowall import bayes
 from geowall import law as L
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-TRUE_COEFS = {"id_twonn": 0.06, "curvature": 0.04}
+TRUE_COEFS = {"id_twonn": 0.12, "curvature": 0.08}
 
 
 @pytest.fixture(scope="module")
 def sim2():
-    """Model A (24 layers, training) and model B (12 layers, transfer) from one known law."""
+    """Models A (24 layers) and B (12 layers) from one known within-model law on log
+    alpha, with different model levels."""
     layers = pd.DataFrame({"model": ["A"] * 24 + ["B"] * 12, "layer": list(range(24)) + list(range(12))})
-    return L.simulate_geometry(layers, coefs=TRUE_COEFS, intercept=0.35, resid_sd=0.015,
-                               se_frac=0.05, alpha_sd=0.015, seed=3)
+    return L.simulate_geometry(layers, coefs=TRUE_COEFS, intercept=-1.0, resid_sd=0.03, se_frac=0.05,
+                               alpha_sd=0.03, seed=3, model_offsets={"B": 0.4})
 
 
 @pytest.fixture(scope="module")
-def law_fit(sim2):
-    geo, ex = sim2
-    return L.fit_law(ex, geo, models=["A"], draws=300, tune=300, chains=2, seed=1, progressbar=False)
+def trap():
+    """The issue's between-model trap: no within-model relation at all."""
+    return L.simulate_between_models(seed=0)
 
 
-# ----------------------------------------------------------------- tables
+# ----------------------------------------------------------------- tables, no sampling
 
 
 def test_stage2_table_joins_and_depth(sim2):
@@ -44,157 +46,114 @@ def test_stage2_table_joins_and_depth(sim2):
         L.stage2_table(ex, geo, target="floor")
     with pytest.raises(ValueError, match="duplicated"):
         L.stage2_table(ex, pd.concat([geo, geo.head(1)]))
+    with pytest.raises(ValueError, match="depth"):
+        L.stage2_table(ex, geo.drop(columns="depth"), predictors=("depth",))
 
 
-# ----------------------------------------------------------------- sampled recovery
+def test_depth_is_read_from_the_geometry_table_not_recomputed():
+    # a profile that selects layers 0, 3, 6 of a 7-layer model: depth is layer / 6, not layer / max selected
+    from geowall.layers import relative_depth
+
+    geo = pd.DataFrame({"model": "m", "layer": [0, 3], "summary": "id_twonn", "estimate": [1.0, 2.0], "se": 0.1,
+                        "depth": [relative_depth(0, 7), relative_depth(3, 7)]})
+    ex = pd.DataFrame({"model": "m", "layer": [0, 3], "log_alpha_mean": [-1.0, -1.2], "log_alpha_sd": 0.1})
+    tab = L.stage2_table(ex, geo, predictors=("depth",))
+    assert tab["depth"].tolist() == [0.0, 0.5]
+    with pytest.raises(ValueError):
+        relative_depth(7, 7)
+
+
+# ----------------------------------------------------------------- closed form vs PyMC
+
+
+def test_closed_form_gaussian_recovers_planted_slopes_and_finds_none_when_none():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    y = 0.3 + 0.8 * X[:, 0] + rng.normal(0, 0.2, 60)
+    Z = np.column_stack([np.ones(60), X])
+    fit = bayes.gaussian_linear(Z, y, np.full(60, 0.05))
+    sd = np.sqrt(np.diag(fit.cov))
+    assert abs(fit.mean[1] - 0.8) < 3 * sd[1] and abs(fit.mean[2]) < 3 * sd[2] and sd[1] < 0.05
+    assert 0.1 < fit.sigmas @ fit.weights < 0.35
+    b, sig = fit.draws(2000, rng)
+    assert b.shape == (2000, 3) and abs(b[:, 1].mean() - fit.mean[1]) < 0.01
 
 
 @pytest.mark.slow
-def test_stage2_recovers_known_coefficients(sim2, law_fit):
+def test_closed_form_law_agrees_with_pymc(sim2):
+    """The permutation null's fast fit against the sampled model (no geometry SE here,
+    so the two are the same model)."""
     geo, ex = sim2
-    co = L.law_coefficients(law_fit).set_index("term")
-    sc = json.loads(law_fit.attrs["geowall_scaling"])
-    true_sd = pd.DataFrame(ex.attrs["truth"]["true_summaries"]).std(ddof=1)  # over A and B
+    geo0 = geo.assign(se=0.0)
+    fit = L.fit_law(ex, geo0, predictors=("id_twonn", "curvature"), draws=1000, tune=500, chains=2, seed=4,
+                    progressbar=False, posterior_predictive=False)
+    co = L.law_coefficients(fit).set_index("term")
+    cf = L.closed_form_law(L.stage2_table(ex, geo0, predictors=("id_twonn", "curvature")), ("id_twonn", "curvature"))
+    for i, p in enumerate(("id_twonn", "curvature")):
+        assert cf["coef_mean"][i] == pytest.approx(co.loc[p, "coef_mean"], abs=0.15 * co.loc[p, "coef_sd"] + 1e-3)
+        assert cf["coef_sd"][i] == pytest.approx(co.loc[p, "coef_sd"], rel=0.15)
+
+
+# ----------------------------------------------------------------- known answers
+
+
+def test_between_model_trap_closed_form(trap):
+    """No within-model relation: per-model intercepts keep the ID slope at 0 and the
+    permutation null does not reject; pooled without model effects it would."""
+    geo, ex = trap
+    tab = L.stage2_table(ex, geo, predictors=("id_twonn",))
+    with_m = L.closed_form_law(tab, ("id_twonn",))
+    sd = float(with_m["coef_sd"][0])
+    assert abs(with_m["coef_mean"][0]) < 2.5 * sd
+    without = L.closed_form_law(tab, ("id_twonn",), model_effects=False)
+    assert without["coef_mean"][0] < -5 * without["coef_sd"][0]  # the trap, when models are pooled
+    null = L.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
+    assert null["p_value"] > 0.05 and len(null["null"]) == 200
+
+
+def test_planted_within_model_relation_found_by_the_null_and_lomo():
+    geo, ex = L.simulate_between_models(seed=2, within_coef=0.08)
+    tab = L.stage2_table(ex, geo, predictors=("id_twonn",))
+    null = L.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
+    assert null["p_value"] < 0.01 and null["b_mean"][0] > 0
+    lomo = L.leave_one_model_out(tab, ("id_twonn",)).set_index("held_out")
+    assert (lomo["spearman"] > 0.5).all() and (lomo["r2_shift"] > 0.2).all()
+    geo0, ex0 = L.simulate_between_models(seed=2)
+    lomo0 = L.leave_one_model_out(L.stage2_table(ex0, geo0, predictors=("id_twonn",)), ("id_twonn",))
+    assert (lomo0["r2_shift"] < 0.3).all()
+
+
+@pytest.mark.slow
+def test_between_model_trap_sampled(trap):
+    """The issue's case through the sampled law and LOO: interval covers 0, and no LOO
+    preference for geometry over model intercepts."""
+    geo, ex = trap
+    cmp, fits = L.compare_laws(ex, geo, sets={"models": (), "id": ("id_twonn",)}, draws=400, tune=400,
+                               chains=2, check=False)
+    co = L.law_coefficients(fits["id"]).set_index("term")
+    assert co.loc["id_twonn", "coef_hdi_3"] < 0 < co.loc["id_twonn", "coef_hdi_97"]
+    assert {"intercept[A]", "intercept[B]"} <= set(co.index)
+    row = cmp.set_index("predictor_set").loc["id"]
+    assert row["elpd_diff_vs_models"] < 2 * row["se_diff_vs_models"]
+    assert {"max_pareto_k", "n_pareto_k_bad", "se_diff_vs_models"} <= set(cmp.columns)
+
+
+@pytest.mark.slow
+def test_stage2_recovers_known_within_model_coefficients(sim2):
+    geo, ex = sim2
+    fit = L.fit_law(ex, geo, draws=300, tune=300, chains=2, seed=1, progressbar=False)
+    assert json.loads(fit.attrs["geowall_train_models"]) == ["A", "B"] and fit.attrs["geowall_model_effects"] == 1
+    co = L.law_coefficients(fit, hdi_prob=0.99).set_index("term")  # four intervals at once: 99% each
+    sc = json.loads(fit.attrs["geowall_scaling"])
+    true_sd = pd.DataFrame(ex.attrs["truth"]["true_summaries"]).std(ddof=1)
     for p in L.SUMMARIES:
-        # simulated coefficient is per SD of the *true* summary; the fit's per SD of the observed one
         truth = TRUE_COEFS.get(p, 0.0) * sc["x"][p]["sd"] / true_sd[p]
-        lo, hi = co.loc[p, "coef_hdi_3"], co.loc[p, "coef_hdi_97"]
-        assert lo <= truth <= hi, (p, truth, lo, hi)
+        assert co.loc[p, "coef_hdi_3"] <= truth <= co.loc[p, "coef_hdi_97"], (p, truth)
     assert co.loc["id_twonn", "p_gt0"] > 0.95 and co.loc["curvature", "p_gt0"] > 0.95
-    true_mean = pd.DataFrame(ex.attrs["truth"]["true_summaries"]).mean()
-    icpt = 0.35 + sum(c * (sc["x"][p]["mean"] - true_mean[p]) / true_sd[p] for p, c in TRUE_COEFS.items())
-    assert co.loc["intercept", "coef_hdi_3"] <= icpt <= co.loc["intercept", "coef_hdi_97"]
-    assert {"log_likelihood", "posterior_predictive"} <= set(law_fit.groups())
-    ppc = L.posterior_predictive_table(law_fit)
-    assert ppc["covered"].mean() >= 0.8
-    assert "partial_resid_curvature" in ppc.columns
-    # the errors-in-variables latents exist and are near the observations
-    assert law_fit.posterior["x_true"].dims[-2:] == ("layer_id", "predictor")
-
-
-@pytest.mark.slow
-def test_stage2_law_transfers_to_a_new_model_from_geometry_alone(sim2, law_fit):
-    # model B: layers from the same law, unseen in training; predicted from B's geometry only
-    geo, ex = sim2
-    pred = L.transfer(law_fit, geo, ex, models=["B"])
-    sc = L.transfer_scores(pred)
-    assert sc["train_model"] == "A" and sc["test_model"] == "B" and sc["n_layers"] == 12
-    assert sc["r2"] > 0.5 and sc["spearman"] > 0.7 and sc["coverage90"] >= 0.75
-
-
-# ----------------------------------------------------------------- known answers, no sampling
-
-
-def _geometry(model, ids, se=0.0):
-    return pd.DataFrame({"model": model, "layer": range(len(ids)), "summary": "id_twonn",
-                         "estimate": ids, "se": se, "lo": np.nan, "hi": np.nan, "n": 100, "k": 10})
-
-
-def test_transfer_scores_known_answer():
-    scaling = {"y_mean": 0.3, "y_sd": 0.1, "x": {"id_twonn": {"mean": 10.0, "sd": 5.0}}}
-    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[1.0], sigma=1e-3, scaling=scaling)
-    ids = np.array([2.0, 6.0, 9.0, 15.0, 20.0])
-    truth = 0.3 + 0.1 * (ids - 10) / 5
-    geo_b = _geometry("B", ids)
-    ex_b = pd.DataFrame({"model": "B", "layer": range(5), "alpha_mean": truth, "alpha_sd": 1e-4})
-    pred = L.transfer(law, geo_b, ex_b)
-    np.testing.assert_allclose(pred["pred_mean"], truth, atol=2e-4)
-    sc = L.transfer_scores(pred)
-    assert sc["r2"] == pytest.approx(1.0, abs=1e-4)
-    assert sc["spearman"] == pytest.approx(1.0)
-    assert sc["coverage90"] == 1.0 and sc["n_layers"] == 5
-
-    # the reversed law ranks the layers backwards and misses them all
-    anti = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[-1.0], sigma=1e-3, scaling=scaling)
-    sa = L.transfer_scores(L.transfer(anti, geo_b, ex_b))
-    assert sa["spearman"] == pytest.approx(-1.0) and sa["r2"] < 0 and sa["coverage90"] < 0.5
-
-    # the "A's mean exponent" baseline: constant prediction, R^2 = -(offset^2)/var, no rank
-    mean = L.fixed_law(predictors=(), b0=0.0, b=[], sigma=1e-3, scaling=scaling)
-    sm = L.transfer_scores(L.transfer(mean, geo_b, ex_b))
-    expect = 1 - np.sum((truth - 0.3) ** 2) / np.sum((truth - truth.mean()) ** 2)
-    assert sm["r2"] == pytest.approx(expect, abs=1e-3) and np.isnan(sm["spearman"])
-
-    # measurement error of B's geometry widens the predictive interval
-    wide = L.transfer(law, _geometry("B", ids, se=2.0), ex_b)
-    assert (wide["pred_sd"] > 5 * pred["pred_sd"]).all()
-
-
-def test_transfer_uses_training_scaling_not_test_scaling():
-    scaling = {"y_mean": 0.0, "y_sd": 1.0, "x": {"id_twonn": {"mean": 0.0, "sd": 1.0}}}
-    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[2.0], sigma=1e-6, scaling=scaling)
-    pred = L.transfer(law, _geometry("B", np.array([100.0, 101.0, 102.0])))
-    np.testing.assert_allclose(pred["pred_mean"], [200, 202, 204], atol=1e-3)
-    assert pred["observed"].isna().all()
-
-
-def test_run_transfer_rows(monkeypatch):
-    """Glue of run_transfer with a least-squares stand-in for the sampler."""
-    def fake_fit_law(ex, geo, *, predictors, target, models, name, **kw):
-        tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
-        sc = L._scaling_from(tab, predictors)
-        X, _ = L._design(tab, predictors, sc)
-        y = (tab["y"].to_numpy() - sc["y_mean"]) / sc["y_sd"]
-        A = np.column_stack([np.ones(len(y)), X])
-        beta, *_ = np.linalg.lstsq(A, y, rcond=None)
-        resid = float(np.std(y - A @ beta)) + 1e-3
-        law = L.fixed_law(predictors=predictors, b0=beta[0], b=beta[1:], sigma=resid, scaling=sc, name=name)
-        law.attrs["geowall_train_models"] = json.dumps(list(models))
-        return law
-
-    monkeypatch.setattr(L, "fit_law", fake_fit_law)
-    layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
-    geo, ex = L.simulate_geometry(layers, seed=5)
-    scores, preds, fits = L.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False)
-    assert list(scores.columns) == ["train_model", "test_model", "predictor_set", "r2", "spearman",
-                                    "coverage90", "n_layers"]
-    assert len(scores) == 6 and set(scores["predictor_set"]) == {"law", "depth", "mean"}
-    assert set(zip(scores["train_model"], scores["test_model"])) == {("A", "B"), ("B", "A")}
-    assert scores["n_layers"].eq(10).all() and len(fits) == 6
-    law_r2 = scores.query("predictor_set == 'law'")["r2"]
-    mean_r2 = scores.query("predictor_set == 'mean'")["r2"]
-    assert (law_r2.to_numpy() > mean_r2.to_numpy()).all()
-    assert scores.query("predictor_set == 'mean'")["spearman"].isna().all()
-
-
-def _stage1_like(floors: np.ndarray, layers: list[tuple[str, int]], noise: float = 0.0, seed: int = 0):
-    """InferenceData shaped like fit_stage1's output with given per-layer floor draws."""
-    import arviz as az
-
-    rng = np.random.default_rng(seed)
-    draws = floors[None, None, :] + noise * rng.standard_normal((2, 500, len(floors)))
-    ids = [f"{m}/L{l}" for m, l in layers]
-    idata = az.from_dict(posterior={"floor": draws}, coords={"layer_id": ids}, dims={"floor": ["layer_id"]})
-    idata.attrs["geowall_layers"] = pd.DataFrame(
-        {"layer_id": ids, "model": [m for m, _ in layers], "layer": [l for _, l in layers]}).to_json(orient="records")
-    return idata
-
-
-def _geo_two(layers, curv, ids):
-    rows = []
-    for (m, l), c, i in zip(layers, curv, ids):
-        rows += [{"model": m, "layer": l, "summary": "curvature", "estimate": c, "se": 0.0},
-                 {"model": m, "layer": l, "summary": "id_twonn", "estimate": i, "se": 0.0}]
-    return pd.DataFrame(rows)
-
-
-def test_floor_ordering_known_answer():
-    layers = [("m2b", 12), ("m9b", 20), ("m9b", 30), ("m2b", 5)]
-    floors = np.array([0.02, 0.05, 0.08, 0.11])
-    curv = [0.1, 0.2, 0.3, 0.4]      # same order as floors
-    ids = [9.0, 7.0, 5.0, 3.0]       # reversed
-    out = L.floor_ordering(_stage1_like(floors, layers), _geo_two(layers, curv, ids), layers)
-    fl = out[out.row_type == "floor"].set_index(["model", "layer"])
-    assert fl.loc[("m9b", 20), "floor_mean"] == pytest.approx(0.05)
-    rho = out[out.row_type == "spearman"].set_index("summary")
-    assert rho.loc["curvature", "rho_mean"] == pytest.approx(1.0) and rho.loc["curvature", "p_gt0"] == 1.0
-    assert rho.loc["id_twonn", "rho_mean"] == pytest.approx(-1.0) and rho.loc["id_twonn", "p_gt0"] == 0.0
-    assert rho["n_layers"].eq(4).all()
-
-    # overlapping floor posteriors: the ordering becomes uncertain, p strictly inside (0, 1)
-    fuzzy = L.floor_ordering(_stage1_like(floors, layers, noise=0.05), _geo_two(layers, curv, ids), layers)
-    p = fuzzy.query("row_type == 'spearman' and summary == 'curvature'")["p_gt0"].item()
-    assert 0.5 < p < 1.0
-
-    with pytest.raises(ValueError, match="not in the Stage 1 fit"):
-        L.floor_ordering(_stage1_like(floors, layers), _geo_two(layers, curv, ids), [("m2b", 99), ("m2b", 12)])
+    # the model levels differ by the planted offset
+    diff = co.loc["intercept[B]", "coef_mean"] - co.loc["intercept[A]", "coef_mean"]
+    assert diff == pytest.approx(0.4, abs=0.1)
+    ppc = L.posterior_predictive_table(fit)
+    assert ppc["covered"].mean() >= 0.8 and "partial_resid_curvature" in ppc.columns
+    tab = L.train_table(fit)
+    assert len(tab) == 36 and {"model", "layer", "y", "y_sd"} <= set(tab.columns)

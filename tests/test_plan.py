@@ -63,7 +63,7 @@ def test_budget_below_the_largest_sae_refuses_before_any_work(tmp_path):
     cfg = load_profile("gemma-2", ["sae.cache_budget_gb=20", "device=cpu"])  # the device check comes first
     with pytest.raises(BudgetError, match=r"sae\.cache_budget_gb: 20 GB cannot hold .*gemma-2-9b"):
         P.check_budget(cfg)
-    with pytest.raises(BudgetError):
+    with pytest.raises(ValueError, match=r"sae\.cache_budget_gb: 20 GB cannot hold"):  # preflight.PreflightError
         pipeline.run(cfg, only=["sae_grid"], runs_dir=tmp_path, progress=False)
     assert not (tmp_path / "gemma-2" / "steps").exists()
     P.check_budget(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]))

@@ -60,7 +60,7 @@ CASES = [
     (["sae.width_multiples=[1, 1.001]"], "sae.width_multiples", "at least 2 distinct widths", {"stage1"}),
     (["sae.showcase_width_multiples=[0.01, 1, 2, 3, 4, 5]"], "sae.showcase_width_multiples", "must exceed the largest k",
      {"sae_grid"}),
-    (["sae.showcase_width_multiples=[1, 2, 3, 4, 5, 6]"], "sae.showcase_width_multiples", "spanning >= 8x", {"stage1"}),
+    (["sae.showcase_width_multiples=[1, 2, 3, 4, 5, 6]"], "sae.showcase_width_multiples", "spanning >= 16x", {"stage1"}),
     (["sae.showcase_layers={synth-a: [4]}"], "sae.showcase_layers", "1 showcase layer(s)", {"floor"}),
     (["sae.showcase_layers={synth-a: [4], synth-b: [5]}"], "sae.showcase_layers.synth-b", "[5] not among the layers",
      {"floor"}),
@@ -102,8 +102,9 @@ def _law_tables(n_layers: int):
     import pandas as pd
 
     rng = np.random.default_rng(0)
-    exps = pd.DataFrame({"model": "m", "layer": range(n_layers), "alpha_mean": rng.uniform(0.2, 0.8, n_layers),
-                         "alpha_sd": 0.05})
+    alpha = rng.uniform(0.2, 0.8, n_layers)
+    exps = pd.DataFrame({"model": "m", "layer": range(n_layers), "alpha_mean": alpha, "alpha_sd": 0.05,
+                         "log_alpha_mean": np.log(alpha), "log_alpha_sd": 0.1})
     geo = pd.DataFrame([{"model": "m", "layer": i, "summary": s, "estimate": rng.uniform(1, 5), "se": 0.1}
                         for i in range(n_layers) for s in law.SUMMARIES])
     return exps, geo
@@ -376,3 +377,10 @@ def test_gemma_scope_release_and_layers_are_checked_against_the_registry():
     assert preflight.problems(load_profile("gemma-2"), machine=False) == []
     found = preflight.problems(load_profile("gemma-2", ["models.0.sae_release=gemma-scope-nope"]), machine=False)
     assert [p.key for p in found] == ["models.0.sae_release"] and "not in the sae-lens registry" in found[0].message
+
+
+def test_disk_budget_is_a_preflight_check():
+    found = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20"]), machine=False)
+    assert [p.key for p in found] == ["sae.cache_budget_gb"] and found[0].message.startswith("20 GB cannot hold")
+    assert preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
+                              ["sae_grid"], machine=False) == []

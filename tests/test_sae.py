@@ -252,7 +252,7 @@ def _run(tmp, data, **kw):
 
 def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog):
     full = _run(tmp_path / "a", data)
-    assert list(full.columns) == S.METRIC_COLUMNS
+    assert list(full.columns) == [*S.METRIC_COLUMNS, "plateau_change", "plateaued"]
     assert list(zip(full.width, full.k)) == [(8, 2), (8, 4), (16, 2), (16, 4)]
     assert (full.l0 <= full.k).all() and (full.train_tokens == 8 * 256).all()
     assert (tmp_path / "a/saes/toy/layer_02/w16_k4/cfg.json").is_file()
@@ -329,3 +329,84 @@ def test_safetensors_for_the_wrong_width(tmp_path):
     wrong = r"sae_weights.safetensors: key 'W_enc' has shape \(8, 32\), expected \(8, 16\)"
     with pytest.raises(ValueError, match=wrong):
         S.load_sae(tmp_path / "w16")
+
+
+# ----------------------------------------------------------- the grouped grid trainer
+
+
+def _group_from_trainer(tr, shapes_trainers, steps):
+    """A GroupTrainer started from the very same SAEs, scale and data as ``TopKTrainer``s."""
+    from geowall.sae.group import GroupTrainer
+
+    x = tr.x_all * tr.scale
+    inits = [(t.sae.W_dec.detach().clone(), t.sae.W_enc.detach().clone()) for t in shapes_trainers]
+    return GroupTrainer(x, [(t.sae.width, t.sae.k) for t in shapes_trainers], inits, [t.lr for t in shapes_trainers],
+                        tr.sae.b_dec.detach().clone(), steps=steps, batch_size=x.shape[0],
+                        generator=torch.Generator().manual_seed(0), dead_tokens=tr.dead_tokens)
+
+
+@pytest.mark.parametrize("dead_tokens", [10**9, 0])  # without, and with AuxK on every latent
+def test_group_step_equals_autograd_trainer(dead_tokens):
+    """Hand-written gradients and the stacked Adam of the grid trainer take the same step as
+    the autograd trainer (itself checked against the dense reference above), per SAE."""
+    from geowall.sae import TopKTrainer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(96, 12, generator=g) @ torch.randn(12, 12, generator=g) + 0.3
+    shapes = [(16, 2), (16, 4), (40, 3)]
+    trs = [TopKTrainer(x, w, k, steps=3, seed=i, batch_size=96, dead_tokens=dead_tokens, lr=1e-2 * (i + 1))
+           for i, (w, k) in enumerate(shapes)]
+    group = _group_from_trainer(trs[0], trs, 3)
+    for _ in range(3):
+        for t in trs:
+            t.step()
+        group.step()
+    for s, t in enumerate(trs):
+        sl = group.sae_slice(s)
+        for name in ("W_enc", "W_dec", "b_enc"):
+            torch.testing.assert_close(getattr(group.state, name)[sl], getattr(t.sae, name).detach(), atol=2e-5,
+                                       rtol=1e-4)
+        torch.testing.assert_close(group.state.b_dec[s], t.sae.b_dec.detach(), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(group.fvus[:, s], t.fvus, atol=1e-5, rtol=1e-5)
+        assert group.n_dead[:, s].tolist() == t.n_dead.tolist()
+    if dead_tokens == 0:
+        assert group.n_dead[1:, 2].min() > 0  # AuxK was exercised (the widest SAE has dead latents)
+
+
+def test_lr_schedule_and_plateau_change():
+    from geowall.sae.group import lr_factor, plateau_change
+
+    f = [lr_factor(i, 100, 0.1, 0.2) for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0 and f[80] == 1.0 and f[99] == pytest.approx(0.05)
+    assert all(lr_factor(i, 50, 0.0, 0.0) == 1.0 for i in range(50))
+    steps = list(range(10, 110, 10))
+    flat = [1.0, 0.6, 0.5, 0.45, 0.42, 0.41, 0.405, 0.401, 0.4, 0.4]
+    assert plateau_change(steps, flat) == pytest.approx((0.401 - 0.4) / 0.4)  # last fifth: steps 80..100
+    falling = [1.0 / s for s in steps]
+    assert plateau_change(steps, falling) == pytest.approx((1 / 80 - 1 / 100) / (1 / 100))
+    assert np.isnan(plateau_change([10], [0.5]))
+
+
+def test_train_group_matches_layout_and_learns(tmp_path):
+    """train_group: SAEs in sae-lens-compatible form acting on raw inputs, learning curves
+    that fall, an fvu like the one-at-a-time trainer's, and the same init as train_sae."""
+    from geowall.sae import evaluate, train_sae
+    from geowall.sae.group import train_group
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.randn(24, 16, generator=g)
+    codes = torch.relu(torch.randn(1200, 24, generator=g) - 1.0)
+    x = 5.0 * (codes @ basis) + 2.0
+    tr, ev = x[:1000], x[1000:]
+    shapes = [(32, 4), (48, 4)]
+    saes = train_group(tr, shapes, steps=60, batch_size=200, seed=1, eval_acts=ev, curve_points=3, lr_scale=4,
+                       progress=False)
+    assert [(s.width, s.k) for s in saes] == shapes
+    for s, (w, k) in zip(saes, shapes):
+        assert s.curve_steps == [20, 40, 60] and len(s.curve_fvu) == 3
+        assert s.curve_fvu[-1] < s.curve_fvu[0]
+        fvu_group = evaluate(s, ev)["fvu"]
+        assert abs(s.curve_fvu[-1] - fvu_group) < 1e-6  # the curve's last point is the held-out fvu
+        torch.testing.assert_close(s.sae.W_dec.norm(dim=1), torch.ones(w))
+    one = train_sae(tr, 48, 4, steps=60, batch_size=200, seed=saes[1].seed, lr_scale=4, progress=False)
+    assert fvu_group == pytest.approx(evaluate(one, ev)["fvu"], rel=0.25)  # same recipe, other batch order

@@ -8,11 +8,13 @@ manifest is written last, so a killed run never leaves a layer that looks comple
 Arrays are filled in temporary ``.partial`` memmaps and renamed into place.
 
 Token selection: documents are shuffled with the profile seed, tokenised with
-truncation at ``max_seq_len`` and fed in batches; every non-special, non-padding
-token is kept, in order, until ``n_train`` (from train documents) and ``n_eval``
-(from held-out evaluation documents) tokens are filled. Beside the activations, step 00 stores
-``tokens_<split>.npy`` (token ids) and ``docs_<split>.npy`` (each token's document: an index into
-the split's documents), which the document-block resampling of step 02 uses.
+truncation at ``max_seq_len``; every non-special token is kept, in that order, until
+``n_train`` (from train documents) and ``n_eval`` (from held-out evaluation documents)
+tokens are filled. The chosen documents then run through the model in batches sorted
+by length (little padding), each document's rows written at its place in the order.
+Beside the activations, step 00 stores ``tokens_<split>.npy`` (token ids) and
+``docs_<split>.npy`` (each token's document: an index into the split's documents), which
+the document-block resampling of step 02 uses.
 """
 from __future__ import annotations
 
@@ -123,6 +125,13 @@ class _LayerWriter:
     def write(self, split: str, start: int, rows: np.ndarray) -> None:
         self.arrays[split][start : start + len(rows)] = rows
 
+    def write_rows(self, split: str, dest: np.ndarray, rows: np.ndarray) -> None:
+        """Scatter ``rows`` to row indices ``dest`` (runs of consecutive rows per document)."""
+        arr = self.arrays[split]
+        breaks = np.flatnonzero(np.diff(dest) != 1) + 1
+        for seg_rows, seg_dest in zip(np.split(rows, breaks), np.split(dest, breaks)):
+            arr[seg_dest[0] : seg_dest[0] + len(seg_dest)] = seg_rows
+
     def check(self, meta: dict) -> None:
         for s, arr in self.arrays.items():
             arr.flush()
@@ -180,7 +189,42 @@ def _harvest_synthetic(spec, todo, requests, run_dir, seed, progress) -> None:
             raise
 
 
+def plan_tokens(lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Which documents (in the given order) fill ``n`` tokens, and where each one's tokens go.
+
+    ``lengths``: usable tokens per document, in selection order. Returns ``(take, offset,
+    filled)``: tokens taken from each document (the last one partially, later ones 0), the
+    row where each document's tokens start, and the total filled (``< n`` if the documents
+    run out). The token set is the one a sequential pass in this order would keep, whatever
+    order the documents are then run through the model in.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    take = np.clip(n - offset, 0, lengths)
+    return take, offset, int(take.sum())
+
+
+def length_batches(lengths: np.ndarray, token_budget: int, max_docs: int) -> list[np.ndarray]:
+    """Document indices grouped into batches of similar length (sorted, longest first), each
+    with at most ``token_budget`` padded tokens and ``max_docs`` documents."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, cur = [], []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]  # the longest of a batch comes first
+        if cur and ((len(cur) + 1) * width > token_budget or len(cur) >= max_docs):
+            batches.append(np.array(cur))
+            cur = []
+        cur.append(int(i))
+    if cur:
+        batches.append(np.array(cur))
+    return batches
+
+
 def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed, device, progress) -> None:
+    """Documents are chosen in a seeded shuffled order until the token count is met, then
+    run through the model sorted by length (little padding: several times faster on CPU
+    than padding fixed-size batches to the longest document); each document's rows land
+    at its place in the shuffled order."""
     import torch
 
     from geowall.sources import transformer
@@ -191,39 +235,57 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
     n = {"train": acts_spec.n_train, "eval": acts_spec.n_eval}
     writers = {layer: _LayerWriter(layer_dir(run_dir, spec.name, layer), n, d) for layer in todo}
     tokens_dir = Path(run_dir) / spec.name / "acts"
+    token_budget = acts_spec.batch_size * acts_spec.max_seq_len
     try:
         for split, docs in (("train", corpus.train), ("eval", corpus.eval)):
             order = np.random.default_rng([seed, SPLITS.index(split)]).permutation(len(docs))
-            ids = np.zeros(n[split], dtype=np.int64)
-            doc_of = np.zeros(n[split], dtype=np.int64)  # each token's document (index into the split's docs)
-            filled = 0
-            bar = tqdm(total=n[split], desc=f"{spec.name} {split} tokens", unit="tok", disable=not progress)
-            for start in range(0, len(order), acts_spec.batch_size):
-                if filled >= n[split]:
+            enc_ids, enc_keep, lengths = [], [], []
+            for start in range(0, len(order), 512):  # tokenise only as many documents as needed
+                if sum(lengths) >= n[split]:
                     break
-                batch_docs = [docs[i] for i in order[start : start + acts_spec.batch_size]]
-                batch = tok(batch_docs, truncation=True, max_length=acts_spec.max_seq_len, padding=True,
-                            return_special_tokens_mask=True, return_tensors="pt")
-                keep = (batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool())
-                with torch.inference_mode():
-                    outs = forward({k: v.to(dev) for k, v in batch.items()}, todo)
-                take = min(int(keep.sum()), n[split] - filled)
-                flat_keep = keep.reshape(-1).nonzero().squeeze(1)[:take]
-                for layer in todo:
-                    rows = outs[layer].reshape(-1, d).float()[flat_keep.to(dev)].cpu().numpy()
-                    writers[layer].write(split, filled, rows)
-                ids[filled : filled + take] = batch["input_ids"].reshape(-1)[flat_keep].numpy()
-                row_of = flat_keep.numpy() // batch["input_ids"].shape[1]
-                doc_of[filled : filled + take] = order[start : start + acts_spec.batch_size][row_of]
-                filled += take
-                bar.update(take)
-            bar.close()
+                enc = tok([docs[i] for i in order[start : start + 512]], truncation=True,
+                          max_length=acts_spec.max_seq_len, return_special_tokens_mask=True)
+                for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+                    enc_ids.append(ids)
+                    enc_keep.append(~np.asarray(special, dtype=bool))
+                    lengths.append(int(enc_keep[-1].sum()))
+            take, offset, filled = plan_tokens(np.array(lengths, dtype=np.int64), n[split])
             if filled < n[split]:
                 raise ActivationError(
                     f"model {spec.name!r}: the corpus's {split} documents hold only {filled} usable tokens, "
                     f"activations.n_{split} asks for {n[split]}"
                 )
-            save_npy(tokens_dir / f"tokens_{split}.npy", ids)
+            used = np.flatnonzero(take > 0)
+            seq_len = np.array([len(enc_ids[i]) for i in used])
+            ids_out = np.zeros(n[split], dtype=np.int64)
+            doc_of = np.zeros(n[split], dtype=np.int64)  # each token's document (index into the split's docs)
+            bar = tqdm(total=n[split], desc=f"{spec.name} {split} tokens", unit="tok", disable=not progress)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            for batch_idx in length_batches(seq_len, token_budget, 4 * acts_spec.batch_size):
+                docs_b = used[batch_idx]
+                width = max(len(enc_ids[i]) for i in docs_b)
+                input_ids = torch.full((len(docs_b), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(docs_b), width), dtype=torch.long)
+                keep = torch.zeros((len(docs_b), width), dtype=torch.bool)
+                for r, i in enumerate(docs_b):
+                    L = len(enc_ids[i])
+                    input_ids[r, :L] = torch.tensor(enc_ids[i])
+                    mask[r, :L] = 1
+                    kept = np.flatnonzero(enc_keep[i])[: take[i]]  # the first take[i] usable tokens
+                    keep[r, torch.from_numpy(kept)] = True
+                with torch.inference_mode():
+                    outs = forward({"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}, todo)
+                flat_keep = keep.reshape(-1).nonzero().squeeze(1)
+                # destination rows: each document's tokens are contiguous from its offset
+                dest = np.concatenate([offset[i] + np.arange(take[i]) for i in docs_b])
+                for layer in todo:
+                    rows = outs[layer].reshape(-1, d).float()[flat_keep.to(dev)].cpu().numpy()
+                    writers[layer].write_rows(split, dest, rows)
+                ids_out[dest] = input_ids.reshape(-1)[flat_keep].numpy()
+                doc_of[dest] = np.repeat(order[docs_b], take[docs_b])
+                bar.update(len(dest))
+            bar.close()
+            save_npy(tokens_dir / f"tokens_{split}.npy", ids_out)
             save_npy(tokens_dir / f"docs_{split}.npy", doc_of)
         for layer in todo:  # check every layer before committing any
             writers[layer].check(requests[layer])
@@ -255,9 +317,9 @@ def assert_no_special_tokens(run_dir: Path, spec) -> None:
     """The harvested token ids contain no special token of the model's tokenizer."""
     from transformers import AutoTokenizer
 
-    from geowall.sources import minilm_dir
+    from geowall.sources import tokenizer_dir
 
-    path = minilm_dir() if spec.source.startswith("minilm") else spec.hf_model
+    path = tokenizer_dir(spec)
     special = set(AutoTokenizer.from_pretrained(path).all_special_ids)
     for split in SPLITS:
         ids = load_npy(Path(run_dir) / spec.name / "acts" / f"tokens_{split}.npy")

@@ -146,7 +146,7 @@ def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart
               + alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(x="x:Q"))
     lim = [float(min(ppc.pred_lo.min(), ppc.observed.min())), float(max(ppc.pred_hi.max(), ppc.observed.max()))]
     diag = alt.Chart(pd.DataFrame({"a": lim})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
-    pp = (alt.Chart(ppc).mark_rule().encode(x=alt.X("observed:Q", title="observed alpha"), y=alt.Y("pred_lo:Q", title="predicted alpha"), y2="pred_hi:Q", color="model:N")
+    pp = (alt.Chart(ppc).mark_rule().encode(x=alt.X("observed:Q", title="observed log alpha"), y=alt.Y("pred_lo:Q", title="predicted log alpha"), y2="pred_hi:Q", color="model:N")
           + alt.Chart(ppc).mark_point(filled=True).encode(x="observed:Q", y="pred_mean:Q", color="model:N", tooltip=["model", "layer", "observed", "pred_mean"]))
     return alt.hconcat(forest.properties(width=220, height=160), (diag + pp).properties(width=240, height=240))
 
@@ -167,7 +167,7 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
 
 def transfer(pred: pd.DataFrame) -> alt.FacetChart:
     df = pred.assign(direction=pred.train_model + " → " + pred.test_model)
-    enc = dict(x=alt.X("observed:Q", title="observed alpha (model B)"), color=alt.Color("predictor_set:N", title="predictor"))
+    enc = dict(x=alt.X("observed:Q", title="observed log alpha (model B)"), color=alt.Color("predictor_set:N", title="predictor"))
     rules = alt.Chart().mark_rule(opacity=0.5).encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
     pts = alt.Chart().mark_point(filled=True).encode(y="pred_mean:Q", tooltip=["direction", "layer", "observed", "pred_mean", "predictor_set"], **enc)
     diag = alt.Chart().mark_line(color="grey", strokeDash=[4, 4]).encode(x="observed:Q", y="observed:Q")
@@ -183,3 +183,37 @@ def floors(fl: pd.DataFrame) -> alt.HConcatChart:
                         + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
                         + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")).properties(width=250, height=220))
     return alt.hconcat(*charts_)
+
+
+def sbc_ranks(ranks: pd.DataFrame, n_bins: int = 10) -> alt.FacetChart:
+    """Simulation-based calibration: histogram of normalised ranks per grid and parameter,
+    with the expected count per bin under uniformity (dashed)."""
+    df = ranks.assign(u=(ranks["rank"] + 0.5) / ranks["n_ranks"])
+    df["bin"] = (df["u"] * n_bins).astype(int).clip(upper=n_bins - 1) / n_bins
+    counts = df.groupby(["grid", "param", "bin"]).size().rename("count").reset_index()
+    expect = df.groupby(["grid", "param"]).size().rename("expected").div(n_bins).reset_index()
+    bars = alt.Chart().mark_bar(opacity=0.7).encode(x=alt.X("bin:Q", bin=alt.Bin(step=1 / n_bins), title="normalised rank"),
+                                                    y=alt.Y("count:Q", title="count"))
+    line = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(y="expected:Q")
+    data = counts.merge(expect, on=["grid", "param"])
+    return alt.layer(bars, line, data=data).properties(width=200, height=140).facet(row="grid:N", column="param:N")
+
+
+def learning_curves(curves: pd.DataFrame, metrics: pd.DataFrame) -> alt.VConcatChart:
+    """Held-out fvu against training tokens (log-log), one line per SAE, a panel per model and
+    layer; SAEs that missed the plateau criterion (``plateaued`` false in ``metrics``) in red."""
+    flags = metrics[["model", "layer", "width", "k", "plateaued"]]
+    both = curves.merge(flags, on=["model", "layer", "width", "k"], how="left")
+    both["sae"] = "W=" + both["width"].astype(str) + " k=" + both["k"].astype(str)
+    both["status"] = both["plateaued"].map({True: "plateaued", False: "not plateaued"}).fillna("n/a")
+    rows = []
+    for model, g in both.groupby("model", sort=False):
+        rows.append(alt.Chart(g).mark_line(opacity=0.7).encode(
+            x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens"),
+            y=alt.Y("fvu_heldout:Q", scale=alt.Scale(type="log"), title="held-out fvu"),
+            detail="sae:N",
+            color=alt.Color("status:N", scale=alt.Scale(domain=["plateaued", "not plateaued", "n/a"],
+                                                        range=["#4c78a8", "#e45756", "#bbbbbb"])),
+            tooltip=["model", "layer", "width", "k", "tokens", "fvu_heldout", "status"],
+        ).properties(width=110, height=100).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+    return alt.vconcat(*rows)

@@ -36,7 +36,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # no inf or nan anywhere
 
 
-SourceName = Literal["minilm", "minilm-random", "synthetic", "hf"]
+SourceName = Literal["minilm", "minilm-random", "mpnet", "mpnet-random", "synthetic", "hf"]
 
 
 class ModelSpec(_Strict):
@@ -132,6 +132,12 @@ class SaeSpec(_Strict):
     lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
     steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
     lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
+    lr_warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with a linear learning-rate warm-up from 0")
+    lr_decay: float = Field(0.0, ge=0, le=1, description="fraction of steps (at the end) with a linear decay to 0")
+    curve_points: int = Field(10, ge=2, le=200, description="held-out fvu measurements per SAE (its learning curve)")
+    plateau_tol: PositiveFloat = Field(0.02, description="plateau criterion: held-out fvu may fall by at most this "
+                                                         "fraction over the last plateau_window of training")
+    plateau_window: float = Field(0.2, gt=0, lt=1, description="fraction of training the plateau criterion looks at")
     cache_budget_gb: PositiveFloat | None = Field(
         None, description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
                           "start if the largest SAE it streams does not fit")

@@ -73,8 +73,15 @@ class RayExecutor:
             raise ModuleNotFoundError("executor 'ray' needs Ray: pip install 'geowall[ray]'") from None
         self.ray = ray
         self.max_retries = max_retries
-        if not ray.is_initialized():
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **(init_kwargs or {}))
+        for attempt in range(3):  # Ray gives a starting raylet a fixed 30 s: a busy machine can miss it
+            if ray.is_initialized():
+                break
+            try:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **(init_kwargs or {}))
+            except Exception:
+                ray.shutdown()
+                if attempt == 2:
+                    raise
 
     def map(self, fn: Callable, items: Iterable[tuple], *, resources: Resources | None = None,
             desc: str = "") -> Iterator[tuple[tuple, Any]]:

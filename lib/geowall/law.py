@@ -1,72 +1,80 @@
-"""Stage 2: the geometric law (exponent ~ geometry), cross-model transfer, floor ordering.
+"""Stage 2: the geometric law, log alpha ~ geometry, within models.
 
 Stage 2 model (errors in variables, both sides)
 -----------------------------------------------
-For training layers j and predictors p (geometric summaries, standardised with the
-*training set's* mean and sd, stored so that a new model is scaled the same way)::
+For training layers j of models m(j) and predictors p (geometric summaries,
+standardised with the *training set's* mean and sd, stored so that a new model is
+scaled the same way)::
 
     x_obs[j,p] ~ N(x_true[j,p], se[j,p])          bootstrap SE of the summary
     x_true[j,p] ~ N(0, 1)                          structural prior (standardised scale)
-    y_true[j]   = b0 + sum_p b[p] * x_true[j,p] + eps_j,   eps_j ~ N(0, sigma)
-    y_obs[j]    ~ N(y_true[j], sd_j)               Stage 1 posterior sd of the exponent
+    y_true[j]   = b0[m(j)] + sum_p b[p] * x_true[j,p] + eps_j,   eps_j ~ N(0, sigma)
+    y_obs[j]    ~ N(y_true[j], sd_j)               Stage 1 posterior sd of the target
 
-``y`` is the Stage 1 posterior mean of the target (``alpha`` by default; ``floor``
-works the same way and defaults to identified floors only), standardised with the
-training mean and sd. ``y_true`` is integrated out analytically (``y_obs ~ N(mu,
-sqrt(sigma^2 + sd_j^2))``). Given only ``x_obs``, ``x_true`` is Normal with mean
-``x_obs / (1 + se^2)`` and variance ``se^2 / (1 + se^2)``; the model samples
-``x_true`` non-centred around that conditional, which is exact (``p(x_obs)`` does not
-depend on the parameters) and samples well whatever the size of the SEs. Predictors
-without SE (relative depth) enter as fixed data.
+The target ``y`` is the Stage 1 posterior mean of ``log alpha`` by default (the scale
+Stage 1 pools exponents on; ``floor`` works the same way and defaults to identified
+floors only). **Model effects**: whenever the training layers come from more than one
+model, every model has its own intercept ``b0[m]`` (``model_effects=None`` decides
+this), so the slopes ``b`` are the *within-model* relation between geometry and
+exponent: models that differ in both (a between-model difference) do not pass for a
+law. ``y_true`` is integrated out analytically; given only ``x_obs``, ``x_true`` is
+Normal with mean ``x_obs / (1 + se^2)`` and variance ``se^2 / (1 + se^2)``, sampled
+non-centred around that conditional. Predictors without SE (relative depth) enter as
+fixed data.
 
-Priors (standardised scales): ``b0 ~ N(0, 1)``, ``b[p] ~ N(0, 1)`` (one training-SD of
-a summary moves the exponent by at most about two training-SDs of the exponent),
-``sigma ~ HalfNormal(1)`` (residual spread up to the exponent's whole spread across
-layers). Coefficients are reported in target units per training-SD of the summary
-(``coef``) and fully standardised (``b``).
+Priors (standardised scales): ``b0[m] ~ N(0, 1)``, ``b[p] ~ N(0, 1)``, ``sigma ~
+HalfNormal(1)``.
 
-Relative depth of a layer is ``layer / max layer of that model`` (max over the rows of
-the geometry table for that model).
+Baselines and nulls. :func:`compare_laws` fits every predictor set on the same layers
+with two baselines: ``"models"`` (per-model intercepts only) and ``"depth"`` (relative
+depth, :func:`geowall.layers.relative_depth`, read from the geometry table), and
+reports ELPD differences against both with standard errors and the Pareto k of every
+fit. :func:`permutation_null` shuffles geometry within each model (>= 200 times) and
+refits the law in closed form (:func:`geowall.bayes.gaussian_linear`, checked against
+PyMC in the tests); :func:`leave_one_model_out` predicts each model's layer ordering
+from a law fitted on the others.
 """
 from __future__ import annotations
 
 import json
-from io import StringIO
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from geowall import bayes
 from geowall.geometry import SUMMARY_NAMES
 from geowall.io import require_columns
-
-from . import scaling as _scaling
 
 __all__ = [
     "SUMMARIES",
     "DEFAULT_LAW_SETS",
-    "relative_depth",
+    "BASELINES",
     "stage2_table",
     "build_law_model",
     "fit_law",
     "law_coefficients",
     "posterior_predictive_table",
     "compare_laws",
+    "closed_form_law",
+    "permutation_null",
+    "leave_one_model_out",
     "fixed_law",
-    "transfer",
-    "transfer_scores",
-    "run_transfer",
-    "floor_ordering",
+    "train_table",
     "simulate_geometry",
+    "simulate_between_models",
 ]
 
 SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
+BASELINES = ("models", "depth")
 DEFAULT_LAW_SETS: dict[str, tuple[str, ...]] = {
+    "models": (),
+    "depth": ("depth",),
     "id": ("id_twonn",),
     "curvature": ("curvature",),
     "id+curvature": ("id_twonn", "curvature"),
     "all4": SUMMARIES,
-    "depth": ("depth",),
 }
 GEOMETRY_COLUMNS = ("model", "layer", "summary", "estimate", "se")
 
@@ -85,27 +93,26 @@ def _validate_geometry(geometry_df: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
-def relative_depth(df: pd.DataFrame) -> pd.Series:
-    """``layer / max layer of that model`` for a frame with ``model`` and ``layer``."""
-    mx = df.groupby("model")["layer"].transform("max").astype(float)
-    return (df["layer"].astype(float) / mx.where(mx > 0, 1.0)).rename("depth")
-
-
 def _geometry_wide(geometry_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, layer): summaries, ``<summary>_se`` and ``depth`` (the
+    geometry table's relative depth, :func:`geowall.layers.relative_depth`; NaN when the
+    table has none)."""
     g = _validate_geometry(geometry_df)
     est = g.pivot(index=["model", "layer"], columns="summary", values="estimate")
     se = g.pivot(index=["model", "layer"], columns="summary", values="se").add_suffix("_se")
     wide = est.join(se).reset_index()
     wide.columns.name = None
-    depth_src = g[["model", "layer"]].drop_duplicates()
-    depth_src = depth_src.assign(depth=relative_depth(depth_src))
-    wide = wide.merge(depth_src, on=["model", "layer"], how="left")
+    if "depth" in g.columns:
+        d = g.groupby(["model", "layer"], as_index=False)["depth"].first()
+        wide = wide.merge(d, on=["model", "layer"], how="left")
+    else:
+        wide["depth"] = np.nan
     wide["depth_se"] = 0.0
     return wide
 
 
 def stage2_table(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-                 predictors: Sequence[str] = SUMMARIES, target: str = "alpha",
+                 predictors: Sequence[str] = SUMMARIES, target: str = "log_alpha",
                  models: Iterable[str] | None = None, identified_only: bool | None = None) -> pd.DataFrame:
     """One row per (model, layer) present in both tables: ``model, layer, depth, y,
     y_sd`` (target posterior mean and sd) and, per predictor, the estimate and ``<p>_se``.
@@ -119,6 +126,8 @@ def stage2_table(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
         if p not in wide.columns:
             raise ValueError(f"predictors: {p!r} is not a summary in geometry_df "
                              f"(has {sorted(set(geometry_df['summary']))} and 'depth')")
+        if p == "depth" and wide["depth"].isna().all():
+            raise ValueError("predictors: 'depth' needs a 'depth' column in geometry_df (layers.relative_depth)")
     ex["model"] = ex["model"].astype(str)
     ex["layer"] = ex["layer"].astype(int)
     if identified_only is None:
@@ -168,7 +177,12 @@ def _design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any])
     return X, SE
 
 
-def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any]):
+def _use_model_effects(tab: pd.DataFrame, model_effects: bool | None) -> bool:
+    return tab["model"].nunique() > 1 if model_effects is None else bool(model_effects)
+
+
+def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], *,
+                    model_effects: bool | None = None):
     """PyMC model of the Stage 2 law on a :func:`stage2_table` (see module docstring)."""
     import pymc as pm
     import pytensor.tensor as pt
@@ -178,11 +192,14 @@ def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[st
     y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
     ysd = tab["y_sd"].to_numpy(float) / sc["y_sd"]
     layer_ids = [f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])]
-    coords = {"layer_id": layer_ids, "predictor": predictors}
+    effects = _use_model_effects(tab, model_effects)
+    models = sorted(tab["model"].unique()) if effects else ["all"]
+    midx = np.array([models.index(m) for m in tab["model"]]) if effects else np.zeros(len(tab), int)
+    coords = {"layer_id": layer_ids, "predictor": predictors, "train_model": models}
     with pm.Model(coords=coords) as model:
-        b0 = pm.Normal("b0", 0.0, 1.0)
+        b0 = pm.Normal("b0", 0.0, 1.0, dims="train_model")
         sigma = pm.HalfNormal("sigma", 1.0)
-        mu = b0
+        mu = b0[midx]
         if predictors:
             b = pm.Normal("b", 0.0, 1.0, dims="predictor")
             noisy = SE.max(axis=0) > 0
@@ -195,9 +212,9 @@ def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[st
                 # predictors without SE enter exactly (m = X, v = 0 there)
             else:
                 x_true = pt.as_tensor(X)
-            mu = b0 + pt.dot(x_true, b)
+            mu = mu + pt.dot(x_true, b)
             pm.Deterministic("coef", b * sc["y_sd"], dims="predictor")
-        pm.Deterministic("intercept", sc["y_mean"] + b0 * sc["y_sd"])
+        pm.Deterministic("intercept", sc["y_mean"] + b0 * sc["y_sd"], dims="train_model")
         pm.Deterministic("sigma_target", sigma * sc["y_sd"])
         pm.Normal("y", mu=mu, sigma=pt.sqrt(sigma**2 + ysd**2), observed=y, dims="layer_id")
     return model
@@ -205,32 +222,34 @@ def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[st
 
 def _set_name(predictors: Sequence[str]) -> str:
     if not predictors:
-        return "mean"
+        return "models"
     return "+".join(predictors)
 
 
 def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-            predictors: Sequence[str] = SUMMARIES, target: str = "alpha", draws: int = 1000,
+            predictors: Sequence[str] = SUMMARIES, target: str = "log_alpha", draws: int = 1000,
             chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
             models: Iterable[str] | None = None, identified_only: bool | None = None,
             layers: pd.DataFrame | None = None, name: str | None = None, target_accept: float = 0.9,
-            progressbar: bool = True, posterior_predictive: bool = True):
-    """Fit the Stage 2 law ``target ~ standardised geometry`` with errors in variables.
+            progressbar: bool = True, posterior_predictive: bool = True, model_effects: bool | None = None):
+    """Fit the Stage 2 law ``target ~ model intercepts + standardised geometry`` with
+    errors in variables.
 
-    ``predictors``: summary names from the geometry table and/or ``"depth"`` (relative
-    layer depth, no measurement error: the depth-only baseline is
-    ``predictors=("depth",)``); ``()`` fits the intercept-only model (the "A's mean
-    exponent" baseline with a predictive spread). ``models`` restricts the training
-    layers (e.g. model A only for transfer); ``layers`` (columns model, layer) restricts
-    them further (used by :func:`compare_laws` so every candidate sees the same layers).
+    ``predictors``: summary names and/or ``"depth"``; ``()`` fits the intercepts-only
+    baseline. ``models`` restricts the training layers (e.g. model A only for transfer);
+    ``layers`` (columns model, layer) restricts them further (used by
+    :func:`compare_laws` so every candidate sees the same layers). ``model_effects``:
+    per-model intercepts (default: when the training layers come from more than one
+    model).
 
-    Returns InferenceData with ``posterior`` (``b0, b, coef, intercept, sigma,
-    sigma_target, x_true``), ``log_likelihood`` (``y``), ``posterior_predictive``
-    (``y``, standardised), ``observed_data``; ``idata.attrs``: ``geowall_stage`` =
-    "stage2", ``geowall_target``, ``geowall_predictors`` (JSON list),
-    ``geowall_predictor_set`` (``name`` or the predictors joined by "+", "mean" for
-    none), ``geowall_scaling`` (JSON: training means/sds of target and predictors),
-    ``geowall_train_models`` (JSON), ``geowall_table`` (the training table, JSON).
+    Returns InferenceData with ``posterior`` (``b0`` and ``intercept`` along
+    ``train_model``, ``b, coef`` along ``predictor``, ``sigma, sigma_target``,
+    ``x_true``), ``log_likelihood`` (``y``), ``posterior_predictive`` (``y``,
+    standardised), ``observed_data``, ``constant_data`` (the training table as
+    variables ``row_<column>`` along ``layer_id``; :func:`train_table`); attrs
+    ``geowall_stage`` = "stage2", ``geowall_target``, ``geowall_predictors`` (JSON
+    list), ``geowall_predictor_set``, ``geowall_scaling`` (JSON: training means/sds),
+    ``geowall_train_models`` (JSON), ``geowall_model_effects``.
     """
     import pymc as pm
 
@@ -240,17 +259,21 @@ def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     if layers is not None:
         keep = set(zip(layers["model"].astype(str), layers["layer"].astype(int)))
         tab = tab[[(m, l) in keep for m, l in zip(tab["model"], tab["layer"])]].reset_index(drop=True)
-    if len(tab) < max(3, len(predictors) + 2):
+    effects = _use_model_effects(tab, model_effects)
+    need = max(3, len(predictors) + (tab["model"].nunique() if effects else 1) + 1)
+    if len(tab) < need:
         raise ValueError(f"fit_law: {len(tab)} training layers for {len(predictors)} predictor(s); "
-                         f"need at least {max(3, len(predictors) + 2)} (target={target!r}, models={models})")
+                         f"need at least {need} (target={target!r}, models={models})")
     sc = _scaling_from(tab, predictors)
-    model = build_law_model(tab, predictors, sc)
-    idata = _scaling.sample_model(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                                  target_accept=target_accept, progressbar=progressbar, loglik_vars=["y"])
+    model = build_law_model(tab, predictors, sc, model_effects=effects)
+    idata = bayes.sample_model(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
+                               target_accept=target_accept, progressbar=progressbar, loglik_vars=["y"])
     if posterior_predictive:
         pp = pm.sample_posterior_predictive(idata, model=model, var_names=["y"], random_seed=seed + 2,
                                             progressbar=False)
         idata.extend(pp)
+    rows = tab.assign(layer_id=[f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])])
+    bayes.put_table(idata, rows[["layer_id"] + [c for c in tab.columns]], dim="layer_id", prefix="row_")
     idata.attrs.update({
         "geowall_stage": "stage2",
         "geowall_target": target,
@@ -258,7 +281,7 @@ def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
         "geowall_predictor_set": name or _set_name(predictors),
         "geowall_scaling": json.dumps(sc),
         "geowall_train_models": json.dumps(sorted(tab["model"].unique().tolist())),
-        "geowall_table": tab.to_json(orient="records"),
+        "geowall_model_effects": int(effects),
         "geowall_sampler": idata.posterior.attrs["sampler"],
         "geowall_seed": int(seed),
     })
@@ -271,38 +294,42 @@ def _law_meta(idata) -> tuple[list[str], dict[str, Any], str, str]:
         sc = json.loads(idata.attrs["geowall_scaling"])
     except KeyError as e:
         raise ValueError(f"law_idata: missing attribute {e}; expected an InferenceData from fit_law") from None
-    return preds, sc, idata.attrs.get("geowall_predictor_set", _set_name(preds)), idata.attrs.get("geowall_target", "alpha")
+    return (preds, sc, idata.attrs.get("geowall_predictor_set", _set_name(preds)),
+            idata.attrs.get("geowall_target", "log_alpha"))
 
 
-def _train_table(idata) -> pd.DataFrame:
-    return pd.read_json(StringIO(idata.attrs["geowall_table"]), orient="records")
+def train_table(idata) -> pd.DataFrame:
+    """The training table a law was fitted on (from ``constant_data``)."""
+    t = bayes.get_table(idata, dim="layer_id", prefix="row_")
+    t["layer"] = t["layer"].astype(int)
+    return t
 
 
 def law_coefficients(idata, *, hdi_prob: float = 0.94) -> pd.DataFrame:
-    """One row per predictor (plus intercept and residual sd): posterior mean, sd, HDI
-    of the coefficient in target units per training-SD (``coef``) and standardised
-    (``b``), and ``p_gt0`` = posterior probability that it is positive."""
+    """One row per predictor (plus one intercept per training model and the residual
+    sd): posterior mean, sd, HDI (``az.hdi``) of the coefficient in target units per
+    training-SD (``coef``) and standardised (``b``), and ``p_gt0`` = posterior
+    probability that it is positive."""
     preds, sc, set_name, target = _law_meta(idata)
     post = idata.posterior
     rows = []
 
-    def summ(x):
-        x = np.asarray(x).ravel()
-        lo, hi = _scaling._hdi(x, hdi_prob)
-        return float(x.mean()), float(x.std(ddof=1)), lo, hi
+    def summ(x, pre):
+        d = bayes.summarise_draws(np.asarray(x), hdi_prob)
+        return {f"{pre}_mean": d["mean"], f"{pre}_sd": d["sd"], f"{pre}_hdi_3": d["hdi_lo"], f"{pre}_hdi_97": d["hdi_hi"]}
 
     for i, p in enumerate(preds):
         c = post["coef"].isel(predictor=i).values
-        b = post["b"].isel(predictor=i).values
-        cm, cs, clo, chi = summ(c)
-        bm, bs, blo, bhi = summ(b)
-        rows.append({"term": p, "coef_mean": cm, "coef_sd": cs, "coef_hdi_3": clo, "coef_hdi_97": chi,
-                     "b_mean": bm, "b_sd": bs, "b_hdi_3": blo, "b_hdi_97": bhi, "p_gt0": float((c > 0).mean())})
-    for term, var in (("intercept", "intercept"), ("sigma", "sigma_target")):
-        m, s, lo, hi = summ(post[var].values)
-        rows.append({"term": term, "coef_mean": m, "coef_sd": s, "coef_hdi_3": lo, "coef_hdi_97": hi,
-                     "b_mean": np.nan, "b_sd": np.nan, "b_hdi_3": np.nan, "b_hdi_97": np.nan,
-                     "p_gt0": float((post[var].values > 0).mean())})
+        rows.append({"term": p, **summ(c, "coef"), **summ(post["b"].isel(predictor=i).values, "b"),
+                     "p_gt0": float((c > 0).mean())})
+    nan_b = {"b_mean": np.nan, "b_sd": np.nan, "b_hdi_3": np.nan, "b_hdi_97": np.nan}
+    icpt = post["intercept"]
+    for m in icpt["train_model"].values if "train_model" in icpt.dims else [None]:
+        v = icpt.sel(train_model=m).values if m is not None else icpt.values
+        term = "intercept" if m in (None, "all") else f"intercept[{m}]"
+        rows.append({"term": term, **summ(v, "coef"), **nan_b, "p_gt0": float((v > 0).mean())})
+    v = post["sigma_target"].values
+    rows.append({"term": "sigma", **summ(v, "coef"), **nan_b, "p_gt0": 1.0})
     out = pd.DataFrame(rows)
     out.insert(0, "predictor_set", set_name)
     out.insert(1, "target", target)
@@ -313,9 +340,9 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
     """Per training layer: observed target, posterior predictive mean and equal-tailed
     ``interval`` (target units, includes the Stage 1 measurement sd), whether covered,
     and the partial residual of each predictor (observed minus the fitted contribution
-    of all *other* predictors at their posterior means) for partial-residual plots."""
+    of the model intercept and all *other* predictors at their posterior means)."""
     preds, sc, set_name, target = _law_meta(idata)
-    tab = _train_table(idata)
+    tab = train_table(idata)
     if "posterior_predictive" not in idata.groups():
         raise ValueError("idata: no posterior_predictive group (fit_law(..., posterior_predictive=True))")
     pp = idata.posterior_predictive["y"].stack(sample=("chain", "draw")).transpose("layer_id", "sample").to_numpy()
@@ -332,8 +359,11 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
         if "x_true" in post:
             X = post["x_true"].mean(("chain", "draw")).to_numpy()
         coef = post["coef"].mean(("chain", "draw")).to_numpy()
-        intercept = float(post["intercept"].mean())
-        fitted = intercept + X @ coef
+        icpt = post["intercept"].mean(("chain", "draw"))
+        names = [str(v) for v in icpt["train_model"].values]
+        per_row = np.array([float(icpt.values[names.index(m)]) if m in names else float(icpt.values.mean())
+                            for m in tab["model"]])
+        fitted = per_row + X @ coef
         for i, p in enumerate(preds):
             out[f"partial_resid_{p}"] = out["observed"] - (fitted - X[:, i] * coef[i])
             out[f"x_std_{p}"] = X[:, i]
@@ -342,22 +372,25 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
 
 
 def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-                 sets: Mapping[str, Sequence[str]] | None = None, target: str = "alpha",
+                 sets: Mapping[str, Sequence[str]] | None = None, target: str = "log_alpha",
                  models: Iterable[str] | None = None, draws: int = 1000, chains: int = 2, tune: int = 1000,
                  seed: int = 0, sampler: str = "auto", progressbar: bool = False, check: bool = True,
-                 check_kwargs: Mapping[str, Any] | None = None, target_accept: float = 0.9):
+                 check_kwargs: Mapping[str, Any] | None = None, target_accept: float = 0.9,
+                 model_effects: bool | None = None, pareto_k_max: float = 0.7):
     """Fit one law per predictor set on the *same* layers and compare them by PSIS-LOO.
 
-    ``sets`` defaults to :data:`DEFAULT_LAW_SETS` (ID only, curvature only, ID +
-    curvature, all four, depth only). Layers missing any predictor of any set are
-    dropped from all fits so the LOO scores are comparable. With ``check`` every fit
-    goes through :func:`geowall.scaling.check_fit` (raises on failure).
+    ``sets`` defaults to :data:`DEFAULT_LAW_SETS` (the baselines ``"models"``,
+    per-model intercepts only, and ``"depth"``; ID, curvature, ID + curvature, all
+    four). Layers missing any predictor of any set are dropped from all fits. With
+    ``check`` every fit goes through :func:`geowall.bayes.check_fit` (raises).
 
-    Returns ``(comparison, fits)``: ``az.compare`` output (index = set name) and the
-    dict of InferenceData.
+    Returns ``(comparison, fits)``. ``comparison`` has one row per set: ``predictor_set,
+    rank, elpd_loo, se, p_loo, weight`` (``az.compare``), then for each baseline ``B``
+    in :data:`BASELINES` that was fitted ``elpd_diff_vs_B`` (set minus baseline, > 0:
+    the set predicts better) and ``se_diff_vs_B`` (standard error of that paired
+    difference), and ``max_pareto_k`` / ``n_pareto_k_bad`` (k > ``pareto_k_max``).
     """
     import arviz as az
-    import warnings
 
     sets = dict(sets or DEFAULT_LAW_SETS)
     all_preds = tuple(dict.fromkeys(p for s in sets.values() for p in s))
@@ -367,270 +400,156 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
         fits[name] = fit_law(exponents_df, geometry_df, predictors=preds, target=target, models=models,
                              layers=common[["model", "layer"]], draws=draws, chains=chains, tune=tune,
                              seed=seed + 17 * i, sampler=sampler, name=name, progressbar=progressbar,
-                             target_accept=target_accept)
+                             target_accept=target_accept, model_effects=model_effects)
         if check:
-            _scaling.check_fit(fits[name], label=f"stage 2 law {name!r}", **dict(check_kwargs or {}))
+            bayes.check_fit(fits[name], label=f"stage 2 law {name!r}", **dict(check_kwargs or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cmp = az.compare(fits, ic="loo", var_name="y")
-    return cmp, fits
+        loos = {k: az.loo(f, pointwise=True, var_name="y") for k, f in fits.items()}
+        cmp = az.compare(fits, ic="loo", var_name="y") if len(fits) > 1 else None
+    rows = []
+    for name, lo in loos.items():
+        k = np.asarray(lo.pareto_k)
+        row = {"predictor_set": name, "elpd_loo": float(lo.elpd_loo), "se": float(lo.se), "p_loo": float(lo.p_loo),
+               "max_pareto_k": float(np.nanmax(k)), "n_pareto_k_bad": int((k > pareto_k_max).sum()),
+               "n_layers": int(len(k))}
+        for base in BASELINES:
+            if base in loos:
+                d = np.asarray(lo.loo_i) - np.asarray(loos[base].loo_i)
+                row[f"elpd_diff_vs_{base}"] = float(d.sum())
+                row[f"se_diff_vs_{base}"] = float(np.sqrt(len(d) * d.var(ddof=1))) if name != base else 0.0
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if cmp is not None:
+        out["rank"] = out["predictor_set"].map(cmp["rank"]).astype(int)
+        out["weight"] = out["predictor_set"].map(cmp["weight"]).astype(float)
+    else:
+        out["rank"], out["weight"] = 0, 1.0
+    out.insert(1, "target", target)
+    out.insert(2, "train_models", "+".join(sorted(common["model"].unique())))
+    return out.sort_values("rank").reset_index(drop=True), fits
 
 
-# --------------------------------------------------------------------------- transfer
+# --------------------------------------------------------------------------- closed form, nulls, LOMO
+
+
+def _closed_design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], effects: bool):
+    X, _ = _design(tab, predictors, sc)
+    models = sorted(tab["model"].unique()) if effects else ["all"]
+    D = (np.array([[m == mm for mm in models] for m in tab["model"]], float) if effects
+         else np.ones((len(tab), 1)))
+    return np.column_stack([D, X]), len(models)
+
+
+def closed_form_law(tab: pd.DataFrame, predictors: Sequence[str], *, model_effects: bool | None = None,
+                    sc: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Stage 2 law on a :func:`stage2_table`, fitted in closed form
+    (:func:`geowall.bayes.gaussian_linear`: same priors and likelihood as
+    :func:`build_law_model`, but the summaries enter at their observed values, without
+    errors in variables). Returns ``{"fit", "scaling", "n_intercepts", "predictors",
+    "b_mean", "b_cov", "coef_mean", "coef_sd"}`` (``b``: standardised slopes)."""
+    predictors = list(predictors)
+    effects = _use_model_effects(tab, model_effects)
+    sc = dict(sc or _scaling_from(tab, predictors))
+    Z, n0 = _closed_design(tab, predictors, sc, effects)
+    y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
+    s = tab["y_sd"].to_numpy(float) / sc["y_sd"]
+    fit = bayes.gaussian_linear(Z, y, s, prior_sd=1.0, sigma_sd=1.0)
+    m, C = fit.mean, fit.cov
+    b, bc = m[n0:], C[n0:, n0:]
+    return {"fit": fit, "scaling": sc, "n_intercepts": n0, "predictors": predictors, "b_mean": b, "b_cov": bc,
+            "coef_mean": b * sc["y_sd"], "coef_sd": np.sqrt(np.diag(bc)) * sc["y_sd"]}
+
+
+def _wald(b: np.ndarray, C: np.ndarray) -> float:
+    return float(b @ np.linalg.solve(C, b)) if len(b) else 0.0
+
+
+def permutation_null(tab: pd.DataFrame, predictors: Sequence[str], *, n_perm: int = 200, seed: int = 0,
+                     model_effects: bool | None = None) -> dict[str, Any]:
+    """Permutation null of the law's slopes: geometry (each layer's row of summaries and
+    SEs, together) is shuffled *within each model* ``n_perm`` times and the law refitted
+    in closed form (:func:`closed_form_law`). The statistic is the Wald statistic of the
+    slopes, ``b' C^-1 b`` (posterior mean and covariance): large when the posterior puts
+    the slopes away from 0. Returns ``{"statistic", "null" (array), "p_value"}`` with
+    ``p = (1 + #{null >= observed}) / (1 + n_perm)``, plus the observed standardised
+    slopes ``b_mean`` and their sds."""
+    if not predictors:
+        raise ValueError("predictors: the permutation null needs at least one predictor")
+    rng = np.random.default_rng(seed)
+    obs = closed_form_law(tab, predictors, model_effects=model_effects)
+    stat = _wald(obs["b_mean"], obs["b_cov"])
+    cols = [c for p in predictors for c in ((p, f"{p}_se") if p != "depth" else (p,))]
+    groups = [np.flatnonzero(tab["model"].to_numpy() == m) for m in tab["model"].unique()]
+    null = np.empty(n_perm)
+    base = tab.reset_index(drop=True)
+    for i in range(n_perm):
+        perm = np.arange(len(base))
+        for g in groups:
+            perm[g] = rng.permutation(g)
+        t = base.copy()
+        t[cols] = base[cols].to_numpy()[perm]
+        r = closed_form_law(t, predictors, model_effects=model_effects, sc=obs["scaling"])
+        null[i] = _wald(r["b_mean"], r["b_cov"])
+    p = (1 + int((null >= stat).sum())) / (1 + n_perm)
+    return {"statistic": stat, "null": null, "p_value": float(p), "n_perm": int(n_perm),
+            "b_mean": obs["b_mean"], "b_sd": np.sqrt(np.diag(obs["b_cov"]))}
+
+
+def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.DataFrame:
+    """For each model: fit the law in closed form on the *other* models (with their own
+    intercepts) and predict the held-out model's layers from their geometry. The
+    held-out model's level is unknown to a within-model law, so the scores are about the
+    ordering: ``spearman`` (rank correlation of prediction and observation) and
+    ``r2_shift`` (R^2 after matching the prediction's mean to the observations': the
+    share of within-model variance the slopes explain; 0 for a constant prediction).
+    Returns one row per held-out model: ``held_out, n_layers, spearman, r2_shift``."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for m in sorted(tab["model"].unique()):
+        train, test = tab[tab["model"] != m], tab[tab["model"] == m]
+        if len(train) < len(predictors) + train["model"].nunique() + 1 or len(test) < 2:
+            continue
+        r = closed_form_law(train, predictors, model_effects=train["model"].nunique() > 1)
+        sc = r["scaling"]
+        X, _ = _design(test, predictors, sc)
+        pred = sc["y_mean"] + sc["y_sd"] * (X @ r["b_mean"]) if predictors else np.full(len(test), sc["y_mean"])
+        obs = test["y"].to_numpy(float)
+        shifted = pred - pred.mean() + obs.mean()
+        sst = float(((obs - obs.mean()) ** 2).sum())
+        rho = (float(spearmanr(obs, pred).statistic) if len(test) >= 3 and np.ptp(pred) > 1e-12 and np.ptp(obs) > 0
+               else np.nan)
+        rows.append({"held_out": m, "n_layers": int(len(test)), "spearman": rho,
+                     "r2_shift": 1 - float(((obs - shifted) ** 2).sum()) / sst if sst > 0 else np.nan})
+    return pd.DataFrame(rows, columns=["held_out", "n_layers", "spearman", "r2_shift"])
 
 
 def fixed_law(*, predictors: Sequence[str], b0: float, b: Sequence[float], sigma: float,
-              scaling: Mapping[str, Any], target: str = "alpha", name: str | None = None,
+              scaling: Mapping[str, Any], target: str = "log_alpha", name: str | None = None,
               n_draws: int = 1000):
     """An InferenceData shaped like :func:`fit_law`'s output with fixed coefficients
-    (standardised scale): for known-answer tests and what-if predictions."""
+    (standardised scale, one intercept): for known-answer tests and what-if predictions."""
     import arviz as az
 
     predictors = list(predictors)
     ones = np.ones((1, n_draws))
-    post = {"b0": b0 * ones, "sigma": sigma * ones, "intercept": (scaling["y_mean"] + b0 * scaling["y_sd"]) * ones,
+    post = {"b0": (b0 * ones)[..., None], "sigma": sigma * ones,
+            "intercept": ((scaling["y_mean"] + b0 * scaling["y_sd"]) * ones)[..., None],
             "sigma_target": sigma * scaling["y_sd"] * ones}
+    dims = {"b0": ["train_model"], "intercept": ["train_model"]}
     if predictors:
         bb = np.broadcast_to(np.asarray(b, float), (1, n_draws, len(predictors))).copy()
         post["b"] = bb
         post["coef"] = bb * scaling["y_sd"]
-    idata = az.from_dict(posterior=post, coords={"predictor": predictors},
-                         dims={"b": ["predictor"], "coef": ["predictor"]})
+        dims.update({"b": ["predictor"], "coef": ["predictor"]})
+    idata = az.from_dict(posterior=post, coords={"predictor": predictors, "train_model": ["all"]}, dims=dims)
     idata.attrs.update({
         "geowall_stage": "stage2", "geowall_target": target, "geowall_predictors": json.dumps(predictors),
         "geowall_predictor_set": name or _set_name(predictors), "geowall_scaling": json.dumps(dict(scaling)),
-        "geowall_train_models": json.dumps([]), "geowall_table": "[]",
+        "geowall_train_models": json.dumps([]), "geowall_model_effects": 0,
     })
     return idata
-
-
-def transfer(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame | None = None, *,
-             models: Iterable[str] | None = None, interval: float = 0.9, include_stage1_sd: bool = True,
-             max_draws: int = 4000, seed: int = 0) -> pd.DataFrame:
-    """Predict model B's per-layer target from B's geometry alone with a fitted law.
-
-    B's summaries are standardised with the *training* means/sds stored in the law. B's
-    true summaries get a flat prior around B's observations (``x_true_B ~ N(x_obs_B,
-    se_B)`` per draw): B's layers are not assumed to come from A's population. The
-    predictive draw is ``b0 + x_true_B . b + N(0, sigma)``, plus ``N(0, sd_B)`` with B's
-    Stage 1 posterior sd when ``exponents_B`` is given and ``include_stage1_sd`` (we
-    predict B's *measured* exponent). Intervals are equal-tailed.
-
-    Returns one row per layer of B: ``train_model, test_model, predictor_set, model,
-    layer, depth, pred_mean, pred_sd, pred_lo, pred_hi, observed, observed_sd, covered``
-    (observed columns NaN without ``exponents_B``).
-    """
-    preds, sc, set_name, target = _law_meta(law_idata)
-    wide = _geometry_wide(geometry_B)
-    if models is not None:
-        wide = wide[wide["model"].isin([str(m) for m in models])]
-    for p in preds:
-        if p not in wide.columns:
-            raise ValueError(f"geometry_B: lacks summary {p!r} needed by the law ({set_name})")
-    wide = wide.dropna(subset=list(preds)).sort_values(["model", "layer"]).reset_index(drop=True)
-    if exponents_B is not None:
-        ex = exponents_B.assign(model=exponents_B["model"].astype(str), layer=exponents_B["layer"].astype(int))
-        ex = ex[["model", "layer", f"{target}_mean", f"{target}_sd"]].rename(
-            columns={f"{target}_mean": "observed", f"{target}_sd": "observed_sd"})
-        wide = wide.merge(ex, on=["model", "layer"], how="inner")
-    else:
-        wide["observed"] = np.nan
-        wide["observed_sd"] = np.nan
-    if len(wide) == 0:
-        raise ValueError("transfer: no layers of model B with both geometry and (if given) exponents")
-
-    rng = np.random.default_rng(seed)
-    post = law_idata.posterior.stack(sample=("chain", "draw"))
-    S = post.sizes["sample"]
-    take = rng.choice(S, size=min(S, max_draws), replace=False)
-    b0 = post["b0"].values[take]
-    sigma = post["sigma"].values[take]
-    mu = np.broadcast_to(b0[None, :], (len(wide), len(take))).copy()
-    if preds:
-        b = post["b"].transpose("predictor", "sample").values[:, take]  # (P, S)
-        X, SE = _design(wide, preds, sc)  # (n, P)
-        xt = X[:, :, None] + SE[:, :, None] * rng.standard_normal((len(wide), len(preds), len(take)))
-        mu = mu + np.einsum("nps,ps->ns", xt, b)
-    pred = mu + sigma[None, :] * rng.standard_normal(mu.shape)
-    if exponents_B is not None and include_stage1_sd:
-        pred = pred + (wide["observed_sd"].to_numpy(float)[:, None] / sc["y_sd"]) * rng.standard_normal(mu.shape)
-    pred = sc["y_mean"] + sc["y_sd"] * pred
-    q = (1 - interval) / 2
-    out = wide[["model", "layer", "depth"]].copy()
-    # the predictive mean is E[mu]; averaging mu (not the noisy draws) avoids Monte Carlo
-    # jitter, so an intercept-only law gives exactly the same prediction for every layer
-    out["pred_mean"] = sc["y_mean"] + sc["y_sd"] * mu.mean(1)
-    out["pred_sd"] = pred.std(1, ddof=1)
-    out["pred_lo"] = np.quantile(pred, q, axis=1)
-    out["pred_hi"] = np.quantile(pred, 1 - q, axis=1)
-    out["observed"] = wide["observed"].to_numpy(float)
-    out["observed_sd"] = wide["observed_sd"].to_numpy(float)
-    out["covered"] = (out["observed"] >= out["pred_lo"]) & (out["observed"] <= out["pred_hi"])
-    out.insert(0, "train_model", "+".join(json.loads(law_idata.attrs.get("geowall_train_models", "[]"))))
-    out.insert(1, "test_model", "+".join(sorted(out["model"].unique())))
-    out.insert(2, "predictor_set", set_name)
-    out.attrs["interval"] = interval
-    return out
-
-
-def transfer_scores(pred_df: pd.DataFrame) -> dict[str, Any]:
-    """Scores of one transfer prediction table (one law, one test model):
-
-    * ``r2``: predictive R^2 = 1 - sum (obs - pred_mean)^2 / sum (obs - mean(obs))^2,
-      with mean(obs) B's own mean (so a constant prediction scores <= 0);
-    * ``spearman``: rank correlation of pred_mean with obs (NaN for a constant prediction);
-    * ``coverage90``: fraction of observed values inside the predictive interval;
-    * ``n_layers``.
-    """
-    from scipy.stats import spearmanr
-
-    d = pred_df.dropna(subset=["observed"])
-    if len(d) == 0:
-        raise ValueError("pred_df: no observed values to score")
-    obs = d["observed"].to_numpy(float)
-    pm_ = d["pred_mean"].to_numpy(float)
-    sst = float(np.sum((obs - obs.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((obs - pm_) ** 2)) / sst if sst > 0 else np.nan
-    if np.ptp(pm_) <= 1e-12 * max(1.0, np.abs(pm_).max()) or np.ptp(obs) == 0 or len(d) < 3:
-        rho = np.nan
-    else:
-        rho = float(spearmanr(obs, pm_).statistic)
-    row = {
-        "train_model": d["train_model"].iloc[0] if "train_model" in d else None,
-        "test_model": d["test_model"].iloc[0] if "test_model" in d else None,
-        "predictor_set": d["predictor_set"].iloc[0] if "predictor_set" in d else None,
-        "r2": r2, "spearman": rho, "coverage90": float(d["covered"].mean()), "n_layers": int(len(d)),
-    }
-    return row
-
-
-def run_transfer(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, pairs: Iterable[tuple[str, str]], *,
-                 predictor_sets: Mapping[str, Sequence[str]] | None = None, target: str = "alpha",
-                 draws: int = 1000, chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
-                 check: bool = True, check_kwargs: Mapping[str, Any] | None = None, progressbar: bool = False,
-                 target_accept: float = 0.9):
-    """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
-
-    ``predictor_sets`` defaults to ``{"law": all four summaries, "depth": ("depth",),
-    "mean": ()}`` (the law and the two null baselines: depth-only and A's mean exponent
-    with A's spread). Fits on the same A are shared across pairs. With ``check`` every
-    fit goes through :func:`geowall.scaling.check_fit`.
-
-    Returns ``(scores, predictions, fits)``: the ``transfer.parquet`` rows (train_model,
-    test_model, predictor_set, r2, spearman, coverage90, n_layers), the per-layer
-    predictions and the dict ``{(A, set): idata}``.
-    """
-    sets = dict(predictor_sets or {"law": SUMMARIES, "depth": ("depth",), "mean": ()})
-    fits: dict[tuple[str, str], Any] = {}
-    scores, preds = [], []
-    for a, b in pairs:
-        a, b = str(a), str(b)
-        for i, (name, ps) in enumerate(sets.items()):
-            key = (a, name)
-            if key not in fits:
-                fits[key] = fit_law(exponents_df, geometry_df, predictors=ps, target=target, models=[a],
-                                    draws=draws, chains=chains, tune=tune, seed=seed + 31 * i, sampler=sampler,
-                                    name=name, progressbar=progressbar, target_accept=target_accept)
-                if check:
-                    _scaling.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
-            p = transfer(fits[key], geometry_df, exponents_df, models=[b], seed=seed)
-            preds.append(p)
-            scores.append(transfer_scores(p))
-    return pd.DataFrame(scores), pd.concat(preds, ignore_index=True), fits
-
-
-# --------------------------------------------------------------------------- floors
-
-
-def floor_ordering(stage1_idata, geometry_df: pd.DataFrame, showcase_layers, *,
-                   summaries: Sequence[str] = ("curvature", "id_twonn"), propagate_se: bool = True,
-                   max_draws: int = 4000, seed: int = 0, hdi_prob: float = 0.94) -> pd.DataFrame:
-    """Are the showcase layers' floors ordered as their geometry? (``floors.parquet``)
-
-    ``showcase_layers``: a DataFrame with ``model, layer`` or an iterable of
-    ``(model, layer)``; they are pooled into one set (floors are on the common fvu
-    scale). For every posterior draw of the Stage 1 floors (variable ``floor``: the width
-    asymptote at l0_ref) we compute the Spearman rank correlation across the showcase
-    layers between floor and each summary; with ``propagate_se`` each summary is also
-    redrawn per draw from ``N(estimate, se)``. With n layers the correlation takes few
-    distinct values (n = 2 gives only +-1), so read ``p_gt0`` with n in mind.
-
-    Returns rows of two kinds (``row_type``):
-    ``"floor"``: ``model, layer, floor_mean, floor_sd, floor_hdi_3, floor_hdi_97`` and the
-    summaries' estimates/SEs; ``"spearman"``: ``summary, rho_mean, rho_sd, rho_hdi_3,
-    rho_hdi_97, p_gt0`` (posterior probability that the correlation is > 0),
-    ``n_layers``.
-    """
-    from scipy.stats import rankdata
-
-    layers = _scaling.stored_layers(stage1_idata)
-    if "floor" not in stage1_idata.posterior:
-        raise ValueError("stage1_idata: posterior has no 'floor' variable; expected a fit_stage1 result")
-    if isinstance(showcase_layers, pd.DataFrame):
-        wanted = list(zip(showcase_layers["model"].astype(str), showcase_layers["layer"].astype(int)))
-    else:
-        wanted = [(str(m), int(l)) for m, l in showcase_layers]
-    lid = {(r.model, int(r.layer)): i for i, r in enumerate(layers.itertuples())}
-    missing = [w for w in wanted if w not in lid]
-    if missing:
-        raise ValueError(f"showcase_layers: {missing} not in the Stage 1 fit")
-    if len(wanted) < 2:
-        raise ValueError("showcase_layers: need at least two layers to rank")
-    wide = _geometry_wide(geometry_df).set_index(["model", "layer"])
-    for s in summaries:
-        if s not in wide.columns:
-            raise ValueError(f"summaries: {s!r} not in geometry_df")
-    gmiss = [w for w in wanted if w not in wide.index]
-    if gmiss:
-        raise ValueError(f"geometry_df: no geometry for showcase layer(s) {gmiss}")
-
-    rng = np.random.default_rng(seed)
-    fl = stage1_idata.posterior["floor"].stack(sample=("chain", "draw")).transpose("layer_id", "sample").to_numpy()
-    S = fl.shape[1]
-    take = rng.choice(S, size=min(S, max_draws), replace=False)
-    F = fl[[lid[w] for w in wanted]][:, take]  # (n, S)
-    n = len(wanted)
-    rows = []
-    for i, (m, l) in enumerate(wanted):
-        lo, hi = _scaling._hdi(F[i], hdi_prob)
-        row = {"row_type": "floor", "model": m, "layer": l, "floor_mean": float(F[i].mean()),
-               "floor_sd": float(F[i].std(ddof=1)), "floor_hdi_3": lo, "floor_hdi_97": hi}
-        for s in summaries:
-            row[s] = float(wide.loc[(m, l), s])
-            row[f"{s}_se"] = float(wide.loc[(m, l), f"{s}_se"])
-        rows.append(row)
-
-    def spearman_rows(a, b):  # rank-correlate along axis 0, per column
-        ra = rankdata(a, axis=0)
-        rb = rankdata(b, axis=0)
-        ra = ra - ra.mean(0)
-        rb = rb - rb.mean(0)
-        den = np.sqrt((ra**2).sum(0) * (rb**2).sum(0))
-        return np.where(den > 0, (ra * rb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
-
-    for s in summaries:
-        est = np.array([wide.loc[w, s] for w in wanted], float)
-        se = np.array([wide.loc[w, f"{s}_se"] for w in wanted], float)
-        se = np.nan_to_num(se, nan=0.0)
-        G = est[:, None] + (se[:, None] * rng.standard_normal((n, len(take))) if propagate_se else 0.0)
-        G = np.broadcast_to(G, F.shape)
-        rho = spearman_rows(F, G)
-        rho = rho[np.isfinite(rho)]
-        lo, hi = _scaling._hdi(rho, hdi_prob) if len(rho) else (np.nan, np.nan)
-        rows.append({"row_type": "spearman", "summary": s, "rho_mean": float(rho.mean()) if len(rho) else np.nan,
-                     "rho_sd": float(rho.std(ddof=1)) if len(rho) > 1 else np.nan, "rho_hdi_3": lo, "rho_hdi_97": hi,
-                     "p_gt0": float((rho > 0).mean()) if len(rho) else np.nan, "n_layers": n})
-    out = pd.DataFrame(rows)
-    cols = ["row_type", "model", "layer", "summary", "floor_mean", "floor_sd", "floor_hdi_3", "floor_hdi_97",
-            "rho_mean", "rho_sd", "rho_hdi_3", "rho_hdi_97", "p_gt0", "n_layers"]
-    for c in cols:
-        if c not in out.columns:
-            out[c] = np.nan
-    rest = [c for c in out.columns if c not in cols]
-    out = out[cols + rest]
-    out["layer"] = out["layer"].astype("Int64")
-    out["n_layers"] = out["n_layers"].astype("Int64")
-    return out
 
 
 # --------------------------------------------------------------------------- simulation
@@ -638,16 +557,21 @@ def floor_ordering(stage1_idata, geometry_df: pd.DataFrame, showcase_layers, *,
 
 def simulate_geometry(exponents_or_layers: pd.DataFrame, *, coefs: Mapping[str, float] | None = None,
                       intercept: float = 0.35, resid_sd: float = 0.02, se_frac: float = 0.05,
-                      alpha_sd: float = 0.02, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Simulate a geometry table and exponents from a known linear law, for tests.
+                      alpha_sd: float = 0.02, seed: int = 0, target: str = "log_alpha",
+                      model_offsets: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate a geometry table and a target from a known linear law, for tests.
 
     For each (model, layer) of the input, true summaries are drawn (``id_twonn`` ~
     U(4, 20), ``pr`` = 2*id + noise, ``curvature`` ~ U(0.1, 1), ``local_residual`` ~
-    U(0.05, 0.4)); ``alpha = intercept + sum_p coefs[p] * z_p + N(0, resid_sd)`` with
-    ``z_p`` the summary standardised over the input layers; observed summaries get
-    noise with SE = ``se_frac`` x |value|; the observed alpha gets ``N(0, alpha_sd)``.
-    Returns ``(geometry_df, exponents_df)``; ``exponents_df.attrs['truth']`` holds the
-    true alpha and the coefficients."""
+    U(0.05, 0.4)); ``y = intercept + model_offsets[model] + sum_p coefs[p] * z_p +
+    N(0, resid_sd)`` with ``z_p`` the summary standardised over the input layers;
+    observed summaries get noise with SE = ``se_frac`` x |value|; the observed target
+    (columns ``<target>_mean``, ``<target>_sd``) gets ``N(0, alpha_sd)``. The geometry
+    table carries ``depth`` (:func:`geowall.layers.relative_depth` with the model's
+    largest simulated layer as its last). Returns ``(geometry_df, exponents_df)``;
+    ``exponents_df.attrs['truth']`` holds the true target and the coefficients."""
+    from geowall.layers import relative_depth
+
     rng = np.random.default_rng(seed)
     base = exponents_or_layers[["model", "layer"]].drop_duplicates().reset_index(drop=True)
     n = len(base)
@@ -659,18 +583,47 @@ def simulate_geometry(exponents_or_layers: pd.DataFrame, *, coefs: Mapping[str, 
     })
     true["pr"] = 2.0 * true["id_twonn"] + rng.normal(0, 3.0, n)
     z = (true - true.mean()) / true.std(ddof=1)
-    alpha_true = intercept + sum(c * z[p] for p, c in coefs.items()) + rng.normal(0, resid_sd, n)
+    off = base["model"].map(lambda m: (model_offsets or {}).get(m, 0.0)).to_numpy(float)
+    y_true = intercept + off + sum(c * z[p] for p, c in coefs.items()) + rng.normal(0, resid_sd, n)
+    n_layers = base.groupby("model")["layer"].transform("max") + 1
+    depth = [relative_depth(int(l), int(nl)) for l, nl in zip(base["layer"], n_layers)]
     geo_rows = []
     for s in SUMMARIES:
         se = se_frac * np.abs(true[s].to_numpy())
         est = true[s].to_numpy() + se * rng.standard_normal(n)
         for i in range(n):
-            geo_rows.append({"model": base["model"][i], "layer": int(base["layer"][i]), "summary": s,
-                             "estimate": float(est[i]), "se": float(se[i]), "lo": float(est[i] - 2 * se[i]),
-                             "hi": float(est[i] + 2 * se[i]), "n": 2000, "k": 10})
+            geo_rows.append({"model": base["model"][i], "layer": int(base["layer"][i]), "depth": depth[i],
+                             "summary": s, "estimate": float(est[i]), "se": float(se[i]),
+                             "lo": float(est[i] - 2 * se[i]), "hi": float(est[i] + 2 * se[i]), "n": 2000, "k": 10})
     ex = base.copy()
-    ex["alpha_mean"] = alpha_true + rng.normal(0, alpha_sd, n)
-    ex["alpha_sd"] = alpha_sd
-    ex.attrs["truth"] = {"alpha": alpha_true.tolist(), "coefs": coefs, "intercept": intercept,
+    ex[f"{target}_mean"] = np.asarray(y_true) + rng.normal(0, alpha_sd, n)
+    ex[f"{target}_sd"] = alpha_sd
+    ex.attrs["truth"] = {"y": np.asarray(y_true).tolist(), "coefs": coefs, "intercept": intercept,
                          "true_summaries": true.to_dict("list")}
     return pd.DataFrame(geo_rows), ex
+
+
+def simulate_between_models(*, n_layers: int = 12, seed: int = 0, target: str = "log_alpha",
+                            within_coef: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The between-model trap: model A with exponents near 0.8 and intrinsic dimension
+    near 6, model B near 0.3 and 16, ``n_layers`` each; within each model the exponent
+    depends on ID only through ``within_coef`` (log alpha per unit of ID; 0: no
+    within-model relation at all). Returns ``(geometry_df, exponents_df)`` with
+    ``<target>_mean/_sd`` (target ``log_alpha`` or ``alpha``) and ``alpha_mean/_sd``."""
+    from geowall.layers import relative_depth
+
+    rng = np.random.default_rng(seed)
+    rows, geo = [], []
+    for m, a_mu, id_mu in (("A", 0.8, 6.0), ("B", 0.3, 16.0)):
+        ids = id_mu + rng.normal(0, 1.0, n_layers)
+        la = np.log(a_mu) + within_coef * (ids - id_mu) + rng.normal(0, 0.06, n_layers)
+        for layer in range(n_layers):
+            a = float(np.exp(la[layer]))
+            rows.append({"model": m, "layer": layer, "alpha_mean": a, "alpha_sd": 0.02 * a,
+                         "log_alpha_mean": float(la[layer]), "log_alpha_sd": 0.02})
+            i = float(ids[layer])
+            for s, v in (("id_twonn", i), ("pr", 2 * i + rng.normal(0, 1)), ("curvature", rng.uniform(0.1, 1)),
+                         ("local_residual", rng.uniform(0.05, 0.4))):
+                geo.append({"model": m, "layer": layer, "depth": relative_depth(layer, n_layers), "summary": s,
+                            "estimate": float(v), "se": 0.05 * abs(float(v))})
+    return pd.DataFrame(geo), pd.DataFrame(rows)

@@ -15,14 +15,24 @@ from geowall import activations, geometry
 from geowall.config import Profile
 
 
+def relative_depth(layer: int, n_layers: int) -> float:
+    """The one definition of relative depth: ``layer / (n_layers - 1)``, with ``n_layers``
+    the model's number of residual points (not the number a profile selects), so a layer
+    has the same depth whichever subset of layers a profile runs; 0 for a one-layer model.
+    The geometry table carries it (``depth``) and Stage 2 reads it from there."""
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} outside 0..{n_layers - 1}")
+    return layer / (n_layers - 1) if n_layers > 1 else 0.0
+
+
 def layer_depths(cfg: Profile) -> list[tuple[str, int, float]]:
-    """(model, layer, relative depth) for every layer of every model; depth = layer / last layer index."""
+    """(model, layer, relative depth) for every layer of every model (:func:`relative_depth`)."""
     from geowall.sources import model_info
 
     out = []
     for m in cfg.models:
-        last = model_info(m).n_layers - 1
-        out.extend((m.name, layer, layer / last if last else 0.0) for layer in cfg.layers_of(m))
+        n = model_info(m).n_layers
+        out.extend((m.name, layer, relative_depth(layer, n)) for layer in cfg.layers_of(m))
     return out
 
 
@@ -164,12 +174,17 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
     widths, ks = widths_for(cfg, model, layer, d), cfg.ks_of(spec)
     train = activations.load(Path(run_dir), model, layer, "train")
     evl = activations.load(Path(run_dir), model, layer, "eval")
-    for w in widths:  # one call per width: the learning rate depends on the width
-        lr = cfg.sae.lr or cfg.sae.lr_scale * sae.default_lr(w)
-        steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
-        train_cfg = sae.TrainConfig(steps=steps, batch_size=cfg.sae.batch_size, lr=lr)
-        sae.run_grid(train, evl, train_cfg, model=model, layer=layer, widths=[w], ks=ks, seed=cfg.seed,
-                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path), progress=False)
+    by_steps: dict[int, list[int]] = {}  # a layer's SAEs with the same step count train together
+    for w in widths:
+        by_steps.setdefault(max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent)), []).append(w)
+    s = cfg.sae
+    for steps, ws in by_steps.items():
+        train_cfg = sae.TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, lr_scale=s.lr_scale,
+                                    lr_warmup=s.lr_warmup, lr_decay=s.lr_decay, curve_points=s.curve_points,
+                                    plateau_window=s.plateau_window)
+        sae.run_grid(train, evl, train_cfg, model=model, layer=layer, widths=ws, ks=ks, seed=cfg.seed,
+                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path), progress=False,
+                     plateau_tol=s.plateau_tol)
     table = sae.read_metrics(metrics_path)
     return table[(table.model == model) & (table.layer == layer)].to_dict("records")
 
@@ -289,4 +304,12 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=Non
     print(f"{reused} of {len(table)} SAEs were already done in {work.name}/ (resumed, not retrained); "
           f"{len(table) - reused} trained or evaluated now")
     write_parquet(Path(run_dir) / "sae_metrics.parquet", table)
+    # learning curves: beside the metrics table (local) or beside each task's part (Ray)
+    found = [sae.read_curves(p) for p in [sae.curves_path(metrics), *sorted((work / "parts").glob("*_curves.parquet"))]]
+    curves = pd.concat([c for c in found if len(c)] or [found[0]], ignore_index=True)
+    if len(curves):
+        ckey = pd.MultiIndex.from_frame(curves[["model", "layer", "width", "k"]])
+        curves = curves[ckey.isin(wanted) & (curves.seed == cfg.seed)]
+        curves = curves.drop_duplicates(["model", "layer", "width", "k", "seed", "step"], keep="last")
+    write_parquet(Path(run_dir) / "sae_curves.parquet", curves.reset_index(drop=True))
     return table

@@ -152,11 +152,7 @@ def run(
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
-    preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions, before anything is written
-    if any(s.name == "sae_grid" for s in chosen):  # ... and the largest SAE to stream must fit the disk budget
-        from geowall.plan import check_budget
-
-        check_budget(cfg)
+    preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions (disk budget included)
     prints = {}
     for s in steps:  # upstream fingerprints of steps not chosen come from their records
         rec = run_dir / "steps" / f"{s.name}.json"

@@ -20,7 +20,6 @@ defaults of ``scaling.exponents``); where a rule is inline in a library function
 """
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -225,12 +224,11 @@ def _two_widths(cfg):
 
 
 @register("sae.showcase_width_multiples", steps=("stage1",),
-          where="scaling.exponents: floor identified only with >= min_widths widths spanning >= min_width_span")
+          where="scaling.FLOOR_GRID_RULE: a floor term only with >= min_widths widths spanning >= min_width_span")
 def _showcase_grid_spans_floor_rule(cfg):
     from geowall import scaling
 
-    defaults = inspect.signature(scaling.exponents).parameters
-    min_widths, min_span = defaults["min_widths"].default, defaults["min_width_span"].default
+    min_widths, min_span = scaling.FLOOR_GRID_RULE["min_widths"], scaling.FLOOR_GRID_RULE["min_width_span"]
     names = set(cfg.sae.showcase_layers)
     for _, m in _trained(cfg):
         if m.name not in names or not cfg.sae.showcase_layers[m.name]:
@@ -325,6 +323,18 @@ def _gemma_scope_layers(cfg):
         if missing:
             yield (f"models.{i}.layers", f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
                                          f"expected layers among {sorted({int(x) for x in man.layer})}")
+
+
+@register("sae.cache_budget_gb", steps=("sae_grid",),
+          where="plan.check_budget / gemma_scope.check_budget: the largest streamed SAE fits the download cache")
+def _cache_budget(cfg):
+    from geowall.diskcache import BudgetError
+    from geowall.plan import check_budget
+
+    try:
+        check_budget(cfg)
+    except BudgetError as e:
+        yield ("sae.cache_budget_gb", str(e).removeprefix("sae.cache_budget_gb: "))
 
 
 @register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",

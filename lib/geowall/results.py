@@ -17,6 +17,7 @@ from geowall.io import read_json, read_parquet
 
 NA = "n/a (step not run)"
 SOURCE_NAMES = {"minilm": "all-MiniLM-L6-v2 (pretrained)", "minilm-random": "all-MiniLM-L6-v2 (random init)",
+                "mpnet": "all-mpnet-base-v2 (pretrained)", "mpnet-random": "all-mpnet-base-v2 (random init)",
                 "synthetic": "synthetic manifold zoo", "hf": "Hugging Face causal LM"}
 
 
@@ -131,35 +132,73 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
     if e is not None:
         p = e[e.primary]
         v["stage1"].update({"n_floor_identified": _fmt(int(p.floor_identified.sum())), "n_layers": _fmt(len(p)),
+                            "n_floor_term": _fmt(int(p.floor_term.sum())) if "floor_term" in p else NA,
                             "alpha_min": _fmt(p.alpha_mean.min()), "alpha_max": _fmt(p.alpha_mean.max())})
         for model, gm in p.groupby("model"):
             v["stage1"][model] = {"alpha_mean": _fmt(gm.alpha_mean.mean())}
     else:
-        v["stage1"].update({k: NA for k in ("n_floor_identified", "n_layers", "alpha_min", "alpha_max")})
+        v["stage1"].update({k: NA for k in ("n_floor_identified", "n_layers", "n_floor_term", "alpha_min", "alpha_max")})
     cmp_ = _read(run_dir, "law_compare.parquet")
     coefs = _read(run_dir, "law.parquet")
-    v["stage2"] = {"best_set": str(cmp_.sort_values("rank").predictor_set.iloc[0]) if cmp_ is not None else NA}
-    full = coefs[(coefs.predictor_set == "all4")].set_index("term") if coefs is not None else None
-    for term in SUMMARIES:
-        if full is not None and term in full.index:
-            r = full.loc[term]
-            v["stage2"][term] = {"b": _fmt(r.b_mean), "lo": _fmt(r.b_hdi_3), "hi": _fmt(r.b_hdi_97), "p_gt0": _fmt(r.p_gt0)}
-        else:
-            v["stage2"][term] = {k: NA for k in ("b", "lo", "hi", "p_gt0")}
+    null = _read(run_dir, "law_null.parquet")
+    v["stage2"] = {"scope": NA, "best_set": NA, "elpd_gain": NA, "elpd_gain_se": NA, "p_perm": NA}
+    if cmp_ is not None and "scope" in cmp_:
+        scope = "real" if (cmp_.scope == "real").any() else str(cmp_.scope.iloc[0])
+        c = cmp_[(cmp_.scope == scope) & ~cmp_.predictor_set.isin(["models", "depth"])]
+        best = c.sort_values("elpd_diff_vs_models", ascending=False).iloc[0]
+        v["stage2"].update({"scope": scope, "best_set": str(best.predictor_set),
+                            "elpd_gain": _fmt(best.elpd_diff_vs_models, 1), "elpd_gain_se": _fmt(best.se_diff_vs_models, 1)})
+        if null is not None:
+            n = null[(null.scope == scope) & (null.predictor_set == best.predictor_set)]
+            v["stage2"]["p_perm"] = _fmt(float(n.p_value.iloc[0]), 3) if len(n) else NA
+        if coefs is not None:
+            full = coefs[(coefs.scope == scope) & (coefs.predictor_set == "all4")].set_index("term")
+            for term in ("id_twonn", "pr", "curvature", "local_residual"):
+                if term in full.index:
+                    r = full.loc[term]
+                    v["stage2"][term] = {"b": _fmt(r.coef_mean), "lo": _fmt(r.coef_hdi_3), "hi": _fmt(r.coef_hdi_97),
+                                         "p_gt0": _fmt(r.p_gt0)}
+    for term in ("id_twonn", "pr", "curvature", "local_residual"):
+        v["stage2"].setdefault(term, {"b": NA, "lo": NA, "hi": NA, "p_gt0": NA})
     t = _read(run_dir, "transfer.parquet")
     v["transfer"] = {}
     if t is not None:
         for r in t.itertuples():
             key = f"{r.train_model}_to_{r.test_model}"
-            v["transfer"].setdefault(key, {})[r.predictor_set] = {"r2": _fmt(r.r2), "spearman": _fmt(r.spearman),
-                                                                  "coverage90": _fmt(r.coverage90)}
+            v["transfer"].setdefault(key, {})[r.predictor_set] = {
+                "r2": _fmt(r.r2), "r2_shift": _fmt(getattr(r, "r2_shift", None)), "spearman": _fmt(r.spearman),
+                "spearman_lo": _fmt(getattr(r, "spearman_hdi_3", None)),
+                "spearman_hi": _fmt(getattr(r, "spearman_hdi_97", None)),
+                "p_perm": _fmt(getattr(r, "p_perm_spearman", None), 3), "coverage90": _fmt(r.coverage90),
+                "n_layers": _fmt(int(r.n_layers))}
+    from geowall.transfer import FEW_LAYERS
+
+    v["transfer"]["summary"] = NA
+    if t is not None and "p_perm_spearman" in t:
+        law_rows = t[t.predictor_set == "law"]
+        v["transfer"]["summary"] = "; ".join(
+            f"{r.train_model} → {r.test_model} ({int(r.n_layers)} layers{', few' if r.n_layers < FEW_LAYERS else ''}): "
+            f"Spearman {_fmt(r.spearman)} [{_fmt(r.spearman_hdi_3)}, {_fmt(r.spearman_hdi_97)}], permutation p "
+            f"{_fmt(r.p_perm_spearman, 3)}, R² {_fmt(r.r2)}, level-shift R² {_fmt(r.r2_shift)} (in-sample ceiling "
+            f"{_fmt(r.ceiling_r2)}), 90% coverage {_fmt(r.coverage90)}" for r in law_rows.itertuples()) or NA
     f = _read(run_dir, "floors.parquet")
-    v["floors"] = {"n_layers": NA, **{s: {"rho": NA, "p_gt0": NA} for s in SUMMARIES}}
+    v["floors"] = {"n_identified": NA, "summary": NA}
     if f is not None:
-        rho = f[f.row_type == "spearman"].set_index("summary")
-        v["floors"]["n_layers"] = _fmt(int(rho.n_layers.iloc[0]))
-        for s in rho.index:
-            v["floors"][s] = {"rho": _fmt(rho.loc[s, "rho_mean"]), "p_gt0": _fmt(rho.loc[s, "p_gt0"])}
+        sp = f[f.row_type == "spearman"]
+        per_model = sp.groupby("model").n_layers.first()
+        v["floors"]["n_identified"] = _fmt(int(per_model.sum()))
+        v["floors"]["summary"] = "; ".join(
+            f"{r.model} {r.summary}: " + (f"rho {_fmt(r.rho_mean)} [{_fmt(r.rho_hdi_3)}, {_fmt(r.rho_hdi_97)}], "
+                                          f"P(rho > 0) = {_fmt(r.p_gt0)} over {int(r.n_layers)} floors"
+                                          if r.status == "ranked" else str(r.status))
+            for r in sp.itertuples())
+    from geowall.verdicts import verdict_table
+
+    vt = verdict_table(compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None, coefs=coefs, null=null,
+                       transfer=t if t is not None and "p_perm_spearman" in t else None,
+                       floors=f if f is not None and "status" in f else None)
+    v["verdict"] = {r.key: {"claim": r.claim, "verdict": r.verdict, "evidence": r.evidence, "rule": r.rule}
+                    for r in vt.itertuples()}
     return v
 
 

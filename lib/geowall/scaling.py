@@ -2,85 +2,76 @@
 
 One row of the metrics table is one trained (or loaded) SAE: ``model, layer, width,
 l0, fvu, ...``. For every layer we fit a surface ``fvu(W, l0)``. The exponents are
-partially pooled across the layers of each model (non-centred hierarchical priors,
-per-model hyper-means, hyper-standard-deviations shared across models); nuisance
-amplitudes and the floor are per-layer with fixed weakly informative priors, so that
-"the data moved the floor" means *this layer's* data, not borrowed strength. The
-likelihood is Normal on ``log fvu`` with a per-model noise scale ``sigma``.
+partially pooled across the layers of each model (non-centred hierarchical priors on
+``log alpha`` and ``log beta``, per-model hyper-means and hyper-sds); amplitudes and
+floors are per layer with fixed weakly informative priors, so that "the data moved the
+floor" means *this layer's* data, not borrowed strength. The likelihood is Normal on
+``log fvu`` with a per-model noise scale ``sigma``.
 
 Scales. Width and sparsity enter through normalised log scales
 
     w = log(W / W_ref[model]),   s = log(l0 / l0_ref[model])
 
 with ``W_ref`` the geometric mean of the model's distinct widths and ``l0_ref`` the
-geometric mean of the model's measured l0 (both overridable, both stored in
-``idata.attrs['geowall_refs']``). Normalising makes amplitudes the error *at the
-reference point*, which decorrelates them from the exponents and keeps NUTS well
-conditioned.
+geometric mean of the model's measured l0 (both overridable, both stored with the fit
+as ``constant_data`` variables ``ref_*`` along ``model``).
 
-The floor (both forms)
-----------------------
-``floor = lim_{W -> inf} L(W, l0_ref)``: the width asymptote at the reference
-sparsity. With it the width exponent is ``alpha = -d log(L - floor) / d log W`` at
-``l0_ref`` (the DESIGN definition). It is parametrised as ``floor = f * U`` with
-``f = sigmoid(logit_f)`` in (0, 1) and ``U = 1.05 x`` the smallest fvu among the
-layer's SAEs with ``l0 <= l0_ref`` (the width asymptote cannot exceed those errors
-since L decreases in l0; 5% slack for evaluation noise; the layer's largest fvu if no
-SAE is that sparse). Whether the floor is identified is judged per layer by
-:func:`exponents`.
+What each layer's grid can identify
+-----------------------------------
+A width asymptote (floor) and a width exponent trade off along a ridge that a few
+closely spaced widths cannot resolve. So the surface depends on the layer's grid:
 
-Forms
------
-``"additive"`` (Chinchilla-style, with an irreducible term)::
+* **floor-free surface** (every layer whose grid cannot identify a floor)::
 
-    L = E + A * (W/W_ref)^(-alpha) + B * (l0/l0_ref)^(-beta)
+      log L = log A - alpha*w - beta*s              ("additive")
+      log L = log A - alpha*w - beta*s + d*w*s      ("joint", Gao et al. 2024's L(n, k))
 
-  evaluated as ``logsumexp(log E, log A - alpha*w, log B - beta*s)``, with
-  ``floor = E + B`` and ``E = g * floor``, ``B = (1 - g) * floor``, ``g`` in (0, 1).
-  ``E`` (reported as ``E_inf``) is the double asymptote W, l0 -> infinity; it is
-  identified only through the l0 direction and is usually weak.
+  ``alpha`` is the plain width exponent at the reference sparsity,
+  ``-d log L / d log W`` at ``l0_ref``.
+* **surface with a floor** (layers with at least ``floor_min_widths`` distinct widths
+  spanning at least ``floor_min_span``; :data:`FLOOR_GRID_RULE`, decided by simulation:
+  ``tests/benchmarks/bench_floor_rule.py`` and notebook 03)::
 
-``"joint"`` (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", L(n, k))::
+      L = E + A*(W/W_ref)^(-alpha) + B*(l0/l0_ref)^(-beta)                   ("additive")
+      log(L - E_irr(l0)) = log A - alpha*w - beta*s + d*w*s,
+          E_irr(l0) = floor * exp(eta*s)                                     ("joint")
 
-    log(L - E_irr(l0)) = a - alpha*w - beta*s + d*w*s,   E_irr(l0) = floor * exp(eta*s)
+  with ``floor = lim_{W -> inf} L(W, l0_ref)`` (additive: ``floor = E + B``) and
+  ``alpha = -d log(L - floor) / d log W`` at ``l0_ref``. The floor is ``f * U``,
+  ``f = sigmoid(logit_f)`` in (0, 1) and ``U = 1.05 x`` the smallest fvu among the
+  layer's SAEs with ``l0 <= l0_ref``.
 
-  log-linear in log W, log l0 and their product, plus an l0-dependent irreducible term
-  (the full form, not simplified). In unnormalised terms
-  ``log(L - E_irr) = a' + b log W + c log l0 + d log W log l0`` and the width exponent at
-  sparsity l0 is ``-(b + d log l0)``; centring at ``l0_ref`` makes the parameter
-  ``alpha = alpha(l0_ref) = -(b + d log l0_ref)`` directly. ``floor = E_irr(l0_ref)``.
+A floor is *called identified* (:func:`exponents`) only on the layer's own evidence and
+two-sided: the 94% HDI of ``f`` lies inside ``(0.05, 0.95)`` *and* the per-layer
+PSIS-LOO comparison of the floor surface against the floor-free one (fitted alongside,
+:func:`fit_stage1`) favours the floor by more than ``elpd_z`` standard errors
+(:data:`FLOOR_IDENTIFIED_RULE`). On pure power-law tables (true floor 0) this calls at
+most 5% of layers identified, and it identifies planted floors on 7-width grids
+spanning 64x (``tests/test_scaling.py``).
 
 Priors (weakly informative)
 ---------------------------
 * ``log alpha_j = mu_log_alpha[m] + sd_log_alpha[m] * z_j`` (non-centred; location and
   spread per model ``m``); ``mu_log_alpha ~ N(log 0.3, 0.5)``,
   ``sd_log_alpha ~ HalfNormal(0.4)``: SAE width exponents in the literature sit in
-  about 0.1-0.6 (Gao et al. 2024); the prior's 95% range of a model's typical exponent
-  is ~0.11-0.8, and layers may differ by a factor ~2. The spread is per model because
-  models differ in how alike their layers are (one spread shared by MiniLM and the
-  synthetic zoo gave divergences and low ESS on the default profile's table).
-* ``log beta_j`` likewise, ``mu ~ N(log 0.4, 0.6)``, ``sd ~ HalfNormal(0.4)``: TopK
-  sparsity exponents are of the same order, less well known, so a looser prior.
-* ``logit f_j ~ N(-1, 1)``: a priori the floor is typically ~1/4 of the best error
-  of a sparse SAE, but anywhere in (0, 1) is allowed.
-* additive: ``log A_j ~ N(log(median fvu of the layer / 2), 1)``: the width-reducible
-  error at the reference is a sizeable share of the typical error, within ~e^2;
-  ``logit g_j ~ N(0, 1.5)``: no preference for how the floor splits into E and B.
-* joint: ``a_j ~ N(log(median fvu / 2), 1)`` as ``log A``; ``d_j`` hierarchical,
-  ``mu ~ N(0, 0.1)``, ``sd ~ HalfNormal(0.05)``: Gao et al. find a small
-  interaction; ``eta_j`` hierarchical, ``mu ~ N(-0.3, 0.5)``, ``sd ~ HalfNormal(0.3)``:
-  the irreducible error falls slowly with l0.
-* ``sigma[m] ~ HalfNormal(0.2)`` on log fvu: fvu noise across seeds and evaluation
-  batches is a few per cent; 0.2 leaves room for misfit of the functional form.
+  about 0.1-0.6 (Gao et al. 2024); layers may differ by a factor ~2.
+* ``log beta_j`` likewise, ``mu ~ N(log 0.4, 0.6)``, ``sd ~ HalfNormal(0.4)``.
+* ``log A_j ~ N(log(median fvu of the layer / 2), 1)``.
+* floor layers: ``logit f_j ~ N(-1, 1)`` (a floor ~1/4 of its bound, anywhere in (0, 1)
+  allowed); additive ``logit g_j ~ N(0, 1.5)`` splits the floor into ``E = g*floor``
+  and ``B = (1-g)*floor``; joint ``eta_j ~ N(-0.3, 0.5)``.
+* joint: ``d_j`` hierarchical, ``mu ~ N(0, 0.1)``, ``sd ~ HalfNormal(0.05)``.
+* ``sigma[m] ~ HalfNormal(0.2)`` on log fvu.
 
 The prior is sampled along with the posterior (group ``prior``) so that
 :func:`exponents` can report how much the data moved each quantity.
+:func:`simulation_based_calibration` checks the whole fit against its own prior
+(Talts et al. 2018).
 """
 from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -88,10 +79,14 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from geowall import bayes
+from geowall.bayes import FitDiagnosticsError, check_fit, resolve_sampler, sample_model
 from geowall.io import require_columns
 
 __all__ = [
     "FORMS",
+    "FLOOR_GRID_RULE",
+    "FLOOR_IDENTIFIED_RULE",
     "FitDiagnosticsError",
     "build_stage1_model",
     "fit_stage1",
@@ -101,16 +96,30 @@ __all__ = [
     "check_fit",
     "compare_forms",
     "simulate_metrics",
+    "simulate_power_law",
+    "grid_from_gemma_scope",
     "layer_table",
+    "stored_layers",
+    "stored_refs",
     "surface_predictions",
     "resolve_sampler",
     "sample_model",
+    "simulation_based_calibration",
+    "sbc_uniformity",
 ]
 
 FORMS = ("additive", "joint")
 REQUIRED_COLUMNS = ("model", "layer", "width", "l0", "fvu")
-HDI_PROB = 0.94
+HDI_PROB = bayes.HDI_PROB
 FLOOR_BOUND_SLACK = 1.05  # floor bound U = 1.05 x smallest fvu with l0 <= l0_ref (room for noise)
+# A layer's grid supports a floor term with at least this many distinct widths spanning at
+# least this ratio. Decided by simulation (tests/benchmarks/bench_floor_rule.py, notebook 03):
+# with 4 widths over 8x (the default grid) or 2 widths over 4x (Gemma Scope) a planted floor
+# is almost never recovered and alpha trades off against it; with 6 widths over 32x it is.
+FLOOR_GRID_RULE = {"min_widths": 5, "min_width_span": 16.0}
+# A fitted floor is called identified when the 94% HDI of f = floor / U lies inside
+# (f_lo, f_hi) and the layer's PSIS-LOO favours the floor by more than elpd_z standard errors.
+FLOOR_IDENTIFIED_RULE = {"f_lo": 0.05, "f_hi": 0.95, "elpd_z": 2.0}
 
 PRIORS: dict[str, dict[str, str]] = {
     "additive": {
@@ -118,9 +127,9 @@ PRIORS: dict[str, dict[str, str]] = {
         "sd_log_alpha": "HalfNormal(0.4) per model: layers of one model differ by up to ~2x",
         "mu_log_beta": "Normal(log 0.4, 0.6) per model: sparsity exponents of the same order, looser",
         "sd_log_beta": "HalfNormal(0.4) per model",
-        "logit_f": "Normal(-1, 1) per layer: floor ~1/4 of its data bound, anywhere in (0, 1) allowed",
         "log_A": "Normal(log(median fvu of layer / 2), 1): width-reducible error is a sizeable share",
-        "logit_g": "Normal(0, 1.5): no preference how the floor splits into E (l0-irreducible) and B",
+        "logit_f": "Normal(-1, 1), floor layers only: floor ~1/4 of its data bound, anywhere in (0, 1)",
+        "logit_g": "Normal(0, 1.5), floor layers only: no preference how the floor splits into E and B",
         "sigma": "HalfNormal(0.2) per model on log fvu: fvu noise is a few per cent, room for misfit",
     },
     "joint": {
@@ -128,34 +137,14 @@ PRIORS: dict[str, dict[str, str]] = {
         "sd_log_alpha": "HalfNormal(0.4) per model",
         "mu_log_beta": "Normal(log 0.4, 0.6) per model",
         "sd_log_beta": "HalfNormal(0.4) per model",
-        "logit_f": "Normal(-1, 1) per layer: irreducible error at l0_ref as a fraction of its bound",
-        "a": "Normal(log(median fvu of layer / 2), 1): reducible error at the reference point",
+        "log_A": "Normal(log(median fvu of layer / 2), 1): reducible error at the reference point",
         "mu_d": "Normal(0, 0.1) per model: Gao et al. find a small log W x log l0 interaction",
         "sd_d": "HalfNormal(0.05) per model",
-        "mu_eta": "Normal(-0.3, 0.5) per model: irreducible error falls slowly with l0",
-        "sd_eta": "HalfNormal(0.3) per model",
+        "logit_f": "Normal(-1, 1), floor layers only: irreducible error at l0_ref as a fraction of its bound",
+        "eta": "Normal(-0.3, 0.5), floor layers only: irreducible error falls slowly with l0",
         "sigma": "HalfNormal(0.2) per model on log fvu",
     },
 }
-
-
-class FitDiagnosticsError(RuntimeError):
-    """A posterior failed a convergence diagnostic. ``.failures`` lists dicts with
-    keys ``diagnostic``, ``variable``, ``value``, ``threshold``."""
-
-    def __init__(self, failures: list[dict[str, Any]], label: str = "fit"):
-        self.failures = failures
-        lines = []
-        for f in failures:
-            where = f" at {f['variable']}" if f.get("variable") else ""
-            lines.append(f"{f['diagnostic']} = {_fmt(f['value'])} (threshold {f['threshold']}){where}")
-        super().__init__(f"{label} failed convergence diagnostics: " + "; ".join(lines))
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.4g}"
-    return str(v)
 
 
 # --------------------------------------------------------------------------- data
@@ -179,9 +168,26 @@ def _validate_metrics(metrics_df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def floor_supported(n_widths, width_span, *, min_widths: int | None = None,
+                    min_width_span: float | None = None):
+    """The grid rule: can a layer with ``n_widths`` distinct widths spanning
+    ``width_span`` identify a width asymptote? (:data:`FLOOR_GRID_RULE`)"""
+    mw = FLOOR_GRID_RULE["min_widths"] if min_widths is None else min_widths
+    ms = FLOOR_GRID_RULE["min_width_span"] if min_width_span is None else min_width_span
+    return (np.asarray(n_widths) >= mw) & (np.asarray(width_span) >= ms * (1 - 1e-9))
+
+
 def layer_table(metrics_df: pd.DataFrame, *, w_ref: float | Mapping[str, float] | None = None,
-                l0_ref: float | Mapping[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
-    """Per-layer table (index order = the ``layer_id`` dimension) and per-model references."""
+                l0_ref: float | Mapping[str, float] | None = None, floors: str = "grid",
+                floor_min_widths: int | None = None,
+                floor_min_span: float | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """Per-layer table (index order = the ``layer_id`` dimension) and per-model references.
+
+    ``floor_term`` says whether the layer's surface has a floor: ``floors="grid"`` applies
+    :func:`floor_supported` to the layer's grid, ``"none"`` gives every layer the
+    floor-free surface, ``"all"`` gives every layer a floor (for simulation studies)."""
+    if floors not in ("grid", "none", "all"):
+        raise ValueError(f"floors: expected 'grid', 'none' or 'all', got {floors!r}")
     df = _validate_metrics(metrics_df)
     models = sorted(df["model"].unique())
     refs: dict[str, dict[str, float]] = {}
@@ -210,7 +216,14 @@ def layer_table(metrics_df: pd.DataFrame, *, w_ref: float | Mapping[str, float] 
             "floor_bound": float(FLOOR_BOUND_SLACK * (sparse.min() if len(sparse) else sub["fvu"].max())),
             "showcase": bool(sub["showcase"].astype(bool).any()) if "showcase" in sub.columns else False,
         })
-    return pd.DataFrame(rows), refs
+    layers = pd.DataFrame(rows)
+    if floors == "grid":
+        layers["floor_term"] = floor_supported(layers["n_widths"], layers["width_span"], min_widths=floor_min_widths,
+                                               min_width_span=floor_min_span)
+    else:
+        layers["floor_term"] = floors == "all"
+    layers["floor_term"] = layers["floor_term"].astype(bool)
+    return layers, refs
 
 
 def _ref_value(spec, model: str, default: float) -> float:
@@ -226,12 +239,16 @@ def _ref_value(spec, model: str, default: float) -> float:
 
 def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
                        w_ref: float | Mapping[str, float] | None = None,
-                       l0_ref: float | Mapping[str, float] | None = None):
+                       l0_ref: float | Mapping[str, float] | None = None, floors: str = "grid",
+                       floor_min_widths: int | None = None, floor_min_span: float | None = None):
     """Build the PyMC model. Returns ``(model, layers, refs)``.
 
-    Dimensions: ``model`` (one per model), ``layer_id`` (one per model+layer, labels
-    ``"<model>/L<layer>"``), ``obs`` (one per SAE row). Per-layer quantities of interest
-    are Deterministics ``alpha``, ``beta`` and ``E`` over ``layer_id``.
+    Dimensions: ``model``, ``layer_id`` (one per model+layer, labels
+    ``"<model>/L<layer>"``), ``floor_layer`` (the layers with a floor term; absent when
+    none has one), ``obs`` (one per SAE row). Deterministics: ``alpha``, ``log_alpha``,
+    ``beta`` over ``layer_id``; ``floor``, ``f`` (floor / bound) and, additive, ``E``
+    over ``floor_layer``. The observed ``log_fvu`` is a ``pm.Data`` (``log_fvu_data``)
+    so a compiled model can be refitted to new data (simulation-based calibration).
     """
     import pymc as pm
     import pytensor.tensor as pt
@@ -239,7 +256,8 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     df = _validate_metrics(metrics_df).sort_values(["model", "layer", "width", "l0"]).reset_index(drop=True)
-    layers, refs = layer_table(df, w_ref=w_ref, l0_ref=l0_ref)
+    layers, refs = layer_table(df, w_ref=w_ref, l0_ref=l0_ref, floors=floors, floor_min_widths=floor_min_widths,
+                               floor_min_span=floor_min_span)
     models = sorted(refs)
     lid = {(r.model, r.layer): i for i, r in enumerate(layers.itertuples())}
     layer_idx = np.array([lid[(m, int(l))] for m, l in zip(df["model"], df["layer"])])
@@ -249,12 +267,17 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
     s = np.log(df["l0"].to_numpy() / np.array([refs[m]["l0_ref"] for m in df["model"]]))
     y = np.log(df["fvu"].to_numpy())
     log_med_layer = np.log(layers["median_fvu"].to_numpy() / 2.0)
+    has_floor = layers["floor_term"].to_numpy(bool)
+    floor_ids = layers.loc[has_floor, "layer_id"].tolist()
 
     coords = {"model": models, "layer_id": layers["layer_id"].tolist(), "obs": np.arange(len(df))}
+    if floor_ids:
+        coords["floor_layer"] = floor_ids
     with pm.Model(coords=coords) as model:
         w_d = pm.Data("w", w, dims="obs")
         s_d = pm.Data("s", s, dims="obs")
         li = pm.Data("layer_idx", layer_idx, dims="obs")
+        y_d = pm.Data("log_fvu_data", y, dims="obs")
         mi = model_of_layer
 
         def hier(name, mu_mu, mu_sd, sd_sd):
@@ -268,120 +291,66 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
         alpha = pm.Deterministic("alpha", pt.exp(log_alpha), dims="layer_id")
         beta = pm.Deterministic("beta", pt.exp(log_beta), dims="layer_id")
         sigma = pm.HalfNormal("sigma", 0.2, dims="model")
-
-        # floor = width asymptote at the reference sparsity, lim_{W->inf} L(W, l0_ref),
-        # as a fraction f in (0, 1) of its data bound U (not pooled across layers: each
-        # layer's floor is identified, or not, by its own data)
-        logit_f = pm.Normal("logit_f", -1.0, 1.0, dims="layer_id")
-        log_floor = pm.Deterministic(
-            "log_floor", pt.log(layers["floor_bound"].to_numpy()) + pt.log(pm.math.sigmoid(logit_f)), dims="layer_id"
-        )
-        if form == "additive":
-            log_A = pm.Normal("log_A", log_med_layer, 1.0, dims="layer_id")
-            # share g of the reference floor that is irreducible in l0 too: E = g*floor, B = (1-g)*floor
-            logit_g = pm.Normal("logit_g", 0.0, 1.5, dims="layer_id")
-            log_E = pm.Deterministic("log_E", log_floor + pt.log(pm.math.sigmoid(logit_g)), dims="layer_id")
-            log_B = pm.Deterministic("log_B", log_floor + pt.log(pm.math.sigmoid(-logit_g)), dims="layer_id")
-            pm.Deterministic("E", pt.exp(log_E), dims="layer_id")
-            terms = pt.stack([
-                log_E[li],
-                log_A[li] - alpha[li] * w_d,
-                log_B[li] - beta[li] * s_d,
-            ])
-            mu = pm.math.logsumexp(terms, axis=0, keepdims=False)
-        else:
-            a = pm.Normal("a", log_med_layer, 1.0, dims="layer_id")
+        log_A = pm.Normal("log_A", log_med_layer, 1.0, dims="layer_id")
+        red = log_A[li] - alpha[li] * w_d - beta[li] * s_d
+        if form == "joint":
             d = hier("d", 0.0, 0.1, 0.05)
-            eta = hier("eta", -0.3, 0.5, 0.3)
-            red = a[li] - alpha[li] * w_d - beta[li] * s_d + d[li] * w_d * s_d
-            irr = log_floor[li] + eta[li] * s_d
-            mu = pm.math.logsumexp(pt.stack([red, irr]), axis=0, keepdims=False)
-        pm.Deterministic("floor", pt.exp(log_floor), dims="layer_id")
-        pm.Normal("log_fvu", mu=mu, sigma=sigma[model_of_obs], observed=y, dims="obs")
+            red = red + d[li] * w_d * s_d
+        mu = red  # the floor-free surface, replaced below on the floor layers' rows
+        if floor_ids:
+            fpos = -np.ones(len(layers), int)
+            fpos[has_floor] = np.arange(len(floor_ids))
+            rows_f = np.flatnonzero(has_floor[layer_idx])
+            k = fpos[layer_idx[rows_f]]  # floor-layer index of each such row
+            j = layer_idx[rows_f]
+            bound = layers.loc[has_floor, "floor_bound"].to_numpy()
+            logit_f = pm.Normal("logit_f", -1.0, 1.0, dims="floor_layer")
+            pm.Deterministic("f", pm.math.sigmoid(logit_f), dims="floor_layer")
+            log_floor = pm.Deterministic("log_floor", pt.log(bound) + pt.log(pm.math.sigmoid(logit_f)),
+                                         dims="floor_layer")
+            wf, sf = w[rows_f], s[rows_f]
+            if form == "additive":
+                logit_g = pm.Normal("logit_g", 0.0, 1.5, dims="floor_layer")
+                log_E = pm.Deterministic("log_E", log_floor + pt.log(pm.math.sigmoid(logit_g)), dims="floor_layer")
+                log_B = pm.Deterministic("log_B", log_floor + pt.log(pm.math.sigmoid(-logit_g)), dims="floor_layer")
+                pm.Deterministic("E", pt.exp(log_E), dims="floor_layer")
+                mu_f = pm.math.logsumexp(pt.stack([log_E[k], log_A[j] - alpha[j] * wf, log_B[k] - beta[j] * sf]),
+                                         axis=0, keepdims=False)
+            else:
+                eta = pm.Normal("eta", -0.3, 0.5, dims="floor_layer")
+                red_f = log_A[j] - alpha[j] * wf - beta[j] * sf + d[j] * wf * sf
+                mu_f = pt.logaddexp(red_f, log_floor[k] + eta[k] * sf)
+            mu = pt.set_subtensor(mu[rows_f], mu_f)
+            pm.Deterministic("floor", pt.exp(log_floor), dims="floor_layer")
+        pm.Normal("log_fvu", mu=mu, sigma=sigma[model_of_obs], observed=y_d, dims="obs")
     return model, layers, refs
-
-
-def resolve_sampler(sampler: str = "auto") -> str:
-    """``"auto"`` -> ``"nutpie"`` when importable, else ``"pymc"``."""
-    if sampler not in ("auto", "nutpie", "pymc"):
-        raise ValueError(f"sampler: expected 'auto', 'nutpie' or 'pymc', got {sampler!r}")
-    if sampler == "auto":
-        try:
-            import nutpie  # noqa: F401  (availability probe)
-            return "nutpie"
-        except ImportError:
-            return "pymc"
-    return sampler
-
-
-def sample_model(model, *, draws: int, tune: int, chains: int, seed: int, sampler: str = "auto",
-                 target_accept: float = 0.9, progressbar: bool = True, loglik_vars: Iterable[str] = (),
-                 prior_draws: int = 0, cores: int | None = None, nutpie_kwargs: dict | None = None):
-    """Sample ``model`` with nutpie or PyMC's NUTS; add log-likelihood and prior groups.
-
-    ``cores`` defaults to ``min(chains, 2)``. Returns InferenceData with
-    ``posterior.attrs['sampling_wall_s']`` and ``['sampler']`` set.
-    """
-    import pymc as pm
-
-    sampler = resolve_sampler(sampler)
-    cores = cores or min(chains, 2)
-    t0 = time.perf_counter()
-    with model, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*idata_kwargs.*")
-        if sampler == "nutpie":
-            idata = pm.sample(
-                draws=draws, tune=tune, chains=chains, random_seed=seed, nuts_sampler="nutpie",
-                target_accept=target_accept, progressbar=progressbar,
-                nuts_sampler_kwargs={"cores": cores, **(nutpie_kwargs or {})},
-            )
-        else:
-            idata = pm.sample(
-                draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                target_accept=target_accept, progressbar=progressbar, compute_convergence_checks=False,
-            )
-    wall = time.perf_counter() - t0
-    # nutpie (0.16) stores warm-up draws in extra groups; keep only what ArviZ needs.
-    for grp in ("warmup_posterior", "warmup_sample_stats"):
-        if grp in idata.groups():
-            del idata[grp]
-    # nutpie also returns the unconstrained copies (``x_log__``); PyMC does not: drop them
-    unconstrained = [v for v in idata.posterior.data_vars if str(v).endswith("__")]
-    if unconstrained:
-        idata.posterior = idata.posterior.drop_vars(unconstrained)
-    sampling_time = float(idata.posterior.attrs.get("sampling_time", wall))
-    loglik_vars = list(loglik_vars)
-    if loglik_vars:
-        pm.compute_log_likelihood(idata, var_names=loglik_vars, model=model, progressbar=False)
-    if prior_draws:
-        prior = pm.sample_prior_predictive(draws=prior_draws, model=model, random_seed=seed + 1)
-        idata.extend(prior)
-    idata.posterior.attrs["sampler"] = sampler
-    idata.posterior.attrs["sampling_wall_s"] = wall
-    idata.posterior.attrs["sampling_time_s"] = sampling_time
-    return idata
 
 
 def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int = 1000, chains: int = 2,
                tune: int = 1000, seed: int = 0, sampler: str = "auto", target_accept: float = 0.9,
                prior_draws: int = 1000, w_ref: float | Mapping[str, float] | None = None,
                l0_ref: float | Mapping[str, float] | None = None, progressbar: bool = True,
-               nutpie_kwargs: dict | None = None):
+               nutpie_kwargs: dict | None = None, floors: str = "grid", floor_min_widths: int | None = None,
+               floor_min_span: float | None = None, compare_floor: bool = True):
     """Fit the Stage 1 hierarchical scaling surface; return ``arviz.InferenceData``.
 
     Groups: ``posterior`` (hyper-parameters, non-centred offsets ``z_*``, per-layer
-    parameters and the per-layer Deterministics ``alpha``, ``beta``, ``floor`` and, for
-    the additive form, ``E``), ``sample_stats``,
-    ``log_likelihood`` (``log_fvu``, for :func:`compare_forms` / ``az.loo``),
-    ``prior`` and ``prior_predictive`` (``prior_draws`` draws; used for the
-    prior-vs-posterior contraction in :func:`exponents`), ``observed_data``,
-    ``constant_data``.
+    parameters, Deterministics ``alpha``, ``log_alpha``, ``beta`` over ``layer_id`` and
+    ``floor``, ``f`` (and additive ``E``) over ``floor_layer``), ``sample_stats``,
+    ``log_likelihood`` (``log_fvu``), ``prior`` and ``prior_predictive``
+    (``prior_draws`` draws; for the prior-vs-posterior contraction in
+    :func:`exponents`), ``observed_data`` and ``constant_data``: the model's data plus the
+    per-layer table of :func:`layer_table` as variables ``layer_<column>`` along
+    ``layer_id`` and the per-model references ``ref_<w_ref|l0_ref|median_fvu>`` along
+    ``model`` (read them back with :func:`stored_layers` / :func:`stored_refs`).
 
-    ``idata.attrs``: ``geowall_stage`` = "stage1", ``geowall_form``, ``geowall_layers``
-    (JSON records of :func:`layer_table`, in ``layer_id`` order), ``geowall_refs`` (JSON:
-    per-model ``w_ref``, ``l0_ref``), ``geowall_priors`` (JSON), ``geowall_sampler``,
-    ``geowall_seed``. The posterior also carries non-index coordinates ``layer_model``
-    and ``layer_number`` along ``layer_id``.
+    Which layers get a floor: ``floors`` (see :func:`layer_table`). With
+    ``compare_floor`` and at least one floor layer, the floor-free surface is fitted too
+    (same settings, no prior draws) and each floor layer's PSIS-LOO difference
+    ``floor_elpd_diff`` (floor minus floor-free, summed over the layer's SAEs), its
+    standard error ``floor_elpd_se`` and the larger Pareto k of the two fits
+    (``floor_pareto_k``) join the layer table. ``posterior.attrs['nofloor_sampling_wall_s']``
+    records that fit's time.
 
     Sampler: nutpie where available (``sampler="auto"``), else PyMC's NUTS; ``cores =
     min(chains, 2)``. Check the result with :func:`check_fit` before using it.
@@ -392,20 +361,27 @@ def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int =
     for name, v in (("draws", draws), ("chains", chains), ("tune", tune)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    model, layers, refs = build_stage1_model(metrics_df, form=form, w_ref=w_ref, l0_ref=l0_ref)
+    kw = dict(form=form, w_ref=w_ref, l0_ref=l0_ref, floor_min_widths=floor_min_widths,
+              floor_min_span=floor_min_span)
+    model, layers, refs = build_stage1_model(metrics_df, floors=floors, **kw)
     # nutpie_kwargs go to nutpie.sample. Its low-rank mass matrix
     # ({"low_rank_modified_mass_matrix": True}) cuts leapfrog steps ~3x here but mixed the
     # hierarchical sds worse (min bulk ESS 242 vs 802 per 2000 draws in
     # tests/benchmarks/bench_stage1.py), so the default diagonal adaptation is kept.
-    idata = sample_model(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                         target_accept=target_accept, progressbar=progressbar, loglik_vars=["log_fvu"],
-                         prior_draws=prior_draws, nutpie_kwargs=nutpie_kwargs)
-    _annotate(idata, layers)
+    sample_kw = dict(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler, target_accept=target_accept,
+                     progressbar=progressbar, loglik_vars=["log_fvu"], nutpie_kwargs=nutpie_kwargs)
+    idata = sample_model(model, prior_draws=prior_draws, **sample_kw)
+    for col in ("floor_elpd_diff", "floor_elpd_se", "floor_pareto_k"):
+        layers[col] = np.nan
+    if compare_floor and layers["floor_term"].any():
+        free, _, _ = build_stage1_model(metrics_df, floors="none", **kw)
+        free_idata = sample_model(free, prior_draws=0, **sample_kw)
+        idata.posterior.attrs["nofloor_sampling_wall_s"] = free_idata.posterior.attrs["sampling_wall_s"]
+        _floor_loo(idata, free_idata, layers)
+    _store(idata, layers, refs)
     idata.attrs.update({
         "geowall_stage": "stage1",
         "geowall_form": form,
-        "geowall_layers": layers.to_json(orient="records"),
-        "geowall_refs": json.dumps(refs),
         "geowall_priors": json.dumps(PRIORS[form]),
         "geowall_sampler": idata.posterior.attrs["sampler"],
         "geowall_seed": int(seed),
@@ -413,7 +389,30 @@ def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int =
     return idata
 
 
-def _annotate(idata, layers: pd.DataFrame) -> None:
+def _floor_loo(idata, free_idata, layers: pd.DataFrame) -> None:
+    """Per floor layer: PSIS-LOO of the floor surface minus the floor-free one."""
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = az.loo(idata, pointwise=True, var_name="log_fvu")
+        b = az.loo(free_idata, pointwise=True, var_name="log_fvu")
+    diff = np.asarray(a.loo_i) - np.asarray(b.loo_i)
+    kmax = np.maximum(np.asarray(a.pareto_k), np.asarray(b.pareto_k))
+    li = np.asarray(idata.constant_data["layer_idx"])
+    for j in np.flatnonzero(layers["floor_term"].to_numpy(bool)):
+        d = diff[li == j]
+        layers.loc[j, "floor_elpd_diff"] = float(d.sum())
+        layers.loc[j, "floor_elpd_se"] = float(np.sqrt(len(d) * d.var(ddof=1))) if len(d) > 1 else np.nan
+        layers.loc[j, "floor_pareto_k"] = float(kmax[li == j].max())
+
+
+def _store(idata, layers: pd.DataFrame, refs: Mapping[str, Mapping[str, float]]) -> None:
+    """Per-layer table and per-model references into ``constant_data``; coordinates
+    ``layer_model`` / ``layer_number`` on the posterior and prior."""
+    bayes.put_table(idata, layers, dim="layer_id", prefix="layer_")
+    rt = pd.DataFrame([{"model": m, **r} for m, r in refs.items()])
+    bayes.put_table(idata, rt, dim="model", prefix="ref_")
     for grp in ("posterior", "prior"):
         if grp in idata.groups() and "layer_id" in idata[grp].dims:
             idata[grp] = idata[grp].assign_coords(
@@ -424,26 +423,36 @@ def _annotate(idata, layers: pd.DataFrame) -> None:
 
 def stored_layers(idata) -> pd.DataFrame:
     """The layer table stored by :func:`fit_stage1` (``layer_id`` order)."""
-    from io import StringIO
+    t = bayes.get_table(idata, dim="layer_id", prefix="layer_")
+    for col, typ in (("layer", int), ("model_idx", int), ("n_obs", int), ("n_widths", int), ("n_k", int)):
+        if col in t:
+            t[col] = t[col].astype(typ)
+    for col in ("showcase", "floor_term"):
+        if col in t:
+            t[col] = t[col].astype(bool)
+    return t
 
-    return pd.read_json(StringIO(idata.attrs["geowall_layers"]), orient="records")
+
+def stored_refs(idata) -> dict[str, dict[str, float]]:
+    """Per-model ``w_ref``, ``l0_ref``, ``median_fvu`` stored by :func:`fit_stage1`."""
+    t = bayes.get_table(idata, dim="model", prefix="ref_")
+    return {r["model"]: {k: float(r[k]) for k in ("w_ref", "l0_ref", "median_fvu")} for _, r in t.iterrows()}
 
 
 def prior_predictive(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int = 500, seed: int = 0,
-                     w_ref=None, l0_ref=None):
+                     w_ref=None, l0_ref=None, floors: str = "grid"):
     """Prior predictive draws for the Stage 1 model (no posterior sampling).
 
-    Returns InferenceData with ``prior`` (incl. ``alpha``, ``beta``, ``E``),
-    ``prior_predictive`` (``log_fvu``) and ``observed_data``; summarise it with
+    Returns InferenceData with ``prior`` (incl. ``alpha``, ``beta``), ``prior_predictive``
+    (``log_fvu``), ``observed_data`` and ``constant_data``; summarise it with
     :func:`prior_predictive_summary`.
     """
     import pymc as pm
 
-    model, layers, refs = build_stage1_model(metrics_df, form=form, w_ref=w_ref, l0_ref=l0_ref)
+    model, layers, refs = build_stage1_model(metrics_df, form=form, w_ref=w_ref, l0_ref=l0_ref, floors=floors)
     idata = pm.sample_prior_predictive(draws=draws, model=model, random_seed=seed)
-    _annotate(idata, layers)
-    idata.attrs.update({"geowall_form": form, "geowall_layers": layers.to_json(orient="records"),
-                        "geowall_refs": json.dumps(refs)})
+    _store(idata, layers, refs)
+    idata.attrs.update({"geowall_form": form})
     return idata
 
 
@@ -456,9 +465,7 @@ def prior_predictive_summary(idata, *, group: str = "prior_predictive", interval
     q = (1 - interval) / 2
     lo, hi = np.quantile(pp, [q, 1 - q], axis=1)
     layers = stored_layers(idata)
-    layer_idx = idata.constant_data["layer_idx"].to_numpy() if "constant_data" in idata.groups() else None
-    if layer_idx is None:
-        raise ValueError("idata: needs constant_data.layer_idx (produced by prior_predictive / fit_stage1)")
+    layer_idx = idata.constant_data["layer_idx"].to_numpy()
     rows = []
     for i, r in layers.iterrows():
         sel = layer_idx == i
@@ -475,86 +482,105 @@ def prior_predictive_summary(idata, *, group: str = "prior_predictive", interval
 # --------------------------------------------------------------------------- summaries
 
 
-def _hdi(x: np.ndarray, prob: float = HDI_PROB) -> tuple[float, float]:
-    """Highest-density interval of a 1-d sample (ArviZ's definition)."""
-    x = np.sort(np.asarray(x, dtype=float))
-    n = len(x)
-    k = int(np.floor(prob * n))
-    if k < 1 or n < 2:
-        return float(x.min()), float(x.max())
-    widths = x[k:] - x[: n - k]
-    i = int(np.argmin(widths))
-    return float(x[i]), float(x[i + k])
+def _draws(group, var: str, dim: str = "layer_id") -> np.ndarray:
+    """(n_samples, k) array of a per-layer variable."""
+    return group[var].stack(sample=("chain", "draw")).transpose("sample", dim).to_numpy()
 
 
-def _draws(group, var: str) -> np.ndarray:
-    """(n_samples, layer) array of a per-layer variable."""
-    return group[var].stack(sample=("chain", "draw")).transpose("sample", "layer_id").to_numpy()
+def _summ_cols(out: pd.DataFrame, col: str, post_d: np.ndarray | None, prior_d: np.ndarray | None,
+               rows: np.ndarray | None = None) -> None:
+    """mean, sd, hdi_3, hdi_97, prior_sd, sd_ratio columns of ``col`` (NaN outside ``rows``)."""
+    n = len(out)
+    rows = np.arange(n) if rows is None else rows
+    vals = {k: np.full(n, np.nan) for k in ("mean", "sd", "hdi_3", "hdi_97", "prior_sd")}
+    if post_d is not None and len(rows):
+        vals["mean"][rows] = post_d.mean(0)
+        vals["sd"][rows] = post_d.std(0, ddof=1)
+        h = bayes.hdi(post_d)
+        vals["hdi_3"][rows], vals["hdi_97"][rows] = h[:, 0], h[:, 1]
+        if prior_d is not None:
+            vals["prior_sd"][rows] = prior_d.std(0, ddof=1)
+    for k, v in vals.items():
+        out[f"{col}_{k}"] = v
+    out[f"{col}_sd_ratio"] = out[f"{col}_sd"] / out[f"{col}_prior_sd"]
 
 
-def exponents(idata, metrics_df: pd.DataFrame | None = None, *, min_widths: int = 4,
-              max_sd_ratio: float = 0.5, min_width_span: float = 8.0) -> pd.DataFrame:
+def _ols_alpha(idata, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, unpooled least squares of log fvu on (1, w, s): the plain width
+    exponent (-slope in w) and its standard error, from that layer's SAEs alone."""
+    cd = idata.constant_data
+    w, s, li = (np.asarray(cd[v]) for v in ("w", "s", "layer_idx"))
+    y = np.asarray(idata.observed_data["log_fvu"])
+    a, se = np.full(n_layers, np.nan), np.full(n_layers, np.nan)
+    for j in range(n_layers):
+        sel = li == j
+        X = np.column_stack([np.ones(sel.sum()), w[sel], s[sel]])
+        if sel.sum() <= 3 or np.linalg.matrix_rank(X) < 3:
+            continue
+        beta, *_ = np.linalg.lstsq(X, y[sel], rcond=None)
+        r = y[sel] - X @ beta
+        s2 = float(r @ r) / (sel.sum() - 3)
+        cov = s2 * np.linalg.inv(X.T @ X)
+        a[j], se[j] = -beta[1], math.sqrt(max(cov[1, 1], 0.0))
+    return a, se
+
+
+def exponents(idata, metrics_df: pd.DataFrame | None = None, *, f_lo: float | None = None,
+              f_hi: float | None = None, elpd_z: float | None = None, own_sd_ratio: float = 0.5) -> pd.DataFrame:
     """Per model+layer exponent and floor summaries (the ``exponents.parquet`` table).
 
-    Columns: ``model, layer, form, alpha_mean, alpha_sd, alpha_hdi_3, alpha_hdi_97,
-    alpha_prior_sd, alpha_sd_ratio`` (posterior sd / prior sd: small = the data moved
-    it), the same for ``beta``, ``floor`` (width asymptote at ``l0_ref``, both forms) and
-    ``E_inf`` (additive form's double asymptote; NaN for the joint form), then
-    ``n_obs, n_widths, width_span, n_k`` (distinct k, or distinct l0 to 10% when there is
-no k column), ``l0_ref, w_ref, floor_identified, showcase``.
-    Intervals are 94% highest-density intervals.
+    Columns: ``model, layer, form``; for ``alpha``, ``log_alpha`` (the scale Stage 1
+    pools and Stage 2 models), ``beta``, ``floor`` and ``E_inf`` (additive double
+    asymptote): ``_mean, _sd, _hdi_3, _hdi_97, _prior_sd, _sd_ratio`` (posterior sd /
+    prior sd). ``floor`` and ``E_inf`` are NaN on layers without a floor term. Then
+    ``n_obs, n_widths, width_span, n_k, l0_ref, w_ref``, ``floor_term`` (the grid
+    supports a floor, :func:`floor_supported`), ``f_hdi_3, f_hdi_97`` (floor as a
+    fraction of its bound), ``floor_elpd_diff, floor_elpd_se, floor_pareto_k`` (the
+    layer's floor vs floor-free PSIS-LOO, :func:`fit_stage1`), ``floor_identified``,
+    ``alpha_ols, alpha_ols_se`` (unpooled least-squares width exponent of the
+    floor-free log-linear surface, this layer's SAEs only), ``alpha_own_evidence``
+    (``alpha_ols_se / alpha_prior_sd <= own_sd_ratio``: the layer's own data determine its
+    exponent; where False the pooled exponent is largely the prior's and the model's),
+    ``showcase``. Intervals are 94% HDIs (``az.hdi``).
 
-    Floor identification rule (``floor_identified``): True only where all of
-    (a) ``floor_sd_ratio <= max_sd_ratio`` (default 0.5: this layer's data at least
-    halved the prior sd of its floor; the floor is not pooled, so this is the layer's
-    own evidence); (b) ``n_widths >= min_widths`` (default 4) distinct widths spanning
-    at least ``min_width_span`` (default 8x): a width asymptote needs curvature in W to
-    be seen; (c) the upper end of the 94% HDI of ``f = floor / U`` is < 0.99, i.e. the
-    floor is not merely pressed against the smallest observed error. The prior sds come
-    from the ``prior`` group sampled by :func:`fit_stage1`; without it they are NaN and
-    no floor is marked identified. Exponents are pooled, so ``alpha_sd_ratio`` includes
-    strength borrowed from the model's other layers.
-
-    ``showcase`` is passed through from ``metrics_df['showcase']`` (any SAE of the layer
-    flagged) when present, else from the layer table stored at fit time.
+    ``floor_identified`` (:data:`FLOOR_IDENTIFIED_RULE`): a floor term, the 94% HDI of
+    ``f`` inside ``(f_lo, f_hi)``, and ``floor_elpd_diff > elpd_z * floor_elpd_se``.
+    Without the floor-free comparison (``compare_floor=False``) no floor is identified.
     """
+    rule = dict(FLOOR_IDENTIFIED_RULE)
+    rule.update({k: v for k, v in (("f_lo", f_lo), ("f_hi", f_hi), ("elpd_z", elpd_z)) if v is not None})
     layers = stored_layers(idata)
     form = idata.attrs.get("geowall_form", "additive")
-    refs = json.loads(idata.attrs["geowall_refs"])
+    refs = stored_refs(idata)
     post = idata.posterior
     prior = idata["prior"] if "prior" in idata.groups() else None
     out = layers[["model", "layer", "n_obs", "n_widths", "width_span", "n_k"]].copy()
     out.insert(2, "form", form)
-    for var, col in (("alpha", "alpha"), ("beta", "beta"), ("floor", "floor"), ("E", "E_inf")):
-        if var not in post:
-            for suf in ("mean", "sd", "hdi_3", "hdi_97", "prior_sd", "sd_ratio"):
-                out[f"{col}_{suf}"] = np.nan
-            continue
-        d = _draws(post, var)
-        out[f"{col}_mean"] = d.mean(0)
-        out[f"{col}_sd"] = d.std(0, ddof=1)
-        hd = np.array([_hdi(d[:, j]) for j in range(d.shape[1])])
-        out[f"{col}_hdi_3"] = hd[:, 0]
-        out[f"{col}_hdi_97"] = hd[:, 1]
-        if prior is not None and var in prior:
-            p = _draws(prior, var)
-            out[f"{col}_prior_sd"] = p.std(0, ddof=1)
-        else:
-            out[f"{col}_prior_sd"] = np.nan
-        out[f"{col}_sd_ratio"] = out[f"{col}_sd"] / out[f"{col}_prior_sd"]
+    for var in ("alpha", "log_alpha", "beta"):
+        _summ_cols(out, var, _draws(post, var), _draws(prior, var) if prior is not None and var in prior else None)
+    has_floor = layers["floor_term"].to_numpy(bool)
+    frows = np.flatnonzero(has_floor)
+    for var, col in (("floor", "floor"), ("E", "E_inf")):
+        ok = var in post and "floor_layer" in post.dims
+        _summ_cols(out, col, _draws(post, var, "floor_layer") if ok else None,
+                   _draws(prior, var, "floor_layer") if ok and prior is not None and var in prior else None,
+                   frows if ok else np.array([], int))
     out["l0_ref"] = [refs[m]["l0_ref"] for m in out["model"]]
     out["w_ref"] = [refs[m]["w_ref"] for m in out["model"]]
-    if "logit_f" in post:
-        f = 1.0 / (1.0 + np.exp(-_draws(post, "logit_f")))
-        f_hi = np.array([_hdi(f[:, j])[1] for j in range(f.shape[1])])
-    else:
-        f_hi = np.full(len(out), np.nan)
+    out["floor_term"] = has_floor
+    out["f_hdi_3"], out["f_hdi_97"] = np.nan, np.nan
+    if "f" in post and len(frows):
+        h = bayes.hdi(_draws(post, "f", "floor_layer"))
+        out.loc[frows, "f_hdi_3"], out.loc[frows, "f_hdi_97"] = h[:, 0], h[:, 1]
+    for col in ("floor_elpd_diff", "floor_elpd_se", "floor_pareto_k"):
+        out[col] = layers[col].to_numpy(float) if col in layers else np.nan
     out["floor_identified"] = (
-        (out["floor_sd_ratio"] <= max_sd_ratio)
-        & (out["n_widths"] >= min_widths)
-        & (out["width_span"] >= min_width_span)
-        & (f_hi < 0.99)
+        out["floor_term"]
+        & (out["f_hdi_3"] > rule["f_lo"]) & (out["f_hdi_97"] < rule["f_hi"])
+        & (out["floor_elpd_diff"] > rule["elpd_z"] * out["floor_elpd_se"])
     ).fillna(False).astype(bool)
+    out["alpha_ols"], out["alpha_ols_se"] = _ols_alpha(idata, len(out))
+    out["alpha_own_evidence"] = (out["alpha_ols_se"] / out["alpha_prior_sd"] <= own_sd_ratio).fillna(False)
     if metrics_df is not None and "showcase" in metrics_df.columns:
         sc = (metrics_df.assign(model=metrics_df["model"].astype(str), layer=metrics_df["layer"].astype(int))
               .groupby(["model", "layer"])["showcase"].apply(lambda v: bool(v.astype(bool).any())))
@@ -564,13 +590,27 @@ no k column), ``l0_ref, w_ref, floor_identified, showcase``.
     return out.reset_index(drop=True)
 
 
+def pooling_agreement(exps: pd.DataFrame) -> pd.DataFrame:
+    """Per model: Spearman rank correlation between pooled (posterior mean) and unpooled
+    (least-squares) exponents over the layers whose own data determine the exponent
+    (``alpha_own_evidence``) and have the floor-free surface, and how many layers that is."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for m, g in exps.groupby("model", sort=True):
+        own = g[g["alpha_own_evidence"].astype(bool) & ~g["floor_term"].astype(bool)]
+        rho = float(spearmanr(own["alpha_mean"], own["alpha_ols"]).statistic) if len(own) >= 3 else np.nan
+        rows.append({"model": m, "n_layers": len(g), "n_own_evidence": len(own), "spearman_pooled_unpooled": rho})
+    return pd.DataFrame(rows)
+
+
 def surface_predictions(idata, grid: pd.DataFrame, *, interval: float = 0.94, include_noise: bool = False,
                         max_draws: int = 400, seed: int = 0) -> pd.DataFrame:
     """Posterior mean and interval of fvu on ``grid`` (columns model, layer, width, l0),
     for plotting fitted surfaces over the data. ``include_noise`` adds the log-normal
     observation noise (posterior predictive band instead of the mean-surface band)."""
     layers = stored_layers(idata)
-    refs = json.loads(idata.attrs["geowall_refs"])
+    refs = stored_refs(idata)
     form = idata.attrs["geowall_form"]
     post = idata.posterior.stack(sample=("chain", "draw"))
     n = post.sizes["sample"]
@@ -586,14 +626,24 @@ def surface_predictions(idata, grid: pd.DataFrame, *, interval: float = 0.94, in
     w = np.log(g["width"].to_numpy(float) / np.array([refs[m]["w_ref"] for m in g["model"]]))[:, None]
     s = np.log(g["l0"].to_numpy(float) / np.array([refs[m]["l0_ref"] for m in g["model"]]))[:, None]
 
-    def P(name):
-        return post[name].transpose("layer_id", "sample").to_numpy()[:, take][j]
+    def P(name, dim="layer_id", idx=j):
+        return post[name].transpose(dim, "sample").to_numpy()[:, take][idx]
 
     alpha, beta = P("alpha"), P("beta")
-    if form == "additive":
-        mu = np.logaddexp(np.logaddexp(P("log_E"), P("log_A") - alpha * w), P("log_B") - beta * s)
-    else:
-        mu = np.logaddexp(P("a") - alpha * w - beta * s + P("d") * w * s, P("log_floor") + P("eta") * s)
+    mu = P("log_A") - alpha * w - beta * s
+    if form == "joint":
+        mu = mu + P("d") * w * s
+    has_floor = layers["floor_term"].to_numpy(bool)
+    rows_f = np.flatnonzero(has_floor[j])
+    if len(rows_f):
+        fpos = np.cumsum(has_floor) - 1
+        k = fpos[j[rows_f]]
+        wf, sf = w[rows_f], s[rows_f]
+        if form == "additive":
+            mu[rows_f] = np.logaddexp(np.logaddexp(P("log_E", "floor_layer", k), P("log_A", idx=j[rows_f]) -
+                                                   alpha[rows_f] * wf), P("log_B", "floor_layer", k) - beta[rows_f] * sf)
+        else:
+            mu[rows_f] = np.logaddexp(mu[rows_f], P("log_floor", "floor_layer", k) + P("eta", "floor_layer", k) * sf)
     if include_noise:
         midx = layers["model_idx"].to_numpy()[j]
         sig = post["sigma"].transpose("model", "sample").to_numpy()[:, take][midx]
@@ -603,113 +653,6 @@ def surface_predictions(idata, grid: pd.DataFrame, *, interval: float = 0.94, in
     g["fvu_lo"] = np.exp(np.quantile(mu, q, axis=1))
     g["fvu_hi"] = np.exp(np.quantile(mu, 1 - q, axis=1))
     return g
-
-
-# --------------------------------------------------------------------------- diagnostics
-
-
-def check_fit(idata, *, rhat_max: float = 1.01, ess_min: float = 400, allow_divergences: int = 0,
-              bfmi_min: float = 0.3, var_names: Iterable[str] | None = None, label: str = "fit") -> dict[str, Any]:
-    """The one convergence check every fit goes through.
-
-    Checks, over all posterior variables (or ``var_names``): max rank-normalised split
-    R-hat <= ``rhat_max``; min bulk ESS and min tail ESS >= ``ess_min``; number of
-    divergent transitions after tuning <= ``allow_divergences``; min per-chain E-BFMI
-    >= ``bfmi_min``. Elements that are constant across all draws (e.g. a Deterministic
-    fixed by data) are skipped. Fewer than two chains fails R-hat outright.
-
-    Raises :class:`FitDiagnosticsError` naming every failed diagnostic, the variable
-    (with coordinates) and the value. Returns a dict with ``max_rhat, min_ess_bulk,
-    min_ess_tail, divergences, min_bfmi, n_chains, n_draws`` and the worst variables
-    when all pass.
-    """
-    import arviz as az
-
-    if "posterior" not in idata.groups():
-        raise ValueError("idata: has no posterior group")
-    post = idata.posterior
-    if var_names is not None:
-        post = post[list(var_names)]
-    n_chains, n_draws = int(post.sizes["chain"]), int(post.sizes["draw"])
-    failures: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"n_chains": n_chains, "n_draws": n_draws}
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rhat = az.rhat(post)
-        ess_b = az.ess(post, method="bulk")
-        ess_t = az.ess(post, method="tail")
-
-    def worst(ds, pick_max: bool):
-        best_val, best_name = (-np.inf if pick_max else np.inf), None
-        for name, da in ds.data_vars.items():
-            vals = np.asarray(da.values, dtype=float)
-            const = _constant_mask(post[name])
-            vals = np.where(const, np.nan, vals)
-            if np.all(np.isnan(vals)):
-                continue
-            idx = np.nanargmax(vals) if pick_max else np.nanargmin(vals)
-            v = float(vals.flat[idx])
-            if (pick_max and v > best_val) or (not pick_max and v < best_val):
-                best_val, best_name = v, _label(da, name, idx)
-        return best_val, best_name
-
-    if n_chains < 2:
-        failures.append({"diagnostic": "r_hat", "variable": None, "value": f"not computable with {n_chains} chain",
-                         "threshold": "needs >= 2 chains"})
-        summary["max_rhat"], summary["worst_rhat"] = np.nan, None
-    else:
-        # a non-finite R-hat on a non-constant element means a stuck chain: treat as failure
-        rh_val, rh_var = worst(rhat.fillna(np.inf), True)
-        summary["max_rhat"], summary["worst_rhat"] = rh_val, rh_var
-        if not rh_val <= rhat_max:
-            failures.append({"diagnostic": "r_hat", "variable": rh_var, "value": rh_val, "threshold": f"<= {rhat_max}"})
-    for key, ds in (("ess_bulk", ess_b), ("ess_tail", ess_t)):
-        v, name = worst(ds.fillna(0.0), False)
-        summary[f"min_{key}"], summary[f"worst_{key}"] = v, name
-        if not v >= ess_min:
-            failures.append({"diagnostic": key, "variable": name, "value": v, "threshold": f">= {ess_min}"})
-
-    ss = idata["sample_stats"] if "sample_stats" in idata.groups() else None
-    if ss is None or "diverging" not in ss:
-        failures.append({"diagnostic": "divergences", "variable": None, "value": "sample_stats.diverging missing",
-                         "threshold": f"<= {allow_divergences}"})
-        summary["divergences"] = np.nan
-    else:
-        ndiv = int(np.asarray(ss["diverging"].values).sum())
-        summary["divergences"] = ndiv
-        if ndiv > allow_divergences:
-            failures.append({"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": ndiv,
-                             "threshold": f"<= {allow_divergences}"})
-    if ss is not None and "energy" in ss:
-        bfmi = np.atleast_1d(az.bfmi(idata))
-        summary["min_bfmi"] = float(np.min(bfmi))
-        if not summary["min_bfmi"] >= bfmi_min:
-            failures.append({"diagnostic": "bfmi", "variable": f"chain {int(np.argmin(bfmi))}",
-                             "value": summary["min_bfmi"], "threshold": f">= {bfmi_min}"})
-    else:
-        failures.append({"diagnostic": "bfmi", "variable": None, "value": "sample_stats.energy missing",
-                         "threshold": f">= {bfmi_min}"})
-        summary["min_bfmi"] = np.nan
-    if failures:
-        raise FitDiagnosticsError(failures, label=label)
-    return summary
-
-
-def _constant_mask(da) -> np.ndarray:
-    v = np.asarray(da.values, dtype=float)
-    flat = v.reshape(v.shape[0] * v.shape[1], -1)
-    return (np.nanmax(flat, 0) - np.nanmin(flat, 0) == 0).reshape(v.shape[2:]) if flat.size else np.array(False)
-
-
-def _label(da, name: str, flat_idx) -> str:
-    if da.ndim == 0:
-        return name
-    idx = np.unravel_index(int(flat_idx), da.shape)
-    parts = []
-    for dim, i in zip(da.dims, idx):
-        parts.append(str(da[dim].values[i]) if dim in da.coords else str(i))
-    return f"{name}[{', '.join(parts)}]"
 
 
 def compare_forms(idatas: Mapping[str, Any], *, ic: str = "loo", var_name: str = "log_fvu") -> pd.DataFrame:
@@ -731,12 +674,13 @@ def compare_forms(idatas: Mapping[str, Any], *, ic: str = "loo", var_name: str =
 @dataclass
 class SimulatedStage1:
     metrics: pd.DataFrame
-    truth: pd.DataFrame  # model, layer, alpha, beta, E, A, B
+    truth: pd.DataFrame  # model, layer, alpha, beta, E, A, B, floor
 
 
 def simulate_metrics(*, models: Iterable[str] = ("simA",), n_layers: int = 8,
                      widths: Iterable[int] = (768, 1536, 3072, 6144), ks: Iterable[int] = (8, 16, 32),
-                     showcase_layers: Iterable[int] = (), showcase_widths: Iterable[int] = (384, 768, 1536, 3072, 6144, 12288, 24576),
+                     showcase_layers: Iterable[int] = (),
+                     showcase_widths: Iterable[int] = (384, 768, 1536, 3072, 6144, 12288, 24576),
                      alpha_range=(0.15, 0.6), beta_range=(0.2, 0.5), floor_range=(0.01, 0.06),
                      A: float = 0.15, B: float = 0.1, noise: float = 0.02, seed: int = 0,
                      alpha: np.ndarray | None = None,
@@ -787,3 +731,108 @@ def simulate_metrics(*, models: Iterable[str] = ("simA",), n_layers: int = 8,
     truth["l0_ref"] = truth["model"].map(l0_ref)
     truth["floor"] = truth["E"] + truth["B"] * (truth["l0_ref"] / k0) ** (-truth["beta"])
     return SimulatedStage1(metrics, truth)
+
+
+def simulate_power_law(grid: pd.DataFrame, *, alpha, beta: float | Iterable[float] = 0.35, A: float = 0.2,
+                       noise: float = 0.02, seed: int = 0, model: str = "sim") -> SimulatedStage1:
+    """A pure power law, no floor: ``fvu = A (W/W0)^-alpha (l0/l0_0)^-beta`` times
+    log-normal noise, on ``grid`` (columns ``layer, width, l0``; W0, l0_0 the geometric
+    means the fit will use), ``alpha`` one value per distinct layer (in sorted order).
+    The truth's floor is 0 and its alpha is the plain width exponent."""
+    rng = np.random.default_rng(seed)
+    g = grid[["layer", "width", "l0"]].copy()
+    g["layer"] = g["layer"].astype(int)
+    layers_ = sorted(g["layer"].unique())
+    a = dict(zip(layers_, np.broadcast_to(np.asarray(alpha, float), (len(layers_),))))
+    b = dict(zip(layers_, np.broadcast_to(np.asarray(beta, float), (len(layers_),))))
+    w0 = float(np.exp(np.mean(np.log(np.unique(g["width"])))))
+    l00 = float(np.exp(np.mean(np.log(g["l0"]))))
+    f = A * (g["width"] / w0) ** (-g["layer"].map(a)) * (g["l0"] / l00) ** (-g["layer"].map(b))
+    g["fvu"] = f.to_numpy() * np.exp(rng.normal(0, noise, len(g)))
+    g.insert(0, "model", model)
+    g["k"] = np.round(g["l0"]).astype(int)
+    truth = pd.DataFrame({"model": model, "layer": layers_, "alpha": [a[l] for l in layers_],
+                          "beta": [b[l] for l in layers_], "floor": 0.0})
+    return SimulatedStage1(g.reset_index(drop=True), truth)
+
+
+def grid_from_gemma_scope(n_layers: int = 6, *, model: str = "gemma-2-2b", layer: int = 0,
+                          per_width: int | None = 4, scale: float = 1 / 64) -> pd.DataFrame:
+    """A ``layer, width, l0`` grid with the shape of a typical Gemma Scope layer (read
+    offline from :func:`geowall.sources.gemma_scope.manifest`): that layer's widths (two,
+    4x apart, for 62 of the 68 layers) and, per width, its first ``per_width`` nominal l0
+    values (all with ``None``), repeated for ``n_layers`` simulated layers. Widths are
+    multiplied by ``scale`` (only ratios matter to the fit)."""
+    from geowall.sources import gemma_scope
+
+    man = gemma_scope.manifest()
+    sub = man[(man["model"] == model) & (man["layer"] == layer)]
+    if len(sub) == 0:
+        raise ValueError(f"gemma_scope.manifest(): no SAEs for {model} layer {layer}")
+    if per_width is not None:
+        sub = sub.groupby("width", sort=True).head(per_width)
+    one = pd.DataFrame({"width": np.round(sub["width"].to_numpy() * scale).astype(int),
+                        "l0": sub["l0"].to_numpy(float)})
+    return pd.concat([one.assign(layer=i) for i in range(n_layers)], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- simulation-based calibration
+
+
+def simulation_based_calibration(metrics_df: pd.DataFrame, *, n_sims: int = 100, form: str = "additive",
+                                 draws: int = 200, tune: int = 300, chains: int = 2, thin: int = 4,
+                                 floors: str = "grid", seed: int = 0,
+                                 target_accept: float = 0.9) -> pd.DataFrame:
+    """Simulation-based calibration of Stage 1 (Talts et al. 2018) on the grid of
+    ``metrics_df`` (its fvu values are only used to centre the amplitude priors).
+
+    For each of ``n_sims`` draws from the model's prior, log fvu is simulated from the
+    prior predictive, the model is refitted to it (compiled once with nutpie, data
+    swapped), and the rank of the true value among ``draws * chains / thin`` thinned
+    posterior draws is recorded for ``alpha`` of every layer and ``f`` (floor / bound) of
+    every floor layer. With a calibrated fit the ranks are uniform on ``0..L``
+    (:func:`sbc_uniformity`). Returns one row per (sim, parameter, layer): ``sim,
+    param, layer_id, rank, n_ranks`` (L + 1), plus ``divergences`` of that refit.
+    """
+    import nutpie
+    import pymc as pm
+
+    model, layers, _ = build_stage1_model(metrics_df, form=form, floors=floors)
+    prior = pm.sample_prior_predictive(draws=n_sims, model=model, random_seed=seed)
+    y_sims = prior.prior_predictive["log_fvu"].stack(sample=("chain", "draw")).transpose("sample", "obs").to_numpy()
+    params = [("alpha", "layer_id")] + ([("f", "floor_layer")] if "floor_layer" in model.coords else [])
+    truth = {p: prior.prior[p].stack(sample=("chain", "draw")).transpose("sample", d).to_numpy() for p, d in params}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = nutpie.compile_pymc_model(model)
+    rows = []
+    for i in range(n_sims):
+        cm = compiled.with_data(log_fvu_data=y_sims[i])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tr = nutpie.sample(cm, draws=draws, tune=tune, chains=chains, seed=seed * 7919 + i, progress_bar=False,
+                               target_accept=target_accept, cores=min(chains, 2))
+        ndiv = int(np.asarray(tr.sample_stats["diverging"]).sum())
+        for p, d in params:
+            post = tr.posterior[p].stack(sample=("chain", "draw")).transpose("sample", d).to_numpy()[::thin]
+            ranks = (post < truth[p][i][None, :]).sum(0)
+            for lbl, r in zip(model.coords[d], ranks):
+                rows.append({"sim": i, "param": p, "layer_id": str(lbl), "rank": int(r), "n_ranks": len(post) + 1,
+                             "divergences": ndiv})
+    return pd.DataFrame(rows)
+
+
+def sbc_uniformity(ranks: pd.DataFrame, *, n_bins: int = 10) -> pd.DataFrame:
+    """Chi-square test of uniform SBC ranks, per parameter (ranks of all layers pooled;
+    layers with the same grid are exchangeable under the prior): ``param, n, chi2, df,
+    p_value, counts`` (the histogram over ``n_bins`` equal bins of rank / n_ranks)."""
+    from scipy.stats import chisquare
+
+    rows = []
+    for p, g in ranks.groupby("param", sort=True):
+        u = (g["rank"].to_numpy() + 0.5) / g["n_ranks"].to_numpy()
+        counts = np.histogram(u, bins=n_bins, range=(0, 1))[0]
+        chi = chisquare(counts)
+        rows.append({"param": p, "n": int(len(u)), "chi2": float(chi.statistic), "df": n_bins - 1,
+                     "p_value": float(chi.pvalue), "counts": counts.tolist()})
+    return pd.DataFrame(rows)

@@ -20,6 +20,15 @@ sae-lens's ``maybe_reset_sparsity`` + ``step`` + step counter: exactly the body 
 timed on its own, so that other jobs loading a shared machine slow both alike.
 ``--sequential`` instead times ``SAETrainer.fit()`` and geowall's loop back to back.
 
+``--grid`` instead benchmarks training a whole layer's grid (default: d=384, widths
+192 and 768, k 8/16/32, like the default profile's thin layers): the SAEs one after the
+other (``TopKTrainer``, autograd) against all of them together (``geowall.sae.group``,
+one stacked encoder matmul, hand-written sparse gradients), and prints the grouped
+trainer's per-step time split (batch, encode, top-k, decode, backward, optimiser) and both
+trainers' fraction of a plain matmul of the stacked encoder's shape, measured in the same
+run. ``--threads N`` pins torch's thread count (1 makes the ratios robust on a machine
+shared with other jobs).
+
 It prints wall times and their ratio, both held-out FVUs, and geowall's achieved
 GFLOP/s (FLOPs it actually executes) next to a plain torch matmul of the encoder's
 shape (the machine's practical roofline). Run:
@@ -154,6 +163,46 @@ def run_sequential(gw, sl_trainers, steps, device):
     return t_gw, [timed(trainer.fit, device) for trainer in sl_trainers]
 
 
+def grid_bench(args) -> None:
+    """A layer's grid: one SAE at a time (autograd trainer) vs all together (grouped trainer)."""
+    from geowall.sae import TopKTrainer, TrainConfig
+    from geowall.sae.group import STAGES, train_group
+
+    B, d, steps = args.batch_size, args.d, args.steps
+    widths = [int(w) for w in args.grid_widths.split(",")]
+    ks = [int(k) for k in args.grid_ks.split(",")]
+    shapes = [(w, k) for w in widths for k in ks]
+    x = synthetic_acts(args.n_train, d, seed=args.seed)
+    cfg = TrainConfig(steps=steps, batch_size=B, lr_scale=4)
+    sum_w = sum(w for w, _ in shapes)
+    print(f"# grid: d={d}, {len(shapes)} SAEs (widths {widths} x k {ks}, stacked width {sum_w}), batch {B}, "
+          f"{steps} steps, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
+    roof0 = matmul_roofline(B, d, sum_w, args.device)
+    t0 = time.perf_counter()
+    dead = []
+    for w, k in shapes:
+        tr = TopKTrainer(x, w, k, cfg, seed=args.seed, device=args.device)
+        for _ in range(steps):
+            tr.step()
+        dead.append((w, k, tr.n_dead.tolist()))
+    t_one = time.perf_counter() - t0
+    flops_one = sum(geowall_flops(B, d, w, k, d // 2, nd) for w, k, nd in dead)
+    t0 = time.perf_counter()
+    saes, timings = train_group(x, shapes, cfg, seed=args.seed, device=args.device, progress=False, timings=True)
+    t_grp = time.perf_counter() - t0
+    flops_grp = sum(geowall_flops(B, d, s.width, s.k, d // 2, s.dead_history) for s in saes)
+    roof = max(roof0, matmul_roofline(B, d, sum_w, args.device))
+    print(f"{'trainer':<22} {'wall_s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'of matmul':>9}")
+    for name, t, f in (("one at a time", t_one, flops_one), ("grouped", t_grp, flops_grp)):
+        print(f"{name:<22} {t:8.1f} {1e3 * t / steps:8.1f} {f / t / 1e9:8.1f} {f / t / 1e9 / roof:9.0%}")
+    print(f"plain matmul ({B}x{d})@({d}x{sum_w}): {roof:.1f} GFLOP/s (best of start/end); "
+          f"grouped speed-up {t_one / t_grp:.2f}x")
+    total = sum(timings.values())
+    print("grouped per-step split: " + ", ".join(f"{s} {1e3 * timings[s] / steps:.1f} ms ({timings[s] / total:.0%})"
+                                                 for s in STAGES))
+    print(f"# load avg at end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=50_000)
@@ -166,12 +215,20 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="default: geowall's 2e-4/sqrt(W/2^14)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--grid", action="store_true", help="benchmark a layer's grid: one at a time vs grouped")
+    ap.add_argument("--grid-widths", default="192,768")
+    ap.add_argument("--grid-ks", default="8,16,32")
     ap.add_argument("--sequential", action="store_true",
                     help="time each trainer's own full loop one after the other (default: alternate "
                          "single steps, which is robust to other jobs loading the machine)")
     ap.add_argument("--sae-lens-mean-init", action="store_true",
                     help="also train sae-lens with b_dec initialised at the data mean (a third row)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.grid:
+        return grid_bench(args)
 
     from geowall.sae import default_lr, evaluate
 

@@ -7,7 +7,6 @@ table atomically, so a killed and resumed run ends with the same table as an
 uninterrupted one. :func:`run_grid` (SAEs trained here) and
 ``geowall.sources.gemma_scope.run_manifest`` (released SAEs) both use it.
 """
-
 from __future__ import annotations
 
 import logging
@@ -27,17 +26,8 @@ from geowall.sae.disk import save_sae
 from geowall.sae.evaluate import METRICS, evaluate
 from geowall.sae.train import TrainConfig, derive_seed, grid_pairs, train_sae
 
-__all__ = [
-    "METRIC_COLUMNS",
-    "KEY",
-    "MetricsTable",
-    "read_metrics",
-    "append_metrics",
-    "sae_folder",
-    "run_grid",
-    "width_trend",
-    "check_width_trend",
-]
+__all__ = ["METRIC_COLUMNS", "KEY", "MetricsTable", "read_metrics", "append_metrics", "sae_folder", "run_grid",
+           "width_trend", "check_width_trend", "read_curves", "curves_path", "CURVE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +79,7 @@ def append_metrics(metrics_path: str | os.PathLike, table: pd.DataFrame, row: di
     return table
 
 
+
 class MetricsTable:
     """The metrics table at ``path``, resumed: which keys remain, and one atomic append per row."""
 
@@ -105,41 +96,17 @@ class MetricsTable:
     def todo(self, items: Sequence[Any], key: Any, *, what: str) -> list[Any]:
         """The ``items`` whose ``key(item)`` has no row yet, in order; logs how many were skipped."""
         left = [item for item in items if key(item) not in self]
-        log.info(
-            "%s: %d of %d SAEs already in %s, skipped; %d to do",
-            what,
-            len(items) - len(left),
-            len(items),
-            self.path,
-            len(left),
-        )
+        log.info("%s: %d of %d SAEs already in %s, skipped; %d to do", what, len(items) - len(left), len(items),
+                 self.path, len(left))
         return left
 
-    def add(
-        self,
-        *,
-        model: str,
-        layer: int,
-        width: int,
-        k: int,
-        seed: int,
-        metrics: dict[str, Any],
-        source: str,
-        sae_id: str,
-        train_tokens: int,
-    ) -> None:
-        """Append one SAE's row (the :data:`~geowall.sae.evaluate.METRICS` of ``metrics`` and its facts)."""
-        row = {
-            "model": str(model),
-            "layer": int(layer),
-            "width": int(width),
-            "k": int(k),
-            **{m: metrics[m] for m in METRICS},
-            "source": source,
-            "sae_id": sae_id,
-            "train_tokens": int(train_tokens),
-            "seed": int(seed),
-        }
+    def add(self, *, model: str, layer: int, width: int, k: int, seed: int, metrics: dict[str, Any],
+            source: str, sae_id: str, train_tokens: int, **extra: Any) -> None:
+        """Append one SAE's row (the :data:`~geowall.sae.evaluate.METRICS` of ``metrics``, its
+        facts, and ``extra`` columns such as the plateau statistic)."""
+        row = {"model": str(model), "layer": int(layer), "width": int(width), "k": int(k),
+               **{m: metrics[m] for m in METRICS}, "source": source, "sae_id": sae_id,
+               "train_tokens": int(train_tokens), "seed": int(seed), **extra}
         self.table = append_metrics(self.path, self.table, row)
         self._done.add((row["model"], row["layer"], row["width"], row["k"], row["seed"]))
 
@@ -156,17 +123,9 @@ def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
         if len(g) < 2:
             continue
         f, w = g.fvu.to_numpy(dtype=float), g.width.to_numpy(dtype=float)
-        rows.append(
-            {
-                "model": model,
-                "layer": int(layer),
-                "k": int(k),
-                "n_widths": len(g),
-                "max_step_increase": float((f[1:] / f[:-1] - 1).max()),
-                "end_change": float(f[-1] / f[0] - 1),
-                "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0]),
-            }
-        )
+        rows.append({"model": model, "layer": int(layer), "k": int(k), "n_widths": len(g),
+                     "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
+                     "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
     return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
 
 
@@ -193,63 +152,104 @@ def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[
     return synth[synth.max_step_increase > slack]
 
 
-def run_grid(
-    train_acts: Any,
-    eval_acts: Any,
-    config: TrainConfig | None = None,
-    *,
-    model: str,
-    layer: int,
-    widths: Sequence[int],
-    ks: Sequence[int],
-    seed: int,
-    device: str | torch.device = "cpu",
-    sae_dir: str | os.PathLike,
-    metrics_path: str | os.PathLike,
-    source: str = "trained",
-    progress: bool = True,
-    **overrides: Any,
-) -> pd.DataFrame:
+
+def curves_path(metrics_path: str | os.PathLike) -> Path:
+    """The learning-curve side table beside a metrics table (``<stem>_curves.parquet``: one per
+    table, so parallel tasks with their own tables never share one)."""
+    p = Path(metrics_path)
+    return p.with_name(f"{p.stem}_curves.parquet")
+
+
+CURVE_COLUMNS = ["model", "layer", "width", "k", "seed", "step", "tokens", "fvu_heldout"]
+
+
+def read_curves(path: str | os.PathLike) -> pd.DataFrame:
+    """A learning-curve table (empty, with its columns, if absent)."""
+    p = Path(path)
+    return read_parquet(p) if p.exists() else pd.DataFrame({c: [] for c in CURVE_COLUMNS})
+
+
+def _append_curves(path: Path, rows: list[dict]) -> None:
+    """Add curve rows (replacing earlier ones of the same SAEs), rewrite atomically."""
+    old = read_curves(path)
+    new = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    keys = set(map(tuple, new[list(KEY)].drop_duplicates().itertuples(index=False, name=None)))
+    if len(old):
+        old = old[[tuple(r) not in keys for r in old[list(KEY)].itertuples(index=False, name=None)]]
+    table = pd.concat([old, new], ignore_index=True) if len(old) else new
+    write_parquet(path, table.sort_values([*KEY, "step"], kind="mergesort").reset_index(drop=True))
+
+
+def _chunks(todo: list[tuple[int, int]], d: int, max_floats: int) -> list[list[tuple[int, int]]]:
+    """Split a layer's SAEs into groups whose stacked (sum W, d) tensors stay under ``max_floats``."""
+    out, cur, size = [], [], 0
+    for w, k in todo:
+        if cur and size + w * d > max_floats:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append((w, k))
+        size += w * d
+    return out + ([cur] if cur else [])
+
+
+def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None, *, model: str, layer: int,
+             widths: Sequence[int], ks: Sequence[int], seed: int, device: str | torch.device = "cpu",
+             sae_dir: str | os.PathLike, metrics_path: str | os.PathLike, source: str = "trained",
+             progress: bool = True, plateau_tol: float = 0.02, max_group_floats: int = 2**23,
+             **overrides: Any) -> pd.DataFrame:
     """Train, save and evaluate every (width, k) SAE of one model layer; resume-safe.
 
     ``config`` and keyword ``overrides`` of its fields set the training (see
     :class:`~geowall.sae.train.TrainConfig`); its batch size is also the evaluation's.
+    The SAEs still to do are trained together (:func:`geowall.sae.group.train_group`, in
+    groups of at most ``max_group_floats`` stacked weights), or one at a time through the
+    autograd trainer when the dense reference is switched on (``GEOWALL_DENSE_DECODE=1``).
     A (model, layer, width, k, seed) already in ``metrics_path`` is skipped (logged).
-    After each SAE, its folder ``sae_dir/<model>/layer_XX/w{W}_k{k}`` is written, then
-    one row is added to ``metrics_path`` (see :class:`MetricsTable`). Returns the whole
-    metrics table.
+    Each SAE's folder ``sae_dir/<model>/layer_XX/w{W}_k{k}`` is written, its learning curve
+    added to ``<stem>_curves.parquet`` beside the metrics, then one row is added to
+    ``metrics_path`` (see :class:`MetricsTable`) with ``plateau_change`` (relative fall of
+    held-out fvu over the curve's last window) and ``plateaued`` (that fall <=
+    ``plateau_tol``). Returns the whole metrics table.
     """
+    from geowall.sae.group import train_group
+    from geowall.sae.model import use_dense_reference
+
     config = TrainConfig.make(config, **overrides)
     metrics = MetricsTable(metrics_path)
-    todo = metrics.todo(
-        grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed), what=f"run_grid {model} layer {layer}"
-    )
+    todo = metrics.todo(grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed),
+                        what=f"run_grid {model} layer {layer}")
     if not todo:
         return metrics.table
     x_train = as_acts(train_acts, device, "train_acts")
-    check_acts_shape(eval_acts, x_train.shape[1])
+    d = x_train.shape[1]
+    check_acts_shape(eval_acts, d)
+    if use_dense_reference():
+        groups = [[wk] for wk in todo]
+        trainer = lambda group: [train_sae(x_train, *group[0], config, seed=derive_seed(seed, *group[0]),
+                                           device=device, progress=progress)]
+    else:
+        groups = _chunks(todo, d, max_group_floats)
+        trainer = lambda group: train_group(x_train, group, config, seed=seed, device=device,
+                                            eval_acts=eval_acts, progress=progress)
     from tqdm.auto import tqdm
-
-    for width, k in tqdm(todo, desc=f"{model} layer {layer}", disable=not progress):
-        trained = train_sae(
-            x_train, width, k, config, seed=derive_seed(seed, width, k), device=device, progress=progress
-        )
-        sae_id = f"{model}/layer_{int(layer):02d}/w{width}_k{k}"
-        save_sae(
-            trained,
-            sae_folder(sae_dir, model, layer, width, k),
-            metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id, "grid_seed": int(seed)},
-        )
-        scores = evaluate(trained, eval_acts, batch_size=config.batch_size, device=device)
-        metrics.add(
-            model=model,
-            layer=layer,
-            width=width,
-            k=k,
-            seed=seed,
-            metrics=scores,
-            source=source,
-            sae_id=sae_id,
-            train_tokens=trained.train_tokens,
-        )
+    for group in tqdm(groups, desc=f"{model} layer {layer}", disable=not progress or len(groups) == 1):
+        trained_group = trainer(group)
+        for trained in trained_group:
+            width, k = trained.width, trained.k
+            sae_id = f"{model}/layer_{int(layer):02d}/w{width}_k{k}"
+            save_sae(trained, sae_folder(sae_dir, model, layer, width, k),
+                     metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id,
+                               "grid_seed": int(seed)})
+        rows = [{"model": str(model), "layer": int(layer), "width": t.width, "k": t.k, "seed": int(seed),
+                 "step": st, "tokens": st * min(int(config.batch_size), x_train.shape[0]), "fvu_heldout": f}
+                for t in trained_group for st, f in zip(t.curve_steps, t.curve_fvu)]
+        if rows:
+            _append_curves(curves_path(metrics_path), rows)
+        for trained in trained_group:
+            scores = evaluate(trained, eval_acts, batch_size=config.batch_size, device=device)
+            change = float(trained.plateau_change)
+            metrics.add(model=model, layer=layer, width=trained.width, k=trained.k, seed=seed, metrics=scores,
+                        source=source, sae_id=f"{model}/layer_{int(layer):02d}/w{trained.width}_k{trained.k}",
+                        train_tokens=trained.train_tokens, plateau_change=change,
+                        plateaued=None if np.isnan(change) else bool(change <= plateau_tol))
     return metrics.table

