@@ -10,9 +10,10 @@
 # bent surface with flat pieces. That slow decay, set by the geometry, is the wall.
 #
 # **What it needs:** only the `geowall` package (no pipeline run, no downloads, no GPU): it
-# makes its own data. Top to bottom it runs in under two minutes on a laptop CPU. Open it
-# in JupyterLab with `make lab` (see the README), change the teaching knobs in the
-# `parameters` cell below and rerun; the exercises at the end suggest what to try.
+# makes its own data. Top to bottom it takes about 4.5 CPU-minutes (measured; about 3 with
+# `steps = 200`). Open it in JupyterLab with `make lab` (see the README), change the
+# teaching knobs in the `parameters` cell below and rerun; the exercises at the end suggest
+# what to try.
 
 # %% tags=["parameters"]
 profile = "default"
