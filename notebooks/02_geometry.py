@@ -17,6 +17,7 @@ run_dir = None
 params = None
 
 # %%
+import numpy as np
 from scipy.stats import spearmanr
 
 from geowall import charts, layers, notebook

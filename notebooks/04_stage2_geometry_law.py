@@ -18,12 +18,14 @@ run_dir = None
 params = None
 
 # %%
+import numpy as np
 import pandas as pd
 
 from geowall import charts, law, notebook, scaling
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
+rng = np.random.default_rng(RANDOM_SEED)
 s2 = cfg.stage2
 exps = read_parquet(run_dir / "exponents.parquet")
 exps = exps[exps.primary].reset_index(drop=True)
