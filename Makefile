@@ -13,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
 
-.PHONY: setup report run test test-fast bench sbc clean-runs
+.PHONY: setup report run test test-fast lint lab bench sbc clean-runs
 
 setup: $(VENV)/.installed
 
@@ -34,11 +34,23 @@ report: setup
 run: setup
 	$(BIN)/geowall run --profile $(PROFILE)
 
-test: setup
+# The README's test command: lint and format check (ruff), then the whole suite.
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# JupyterLab on the notebooks folder; notebooks/*.py open as notebooks (right-click ->
+# Open With -> Notebook), paired with .ipynb under data/lab/ by jupytext.toml.
+lab: setup
+	$(BIN)/python -m pip install --quiet -e ".[lab]"
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: setup
 	for b in tests/benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

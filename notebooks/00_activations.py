@@ -16,20 +16,13 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
-from geowall import activations, charts, config, corpus, layers, sources
+from geowall import activations, charts, corpus, layers, notebook, sources
 from geowall.io import write_json
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
-print(f"profile {cfg.name!r}, run folder {run_dir}, seed {RANDOM_SEED}, device {cfg.device}")
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
+print(f"profile {cfg.name!r}, run folder {notebook.portable_run_dir(run_dir)}, seed {RANDOM_SEED}, device {cfg.device}")
 
 # %% [markdown]
 # ## The corpus
@@ -88,7 +81,4 @@ table.head(20)
 charts.layer_norms(table[table["split"] == "train"])
 
 # %%
-import geowall
-
-versions = {"geowall": geowall.__version__, **charts.versions()}
-versions
+notebook.versions()

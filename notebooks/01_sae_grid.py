@@ -15,18 +15,11 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 
-from geowall import charts, config, layers, sae
-from geowall.pipeline import run_dir_for
+from geowall import charts, layers, notebook, sae
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 print(f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks}, {cfg.sae.steps} steps of "
       f"{cfg.sae.batch_size} tokens; showcase layers {cfg.sae.showcase_layers}")
 
@@ -128,6 +121,4 @@ charts.learning_curves(curves, trained) if len(curves) else None
 charts.sae_surfaces(metrics)
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

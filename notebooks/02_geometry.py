@@ -17,19 +17,13 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
 import numpy as np
 from scipy.stats import spearmanr
 
-from geowall import charts, config, layers
+from geowall import charts, layers, notebook
 from geowall.io import write_parquet
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 print(f"profile {cfg.name!r}: {cfg.geometry.n_points} points per layer, {cfg.geometry.n_boot} bootstrap resamples")
 
 # %% [markdown]
@@ -237,6 +231,4 @@ if len(truth):
 charts.truth_scatter(both) if len(truth) else None
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

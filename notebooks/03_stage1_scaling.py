@@ -16,19 +16,13 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from geowall import charts, config, scaling
+from geowall import charts, notebook, scaling
 from geowall.io import atomic_path, read_parquet, write_parquet
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 s1 = cfg.stage1
 metrics = read_parquet(run_dir / "sae_metrics.parquet")
 metrics = metrics[metrics.model.isin([m.name for m in cfg.models])].reset_index(drop=True)
@@ -226,6 +220,4 @@ else:
 charts.sbc_ranks(sbc) if sbc is not None else None
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

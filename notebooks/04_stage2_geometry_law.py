@@ -18,18 +18,13 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from geowall import charts, config, law, scaling
+from geowall import charts, law, notebook, scaling
 from geowall.io import atomic_path, read_parquet, write_parquet
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 rng = np.random.default_rng(RANDOM_SEED)
 s2 = cfg.stage2
 exps = read_parquet(run_dir / "exponents.parquet")
@@ -199,6 +194,4 @@ else:
     print(f"only {len(floor_layers)} layers with an identified floor: the floor law is not fitted")
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

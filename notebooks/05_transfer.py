@@ -15,18 +15,10 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
-import numpy as np
-
-from geowall import charts, config, law
+from geowall import charts, law, notebook
 from geowall.io import read_parquet, write_parquet
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 s2 = cfg.stage2
 exps = read_parquet(run_dir / "exponents.parquet")
 exps = exps[exps.primary].reset_index(drop=True)
@@ -83,6 +75,4 @@ for r in scores[scores.predictor_set == "law"].to_dict("records"):
 charts.transfer(predictions)
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

@@ -17,19 +17,12 @@ run_dir = None
 params = None
 
 # %%
-from pathlib import Path
-
 import arviz as az
-import numpy as np
 
-from geowall import charts, config, law
+from geowall import charts, law, notebook
 from geowall.io import read_parquet, write_parquet
-from geowall.pipeline import run_dir_for
 
-cfg = config.resolve(profile, params)
-run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
-RANDOM_SEED = cfg.seed
-rng = np.random.default_rng(RANDOM_SEED)
+cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 stage1 = az.from_netcdf(run_dir / f"stage1_{cfg.stage1.primary_form}.nc")
 geo = read_parquet(run_dir / "geometry.parquet")
 exps = read_parquet(run_dir / "exponents.parquet")
@@ -64,6 +57,4 @@ for r in rho.itertuples():
 charts.floors(floors)
 
 # %%
-import geowall
-
-{"geowall": geowall.__version__, **charts.versions()}
+notebook.versions()

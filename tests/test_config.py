@@ -8,7 +8,20 @@ from geowall.config import ProfileError, load_profile
 @pytest.mark.parametrize("name", ["smoke", "default", "full", "gemma-2"])
 def test_shipped_profiles_validate(name):
     cfg = load_profile(name)
-    assert cfg.name == name
+    assert cfg.name == name == config.profile_path(name).stem and cfg.description
+    names = [m.name for m in cfg.models]
+    assert names and len(set(names)) == len(names)
+    # what the runner injects into a notebook validates back to the same profile
+    assert config.validate(cfg.model_dump(mode="json")) == cfg
+    # transfer pairs and showcase layers refer to models of the profile
+    assert all(a in names and b in names and a != b for a, b in cfg.transfer)
+    assert set(cfg.sae.showcase_layers) <= set(names)
+    if name != "gemma-2":  # layer counts of the offline models (Gemma's needs its config in the HF cache)
+        for m in cfg.models:
+            layers = cfg.layers_of(m)
+            assert layers == sorted(set(layers)) and layers, m.name
+            assert set(cfg.sae.showcase_layers.get(m.name, [])) <= set(layers), m.name
+            assert min(cfg.ks_of(m)) >= 1
 
 
 @pytest.mark.parametrize(

@@ -60,3 +60,6 @@ def test_unidentified_floors_are_not_ranked():
     assert set(out.query("row_type == 'floor'")["layer"].astype(int)) == {5, 12}
     sp = out[out.row_type == "spearman"]
     assert sp["status"].str.startswith("too few").all() and sp["rho_mean"].isna().all()
+    # no identified floor at all: the table still has every column the chart reads
+    none = F.floor_ordering(_stage1_like(FLOORS, LAYERS), _exps(LAYERS, False), _geo(LAYERS, CURV, IDS))
+    assert {"curvature", "id_twonn", "floor_mean"} <= set(none.columns) and (none.row_type == "spearman").all()

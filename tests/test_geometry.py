@@ -387,7 +387,10 @@ def test_rank_agreement_flags_a_flipped_ordering():
                       "default": True},
                      {"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": setting,
                       "estimate": value, "default": False}]
-    agree = G.rank_agreement(pd.DataFrame(rows)).set_index("summary")
+    extra = [{"model": "m", "layer": layer, "summary": "curvature", "knob": "cap", "setting": 1.0, "estimate": a,
+              "default": True} for layer, (a, _) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)])]
+    agree = G.rank_agreement(pd.DataFrame(rows + extra)).set_index("summary")  # a second knob: a second default row
+    assert (agree.n_layers == 4).all()
     assert agree.rho["pr"] == pytest.approx(1.0) and not agree.flipped["pr"]
     assert agree.rho["curvature"] == pytest.approx(-1.0) and agree.flipped["curvature"]
 

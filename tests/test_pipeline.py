@@ -98,10 +98,19 @@ def test_only_needs_upstream_and_rejects_unknown_steps(toy):
         run(only=["zzz"])
 
 
-def test_default_profile_writes_next_to_sources(tmp_path):
-    cfg = load_profile("default")
-    out = pipeline.output_path(pipeline.STEPS[0], cfg, tmp_path / "runs" / "default", tmp_path / "nbs")
-    assert out == tmp_path / "nbs" / "00_activations.ipynb"
+def test_executed_notebooks_land_in_the_run_folder_never_beside_their_sources(toy):
+    # Quarto drops an .ipynb that sits beside its percent script from the site, for any profile
+    run, rd, nbs = toy
+    run()
+    assert sorted(p.name for p in nbs.iterdir()) == ["a.py", "b.py"]
+    assert (rd / "notebooks" / "a.ipynb").is_file() and (rd / "notebooks" / "b.ipynb").is_file()
+    default = pipeline.run_dir_for(load_profile("default"))
+    assert pipeline.output_path(pipeline.STEPS[0], default) == default / "notebooks" / "00_activations.ipynb"
+
+
+def test_run_folders_inside_the_project_are_injected_as_relative_paths(tmp_path):
+    assert pipeline.portable_run_dir(pipeline.RUNS / "smoke") == "data/runs/smoke"
+    assert pipeline.portable_run_dir(tmp_path / "smoke") == str((tmp_path / "smoke").resolve())
 
 
 def test_progress_residue_is_stripped_from_executed_notebooks(tmp_path):

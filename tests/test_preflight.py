@@ -61,11 +61,10 @@ CASES = [
     (["sae.showcase_width_multiples=[0.01, 1, 2, 3, 4, 5]"], "sae.showcase_width_multiples", "must exceed the largest k",
      {"sae_grid"}),
     (["sae.showcase_width_multiples=[1, 2, 3, 4, 5, 6]"], "sae.showcase_width_multiples", "spanning >= 16x", {"stage1"}),
-    (["sae.showcase_layers={synth-a: [4]}"], "sae.showcase_layers", "1 showcase layer(s)", {"floor"}),
     (["sae.showcase_layers={synth-a: [4], synth-b: [5]}"], "sae.showcase_layers.synth-b", "[5] not among the layers",
-     {"floor"}),
+     {"sae_grid"}),
     (["models.0.layers=[1]", "models.1.layers=[1]", "models.2.layers=[1, 4]", "models.3.layers=[6]",
-      "sae.showcase_layers={synth-a: [1, 4]}", "transfer=[]"], "models", "need >= 6", {"stage2"}),
+      "sae.showcase_layers={synth-a: [1, 4]}", "transfer=[]"], "models", "no scope (real or synthetic", {"stage2"}),
     (["transfer=[[minilm, synth-a]]"], "transfer.0", "model 'minilm' has 3 layers", {"transfer"}),
 ]
 
@@ -264,10 +263,13 @@ def _library_accepts(cfg: Profile) -> None:
     for s in (cfg.stage1, cfg.stage2):
         assert s.chains >= 2 and s.chains * s.draws >= s.checks.ess_min
     need = preflight.min_training_layers(len(law.SUMMARIES))
-    assert sum(len(cfg.layers_of(m)) for m in cfg.models) >= need
     assert all(len(cfg.layers_of(cfg.model(x))) >= need for pair in cfg.transfer for x in pair)
+    scopes = [[m for m in cfg.models if (m.source == "synthetic") is synth] for synth in (False, True)]
+    sizes = [(sum(len(cfg.layers_of(m)) for m in ms), len(ms)) for ms in scopes]
+    fitted = [(n, k) for n, k in sizes if n >= preflight.STAGE2_SCOPE_MIN_LAYERS]
+    assert fitted and all(n >= preflight.min_training_layers(len(law.SUMMARIES), k) for n, k in fitted)
     showcase = {(m, layer) for m, ls in cfg.sae.showcase_layers.items() for layer in ls}
-    assert len(showcase) >= 2 and all(layer in cfg.layers_of(cfg.model(m)) for m, layer in showcase)
+    assert all(layer in cfg.layers_of(cfg.model(m)) for m, layer in showcase)
 
 
 STATS = {"examples": 0, "refused": 0}
@@ -382,5 +384,25 @@ def test_gemma_scope_release_and_layers_are_checked_against_the_registry():
 def test_disk_budget_is_a_preflight_check():
     found = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20"]), machine=False)
     assert [p.key for p in found] == ["sae.cache_budget_gb"] and found[0].message.startswith("20 GB cannot hold")
-    assert preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
-                              ["sae_grid"], machine=False) == []
+    others = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
+                                ["sae_grid"], machine=False)
+    assert "sae.cache_budget_gb" not in {p.key for p in others}
+
+
+def test_runner_appends_advice_to_a_failed_fit():
+    from geowall import scaling
+
+    failures = [{"diagnostic": "ess_bulk", "variable": "alpha[minilm/L3]", "value": 53.04, "threshold": ">= 400"},
+                {"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": 12, "threshold": "<= 0"},
+                {"diagnostic": "r_hat", "variable": "sigma", "value": 1.05, "threshold": "<= 1.01"}]
+    message = str(scaling.FitDiagnosticsError(failures, label="stage 2 law 'all4'"))
+    parsed = preflight.parse_failures(message)
+    assert [(f["diagnostic"], f["value"], f["threshold"]) for f in parsed] == [
+        (f["diagnostic"], f["value"], f["threshold"]) for f in failures]
+    cfg = load_profile("default")  # stage2: 2 chains x 4000 draws, target_accept 0.95
+    text = preflight.step_advice("transfer", cfg, "FitDiagnosticsError", message)
+    assert text.startswith("; to pass: raise stage2.draws to >= ")
+    assert "raise stage2.target_accept to 0.99 (12 divergent transitions" in text and "raise stage2.tune" in text
+    assert preflight.step_advice("stage1", cfg, "FitDiagnosticsError", message).startswith("; to pass: raise stage1.")
+    assert preflight.step_advice("geometry", cfg, "FitDiagnosticsError", message) == ""
+    assert preflight.step_advice("stage2", cfg, "ValueError", message) == ""

@@ -1,5 +1,7 @@
 """The report's sources hold together without Quarto: project file, citations, shortcodes."""
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,8 @@ def test_quarto_project_parses_and_every_page_has_a_source():
         assert src.is_file(), f"{page}: no source {src}"
     hrefs = [h for h, _ in report.quarto_pages()]
     assert set(hrefs) == set(rendered)
-    assert [t for _, t in report.quarto_pages()][:2] == ["Paper", "Walkthrough"] and "References" in dict(report.quarto_pages()).values()
+    titles = [t for _, t in report.quarto_pages()]
+    assert titles[:2] == ["Paper", "Walkthrough"] and "References" in titles
     # every pipeline notebook has a page
     assert {f"notebooks/{s.notebook}.ipynb" for s in pipeline.STEPS} <= set(rendered)
 
@@ -80,20 +83,75 @@ def test_browser_check_serves_nested_pages_and_reports_missing_files(tmp_path):
     assert all(Path(r["screenshot"]).stat().st_size > 0 for r in records)
 
 
-def test_publish_workflow_renders_default_report_and_publishes_to_gh_pages():
-    wf = yaml.safe_load((pipeline.ROOT / ".github/workflows/report.yml").read_text())
+def test_publish_workflow_publishes_the_site_that_its_make_command_builds():
+    """The workflow's own command, dry-run through make, runs the default pipeline and then the
+    report; the folder it uploads to Pages is where that report lands; the cache holds that run."""
+    from geowall.config import load_profile
+
+    wf = yaml.safe_load((ROOT / ".github/workflows/report.yml").read_text())
     steps = wf["jobs"]["report"]["steps"]
-    uses = [s.get("uses", "") for s in steps]
-    assert "quarto-dev/quarto-actions/setup@v2" in uses
-    publish = next(s for s in steps if s.get("uses") == "quarto-dev/quarto-actions/publish@v2")
-    assert publish["with"] == {"target": "gh-pages", "render": False}
-    assert publish["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
-    assert wf["permissions"]["contents"] == "write"
-    # the report is built before publishing, by the Makefile target the README documents
-    run = [s for s in steps if "run" in s]
-    assert len(run) == 1 and run[0]["run"].startswith("make report")
-    assert steps.index(run[0]) < steps.index(publish)
-    makefile = (pipeline.ROOT / "Makefile").read_text()
-    assert re.search(r"^report:", makefile, re.M) and "TORCH_INDEX" in makefile
+    command = next(s["run"] for s in steps if s.get("run", "").startswith("make "))
+    dry = subprocess.run([*shlex.split(command), "-n"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = dry.splitlines()
+    ran = next(i for i, line in enumerate(lines) if re.search(r"geowall run --profile default\b", line))
+    built = next(i for i, line in enumerate(lines) if re.search(r"geowall report --profile default\b.*--browser", line))
+    assert ran < built
+    default = load_profile("default")
+    uploaded = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert ROOT / uploaded["with"]["path"] == report.site_dir(default)
+    deploy = next(s for s in steps if s.get("uses", "").startswith("actions/deploy-pages@"))
+    run_step = next(s for s in steps if s.get("run") == command)
+    assert steps.index(run_step) < steps.index(uploaded) < steps.index(deploy)
+    assert wf["permissions"]["pages"] == "write" and wf["permissions"]["id-token"] == "write"
     cached = next(s for s in steps if s.get("uses", "").startswith("actions/cache@"))["with"]["path"]
-    assert "data/runs/default" in cached and "notebooks/*.ipynb" in cached
+    assert ROOT / cached == pipeline.run_dir_for(default)
+    # the executed notebooks the site is made from are inside the cached run folder
+    assert pipeline.output_path(pipeline.STEPS[0], pipeline.run_dir_for(default)).is_relative_to(ROOT / cached)
+
+
+def test_quarto_project_is_staged_from_the_run_without_scripts_or_machine_paths(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from geowall.config import load_profile
+
+    cfg = load_profile("smoke")
+    run_dir = tmp_path / "runs" / "smoke"
+    hrefs = [h for h, _ in report.quarto_pages() if h.endswith(".ipynb")]
+    with pytest.raises(report.ReportError, match="executed notebooks not found"):
+        report.stage_quarto(cfg, run_dir, {}, "<script></script>")
+    (run_dir / "notebooks").mkdir(parents=True)
+    for href in hrefs:
+        cell = new_code_cell(f'run_dir = "{run_dir.resolve()}"', outputs=[
+            new_output("stream", name="stdout", text=f"wrote {run_dir.resolve()}/x.parquet with {report.ROOT}/lib\n")])
+        nbformat.write(new_notebook(cells=[cell]), run_dir / "notebooks" / Path(href).name)
+    project = report.stage_quarto(cfg, run_dir, {"glance": "g"}, "<script></script>")
+    assert project == run_dir / "quarto"
+    qcfg = yaml.safe_load((project / "_quarto.yml").read_text())
+    assert qcfg["project"]["output-dir"] == "../site" and qcfg["project"]["render"] == yaml.safe_load(
+        (ROOT / "_quarto.yml").read_text())["project"]["render"]
+    assert sorted(p.name for p in (project / "notebooks").glob("*.ipynb")) == sorted(Path(h).name for h in hrefs)
+    for href in hrefs:  # executed notebooks without their scripts, and without this machine's paths
+        text = (project / href).read_text()
+        assert str(tmp_path) not in text and str(report.ROOT) not in text
+        assert "<runs>/smoke/x.parquet" in text and "./lib" in text
+    for name in report.PROJECT_FILES + ("_variables.yml", "assets/vega-inline.html"):
+        assert (project / name).is_file(), name
+    assert yaml.safe_load((project / "_variables.yml").read_text()) == {"glance": "g"}
+
+
+def test_widget_scripts_from_a_cdn_are_dropped_and_nothing_else(tmp_path):
+    head = (
+        '<script src="https://cdn.jsdelivr.net/npm/requirejs@2.3.6/require.min.js" integrity="x" '
+        'crossorigin="anonymous"></script>\n'
+        '<script src="https://cdn.jsdelivr.net/npm/jquery@3.5.1/dist/jquery.min.js" '
+        'integrity="y" crossorigin="anonymous" data-relocate-top="true"></script>\n'
+        '<script type="application/javascript">'
+        "define('jquery', [],function() {return window.jQuery;})</script>\n"
+    )
+    keep = '<script src="site_libs/quarto-nav/quarto-nav.js"></script><script>var x=1;</script>'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "p.html").write_text(f"<head>{head}{keep}</head>")
+    (tmp_path / "q.html").write_text(f"<head>{keep}</head>")
+    assert report.drop_widget_cdn_scripts(tmp_path) == 1
+    assert (tmp_path / "a" / "p.html").read_text() == f"<head>{keep}</head>"

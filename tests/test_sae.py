@@ -289,7 +289,8 @@ def test_width_trend_on_a_constructed_table():
     t = S.width_trend(pd.DataFrame(rows, columns=["model", "layer", "k", "width", "fvu"]))
     assert list(t.layer) == [0, 1]
     a, b = t.iloc[0], t.iloc[1]
-    assert a.slope == pytest.approx(-1) and a.max_step_increase == pytest.approx(-0.5) and a.end_change == pytest.approx(-0.75)
+    assert a.slope == pytest.approx(-1) and a.max_step_increase == pytest.approx(-0.5)
+    assert a.end_change == pytest.approx(-0.75)
     assert b.max_step_increase == pytest.approx(0.25) and b.end_change == pytest.approx(-0.25) and b.n_widths == 3
 
 
@@ -298,7 +299,8 @@ def test_check_width_trend_real_strict_synthetic_typical():
         return [(model, layer, 4, w, f) for w, f in zip((10, 20, 40, 80), fvus)]
 
     def trend(*groups):
-        return S.width_trend(pd.DataFrame([r for g in groups for r in g], columns=["model", "layer", "k", "width", "fvu"]))
+        rows = [r for g in groups for r in g]
+        return S.width_trend(pd.DataFrame(rows, columns=["model", "layer", "k", "width", "fvu"]))
 
     good = group("net", 0, [0.4, 0.3, 0.25, 0.2])
     wobbly = group("net", 1, [0.4, 0.3, 0.36, 0.2])  # +20% step
@@ -322,8 +324,10 @@ def test_safetensors_for_the_wrong_width(tmp_path):
     other = S.train_sae(x, 32, 2, steps=2, seed=0, batch_size=64)
     S.save_sae(other, tmp_path / "w32", metadata={})
     # weights of the width-32 SAE under the width-16 SAE's cfg.json
-    (tmp_path / "w16" / "sae_weights.safetensors").write_bytes((tmp_path / "w32" / "sae_weights.safetensors").read_bytes())
-    with pytest.raises(ValueError, match=r"sae_weights.safetensors: key 'W_enc' has shape \(8, 32\), expected \(8, 16\)"):
+    weights = "sae_weights.safetensors"
+    (tmp_path / "w16" / weights).write_bytes((tmp_path / "w32" / weights).read_bytes())
+    wrong = r"sae_weights.safetensors: key 'W_enc' has shape \(8, 32\), expected \(8, 16\)"
+    with pytest.raises(ValueError, match=wrong):
         S.load_sae(tmp_path / "w16")
 
 

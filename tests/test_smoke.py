@@ -5,10 +5,13 @@ the assertions below.
 """
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -71,9 +74,55 @@ def test_offline_report_renders_charts_in_chromium(full_smoke):
     records = report.browser_check([site / "index.html", site / "02_geometry.html"], run_dir / "screens")
     for r in records:
         assert r["charts"] > 0 and r["drawn"] == r["charts"], r
-        assert not r["failed_requests"] and not r["console_errors"], r
+        assert not r["failed_requests"] and not r["console_errors"] and not r["unresolved_refs"], r
+    assert records[0]["citations"] > 10 and records[0]["bib_entries"] >= len(set(re.findall(
+        r"@([a-z]+\d{4}[a-z]+)", (report.ROOT / "index.qmd").read_text())))
     assert (run_dir / "screens" / "index.png").stat().st_size > 10_000
-    json.dumps(records)
+    # the records are kept beside the screenshots, as the browser saw them
+    assert json.loads((run_dir / "screens" / "pages.json").read_text()) == records
+
+
+def _published_paths(run_dir):
+    """Paths of this machine that must not appear in a published page."""
+    return [str(report.ROOT), str(run_dir.resolve()), sys.prefix]
+
+
+@pytest.mark.skipif(shutil.which("quarto") is None, reason="needs quarto on PATH (.ci/run installs it)")
+def test_quarto_site_renders_every_page_with_charts_citations_and_cross_references(full_smoke):
+    run_dir, _ = full_smoke
+    t0 = time.time()
+    site = report.build("smoke", runs_dir=run_dir.parent, use_quarto=True, log=lambda *_: None)
+    seconds = time.time() - t0
+    pages = sorted(p for p in site.rglob("*.html") if "site_libs" not in p.parts)
+    print(f"\nquarto render of the smoke site: {len(pages)} pages in {seconds:.0f} s")
+    # every navbar entry is an HTML page of the site (none left as a raw .ipynb)
+    navbar = {Path(h).with_suffix(".html").as_posix() for h, _ in report.quarto_pages()}
+    assert navbar <= {p.relative_to(site).as_posix() for p in pages}
+    for p in pages:
+        text = p.read_text()
+        local = [h for h in re.findall(r'href="([^"#?]+)', text) if not re.match(r"[a-z]+:", h)]
+        broken = [h for h in local if not (p.parent / h).resolve().exists()]
+        assert not broken, (p, broken)
+        leaked = [path for path in _published_paths(run_dir) if path in text]
+        assert not leaked, (p, leaked)
+    paper = (site / "index.html").read_text()
+    assert "Your Name" not in paper and "Results at a glance" in paper and "{{<" not in paper
+    runs = run_dir.resolve().parent  # the injected run_dir, as published
+    shown = pipeline.portable_run_dir(runs) if runs.is_relative_to(report.ROOT) else "&lt;runs&gt;"
+    assert f"{shown}/smoke" in (site / "notebooks" / "02_geometry.html").read_text()
+    if report.find_chromium() is None:
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    records = report.browser_check(pages, run_dir / "screens" / "quarto")
+    by_name = {Path(r["page"]).relative_to(site.resolve()).as_posix(): r for r in records}
+    for r in records:
+        assert r["drawn"] == r["charts"] and not r["failed_requests"] and not r["console_errors"], r
+        assert not r["unresolved_refs"], r
+    embeds = report.EMBED.findall(report._front_matter((report.ROOT / "index.qmd").read_text())[1])
+    assert by_name["index.html"]["charts"] >= len(embeds) and by_name["index.html"]["citations"] > 10
+    bib = (report.ROOT / "references.bib").read_text()
+    assert by_name["references.html"]["bib_entries"] == len(re.findall(r"^@\w+\{", bib, re.M))
+    assert all(by_name[f"notebooks/{s.notebook}.html"]["charts"] > 0 for s in pipeline.STEPS if s.name != "floor")
+    assert all(Path(r["screenshot"]).stat().st_size > 10_000 for r in records)
 
 
 # Peak resident memory of one step's kernel on the smoke profile. Measured 2026-11-25 on

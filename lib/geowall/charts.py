@@ -20,7 +20,7 @@ def _render(spec: dict, **_) -> dict:
     div = f"gw-chart-{uuid.uuid4().hex[:12]}"
     payload = json.dumps(spec, sort_keys=True)
     html = (
-        f'<div id="{div}" class="gw-chart"></div>\n<script>(function(){{'
+        f'<div id="{div}" class="gw-chart" style="max-width:100%;overflow-x:auto"></div>\n<script>(function(){{'
         f'var spec={payload};'
         f'function draw(){{window.vegaEmbed("#{div}",spec,{{actions:false,renderer:"svg"}});}}'
         'if(window.vegaEmbed){draw();}else{window.addEventListener("load",draw);}'
@@ -56,20 +56,6 @@ def layer_norms(table: pd.DataFrame) -> alt.Chart:
     return (band + line).properties(width=420, height=260)
 
 
-def versions() -> dict:
-    """Versions of the main libraries, for the last cell of every notebook."""
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "sae-lens", "numpy", "pandas", "pymc", "arviz", "altair", "papermill"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 SUMMARY_TITLES = dict(zip(SUMMARY_NAMES, ("TwoNN intrinsic dimension", "participation ratio",
                                           "curvature (scale-free)", "local residual"), strict=True))
 
@@ -91,7 +77,7 @@ def multiscale(multi: pd.DataFrame) -> alt.FacetChart:
         x=alt.X("scale:Q", scale=alt.Scale(type="log", base=2), title="decimation s"),
         y=alt.Y("id:Q", title="TwoNN ID"), detail="series:N", color=alt.Color("depth:Q", scale=alt.Scale(scheme="viridis")),
         tooltip=["model", "layer", "scale", "n_points", "id"],
-    ).properties(width=200, height=160).facet(facet="model:N", columns=4).resolve_scale(y="independent")
+    ).properties(width=260, height=160).facet(facet="model:N", columns=2).resolve_scale(y="independent")
 
 
 def truth_scatter(both: pd.DataFrame) -> alt.HConcatChart:
@@ -107,7 +93,7 @@ def truth_scatter(both: pd.DataFrame) -> alt.HConcatChart:
 
 
 def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
-    """fvu vs width (log-log), one line per k, faceted by layer; one row of panels per model."""
+    """fvu vs width (log-log), one line per k, one panel per layer (four to a row); a block per model."""
     rows = []
     for model, g in metrics.groupby("model", sort=False):
         rows.append(alt.Chart(g).mark_line(point=True).encode(
@@ -115,7 +101,7 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
             y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu"),
             color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
             tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
-        ).properties(width=120, height=110).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+        ).properties(width=120, height=110).facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4))
     return alt.vconcat(*rows)
 
 
@@ -134,7 +120,7 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
         pts = alt.Chart().transform_filter("datum.src == 'data'").mark_point(filled=True).encode(
             y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
         rows.append(alt.layer(band, line, pts, data=g).properties(width=120, height=110)
-                    .facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+                    .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4))
     return alt.vconcat(*rows)
 
 
@@ -150,7 +136,7 @@ def exponents_depth(exps: pd.DataFrame, cfg) -> alt.HConcatChart:
              + base.mark_point(filled=True, size=50).encode(y="alpha_mean:Q"))
     floor = (base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
              + base.mark_point(size=60).encode(y="floor_mean:Q", fill=alt.condition("datum.floor_identified", "model:N", alt.value("white"))))
-    return alt.hconcat(alpha.properties(width=300, height=240), floor.properties(width=300, height=240))
+    return alt.hconcat(alpha.properties(width=260, height=240), floor.properties(width=260, height=240))
 
 
 def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart:
@@ -162,7 +148,7 @@ def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart
     diag = alt.Chart(pd.DataFrame({"a": lim})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
     pp = (alt.Chart(ppc).mark_rule().encode(x=alt.X("observed:Q", title="observed log alpha"), y=alt.Y("pred_lo:Q", title="predicted log alpha"), y2="pred_hi:Q", color="model:N")
           + alt.Chart(ppc).mark_point(filled=True).encode(x="observed:Q", y="pred_mean:Q", color="model:N", tooltip=["model", "layer", "observed", "pred_mean"]))
-    return alt.hconcat(forest.properties(width=260, height=160), (diag + pp).properties(width=260, height=240))
+    return alt.hconcat(forest.properties(width=220, height=160), (diag + pp).properties(width=240, height=240))
 
 
 def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
@@ -176,7 +162,7 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
                                                       color="model:N", tooltip=["model", "layer"])
     fit = alt.Chart().transform_regression("x", "partial residual").mark_line(color="black").encode(
         x="x:Q", y="partial residual:Q")
-    return alt.layer(pts, fit, data=df).properties(width=200, height=160).facet(facet="summary:N", columns=4)
+    return alt.layer(pts, fit, data=df).properties(width=220, height=160).facet(facet="summary:N", columns=2)
 
 
 def transfer(pred: pd.DataFrame) -> alt.FacetChart:
@@ -185,7 +171,7 @@ def transfer(pred: pd.DataFrame) -> alt.FacetChart:
     rules = alt.Chart().mark_rule(opacity=0.5).encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
     pts = alt.Chart().mark_point(filled=True).encode(y="pred_mean:Q", tooltip=["direction", "layer", "observed", "pred_mean", "predictor_set"], **enc)
     diag = alt.Chart().mark_line(color="grey", strokeDash=[4, 4]).encode(x="observed:Q", y="observed:Q")
-    return alt.layer(rules, pts, diag, data=df).properties(width=200, height=180).facet(facet="direction:N", columns=4).resolve_scale(x="independent", y="independent")
+    return alt.layer(rules, pts, diag, data=df).properties(width=220, height=180).facet(facet="direction:N", columns=2).resolve_scale(x="independent", y="independent")
 
 
 def floors(fl: pd.DataFrame) -> alt.HConcatChart:
@@ -195,7 +181,7 @@ def floors(fl: pd.DataFrame) -> alt.HConcatChart:
         base = alt.Chart(f).encode(x=alt.X(f"{s}:Q", title=SUMMARY_TITLES[s]), color="model:N")
         charts_.append((base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
                         + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
-                        + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")).properties(width=280, height=220))
+                        + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")).properties(width=250, height=220))
     return alt.hconcat(*charts_)
 
 

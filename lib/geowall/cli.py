@@ -136,7 +136,8 @@ def _report(args) -> int:
         # Quarto puts notebook pages in a subfolder (_site/notebooks/); skip its libraries
         pages = sorted(p for p in site.rglob("*.html") if "site_libs" not in p.parts)
         records = report.browser_check(pages, run_dir_for(load_profile(args.profile), runs_dir) / "screens")
-        bad = [r for r in records if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"]]
+        bad = [r for r in records
+               if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"] or r["unresolved_refs"]]
         for r in records:
             print(f"{Path(r['page']).name:32s} charts {r['drawn']}/{r['charts']} drawn, "
                   f"{len(r['failed_requests'])} failed requests -> {r['screenshot']}")

@@ -100,7 +100,7 @@ def floor_ordering(stage1_idata, exponents_df: pd.DataFrame, geometry_df: pd.Dat
             rows.append({**base, "status": "ranked", "rho_mean": s["mean"], "rho_sd": s["sd"], "rho_hdi_3": s["hdi_lo"],
                          "rho_hdi_97": s["hdi_hi"], "p_gt0": float((rho > 0).mean()) if len(rho) else np.nan})
     out = pd.DataFrame(rows)
-    for c in COLUMNS:
+    for c in COLUMNS + [c for sm in summaries for c in (sm, f"{sm}_se")]:
         if c not in out.columns:
             out[c] = np.nan
     out = out[COLUMNS + [c for c in out.columns if c not in COLUMNS]]

@@ -3,9 +3,10 @@
 Each step is a jupytext percent notebook (``notebooks/NN_name.py``, the source of
 truth). The runner reads it with jupytext, injects the validated profile into its
 ``parameters`` cell (``profile``, ``run_dir``, ``params``) and executes it with
-``papermill.execute_notebook``. Executed notebooks of the ``default`` profile land next
-to their sources (``notebooks/NN_name.ipynb``, git-ignored, what Quarto renders);
-other profiles write under ``<run_dir>/notebooks/``.
+``papermill.execute_notebook``. Executed notebooks land under ``<run_dir>/notebooks/``
+for every profile, never beside their percent scripts (the report stages them into a
+Quarto project). The injected ``run_dir`` is relative to the project root when the run
+folder lies inside it, so executed notebooks carry no machine-specific path.
 
 Skip-if-unchanged: a step's fingerprint hashes its notebook source, the profile
 sections it reads, and the fingerprints of its upstream steps (so a rerun upstream
@@ -111,10 +112,15 @@ def fingerprint(step: Step, profile: Profile, notebook_text: str, upstream: dict
     )
 
 
-def output_path(step: Step, profile: Profile, run_dir: Path, notebooks_dir: Path) -> Path:
-    if profile.name == "default":
-        return notebooks_dir / f"{step.notebook}.ipynb"
+def output_path(step: Step, run_dir: Path) -> Path:
+    """Where a step's executed notebook lands: ``<run_dir>/notebooks/<notebook>.ipynb``."""
     return run_dir / "notebooks" / f"{step.notebook}.ipynb"
+
+
+def portable_run_dir(run_dir: Path) -> str:
+    """``run_dir`` relative to the project root (POSIX) when it lies inside it, else absolute."""
+    path = Path(run_dir).resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
 
 
 def run(
@@ -190,7 +196,7 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     src = notebooks_dir / f"{s.notebook}.py"
     text = src.read_text()
     fp = fingerprint(s, cfg, text, prints)
-    out = output_path(s, cfg, run_dir, notebooks_dir)
+    out = output_path(s, run_dir)
     rec_path = run_dir / "steps" / f"{s.name}.json"
     if not force and rec_path.is_file() and out.is_file() and read_json(rec_path).get("fingerprint") == fp:
         log(f"[{s.name}] unchanged (parameters and upstream artefacts): skipped; --force reruns it")
@@ -203,7 +209,7 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     failed.unlink(missing_ok=True)
     log(f"[{s.name}] executing {src.relative_to(notebooks_dir.parent) if notebooks_dir.parent in src.parents else src}")
     t0 = time.time()
-    params = {"profile": cfg.name, "run_dir": str(run_dir.resolve()), "params": cfg.model_dump(mode="json")}
+    params = {"profile": cfg.name, "run_dir": portable_run_dir(run_dir), "params": cfg.model_dump(mode="json")}
     tmp = out.with_name(f".{out.stem}.partial.ipynb")
     memory = PeakRSS()
     try:
@@ -215,9 +221,10 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     except pm.PapermillExecutionError as e:
         if tmp.exists():
             os.replace(tmp, failed)
+        advice = preflight.step_advice(s.name, cfg, e.ename, e.evalue)  # which key to change, and to what
         raise StepFailed(
             f"step {s.name!r} failed in {src} (cell {e.cell_index}, execution {e.exec_count}): "
-            f"{e.ename}: {e.evalue}\nexecuted notebook with the traceback: {failed}"
+            f"{e.ename}: {e.evalue}{advice}\nexecuted notebook with the traceback: {failed}"
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ defaults of ``scaling.exponents``); where a rule is inline in a library function
 """
 from __future__ import annotations
 
+import re
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -246,22 +247,38 @@ def _n_layers(cfg: Profile, name: str) -> int:
     return len(cfg.layers_of(cfg.model(name)))
 
 
-def min_training_layers(n_predictors: int) -> int:
+def min_training_layers(n_predictors: int, n_models: int = 1) -> int:
     """The fewest training layers ``law.fit_law`` accepts for ``n_predictors`` predictors
-    (its own check; tests/test_preflight.py holds the two together)."""
-    return max(3, n_predictors + 2)
+    on ``n_models`` models (per-model intercepts when there are several; its own check,
+    tests/test_preflight.py holds the two together)."""
+    return max(3, n_predictors + (n_models if n_models > 1 else 1) + 1)
 
 
-@register("models", steps=("stage2",), where="law.fit_law: >= min_training_layers(predictors) layers")
+STAGE2_SCOPE_MIN_LAYERS = 8  # notebook 04 fits a scope (real / synthetic models) only with at least this many layers
+
+
+@register("models", steps=("stage2",),
+          where="notebook 04: a scope with >= 8 layers; law.fit_law: >= min_training_layers(predictors, models)")
 def _stage2_layers(cfg):
     from geowall import law
 
-    need = max(min_training_layers(len(p)) for p in law.DEFAULT_LAW_SETS.values())
-    have = sum(len(cfg.layers_of(m)) for m in cfg.models)
-    if have < need:
-        yield ("models", f"{have} layers over all models: the Stage 2 laws (up to "
-                         f"{max(map(len, law.DEFAULT_LAW_SETS.values()))} predictors) need >= {need}; expected more "
-                         f"layers in models.<i>.layers (or 'all')")
+    P = max(map(len, law.DEFAULT_LAW_SETS.values()))
+    scopes = {"real": [m for m in cfg.models if m.source != "synthetic"],
+              "synthetic": [m for m in cfg.models if m.source == "synthetic"]}
+    fitted = 0
+    for scope, models in scopes.items():
+        have = sum(len(cfg.layers_of(m)) for m in models)
+        if have < STAGE2_SCOPE_MIN_LAYERS:
+            continue
+        fitted += 1
+        need = min_training_layers(P, len(models))
+        if have < need:
+            yield ("models", f"the {scope} models have {have} layers: a Stage 2 law with {P} predictors and "
+                             f"{len(models)} model intercepts needs >= {need}; expected more layers in "
+                             f"models.<i>.layers (or 'all') or fewer models")
+    if not fitted:
+        yield ("models", f"no scope (real or synthetic models) has >= {STAGE2_SCOPE_MIN_LAYERS} layers for "
+                         f"Stage 2; expected more layers in models.<i>.layers (or 'all')")
 
 
 @register("transfer", steps=("transfer",), where="law.run_transfer -> fit_law(models=[A]): enough layers of A")
@@ -280,11 +297,9 @@ def _transfer_layers(cfg):
                                         f">= {need}; expected more layers or another pair")
 
 
-# ---------------------------------------------------------------------------- floor
-
-
-@register("sae.showcase_layers", steps=("floor",), where="law.floor_ordering: >= 2 showcase layers, all in the fit")
-def _floor_showcase(cfg):
+@register("sae.showcase_layers", steps=("sae_grid",), where="layers.widths_for: a showcase layer gets its grid only "
+                                                            "if it is processed")
+def _showcase_processed(cfg):
     names = [m.name for m in cfg.models]
     for model, layers in cfg.sae.showcase_layers.items():
         if model not in names:
@@ -295,10 +310,6 @@ def _floor_showcase(cfg):
             yield (f"sae.showcase_layers.{model}",
                    f"{out} not among the layers of model '{model}' (models.{names.index(model)}.layers); "
                    f"expected showcase layers that are processed")
-    n = len(set(_showcase(cfg)))
-    if n < 2:
-        yield ("sae.showcase_layers", f"{n} showcase layer(s): step 06 ranks the floors of at least 2; "
-                                      f"expected e.g. {{{names[0]}: [layer, layer]}}")
 
 
 # ---------------------------------------------------------------------------- sources and machine
@@ -335,6 +346,8 @@ def _cache_budget(cfg):
         check_budget(cfg)
     except BudgetError as e:
         yield ("sae.cache_budget_gb", str(e).removeprefix("sae.cache_budget_gb: "))
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError):
+        pass  # an unknown release or a missing sae-lens: reported by the models.<i>.sae_release check
 
 
 @register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",
@@ -427,3 +440,31 @@ def fit_advice_text(failures: Iterable[dict], settings: dict | None) -> str:
         return ""
     lines = fit_advice(failures, **settings)
     return ("; to pass: " + "; ".join(lines)) if lines else ""
+
+
+_DIAG = re.compile(r"(r_hat|ess_bulk|ess_tail|divergences|bfmi) = (.+?) \(threshold (.+?)\)")
+STEP_SAMPLER = {"stage1": "stage1", "stage2": "stage2", "transfer": "stage2"}  # step -> profile section it samples with
+
+
+def parse_failures(message: str) -> list[dict]:
+    """The failure records of a ``FitDiagnosticsError`` message (what a notebook's error
+    carries to the runner): ``[{"diagnostic", "value", "threshold"}, ...]``."""
+    out = []
+    for diag, value, thr in _DIAG.findall(message):
+        try:
+            v: float | str = float(value)
+        except ValueError:
+            v = value
+        out.append({"diagnostic": diag, "value": v, "threshold": thr})
+    return out
+
+
+def step_advice(step: str, cfg: Profile, ename: str, evalue: str) -> str:
+    """What the runner appends to a failed step's error: for a ``FitDiagnosticsError`` in a
+    sampling step, which key of the step's profile section to change and to what."""
+    section = STEP_SAMPLER.get(step)
+    if ename != "FitDiagnosticsError" or section is None or "; to pass: " in evalue:
+        return ""
+    spec = getattr(cfg, section)
+    return fit_advice_text(parse_failures(evalue), {"section": section, "draws": spec.draws, "chains": spec.chains,
+                                                    "tune": spec.tune, "target_accept": spec.target_accept})

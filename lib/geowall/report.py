@@ -1,13 +1,17 @@
 """Build the report: Quarto when it is installed, an offline HTML build otherwise.
 
-``geowall report --profile P``:
+``geowall report --profile P`` (any profile):
 
 1. collects every number the paper quotes from the run's artefacts
    (:mod:`geowall.results`; the paper uses ``{{< var key >}}``; nothing is typed by hand);
-2. if ``quarto`` is on PATH and the profile is ``default`` (the executed notebooks Quarto
-   renders are ``notebooks/*.ipynb``): writes them to ``_variables.yml`` and the Vega
-   JavaScript (inlined once per page, so charts draw with no network) to
-   ``assets/vega-inline.html``, then ``quarto render`` -> ``_site/``;
+2. if ``quarto`` is on PATH: stages a Quarto project under ``<run_dir>/quarto/``
+   (:func:`stage_quarto`): the project files of the repository (``_quarto.yml``, the
+   ``.qmd`` pages, the bibliography), ``_variables.yml``, the Vega JavaScript (inlined once
+   per page, so charts draw with no network) and the run's executed notebooks
+   (``<run_dir>/notebooks/*.ipynb``, with this machine's paths made relative). The
+   notebooks sit there without their percent scripts: beside a ``NN.py``, Quarto treats an
+   ``.ipynb`` as that script's intermediate file and leaves it out of the site. Then
+   ``quarto render`` -> ``<run_dir>/site/``;
 3. otherwise the offline build -> ``<run_dir>/site/``: each page listed in
    ``_quarto.yml`` is rendered from its executed notebook with nbconvert (basic
    template, wrapped in a page with a navigation bar); the paper page ``index.qmd`` is
@@ -21,20 +25,23 @@ import contextlib
 import functools
 import html
 import http.server
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import nbformat
 import yaml
 
 from geowall.config import Profile, load_profile
 from geowall.io import atomic_path
-from geowall.pipeline import ROOT, run_dir_for
+from geowall.pipeline import ROOT, portable_run_dir, run_dir_for
 
 EMBED = re.compile(r"\{\{<\s*embed\s+([^#\s]+)#([\w-]+)\s*>\}\}")
 VAR = re.compile(r"\{\{<\s*var\s+([\w.-]+)\s*>\}\}")
@@ -67,11 +74,8 @@ def quarto_pages(root: Path = ROOT) -> list[tuple[str, str]]:
 
 
 def notebook_source(href: str, cfg: Profile, run_dir: Path) -> Path:
-    """The executed notebook behind a page of the site for this profile."""
-    name = Path(href).name
-    if cfg.name == "default":
-        return ROOT / href
-    return run_dir / "notebooks" / name
+    """The executed notebook behind a page of the site: ``<run_dir>/notebooks/<name>.ipynb``."""
+    return run_dir / "notebooks" / Path(href).name
 
 
 def labelled_cells(nb) -> dict[str, dict]:
@@ -100,33 +104,122 @@ def labelled_cells(nb) -> dict[str, dict]:
 
 def build(profile: str | Profile = "default", *, runs_dir: Path | None = None, use_quarto: bool | None = None,
           log=print) -> Path:
+    """Build the site of a profile's run into ``<run_dir>/site/`` (Quarto if on PATH, else offline)."""
     from geowall import charts
     from geowall.results import flatten, report_variables
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
     run_dir = run_dir_for(cfg, runs_dir)
     nested = report_variables(cfg, run_dir)
-    variables = flatten(nested)
     vega = charts.vega_script()
     if use_quarto is None:
-        use_quarto = shutil.which("quarto") is not None and cfg.name == "default"
+        use_quarto = shutil.which("quarto") is not None
+    site = site_dir(cfg, runs_dir)
+    shutil.rmtree(site, ignore_errors=True)  # derived: never mix pages of the two builds
     if use_quarto:
-        _write_text(ROOT / "_variables.yml", yaml.safe_dump(nested, sort_keys=True, allow_unicode=True))
-        _write_text(ROOT / "assets" / "vega-inline.html", vega + "\n")
-        log("quarto render ...")
-        subprocess.run(["quarto", "render"], cwd=ROOT, check=True)
-        return ROOT / "_site"
-    site = run_dir / "site"
-    offline_build(cfg, run_dir, site, variables, vega)
+        project = stage_quarto(cfg, run_dir, nested, vega)
+        log(f"quarto render {project} ...")
+        t0 = time.time()
+        subprocess.run(["quarto", "render"], cwd=project, check=True)
+        drop_widget_cdn_scripts(site)
+        log(f"quarto render: {len(list(site.rglob('*.html')))} pages in {time.time() - t0:.0f} s -> {site}")
+        return site
+    offline_build(cfg, run_dir, site, flatten(nested), vega)
     log(f"offline report (Quarto not found on PATH): {site / 'index.html'}")
     return site
+
+
+def site_dir(cfg: Profile, runs_dir: Path | None = None) -> Path:
+    """Where :func:`build` puts the site of a profile (both builds): ``<run_dir>/site``."""
+    return run_dir_for(cfg, runs_dir) / "site"
+
+
+PROJECT_FILES = ("index.qmd", "references.qmd", "references.bib", "assets/offline.scss")
+
+
+def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Path:
+    """Lay out the Quarto project of a run under ``<run_dir>/quarto/`` and return that folder.
+
+    It holds the repository's ``_quarto.yml`` (with ``output-dir: ../site``), the pages and
+    bibliography, ``_variables.yml`` (nested ``variables``), ``assets/vega-inline.html`` and
+    every executed notebook the navbar lists, copied from ``<run_dir>/notebooks/`` with
+    machine-specific paths replaced (:func:`portable_notebook`). Raises
+    :class:`ReportError` naming a notebook that has not been executed yet.
+    """
+    project = run_dir / "quarto"
+    qcfg = yaml.safe_load((ROOT / "_quarto.yml").read_text())
+    qcfg["project"]["output-dir"] = "../site"
+    notebooks = [href for href in qcfg["project"]["render"] if href.endswith(".ipynb")]
+    missing = [href for href in notebooks if not notebook_source(href, cfg, run_dir).is_file()]
+    if missing:
+        raise ReportError(f"pages {missing}: executed notebooks not found under {run_dir / 'notebooks'} "
+                          f"(run `geowall run --profile {cfg.name}`)")
+    shutil.rmtree(project / "notebooks", ignore_errors=True)
+    (project / "notebooks").mkdir(parents=True)
+    _write_text(project / "_quarto.yml", yaml.safe_dump(qcfg, sort_keys=False, allow_unicode=True))
+    for name in PROJECT_FILES:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / name, project / name)
+    # Quarto resolves the theme's path from each input's folder: the notebook pages look for it there
+    (project / "notebooks" / "assets").mkdir()
+    shutil.copyfile(ROOT / "assets" / "offline.scss", project / "notebooks" / "assets" / "offline.scss")
+    _write_text(project / "_variables.yml", yaml.safe_dump(variables, sort_keys=True, allow_unicode=True))
+    _write_text(project / "assets" / "vega-inline.html", vega + "\n")
+    for href in notebooks:
+        _write_text(project / href, portable_notebook(notebook_source(href, cfg, run_dir).read_text(), run_dir))
+    return project
+
+
+WIDGET_CDN = re.compile(
+    r'<script src="https://cdn\.jsdelivr\.net/npm/(?:requirejs|jquery)@[^"]*"[^>]*></script>\n?'
+    r"|<script type=\"application/javascript\">"
+    r"define\('jquery', \[\],function\(\) \{return window\.jQuery;\}\)</script>\n?")
+
+
+def drop_widget_cdn_scripts(site: Path) -> int:
+    """Remove the require.js and jQuery that Quarto loads from a CDN into every page with HTML output.
+
+    Quarto adds them for JavaScript widgets (itables, plotly) whenever a notebook has a
+    ``text/html`` output; our charts draw with the inlined Vega and need neither, and a
+    page must load with no network. Returns the number of pages changed.
+    """
+    changed = 0
+    for page in site.rglob("*.html"):
+        text = page.read_text()
+        new = WIDGET_CDN.sub("", text)
+        if new != text:
+            mode = page.stat().st_mode
+            _write_text(page, new)
+            page.chmod(mode)  # a web server must still read it
+            changed += 1
+    return changed
+
+
+def machine_paths(run_dir: Path) -> list[tuple[str, str]]:
+    """(this machine's path, what a published page shows instead), longest first."""
+    runs = run_dir.resolve().parent
+    pairs = {str(runs): portable_run_dir(runs) if runs.is_relative_to(ROOT) else "<runs>", str(ROOT): ".",
+             sys.prefix: "<python>", sys.base_prefix: "<python>"}
+    home = str(Path.home())
+    if home not in ("/", ""):
+        pairs[home] = "~"
+    return sorted(((k, v) for k, v in pairs.items() if len(k) > 1), key=lambda kv: -len(kv[0]))
+
+
+def portable_notebook(text: str, run_dir: Path) -> str:
+    """An executed notebook's JSON with the absolute paths of this machine made relative."""
+    for path, shown in machine_paths(run_dir):
+        text = text.replace(path, shown)
+    return text
 
 
 # ------------------------------------------------------------------------ offline build
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:0 auto;padding:0 1em 4em;line-height:1.55;color:#222}
-nav{position:sticky;top:0;background:#f7f7f9;border-bottom:1px solid #ddd;padding:.5em 0;margin-bottom:1.5em;font-size:.92em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:0 auto;
+  padding:0 1em 4em;line-height:1.55;color:#222}
+nav{position:sticky;top:0;background:#f7f7f9;border-bottom:1px solid #ddd;padding:.5em 0;margin-bottom:1.5em;
+  font-size:.92em}
 nav a{margin-right:1em;text-decoration:none;color:#2361a3} nav a.active{font-weight:600;color:#111}
 pre,code{background:#f5f5f5;font-size:.88em} pre{padding:.6em;overflow-x:auto}
 figure{margin:1.5em 0} figcaption{font-size:.9em;color:#555;margin-top:.4em}
@@ -147,7 +240,8 @@ def _out_name(href: str) -> str:
 
 
 def _nav(pages: list[tuple[str, str]], current: str) -> str:
-    links = [f'<a href="{_out_name(h)}"{" class=active" if h == current else ""}>{html.escape(t)}</a>' for h, t in pages]
+    links = [f'<a href="{_out_name(h)}"{" class=active" if h == current else ""}>{html.escape(t)}</a>'
+             for h, t in pages]
     return "<nav>" + "".join(links) + "</nav>"
 
 
@@ -162,7 +256,8 @@ def offline_build(cfg: Profile, run_dir: Path, site: Path, variables: dict, vega
         if href.endswith(".ipynb"):
             src = notebook_source(href, cfg, run_dir)
             if not src.is_file():
-                raise ReportError(f"page {href}: executed notebook {src} not found (run `geowall run --profile {cfg.name}`)")
+                raise ReportError(f"page {href}: executed notebook {src} not found "
+                                  f"(run `geowall run --profile {cfg.name}`)")
             nb = nbformat.read(src, as_version=4)
             body, _ = exporter.from_notebook_node(nb)
         elif href == "index.qmd":
@@ -291,8 +386,11 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
 
     The pages are served over local HTTP from their common folder. Returns one record
     per page: charts (``.gw-chart`` divs), drawn (those holding a non-empty SVG or
-    canvas), failed_requests, console_errors, screenshot path. Uses Playwright's Python
-    driver with the system Chromium (no browser download).
+    canvas), citations (in-text links to the bibliography), bib_entries (bibliography
+    entries), unresolved_refs (cross-references or citations left as ``?@key``, as
+    Quarto and pandoc mark them), failed_requests, console_errors, screenshot path; the
+    records are also written to ``screens/pages.json``. Uses Playwright's Python driver
+    with the system Chromium (no browser download).
     """
     from playwright.sync_api import sync_playwright
 
@@ -320,17 +418,26 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
                 n = page.locator(".gw-chart").count()
                 if n:
                     page.wait_for_function(
-                        "n => [...document.querySelectorAll('.gw-chart')].filter(d => d.querySelector('svg *, canvas')).length >= n",
+                        "n => [...document.querySelectorAll('.gw-chart')]"
+                        ".filter(d => d.querySelector('svg *, canvas')).length >= n",
                         arg=n, timeout=timeout_ms)
                 drawn = page.evaluate(
                     "() => [...document.querySelectorAll('.gw-chart')].filter(d => {"
                     " const s = d.querySelector('svg'); const c = d.querySelector('canvas');"
-                    " return (s && s.querySelectorAll('path, rect, line, text').length > 0) || (c && c.width > 0); }).length")
+                    " return (s && s.querySelectorAll('path, rect, line, text').length > 0)"
+                    " || (c && c.width > 0); }).length")
+                refs = page.evaluate(
+                    "() => ({citations: document.querySelectorAll('a[role=doc-biblioref]').length,"
+                    " bib_entries: document.querySelectorAll('.csl-entry').length,"
+                    " unresolved: [...document.querySelectorAll('.quarto-unresolved-ref, strong, span')]"
+                    ".map(e => e.textContent.trim()).filter(t => /^\\?@[\\w-]+$/.test(t))})")
                 shot = screens / f"{Path(page_path).stem}.png"
                 page.screenshot(path=str(shot), full_page=True)
-                records.append({"page": str(page_path), "charts": n, "drawn": drawn, "failed_requests": failed,
-                                "console_errors": errors, "screenshot": str(shot)})
+                records.append({"page": str(page_path), "charts": n, "drawn": drawn, "citations": refs["citations"],
+                                "bib_entries": refs["bib_entries"], "unresolved_refs": sorted(set(refs["unresolved"])),
+                                "failed_requests": failed, "console_errors": errors, "screenshot": str(shot)})
                 page.close()
         finally:
             browser.close()
+    _write_text(screens / "pages.json", json.dumps(records, indent=1) + "\n")
     return records

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from geowall.config import Profile
+from geowall.geometry import SUMMARY_NAMES as SUMMARIES  # the one list of the four summaries
+from geowall.glance import at_a_glance
 from geowall.io import read_json, read_parquet
 
 NA = "n/a (step not run)"
-SUMMARIES = ("id_twonn", "pr", "curvature", "local_residual")
 SOURCE_NAMES = {"minilm": "all-MiniLM-L6-v2 (pretrained)", "minilm-random": "all-MiniLM-L6-v2 (random init)",
                 "mpnet": "all-mpnet-base-v2 (pretrained)", "mpnet-random": "all-mpnet-base-v2 (random init)",
                 "synthetic": "synthetic manifold zoo", "hf": "Hugging Face causal LM"}
@@ -96,6 +97,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         "profile": {"name": cfg.name, "description": cfg.description, "models": models, "seed": cfg.seed,
                     "n_train": _fmt(cfg.activations.n_train), "n_eval": _fmt(cfg.activations.n_eval),
                     "is_gemma": str(any(m.source == "hf" for m in cfg.models)).lower()},
+        "glance": at_a_glance(run_dir, cfg.name),  # the paper's opening paragraph
     }
     stats = run_dir / "corpus_stats.json"
     c = read_json(stats) if stats.is_file() else {}

@@ -143,3 +143,11 @@ def test_nan_activations_and_a_broken_metrics_table_stop_their_steps(tmp_path, t
     assert "Traceback" not in r.stderr
     for name in ("exponents.parquet", "stage1.nc", "steps/stage1.json"):
         assert not (run / name).exists(), name
+
+    # a fit that fails its convergence checks anyway: the error says which key to change, and to what
+    io.write_parquet(run / "sae_metrics.parquet", metrics)
+    r = geowall(*base, "--only", "stage1", "--set", "stage1.checks.rhat_max=1.0001")
+    assert r.returncode == 1, r.stderr
+    assert "FitDiagnosticsError: stage 1" in r.stderr and "r_hat = " in r.stderr
+    assert "; to pass: raise stage1.draws to >= 100 (R-hat" in r.stderr and "raise stage1.tune to >= 100" in r.stderr
+    assert "Traceback" not in r.stderr and not (run / "steps" / "stage1.json").exists()

@@ -303,7 +303,8 @@ def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int 
     from scipy.stats import spearmanr
 
     rows = []
-    ref_all = sens[sens.default].set_index(["model", "summary", "layer"]).estimate.sort_index()
+    # one reference value per (model, summary, layer): a summary with two knobs has two default rows (equal)
+    ref_all = sens[sens.default].groupby(["model", "summary", "layer"]).estimate.first().sort_index()
     for (model, summary, knob, setting), g in sens.groupby(["model", "summary", "knob", "setting"]):
         ref_name = "id_twonn" if summary == "id_mle" else summary
         if summary != "id_mle" and bool(g.default.all()):

@@ -15,6 +15,7 @@ One module per job:
 The sparse autograd kernels (sparse decode, sparse encoder backward) are in
 :mod:`geowall.kernels`. Everything public is importable from ``geowall.sae``.
 """
+
 from geowall.sae.disk import load_sae, save_sae
 from geowall.sae.evaluate import METRICS, evaluate
 from geowall.sae.grid import (

@@ -1,4 +1,5 @@
 """Activation inputs of the SAE code: checked (n, d) tensors and streaming moments."""
+
 from __future__ import annotations
 
 import warnings
@@ -58,7 +59,7 @@ def moments(x: Tensor, chunk: int = 65536) -> RunningMoments:
     """The :class:`RunningMoments` of the rows of ``x``, accumulated ``chunk`` rows at a time."""
     mom = RunningMoments(x.shape[1], x.device)
     for s in range(0, x.shape[0], chunk):
-        mom.update(x[s:s + chunk])
+        mom.update(x[s : s + chunk])
     return mom
 
 

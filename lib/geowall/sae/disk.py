@@ -1,4 +1,5 @@
 """SAEs on disk in sae-lens's format (``cfg.json`` + ``sae_weights.safetensors``)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ def _to_sae_lens(sae: TopKSAE, metadata: dict[str, Any] | None = None):
     from sae_lens.saes.sae import SAEMetadata
 
     cfg = sae_lens.TopKSAEConfig(
-        d_in=sae.d_in, d_sae=sae.width, k=sae.k, dtype="float32", device="cpu",
-        apply_b_dec_to_input=True, normalize_activations="none",
+        d_in=sae.d_in,
+        d_sae=sae.width,
+        k=sae.k,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
         rescale_acts_by_decoder_norm=False,
         metadata=SAEMetadata(**{"sae_lens_training_version": None, **(metadata or {})}),
     )
@@ -64,8 +70,15 @@ def save_sae(sae: Any, folder: str | os.PathLike, *, metadata: dict[str, Any] | 
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         _to_sae_lens(sae, meta).save_model(tmp)
-        cfg_extra = {"architecture": "topk", "width": sae.width, "k": sae.k, "d_in": sae.d_in,
-                     "k_aux": sae.cfg.k_aux, "auxk_coef": sae.cfg.auxk_coef, **meta}
+        cfg_extra = {
+            "architecture": "topk",
+            "width": sae.width,
+            "k": sae.k,
+            "d_in": sae.d_in,
+            "k_aux": sae.cfg.k_aux,
+            "auxk_coef": sae.cfg.auxk_coef,
+            **meta,
+        }
         (tmp / _GEOWALL_META).write_text(json.dumps(cfg_extra, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
@@ -99,8 +112,9 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
             raise FileNotFoundError(f"load_sae: missing {p}")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("architecture") != "topk" or cfg.get("rescale_acts_by_decoder_norm", False):
-        raise ValueError(f"{cfg_path}: expected a plain sae-lens 'topk' SAE, got architecture="
-                         f"{cfg.get('architecture')!r}")
+        raise ValueError(
+            f"{cfg_path}: expected a plain sae-lens 'topk' SAE, got architecture={cfg.get('architecture')!r}"
+        )
     extra = json.loads((folder / _GEOWALL_META).read_text()) if (folder / _GEOWALL_META).is_file() else {}
     state = load_file(str(w_path), device="cpu")
     d, W = int(cfg["d_in"]), int(cfg["d_sae"])
@@ -109,8 +123,9 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
         if key not in state or tuple(state[key].shape) != shape:
             got = tuple(state[key].shape) if key in state else "missing"
             raise ValueError(f"{w_path}: key {key!r} has shape {got}, expected {shape}")
-    tk = TopKConfig(d_in=d, width=W, k=int(cfg["k"]), k_aux=extra.get("k_aux"),
-                    auxk_coef=float(extra.get("auxk_coef", 1 / 32)))
+    tk = TopKConfig(
+        d_in=d, width=W, k=int(cfg["k"]), k_aux=extra.get("k_aux"), auxk_coef=float(extra.get("auxk_coef", 1 / 32))
+    )
     sae = TopKSAE(tk, device="cpu")
     with torch.no_grad():
         sae.W_enc.copy_(state["W_enc"].T)
@@ -118,4 +133,3 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
         sae.W_dec.copy_(state["W_dec"])
         sae.b_dec.copy_(state["b_dec"])
     return sae.to(device).eval()
-

@@ -1,4 +1,5 @@
 """Streaming reconstruction metrics of a geowall or sae-lens SAE on held-out activations."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,7 +61,7 @@ def evaluate(sae: Any, acts: Any, *, batch_size: int = 4096, device: str | torch
     sse, l0_sum = 0.0, 0
     fired = torch.zeros(width, dtype=torch.bool, device=device)
     for start in range(0, n, batch_size):
-        x = as_acts(acts[start:start + batch_size], device, "acts", min_rows=1)
+        x = as_acts(acts[start : start + batch_size], device, "acts", min_rows=1)
         x_hat, n_active, fired_idx = _reconstruct(sae, x)
         sse += float((x.double() - x_hat.double()).pow(2).sum())
         l0_sum += int(n_active.sum())
@@ -75,4 +76,3 @@ def evaluate(sae: Any, acts: Any, *, batch_size: int = 4096, device: str | torch
         "dead_frac": 1.0 - float(fired.float().mean()),
         "n_tokens": int(n),
     }
-

@@ -18,6 +18,7 @@ autograd through the encoder, dense ``(B, W) @ (W, d)`` decode) is kept beside i
 ``GEOWALL_DENSE_DECODE=1`` forces the reference everywhere, and the tests check that
 both paths give the same outputs and gradients.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ from torch import Tensor, nn
 
 from geowall.kernels import SparseEncode, dense_decode, encoder_pre_acts, sparse_decode
 
-__all__ = ["DENSE_ENV", "use_dense_reference", "TopKConfig", "EncoderOutput", "ForwardOutput", "TopKSAE",
-           "TrainedSAE", "unwrap"]
+__all__ = [
+    "DENSE_ENV",
+    "use_dense_reference",
+    "TopKConfig",
+    "EncoderOutput",
+    "ForwardOutput",
+    "TopKSAE",
+    "TrainedSAE",
+    "unwrap",
+]
 
 DENSE_ENV = "GEOWALL_DENSE_DECODE"
 
@@ -90,15 +99,20 @@ class ForwardOutput(NamedTuple):
     loss: Tensor
 
 
-
 class TopKSAE(nn.Module):
     """A TopK sparse autoencoder (parameters as in sparsify: ``W_enc`` and ``W_dec`` are (W, d)).
 
     ``generator`` makes the initialisation reproducible; ``device``/``dtype`` place it.
     """
 
-    def __init__(self, cfg: TopKConfig, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        cfg: TopKConfig,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         W_dec = torch.randn(cfg.width, cfg.d_in, generator=generator, dtype=torch.float64)
@@ -183,8 +197,9 @@ class TopKSAE(nn.Module):
             aux_out = dense_decode(aux_vals.relu(), aux_idx, self.W_dec)
         return self._losses(x, sae_out, acts, idx, aux_out, scale)
 
-    def _losses(self, x: Tensor, sae_out: Tensor, acts: Tensor, idx: Tensor,
-                aux_out: Tensor | None, scale: float) -> ForwardOutput:
+    def _losses(
+        self, x: Tensor, sae_out: Tensor, acts: Tensor, idx: Tensor, aux_out: Tensor | None, scale: float
+    ) -> ForwardOutput:
         err = x - sae_out
         total_variance = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
         fvu = err.pow(2).sum() / total_variance
@@ -235,7 +250,6 @@ class TrainedSAE:
         if name == "sae":
             raise AttributeError(name)
         return getattr(self.sae, name)
-
 
 
 def unwrap(sae: Any) -> Any:

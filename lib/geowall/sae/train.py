@@ -12,6 +12,7 @@ Every training setting lives in :class:`TrainConfig`. The entry points take one
 (``config=``) and, for convenience, its fields as keyword overrides
 (``train_sae(x, 64, 8, steps=100)``), resolved once by :meth:`TrainConfig.make`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,16 @@ from torch import Tensor
 from geowall.sae.data import as_acts, moments
 from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
 
-__all__ = ["ADAM_EPS", "TrainConfig", "TopKTrainer", "default_lr", "derive_seed", "train_sae", "train_grid",
-           "grid_pairs"]
+__all__ = [
+    "ADAM_EPS",
+    "TrainConfig",
+    "TopKTrainer",
+    "default_lr",
+    "derive_seed",
+    "train_sae",
+    "train_grid",
+    "grid_pairs",
+]
 
 ADAM_EPS = 6.25e-10
 
@@ -105,7 +114,7 @@ def _batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator
     for _ in range(steps):
         if pos + batch_size > n:
             perm, pos = torch.randperm(n, generator=generator), 0
-        yield perm[pos:pos + batch_size]
+        yield perm[pos : pos + batch_size]
         pos += batch_size
 
 
@@ -133,8 +142,17 @@ class TopKTrainer:
     and batch order directly.
     """
 
-    def __init__(self, acts: Any, width: int, k: int, config: TrainConfig | None = None, *, seed: int = 0,
-                 device: str | torch.device = "cpu", **overrides: Any):
+    def __init__(
+        self,
+        acts: Any,
+        width: int,
+        k: int,
+        config: TrainConfig | None = None,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        **overrides: Any,
+    ):
         cfg = self.config = TrainConfig.make(config, **overrides)
         self.x_all = as_acts(acts, device)
         n, d = self.x_all.shape
@@ -144,10 +162,17 @@ class TopKTrainer:
         self.lr = cfg.lr_scale * default_lr(width) if cfg.lr is None else float(cfg.lr)
         self.seed = int(seed)
         total = self.steps * self.batch_size
-        self.dead_tokens = (min(10_000_000, max(total // 10, self.batch_size))
-                            if cfg.dead_tokens is None else int(cfg.dead_tokens))
-        shape = TopKConfig(d_in=d, width=int(width), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef,
-                           bf16=bool(cfg.bf16) and self.device.type == "cuda")
+        self.dead_tokens = (
+            min(10_000_000, max(total // 10, self.batch_size)) if cfg.dead_tokens is None else int(cfg.dead_tokens)
+        )
+        shape = TopKConfig(
+            d_in=d,
+            width=int(width),
+            k=int(k),
+            k_aux=cfg.k_aux,
+            auxk_coef=cfg.auxk_coef,
+            bf16=bool(cfg.bf16) and self.device.type == "cuda",
+        )
         gen = torch.Generator().manual_seed(self.seed)
         self.sae = TopKSAE(shape, device=device, generator=gen)
         mom = moments(self.x_all)
@@ -193,14 +218,30 @@ class TopKTrainer:
         _fold_input_scale(self.sae, self.scale)
         self.sae.eval()
         cfg = self.sae.cfg
-        return TrainedSAE(sae=self.sae, width=cfg.width, k=cfg.k, seed=self.seed,
-                          steps=self.step_count, train_tokens=self.step_count * self.batch_size,
-                          lr=self.lr, fvu_history=self.fvus[:self.step_count].cpu().tolist(),
-                          dead_history=self.n_dead[:self.step_count].cpu().tolist())
+        return TrainedSAE(
+            sae=self.sae,
+            width=cfg.width,
+            k=cfg.k,
+            seed=self.seed,
+            steps=self.step_count,
+            train_tokens=self.step_count * self.batch_size,
+            lr=self.lr,
+            fvu_history=self.fvus[: self.step_count].cpu().tolist(),
+            dead_history=self.n_dead[: self.step_count].cpu().tolist(),
+        )
 
 
-def train_sae(acts: Any, width: int, k: int, config: TrainConfig | None = None, *, seed: int = 0,
-              device: str | torch.device = "cpu", progress: bool = True, **overrides: Any) -> TrainedSAE:
+def train_sae(
+    acts: Any,
+    width: int,
+    k: int,
+    config: TrainConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainedSAE:
     """Train one TopK SAE of ``width`` latents and sparsity ``k`` on ``acts`` (n, d).
 
     ``config`` (a :class:`TrainConfig`) and keyword ``overrides`` of its fields set the
@@ -209,6 +250,7 @@ def train_sae(acts: Any, width: int, k: int, config: TrainConfig | None = None, 
     """
     trainer = TopKTrainer(acts, width, k, config, seed=seed, device=device, **overrides)
     from tqdm.auto import tqdm
+
     with tqdm(total=trainer.steps, desc=f"SAE W={width} k={k}", disable=not progress, leave=False) as bar:
         for i in range(trainer.steps):
             trainer.step()
@@ -218,16 +260,27 @@ def train_sae(acts: Any, width: int, k: int, config: TrainConfig | None = None, 
     return trainer.finish()
 
 
-def train_grid(acts: Any, widths: Sequence[int], ks: Sequence[int], config: TrainConfig | None = None, *,
-               seed: int, device: str | torch.device = "cpu", progress: bool = True,
-               **overrides: Any) -> list[TrainedSAE]:
+def train_grid(
+    acts: Any,
+    widths: Sequence[int],
+    ks: Sequence[int],
+    config: TrainConfig | None = None,
+    *,
+    seed: int,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **overrides: Any,
+) -> list[TrainedSAE]:
     """Train one TopK SAE per (width, k), in sorted order, each with ``derive_seed(seed, width, k)``."""
     config = TrainConfig.make(config, **overrides)
     grid = grid_pairs(widths, ks)
     x_all = as_acts(acts, device)
     from tqdm.auto import tqdm
-    return [train_sae(x_all, width, k, config, seed=derive_seed(seed, width, k), device=device, progress=progress)
-            for width, k in tqdm(grid, desc="SAE grid", disable=not progress)]
+
+    return [
+        train_sae(x_all, width, k, config, seed=derive_seed(seed, width, k), device=device, progress=progress)
+        for width, k in tqdm(grid, desc="SAE grid", disable=not progress)
+    ]
 
 
 def grid_pairs(widths: Sequence[int], ks: Sequence[int]) -> list[tuple[int, int]]:

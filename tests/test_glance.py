@@ -1,0 +1,94 @@
+"""The "Results at a glance" paragraph says what constructed artefacts hold, and nothing they do not."""
+
+import pandas as pd
+
+from geowall.glance import at_a_glance
+from geowall.io import write_parquet
+
+
+def _artefacts(run_dir, *, curvature_lo, law_r2):
+    write_parquet(
+        run_dir / "sae_metrics.parquet",
+        pd.DataFrame(
+            {"model": ["a"] * 4 + ["b"] * 2, "layer": [0, 0, 1, 1, 0, 0], "fvu": [0.5, 0.25, 0.4, 0.125, 0.3, 0.2]}
+        ),
+    )
+    write_parquet(
+        run_dir / "exponents.parquet",
+        pd.DataFrame(
+            {
+                "model": ["a", "a", "b"],
+                "layer": [0, 1, 0],
+                "primary": True,
+                "alpha_mean": [0.3, 0.7, 0.5],
+                "floor_identified": [True, False, False],
+            }
+        ),
+    )
+    write_parquet(run_dir / "law_compare.parquet", pd.DataFrame({"predictor_set": ["all4", "depth"], "rank": [0, 1]}))
+    terms = ["id_twonn", "pr", "curvature", "local_residual", "intercept"]
+    write_parquet(
+        run_dir / "law.parquet",
+        pd.DataFrame(
+            {
+                "predictor_set": "all4",
+                "term": terms,
+                "b_mean": [0.0, 0.1, -0.5, 0.0, 1.0],
+                "b_hdi_3": [-0.2, -0.1, curvature_lo, -0.3, 0.9],
+                "b_hdi_97": [0.2, 0.3, -0.2, 0.3, 1.1],
+            }
+        ),
+    )
+    write_parquet(
+        run_dir / "transfer.parquet",
+        pd.DataFrame(
+            {
+                "train_model": ["a"] * 3 + ["b"] * 3,
+                "test_model": ["b"] * 3 + ["a"] * 3,
+                "predictor_set": ["law", "mean", "depth"] * 2,
+                "r2": [law_r2, 0.1, 0.2, -0.5, 0.1, 0.2],
+            }
+        ),
+    )
+    write_parquet(
+        run_dir / "floors.parquet",
+        pd.DataFrame(
+            {
+                "row_type": ["floor", "spearman", "spearman"],
+                "summary": [None, "curvature", "id_twonn"],
+                "n_layers": [3, 3, 3],
+                "p_gt0": [None, 0.81, 0.4],
+            }
+        ),
+    )
+
+
+def test_glance_states_the_planted_findings(tmp_path):
+    _artefacts(tmp_path, curvature_lo=-0.8, law_r2=0.6)
+    text = at_a_glance(tmp_path, "toy")
+    assert "'toy' profile" in text
+    assert "6 SAEs over 3 layers of 2 models (held-out fvu 0.125 to 0.500)" in text
+    assert "from 0.30 to 0.70" in text and "identified at 1 of 3 layers" in text
+    assert "'all4' predicts the exponents best" in text
+    # curvature's interval is all below zero; no other summary's interval excludes zero
+    assert "a larger curvature goes with a smaller width exponent" in text
+    assert "intrinsic dimension goes" not in text and "larger width exponent" not in text
+    assert "beats both baselines" in text and "in 1 of 2 directions" in text
+    assert "curvature 0.81 and intrinsic dimension 0.40" in text
+    assert "{" not in text and "`" not in text  # plain text for a Quarto var
+
+
+def test_glance_reports_null_results_and_missing_steps_as_such(tmp_path):
+    _artefacts(tmp_path, curvature_lo=-0.9, law_r2=0.0)
+    law = pd.read_parquet(tmp_path / "law.parquet").assign(b_hdi_97=1.0)  # every interval straddles zero
+    write_parquet(tmp_path / "law.parquet", law)
+    text = at_a_glance(tmp_path, "toy")
+    assert "no geometric coefficient's 94% interval excludes zero" in text
+    assert "in 0 of 2 directions" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = at_a_glance(empty, "toy")
+    assert (
+        "SAE grid has not run yet" in text and "Stage 1 has not run yet" in text and "Stage 2 has not run yet" in text
+    )
+    assert "beats" not in text and "showcase" not in text
