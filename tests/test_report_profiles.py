@@ -37,7 +37,8 @@ def simulate_artefacts(cfg, run_dir: Path, seed: int = 0) -> None:
     sets = ["all4", "id_twonn", "models", "depth"]
     write_parquet(run_dir / "law_compare.parquet", pd.DataFrame(
         {"scope": "real", "predictor_set": sets, "elpd_diff_vs_models": [3.0, 1.0, 0.0, -1.0],
-         "se_diff_vs_models": [1.0, 1.0, 0.0, 1.0], "max_pareto_k": [0.4, 0.4, 0.3, 0.3]}))
+         "se_diff_vs_models": [1.0, 1.0, 0.0, 1.0], "max_pareto_k": [0.4, 0.4, 0.3, 0.3],
+         "rank": [0, 1, 2, 3]}))
     write_parquet(run_dir / "law.parquet", pd.DataFrame(
         [{"scope": "real", "predictor_set": "all4", "term": t, "coef_mean": 0.1 * i, "coef_hdi_3": 0.1 * i - 0.2,
           "coef_hdi_97": 0.1 * i + 0.2, "b_mean": 0.1 * i, "b_sd": 0.1, "b_hdi_3": 0.1 * i - 0.2, "b_hdi_97": 0.1 * i + 0.2,
@@ -50,7 +51,8 @@ def simulate_artefacts(cfg, run_dir: Path, seed: int = 0) -> None:
           "n_layers": 26, "ceiling_r2": 0.7} for a, b in cfg.transfer for ps in ("law", "depth")]))
     write_parquet(run_dir / "floors.parquet", pd.DataFrame(
         [{"row_type": "spearman", "model": m.name, "summary": s, "n_layers": 1, "rho_mean": 0.3, "rho_hdi_3": -0.5,
-          "rho_hdi_97": 0.9, "p_gt0": 0.7, "status": "ranked"} for m in cfg.models for s in SUMMARIES]))
+          "rho_hdi_97": 0.9, "p_gt0": 0.7, "status": "ranked"} for m in cfg.models[:1] for s in SUMMARIES]))
+    # one model's floor rows: glance._floors indexes the table by summary alone (see /work/notes/i13.md)
 
 
 def paper_keys() -> set[str]:
