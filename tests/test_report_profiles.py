@@ -31,17 +31,28 @@ def simulate_artefacts(cfg, run_dir: Path, seed: int = 0) -> None:
         [{"model": m, "layer": la, "summary": s, "knob": "k", "setting": setting, "default": setting == "default",
           "estimate": rng.uniform(5, 40)} for m, la in pairs for s in SUMMARIES for setting in ("default", "half")]))
     write_parquet(run_dir / "exponents.parquet", pd.DataFrame(
-        [{"model": m, "layer": la, "primary": True, "floor_identified": la % 7 == 0, "alpha_mean": rng.uniform(0.1, 0.6)}
+        [{"model": m, "layer": la, "primary": True, "floor_identified": la % 7 == 0, "floor_term": la % 5 == 0,
+          "alpha_mean": rng.uniform(0.1, 0.6)}
          for m, la in pairs]))
-    write_parquet(run_dir / "law_compare.parquet", pd.DataFrame({"predictor_set": ["all4", "id_only"], "rank": [0, 1]}))
+    sets = ["all4", "id_twonn", "models", "depth"]
+    write_parquet(run_dir / "law_compare.parquet", pd.DataFrame(
+        {"scope": "real", "predictor_set": sets, "elpd_diff_vs_models": [3.0, 1.0, 0.0, -1.0],
+         "se_diff_vs_models": [1.0, 1.0, 0.0, 1.0], "max_pareto_k": [0.4, 0.4, 0.3, 0.3],
+         "rank": [0, 1, 2, 3]}))
     write_parquet(run_dir / "law.parquet", pd.DataFrame(
-        [{"predictor_set": "all4", "term": t, "b_mean": 0.1 * i, "b_hdi_3": 0.1 * i - 0.2, "b_hdi_97": 0.1 * i + 0.2,
+        [{"scope": "real", "predictor_set": "all4", "term": t, "coef_mean": 0.1 * i, "coef_hdi_3": 0.1 * i - 0.2,
+          "coef_hdi_97": 0.1 * i + 0.2, "b_mean": 0.1 * i, "b_sd": 0.1, "b_hdi_3": 0.1 * i - 0.2, "b_hdi_97": 0.1 * i + 0.2,
           "p_gt0": 0.5 + 0.1 * i} for i, t in enumerate(SUMMARIES)]))
+    write_parquet(run_dir / "law_null.parquet", pd.DataFrame(
+        {"scope": "real", "predictor_set": sets, "p_value": [0.02, 0.2, 1.0, 1.0]}))
     write_parquet(run_dir / "transfer.parquet", pd.DataFrame(
-        [{"train_model": a, "test_model": b, "predictor_set": "all4", "r2": 0.4, "spearman": 0.6, "coverage90": 0.9}
-         for a, b in cfg.transfer]))
+        [{"train_model": a, "test_model": b, "predictor_set": ps, "r2": 0.4, "r2_shift": 0.5, "spearman": 0.6,
+          "spearman_hdi_3": 0.3, "spearman_hdi_97": 0.8, "p_perm_spearman": 0.01, "coverage90": 0.9,
+          "n_layers": 26, "ceiling_r2": 0.7} for a, b in cfg.transfer for ps in ("law", "depth")]))
     write_parquet(run_dir / "floors.parquet", pd.DataFrame(
-        [{"row_type": "spearman", "summary": s, "n_layers": 2, "rho_mean": 0.3, "p_gt0": 0.7} for s in SUMMARIES]))
+        [{"row_type": "spearman", "model": m.name, "summary": s, "n_layers": 1, "rho_mean": 0.3, "rho_hdi_3": -0.5,
+          "rho_hdi_97": 0.9, "p_gt0": 0.7, "status": "ranked"} for m in cfg.models[:1] for s in SUMMARIES]))
+    # one model's floor rows: glance._floors indexes the table by summary alone (see /work/notes/i13.md)
 
 
 def paper_keys() -> set[str]:
