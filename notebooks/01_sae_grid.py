@@ -20,8 +20,10 @@ import pandas as pd
 from geowall import charts, layers, notebook, sae
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
-print(f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks}, {cfg.sae.steps} steps of "
-      f"{cfg.sae.batch_size} tokens; showcase layers {cfg.sae.showcase_layers}")
+print(
+    f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks}, {cfg.sae.steps} steps of "
+    f"{cfg.sae.batch_size} tokens; showcase layers {cfg.sae.showcase_layers}"
+)
 
 # %% [markdown]
 # ## Train and evaluate
@@ -62,7 +64,9 @@ metrics.head(12)
 assert ((metrics.fvu > 0) & (metrics.fvu <= 1)).all(), metrics[(metrics.fvu <= 0) | (metrics.fvu > 1)]
 trained = metrics[metrics.source == "trained"]
 # TopK keeps k latents; ReLU can zero a few of them, so l0 <= k (and close to it)
-assert ((trained.l0 <= trained.k + 1e-9) & (trained.l0 >= 0.9 * trained.k)).all(), "TopK SAEs must activate about k latents"
+assert ((trained.l0 <= trained.k + 1e-9) & (trained.l0 >= 0.9 * trained.k)).all(), (
+    "TopK SAEs must activate about k latents"
+)
 trend = sae.width_trend(trained)
 synthetic = [m.name for m in cfg.models if m.source == "synthetic"]
 slack = cfg.sae.monotone_slack
@@ -72,11 +76,15 @@ else:
     exceptions = sae.check_width_trend(trend, slack=slack, synthetic=synthetic)
     real = trend[~trend.model.isin(synthetic)]
     if len(real):
-        print(f"real networks: fvu falls with width at every (model, layer, k) up to a slack of {slack:.0%} "
-              f"(worst step {real.max_step_increase.max():+.1%})")
+        print(
+            f"real networks: fvu falls with width at every (model, layer, k) up to a slack of {slack:.0%} "
+            f"(worst step {real.max_step_increase.max():+.1%})"
+        )
     if synthetic:
-        print("synthetic zoo: median log-log slope of fvu on width",
-              trend[trend.model.isin(synthetic)].groupby("model").slope.median().round(3).to_dict())
+        print(
+            "synthetic zoo: median log-log slope of fvu on width",
+            trend[trend.model.isin(synthetic)].groupby("model").slope.median().round(3).to_dict(),
+        )
         print("synthetic (layer, k) groups where a wider SAE did worse by more than the slack:")
         display(exceptions.round(3))
 metrics.groupby("model")[["fvu", "dead_frac"]].describe().round(3)
@@ -97,9 +105,11 @@ curves = pd.read_parquet(run_dir / "sae_curves.parquet")
 if "plateaued" in trained and len(curves):
     flagged = trained[trained.plateaued == False]  # noqa: E712 - NaN (no curve) is neither
     rate = trained.plateaued.astype("float").mean()
-    print(f"plateau criterion (fvu falls by <= {cfg.sae.plateau_tol:.0%} over the last "
-          f"{cfg.sae.plateau_window:.0%} of training): {trained.plateaued.sum()} of {len(trained)} SAEs pass "
-          f"({rate:.0%}); by model: {trained.groupby('model').plateaued.mean().round(2).to_dict()}")
+    print(
+        f"plateau criterion (fvu falls by <= {cfg.sae.plateau_tol:.0%} over the last "
+        f"{cfg.sae.plateau_window:.0%} of training): {trained.plateaued.sum()} of {len(trained)} SAEs pass "
+        f"({rate:.0%}); by model: {trained.groupby('model').plateaued.mean().round(2).to_dict()}"
+    )
     display(flagged[["model", "layer", "width", "k", "fvu", "plateau_change"]].round(4))
 else:
     print("no learning curves recorded (released SAEs, or curve_points off)")

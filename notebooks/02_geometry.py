@@ -101,7 +101,8 @@ assert (geo[geo.summary == "local_residual"].estimate.between(0, 1)).all()
 
 # %%
 cap = geo[geo.summary == "curvature"][["model", "layer", "dim", "above_cap", "estimate"]].rename(
-    columns={"dim": "median tangent dim", "estimate": "curvature"})
+    columns={"dim": "median tangent dim", "estimate": "curvature"}
+)
 cap["flag"] = np.where(cap.above_cap > geometry.ABOVE_CAP_MAX, "curvature withheld", "")
 print(f"{int((cap.flag != '').sum())} of {len(cap)} layers above the tangent cap (max_dim = {cfg.geometry.max_dim})")
 cap.round(3)
@@ -161,7 +162,8 @@ charts.multiscale(shown)
 
 # %%
 merged = geo[geo.summary == "id_twonn"][["model", "layer", "n", "n_distinct", "estimate"]].rename(
-    columns={"n": "points after near-duplicate rule", "n_distinct": "exactly distinct", "estimate": "id_twonn"})
+    columns={"n": "points after near-duplicate rule", "n_distinct": "exactly distinct", "estimate": "id_twonn"}
+)
 merged.round(2)
 
 # %% [markdown]
@@ -187,10 +189,15 @@ agree.pivot_table(index=["model", "summary"], columns=["knob", "setting"], value
 # %%
 #| label: fig-geometry-sensitivity
 #| fig-cap: "Each summary per layer at three settings of its main knob (colour), and the Levina-Bickel MLE beside TwoNN."
-charts.geometry_profiles(sens.assign(summary=sens.summary.where(sens.summary != "id_mle", "id_twonn"),
-                                     lo=sens.estimate, hi=sens.estimate,
-                                     model=sens.model + " · " + sens.knob + "=" + sens.setting.astype(str),
-                                     se=np.nan))
+charts.geometry_profiles(
+    sens.assign(
+        summary=sens.summary.where(sens.summary != "id_mle", "id_twonn"),
+        lo=sens.estimate,
+        hi=sens.estimate,
+        model=sens.model + " · " + sens.knob + "=" + sens.setting.astype(str),
+        se=np.nan,
+    )
+)
 
 # %% [markdown]
 # ## Synthetic zoo: estimates against ground truth
@@ -212,11 +219,16 @@ if len(truth):
     both["id_rel_err"] = (both.id_twonn - both.id_true).abs() / both.id_true
     rho = spearmanr(both.curvature_true, both.curvature, nan_policy="omit").statistic
     s_curv, f_curv = both[both.kind == "sphere"].curvature, both[both.kind == "flat"].curvature
-    print(f"TwoNN max relative error {both.id_rel_err.max():.3f}; Spearman(curvature, truth) = {rho:.2f}; "
-          f"spheres {s_curv.min():.2f} to {s_curv.max():.2f}; flat boxes at most {f_curv.max():.3f}")
+    print(
+        f"TwoNN max relative error {both.id_rel_err.max():.3f}; Spearman(curvature, truth) = {rho:.2f}; "
+        f"spheres {s_curv.min():.2f} to {s_curv.max():.2f}; flat boxes at most {f_curv.max():.3f}"
+    )
     sph = both[both.kind.isin(["sphere", "flat"])].sort_values(["kind", "dim"])
-    print(sph[["model", "layer", "kind", "dim", "id_twonn", "curvature", "curvature_true", "local_residual"]]
-          .round(3).to_string(index=False))
+    print(
+        sph[["model", "layer", "kind", "dim", "id_twonn", "curvature", "curvature_true", "local_residual"]]
+        .round(3)
+        .to_string(index=False)
+    )
     if cfg.geometry.n_points >= 2000:
         assert (both.id_rel_err[both.id_true <= 8] < 0.15).all(), both[both.id_rel_err >= 0.15]
         assert rho >= 0.8, "curvature estimates are not ordered like the true curvature"

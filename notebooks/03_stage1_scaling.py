@@ -28,13 +28,13 @@ metrics = read_parquet(run_dir / "sae_metrics.parquet")
 metrics = metrics[metrics.model.isin([m.name for m in cfg.models])].reset_index(drop=True)
 showcase = {(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for layer in layers_}
 metrics["showcase"] = [(m, layer) in showcase for m, layer in zip(metrics.model, metrics.layer)]
-print(f"{len(metrics)} SAEs, {metrics.groupby(['model', 'layer']).ngroups} layers; forms {s1.forms}; "
-      f"sampler {scaling.resolve_sampler()}; {s1.chains} chains x {s1.draws} draws after {s1.tune} tuning steps")
+print(
+    f"{len(metrics)} SAEs, {metrics.groupby(['model', 'layer']).ngroups} layers; forms {s1.forms}; "
+    f"sampler {scaling.resolve_sampler()}; {s1.chains} chains x {s1.draws} draws after {s1.tune} tuning steps"
+)
 
 # %%
-import arviz as az
 
-from geowall import bayes
 from geowall.pipeline import ROOT
 
 # %% [markdown]
@@ -65,13 +65,21 @@ rule_path = ROOT / "data" / "benchmarks" / "floor_rule.parquet"
 if rule_path.is_file():
     sim = read_parquet(rule_path)
     cov = lambda d: ((d.alpha >= d.alpha_hdi_3) & (d.alpha <= d.alpha_hdi_97)).mean()  # noqa: E731
-    study = pd.DataFrame([{
-        "grid": g, "false positives (power law)": d[d.model == "power"].floor_identified.mean(),
-        "planted floors identified": d[d.model == "floor"].floor_identified.mean(),
-        "planted floors covered": ((d.floor >= d.floor_hdi_3) & (d.floor <= d.floor_hdi_97))[d.model == "floor"].mean(),
-        "alpha coverage (power law)": cov(d[d.model == "power"]),
-        "alpha 94% width (power law)": (d.alpha_hdi_97 - d.alpha_hdi_3)[d.model == "power"].mean(),
-    } for g, d in sim.groupby("grid", sort=False)])
+    study = pd.DataFrame(
+        [
+            {
+                "grid": g,
+                "false positives (power law)": d[d.model == "power"].floor_identified.mean(),
+                "planted floors identified": d[d.model == "floor"].floor_identified.mean(),
+                "planted floors covered": ((d.floor >= d.floor_hdi_3) & (d.floor <= d.floor_hdi_97))[
+                    d.model == "floor"
+                ].mean(),
+                "alpha coverage (power law)": cov(d[d.model == "power"]),
+                "alpha 94% width (power law)": (d.alpha_hdi_97 - d.alpha_hdi_3)[d.model == "power"].mean(),
+            }
+            for g, d in sim.groupby("grid", sort=False)
+        ]
+    )
     display(study.round(2))
 else:
     print(f"{rule_path} not found: run python tests/benchmarks/bench_floor_rule.py")
@@ -122,11 +130,23 @@ prior_checks[s1.primary_form].head(8)
 fits, diagnostics = {}, []
 checks = s1.checks.model_dump()
 for form in s1.forms:
-    fits[form] = scaling.fit_stage1(metrics, form=form, draws=s1.draws, tune=s1.tune, chains=s1.chains,
-                                    seed=RANDOM_SEED, target_accept=s1.target_accept)
-    diagnostics.append({"form": form, **scaling.check_fit(fits[form], label=f"stage 1 {form}", **checks),
-                        "sampling_s": fits[form].posterior.attrs["sampling_wall_s"],
-                        "floor_free_sampling_s": fits[form].posterior.attrs.get("nofloor_sampling_wall_s", 0.0)})
+    fits[form] = scaling.fit_stage1(
+        metrics,
+        form=form,
+        draws=s1.draws,
+        tune=s1.tune,
+        chains=s1.chains,
+        seed=RANDOM_SEED,
+        target_accept=s1.target_accept,
+    )
+    diagnostics.append(
+        {
+            "form": form,
+            **scaling.check_fit(fits[form], label=f"stage 1 {form}", **checks),
+            "sampling_s": fits[form].posterior.attrs["sampling_wall_s"],
+            "floor_free_sampling_s": fits[form].posterior.attrs.get("nofloor_sampling_wall_s", 0.0),
+        }
+    )
     with atomic_path(run_dir / f"stage1_{form}.nc", ".nc") as tmp:
         fits[form].to_netcdf(str(tmp))
 pd.DataFrame(diagnostics)
@@ -149,13 +169,30 @@ comparison
 exps = pd.concat([scaling.exponents(fits[f], metrics) for f in s1.forms], ignore_index=True)
 exps["primary"] = exps.form == s1.primary_form
 write_parquet(run_dir / "exponents.parquet", exps)
-cols = ["model", "layer", "form", "alpha_mean", "alpha_hdi_3", "alpha_hdi_97", "alpha_ols", "alpha_own_evidence",
-        "floor_term", "floor_mean", "f_hdi_3", "f_hdi_97", "floor_elpd_diff", "floor_elpd_se", "floor_identified"]
+cols = [
+    "model",
+    "layer",
+    "form",
+    "alpha_mean",
+    "alpha_hdi_3",
+    "alpha_hdi_97",
+    "alpha_ols",
+    "alpha_own_evidence",
+    "floor_term",
+    "floor_mean",
+    "f_hdi_3",
+    "f_hdi_97",
+    "floor_elpd_diff",
+    "floor_elpd_se",
+    "floor_identified",
+]
 exps[cols].round(3)
 
 # %%
 assert exps.alpha_mean.between(0, 3).all(), "implausible width exponents"
-assert not exps[~exps.floor_term].floor_identified.any(), "a floor was called identified on a grid that cannot identify one"
+assert not exps[~exps.floor_term].floor_identified.any(), (
+    "a floor was called identified on a grid that cannot identify one"
+)
 
 # %% [markdown]
 # ## Pooled against unpooled exponents
@@ -176,12 +213,16 @@ agreement.round(3)
 # measured fvu (points), for each k, layer and model.
 
 # %%
-grid = pd.DataFrame([
-    {"model": m, "layer": layer, "k": k, "l0": g.l0.mean(), "width": w}
-    for (m, layer, k), g in metrics.groupby(["model", "layer", "k"])
-    for w in np.geomspace(g.width.min(), g.width.max(), 12)
-])
-surface = scaling.surface_predictions(fits[s1.primary_form], grid[["model", "layer", "k", "width", "l0"]], seed=RANDOM_SEED)
+grid = pd.DataFrame(
+    [
+        {"model": m, "layer": layer, "k": k, "l0": g.l0.mean(), "width": w}
+        for (m, layer, k), g in metrics.groupby(["model", "layer", "k"])
+        for w in np.geomspace(g.width.min(), g.width.max(), 12)
+    ]
+)
+surface = scaling.surface_predictions(
+    fits[s1.primary_form], grid[["model", "layer", "k", "width", "l0"]], seed=RANDOM_SEED
+)
 
 # %%
 #| label: fig-stage1-surfaces
@@ -208,8 +249,11 @@ charts.exponents_depth(exps, cfg)
 sbc_path = ROOT / "data" / "sbc" / "stage1_sbc.parquet"
 if sbc_path.is_file():
     sbc = read_parquet(sbc_path)
-    display(pd.concat([scaling.sbc_uniformity(g).assign(grid=name) for name, g in sbc.groupby("grid")],
-                      ignore_index=True)[["grid", "param", "n", "chi2", "df", "p_value"]].round(3))
+    display(
+        pd.concat([scaling.sbc_uniformity(g).assign(grid=name) for name, g in sbc.groupby("grid")], ignore_index=True)[
+            ["grid", "param", "n", "chi2", "df", "p_value"]
+        ].round(3)
+    )
 else:
     sbc = None
     print(f"{sbc_path} not found: run make sbc")

@@ -21,7 +21,7 @@ params = None
 import numpy as np
 import pandas as pd
 
-from geowall import charts, law, notebook, scaling
+from geowall import charts, law, notebook
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -31,15 +31,19 @@ exps = read_parquet(run_dir / "exponents.parquet")
 exps = exps[exps.primary].reset_index(drop=True)
 geo = read_parquet(run_dir / "geometry.parquet")
 table = law.stage2_table(exps, geo)
-print(f"Stage 2 on {len(table)} layers of {table.model.nunique()} models (form {cfg.stage1.primary_form!r}); "
-      f"{s2.chains} chains x {s2.draws} draws")
+print(
+    f"Stage 2 on {len(table)} layers of {table.model.nunique()} models (form {cfg.stage1.primary_form!r}); "
+    f"{s2.chains} chains x {s2.draws} draws"
+)
 table.round(3).head(10)
 
 # %%
 from geowall import bayes
 
-scopes = {"real": [m.name for m in cfg.models if m.source != "synthetic"],
-          "zoo": [m.name for m in cfg.models if m.source == "synthetic"]}
+scopes = {
+    "real": [m.name for m in cfg.models if m.source != "synthetic"],
+    "zoo": [m.name for m in cfg.models if m.source == "synthetic"],
+}
 scopes = {k: v for k, v in scopes.items() if len(table[table.model.isin(v)]) >= 8}
 print("scopes:", scopes)
 
@@ -64,16 +68,38 @@ print("scopes:", scopes)
 # %%
 comparisons, coef_tables, fits = [], [], {}
 for scope, models_ in scopes.items():
-    cmp_, fits[scope] = law.compare_laws(exps, geo, models=models_, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                         seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
-                                         target_accept=s2.target_accept)
+    cmp_, fits[scope] = law.compare_laws(
+        exps,
+        geo,
+        models=models_,
+        draws=s2.draws,
+        tune=s2.tune,
+        chains=s2.chains,
+        seed=RANDOM_SEED,
+        check_kwargs=s2.checks.model_dump(),
+        target_accept=s2.target_accept,
+    )
     comparisons.append(cmp_.assign(scope=scope))
     coef_tables += [law.law_coefficients(f).assign(scope=scope) for f in fits[scope].values()]
 comparison = pd.concat(comparisons, ignore_index=True)
 write_parquet(run_dir / "law_compare.parquet", comparison)
 write_parquet(run_dir / "law.parquet", pd.concat(coef_tables, ignore_index=True))
-comparison[["scope", "predictor_set", "rank", "elpd_loo", "se", "elpd_diff_vs_models", "se_diff_vs_models",
-            "elpd_diff_vs_depth", "se_diff_vs_depth", "max_pareto_k", "n_pareto_k_bad", "n_layers"]].round(2)
+comparison[
+    [
+        "scope",
+        "predictor_set",
+        "rank",
+        "elpd_loo",
+        "se",
+        "elpd_diff_vs_models",
+        "se_diff_vs_models",
+        "elpd_diff_vs_depth",
+        "se_diff_vs_depth",
+        "max_pareto_k",
+        "n_pareto_k_bad",
+        "n_layers",
+    ]
+].round(2)
 
 # %% [markdown]
 # ## Permutation null and leave-one-model-out
@@ -94,9 +120,16 @@ for scope, models_ in scopes.items():
             continue
         tab = law.stage2_table(exps, geo, predictors=preds, models=models_)
         res = law.permutation_null(tab, preds, n_perm=200, seed=RANDOM_SEED)
-        null_rows.append({"scope": scope, "predictor_set": name, "statistic": res["statistic"],
-                          "null_median": float(np.median(res["null"])), "p_value": res["p_value"],
-                          "n_perm": res["n_perm"]})
+        null_rows.append(
+            {
+                "scope": scope,
+                "predictor_set": name,
+                "statistic": res["statistic"],
+                "null_median": float(np.median(res["null"])),
+                "p_value": res["p_value"],
+                "n_perm": res["n_perm"],
+            }
+        )
         if tab.model.nunique() > 1:
             lomo_rows.append(law.leave_one_model_out(tab, preds).assign(scope=scope, predictor_set=name))
 nulls = pd.DataFrame(null_rows)
@@ -167,12 +200,20 @@ if "zoo" in scopes:
     level = ztab.groupby("model").y.transform("mean")
     planted = ztab.assign(y=level + 0.1 * z_id + rng.normal(0, ztab.y_sd))
     none = planted.copy()
-    for m_, idx in none.groupby("model").groups.items():
+    for _m, idx in none.groupby("model").groups.items():
         none.loc[idx, "y"] = rng.permutation(none.loc[idx, "y"].to_numpy())
-    zoo_check = pd.DataFrame([{"case": case, "coef_mean": float(r["coef_mean"][0]), "coef_sd": float(r["coef_sd"][0]),
-                               "p_perm": law.permutation_null(t, ("id_twonn",), n_perm=200, seed=RANDOM_SEED)["p_value"]}
-                              for case, t in (("planted 0.1 per SD", planted), ("none", none))
-                              for r in [law.closed_form_law(t, ("id_twonn",))]])
+    zoo_check = pd.DataFrame(
+        [
+            {
+                "case": case,
+                "coef_mean": float(r["coef_mean"][0]),
+                "coef_sd": float(r["coef_sd"][0]),
+                "p_perm": law.permutation_null(t, ("id_twonn",), n_perm=200, seed=RANDOM_SEED)["p_value"],
+            }
+            for case, t in (("planted 0.1 per SD", planted), ("none", none))
+            for r in [law.closed_form_law(t, ("id_twonn",))]
+        ]
+    )
     display(zoo_check.round(3))
 else:
     print("no synthetic zoo in this profile")
@@ -186,8 +227,16 @@ else:
 # %%
 floor_layers = exps[exps.primary & exps.floor_identified]
 if len(floor_layers) >= 8:
-    floor_fit = law.fit_law(exps[exps.primary], geo, target="floor", draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                            seed=RANDOM_SEED, target_accept=s2.target_accept)
+    floor_fit = law.fit_law(
+        exps[exps.primary],
+        geo,
+        target="floor",
+        draws=s2.draws,
+        tune=s2.tune,
+        chains=s2.chains,
+        seed=RANDOM_SEED,
+        target_accept=s2.target_accept,
+    )
     bayes.check_fit(floor_fit, label="stage 2 floor law", **s2.checks.model_dump())
     display(law.law_coefficients(floor_fit).round(3))
 else:

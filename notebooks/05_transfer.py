@@ -15,7 +15,7 @@ run_dir = None
 params = None
 
 # %%
-from geowall import charts, law, notebook
+from geowall import charts, notebook
 from geowall.io import read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -49,14 +49,38 @@ from geowall import transfer
 #   law of this form can do on B.
 
 # %%
-scores, predictions, fits = transfer.run_transfer(exps, geo, pairs, draws=s2.draws, tune=s2.tune, chains=s2.chains,
-                                                  seed=RANDOM_SEED, check_kwargs=s2.checks.model_dump(),
-                                                  target_accept=s2.target_accept)
+scores, predictions, fits = transfer.run_transfer(
+    exps,
+    geo,
+    pairs,
+    draws=s2.draws,
+    tune=s2.tune,
+    chains=s2.chains,
+    seed=RANDOM_SEED,
+    check_kwargs=s2.checks.model_dump(),
+    target_accept=s2.target_accept,
+)
 write_parquet(run_dir / "transfer.parquet", scores)
 write_parquet(run_dir / "transfer_predictions.parquet", predictions)
-scores[["train_model", "test_model", "predictor_set", "n_layers", "r2", "r2_hdi_3", "r2_hdi_97", "r2_shift",
-        "spearman", "spearman_hdi_3", "spearman_hdi_97", "p_perm_spearman", "coverage90", "ceiling_r2",
-        "ceiling_spearman"]].round(3)
+scores[
+    [
+        "train_model",
+        "test_model",
+        "predictor_set",
+        "n_layers",
+        "r2",
+        "r2_hdi_3",
+        "r2_hdi_97",
+        "r2_shift",
+        "spearman",
+        "spearman_hdi_3",
+        "spearman_hdi_97",
+        "p_perm_spearman",
+        "coverage90",
+        "ceiling_r2",
+        "ceiling_spearman",
+    ]
+].round(3)
 
 # %%
 assert set(scores.predictor_set) >= {"law", "depth", "mean"}

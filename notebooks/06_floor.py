@@ -19,7 +19,7 @@ params = None
 # %%
 import arviz as az
 
-from geowall import charts, law, notebook
+from geowall import charts, notebook
 from geowall.io import read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -28,8 +28,9 @@ geo = read_parquet(run_dir / "geometry.parquet")
 exps = read_parquet(run_dir / "exponents.parquet")
 showcase = [(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for layer in layers_]
 print(f"showcase layers: {showcase}")
-exps[exps.primary & exps.showcase][["model", "layer", "n_widths", "width_span", "floor_mean", "floor_sd_ratio",
-                                    "floor_identified"]].round(3)
+exps[exps.primary & exps.showcase][
+    ["model", "layer", "n_widths", "width_span", "floor_mean", "floor_sd_ratio", "floor_identified"]
+].round(3)
 
 # %%
 from geowall import floors as floors_

@@ -68,8 +68,9 @@ clouds = {"flat": make_cloud("flat"), "curved (torus)": make_cloud("torus")}
 # variance a flat patch of the right dimension cannot capture).
 
 # %%
-geo = pd.concat([geometry.summaries(x, n_boot=20, seed=RANDOM_SEED, n_base=100).assign(cloud=name)
-                 for name, x in clouds.items()])
+geo = pd.concat(
+    [geometry.summaries(x, n_boot=20, seed=RANDOM_SEED, n_base=100).assign(cloud=name) for name, x in clouds.items()]
+)
 geo.pivot(index="cloud", columns="summary", values="estimate").round(3)
 
 # %% [markdown]

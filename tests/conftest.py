@@ -1,4 +1,5 @@
 """Shared fixtures: seeded RNGs, a tiny corpus, and one smoke-profile activation run per session."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ def tiny_corpus():
         "A short sentence.",
         "Sparse autoencoders decompose activations into many interpretable latent features.",
     ]
-    evl = ["Evaluation documents are held out from training documents entirely.",
-           "Intrinsic dimension measures how many coordinates a manifold needs locally."]
+    evl = [
+        "Evaluation documents are held out from training documents entirely.",
+        "Intrinsic dimension measures how many coordinates a manifold needs locally.",
+    ]
     return Corpus(train, evl, "test", "tiny")
 
 
@@ -62,14 +65,26 @@ def build_synthetic_profile(tmp_path_factory):
 
     def build(name: str, zoo: str, layers: list[int], **sections) -> Path:
         prof = {
-            "name": name, "seed": 0, "device": "cpu",
+            "name": name,
+            "seed": 0,
+            "device": "cpu",
             "models": [{"name": f"synth-{zoo}", "source": "synthetic", "zoo": zoo, "layers": layers, "ks": [2]}],
             "activations": {"n_train": 400, "n_eval": 200},
-            "sae": {"width_multiples": [0.5], "ks": [4], "showcase_layers": {}, "steps": 3, "batch_size": 64,
-                    "monotone_slack": None},
+            "sae": {
+                "width_multiples": [0.5],
+                "ks": [4],
+                "showcase_layers": {},
+                "steps": 3,
+                "batch_size": 64,
+                "monotone_slack": None,
+            },
             "geometry": {"n_points": 200, "n_boot": 3, "n_base": 20},
-            "stage1": {"draws": 50, "tune": 50, "chains": 1,
-                       "checks": {"rhat_max": 10, "ess_min": 1, "allow_divergences": 1000, "bfmi_min": 0.0}},
+            "stage1": {
+                "draws": 50,
+                "tune": 50,
+                "chains": 1,
+                "checks": {"rhat_max": 10, "ess_min": 1, "allow_divergences": 1000, "bfmi_min": 0.0},
+            },
             "stage2": {"draws": 50, "tune": 50, "chains": 1},
             "transfer": [],
         }

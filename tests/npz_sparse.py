@@ -5,6 +5,7 @@ The layout is what ``numpy.savez`` writes (stored ZIP64 members, one ``.npy`` ea
 as zeros. The CRC-32 of each member is computed without reading its zeros
 (:func:`crc32_zeros`, zlib's GF(2) operator trick), so the file is a valid archive.
 """
+
 from __future__ import annotations
 
 import struct
@@ -53,8 +54,9 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     import io
 
     buf = io.BytesIO()
-    npformat.write_array_header_2_0(buf, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False,
-                                          "shape": shape})
+    npformat.write_array_header_2_0(
+        buf, {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
     return buf.getvalue()
 
 
@@ -70,15 +72,54 @@ def write_sparse_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]])
             offset = fh.tell()
             crc = crc32_zeros(zlib.crc32(head), size - len(head))
             extra = struct.pack("<HHQQ", 0x0001, 16, size, size)
-            fh.write(struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 45, 0, 0, 0, 0x21, crc, 0xFFFFFFFF, 0xFFFFFFFF,
-                                 len(name), len(extra)) + name + extra + head)
+            fh.write(
+                struct.pack(
+                    "<4sHHHHHIIIHH",
+                    b"PK\x03\x04",
+                    45,
+                    0,
+                    0,
+                    0,
+                    0x21,
+                    crc,
+                    0xFFFFFFFF,
+                    0xFFFFFFFF,
+                    len(name),
+                    len(extra),
+                )
+                + name
+                + extra
+                + head
+            )
             fh.seek(size - len(head), 1)  # the array's bytes: a hole
             central.append((name, size, offset, crc))
         cd_start = fh.tell()
         for name, size, offset, crc in central:
             extra = struct.pack("<HHQQQ", 0x0001, 24, size, size, offset)
-            fh.write(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 45, 45, 0, 0, 0, 0x21, crc, 0xFFFFFFFF,
-                                 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + name + extra)
+            fh.write(
+                struct.pack(
+                    "<4sHHHHHHIIIHHHHHII",
+                    b"PK\x01\x02",
+                    45,
+                    45,
+                    0,
+                    0,
+                    0,
+                    0x21,
+                    crc,
+                    0xFFFFFFFF,
+                    0xFFFFFFFF,
+                    len(name),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0xFFFFFFFF,
+                )
+                + name
+                + extra
+            )
         cd_end = fh.tell()
         n = len(central)
         fh.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, cd_end - cd_start, cd_start))

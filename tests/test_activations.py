@@ -1,4 +1,5 @@
 """Harvested activations equal what transformers returns directly; resume; bad data."""
+
 import numpy as np
 import pytest
 import torch
@@ -35,8 +36,14 @@ def test_minilm_matches_transformers_directly(tmp_path, tiny_corpus):
         n = getattr(acts, f"n_{split}")
         ids_got = np.load(tmp_path / "minilm" / "acts" / f"tokens_{split}.npy")
         for layer in (0, 3, 6):
-            ref, ids = _direct_rows(model, tok, docs, order,
-                                    lambda enc: model(**enc, output_hidden_states=True).hidden_states[layer], 16)
+            ref, ids = _direct_rows(
+                model,
+                tok,
+                docs,
+                order,
+                lambda enc, layer=layer: model(**enc, output_hidden_states=True).hidden_states[layer],
+                16,
+            )
             got = activations.load(tmp_path, "minilm", layer, split)
             assert got.shape == (n, 384)
             np.testing.assert_allclose(got, ref[:n], atol=2e-4, rtol=1e-4)
@@ -48,10 +55,24 @@ def test_minilm_matches_transformers_directly(tmp_path, tiny_corpus):
 def test_minilm_random_is_seeded_and_differs(tmp_path, tiny_corpus):
     acts = ActivationsSpec(n_train=20, n_eval=8, max_seq_len=16, batch_size=4)
     for run in ("r1", "r2"):
-        activations.harvest(ModelSpec(name="rnd", source="minilm-random"), [2], acts, run_dir=tmp_path / run,
-                            seed=1, corpus=tiny_corpus, progress=False)
-    activations.harvest(ModelSpec(name="minilm", source="minilm"), [2], acts, run_dir=tmp_path / "p", seed=1,
-                        corpus=tiny_corpus, progress=False)
+        activations.harvest(
+            ModelSpec(name="rnd", source="minilm-random"),
+            [2],
+            acts,
+            run_dir=tmp_path / run,
+            seed=1,
+            corpus=tiny_corpus,
+            progress=False,
+        )
+    activations.harvest(
+        ModelSpec(name="minilm", source="minilm"),
+        [2],
+        acts,
+        run_dir=tmp_path / "p",
+        seed=1,
+        corpus=tiny_corpus,
+        progress=False,
+    )
     a, b = (activations.load(tmp_path / r, "rnd", 2) for r in ("r1", "r2"))
     assert np.array_equal(a, b)
     assert not np.allclose(a, activations.load(tmp_path / "p", "minilm", 2))
@@ -63,8 +84,16 @@ def tiny_gemma(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-gemma2")
     torch.manual_seed(0)
-    cfg = Gemma2Config(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64)
+    cfg = Gemma2Config(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
     Gemma2ForCausalLM(cfg).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(path)
     return path
@@ -85,7 +114,7 @@ def test_tiny_gemma2_resid_post_via_hooks(tmp_path, tiny_corpus, tiny_gemma):
     order = np.random.default_rng([0, 0]).permutation(len(tiny_corpus.train))
     hs = lambda enc: model(**enc, output_hidden_states=True).hidden_states  # noqa: E731
     for layer in (0, 1):  # resid_post of block i == hidden_states[i + 1] except for the last block
-        ref, _ = _direct_rows(model, tok, tiny_corpus.train, order, lambda enc: hs(enc)[layer + 1], 16)
+        ref, _ = _direct_rows(model, tok, tiny_corpus.train, order, lambda enc, layer=layer: hs(enc)[layer + 1], 16)
         np.testing.assert_allclose(activations.load(tmp_path, "g", layer), ref[:30], atol=1e-4, rtol=1e-4)
     # the last hidden state has the final norm applied: our layer 2 must NOT equal it ...
     normed, _ = _direct_rows(model, tok, tiny_corpus.train, order, lambda enc: hs(enc)[3], 16)
@@ -120,13 +149,24 @@ def test_non_finite_activations_are_named(tmp_path):
     x[[3, 7], 1] = np.nan
     x[9, 0] = np.inf
     np.save(path, x)
-    with pytest.raises(activations.ActivationError, match=r"model 'synth' layer 0 train: 3 of 50 rows contain NaN or Inf"):
+    with pytest.raises(
+        activations.ActivationError, match=r"model 'synth' layer 0 train: 3 of 50 rows contain NaN or Inf"
+    ):
         activations.load(tmp_path, "synth", 0, "train")
 
 
 def test_corpus_too_small_is_a_clear_error(tmp_path, tiny_corpus):
     spec = ModelSpec(name="minilm", source="minilm")
-    with pytest.raises(activations.ActivationError, match=r"only \d+ usable tokens, activations.n_train asks for 100000"):
-        activations.harvest(spec, [1], ActivationsSpec(n_train=100000, n_eval=8), run_dir=tmp_path, seed=0,
-                            corpus=tiny_corpus, progress=False)
+    with pytest.raises(
+        activations.ActivationError, match=r"only \d+ usable tokens, activations.n_train asks for 100000"
+    ):
+        activations.harvest(
+            spec,
+            [1],
+            ActivationsSpec(n_train=100000, n_eval=8),
+            run_dir=tmp_path,
+            seed=0,
+            corpus=tiny_corpus,
+            progress=False,
+        )
     assert not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("manifest.json"))

@@ -1,4 +1,5 @@
 """Shared Bayesian helpers (geowall.bayes): HDIs via ArviZ, tables inside InferenceData."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,10 +23,18 @@ def test_hdi_matches_normal_quantiles_and_is_columnwise():
 def test_tables_round_trip_through_netcdf(tmp_path):
     import arviz as az
 
-    idata = az.from_dict(posterior={"a": np.zeros((2, 10, 3))}, coords={"layer_id": ["m/L0", "m/L1", "m/L2"]},
-                         dims={"a": ["layer_id"]})
-    t = pd.DataFrame({"layer_id": ["m/L0", "m/L1", "m/L2"], "model": ["m", "m", "m"], "layer": [0, 1, 2],
-                      "width_span": [8.0, 8.0, 64.0], "floor_term": [False, False, True]})
+    idata = az.from_dict(
+        posterior={"a": np.zeros((2, 10, 3))}, coords={"layer_id": ["m/L0", "m/L1", "m/L2"]}, dims={"a": ["layer_id"]}
+    )
+    t = pd.DataFrame(
+        {
+            "layer_id": ["m/L0", "m/L1", "m/L2"],
+            "model": ["m", "m", "m"],
+            "layer": [0, 1, 2],
+            "width_span": [8.0, 8.0, 64.0],
+            "floor_term": [False, False, True],
+        }
+    )
     bayes.put_table(idata, t, dim="layer_id", prefix="layer_")
     idata.to_netcdf(str(tmp_path / "x.nc"))
     back = bayes.get_table(az.from_netcdf(str(tmp_path / "x.nc")), dim="layer_id", prefix="layer_")

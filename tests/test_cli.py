@@ -1,4 +1,5 @@
 """`geowall run --profile smoke --only activations` end to end, and CLI error handling."""
+
 import json
 import subprocess
 import sys

@@ -1,4 +1,5 @@
 """Profile validation: every bad input is rejected before work, naming the key."""
+
 import pytest
 
 from geowall import config
@@ -52,7 +53,10 @@ def test_shipped_profiles_validate(name):
         # found by the property test (tests/test_preflight.py): YAML escapes can make lone surrogates
         ('transfer=[[synth-a, "\\udc54"]]', "transfer.0.1: not Unicode text"),
         ('sae.showcase_layers={"\\udc54": [1]}', "sae.showcase_layers.\\udc54: not Unicode text"),
-        ("sae.width_multiples=[.inf]", "sae.width_multiples.0: Input should be a finite number"),  # was an OverflowError
+        (
+            "sae.width_multiples=[.inf]",
+            "sae.width_multiples.0: Input should be a finite number",
+        ),  # was an OverflowError
         ('stage1.checks.ess_min="1e999"', "stage1.checks.ess_min: Input should be a finite number"),
         ("stage2.target_accept=.nan", "stage2.target_accept: Input should be a finite number"),
     ],
@@ -70,11 +74,15 @@ def test_missing_corpus_file_is_named(tmp_path):
 
 
 def test_unknown_profile_lists_known_ones():
-    with pytest.raises(ProfileError, match=r"unknown profile 'nope': expected one of \['default', 'full', 'gemma-2', 'smoke'\]"):
+    with pytest.raises(
+        ProfileError, match=r"unknown profile 'nope': expected one of \['default', 'full', 'gemma-2', 'smoke'\]"
+    ):
         load_profile("nope")
 
 
-@pytest.mark.parametrize("bad, needle", [("sae.steps", "expected key=value"), ("models.9.layers=[1]", "index 9 out of range")])
+@pytest.mark.parametrize(
+    "bad, needle", [("sae.steps", "expected key=value"), ("models.9.layers=[1]", "index 9 out of range")]
+)
 def test_malformed_overrides(bad, needle):
     with pytest.raises(ProfileError, match=needle):
         load_profile("smoke", [bad])

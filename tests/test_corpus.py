@@ -1,4 +1,5 @@
 """The offline corpus: deterministic, split by document, user files with clear errors."""
+
 import pytest
 
 from geowall import corpus

@@ -1,9 +1,11 @@
 """Corpus kinds closer to a model's pretraining text: a folder of text files, a Hugging Face dataset."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+
 from geowall import corpus
 from geowall.config import CorpusSpec, ProfileError, load_profile
 
@@ -47,4 +49,4 @@ def test_corpus_kinds_in_a_profile_are_checked_before_work(tmp_path):
         load_profile("smoke", {"corpus": {"kind": "hf"}})
     with pytest.raises(ProfileError, match="corpus folder not found"):
         load_profile("smoke", {"corpus": {"kind": "folder", "folder": str(tmp_path / "missing")}})
-    assert load_profile("smoke").corpus.kind == "stdlib"     # the offline default
+    assert load_profile("smoke").corpus.kind == "stdlib"  # the offline default

@@ -1,4 +1,5 @@
 """geowall.diskcache: a download cache under a disk budget, shared by processes."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from geowall.diskcache import LEDGER, BudgetError, DiskCache
 
 
@@ -16,6 +18,7 @@ def _writer(nbytes: int, log: list | None = None):
         dest.write_bytes(b"x" * nbytes)
         if log is not None:
             log.append(dest.name)
+
     return fetch
 
 
@@ -37,7 +40,7 @@ def test_each_download_is_deleted_after_use_unless_kept(tmp_path):
     assert cache.files() == [] and cache.stats()["peak_bytes"] == 100
     kept = DiskCache(tmp_path / "k", budget_bytes=250, keep=True)
     fetched: list = []
-    for key in ("a", "b", "a"):                       # the second "a" is a cache hit
+    for key in ("a", "b", "a"):  # the second "a" is a cache hit
         with kept.fetched(key, 100, _writer(100, fetched)):
             pass
     assert len(fetched) == 2 and [p.name for p in kept.files()] == ["a", "b"]
@@ -57,8 +60,10 @@ def test_budget_forces_least_recently_used_eviction(tmp_path):
 def test_too_large_for_the_budget_is_refused_before_fetching(tmp_path):
     cache = DiskCache(tmp_path, budget_bytes=99)
     called: list = []
-    with pytest.raises(BudgetError, match="needs 100 B but the disk budget is 99 B"), \
-            cache.fetched("big", 100, _writer(100, called)):
+    with (
+        pytest.raises(BudgetError, match="needs 100 B but the disk budget is 99 B"),
+        cache.fetched("big", 100, _writer(100, called)),
+    ):
         pass
     assert called == []
 
@@ -95,9 +100,9 @@ def test_dead_process_entries_are_reclaimed(tmp_path):
     for mode in ("fetch", "use"):
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path), mode], capture_output=True, check=False)
         assert r.returncode == 9, r.stderr
-    assert DiskCache(tmp_path).files() != []           # partial .fetch-* and k2 are there ...
+    assert DiskCache(tmp_path).files() != []  # partial .fetch-* and k2 are there ...
     cache = DiskCache(tmp_path, budget_bytes=1000)
-    assert cache.stats()["n_entries"] == 0 and cache.files() == []   # ... until the lock is next taken
+    assert cache.stats()["n_entries"] == 0 and cache.files() == []  # ... until the lock is next taken
 
 
 def _worker(root: str, keys: list[str], out) -> None:

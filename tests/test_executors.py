@@ -1,7 +1,9 @@
 """geowall.executors without Ray: selection through the environment, the local executor, resources."""
+
 from __future__ import annotations
 
 import pytest
+
 from geowall import executors
 
 
@@ -12,7 +14,7 @@ def test_environment_selects_the_executor_for_notebook_kernels(monkeypatch):
         monkeypatch.setenv(k, v)
     assert isinstance(executors.current(), executors.LocalExecutor)
     monkeypatch.delenv(executors.ENV_EXECUTOR)
-    assert executors.current().name == "local"                     # the default
+    assert executors.current().name == "local"  # the default
     with pytest.raises(ValueError, match="--executor 'dask'"):
         executors.environment("dask", None)
     with pytest.raises(ValueError, match="--address only applies to --executor ray"):

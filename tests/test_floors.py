@@ -1,4 +1,5 @@
 """Floor ordering (geowall.floors): identified floors only, within a model, too few said."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,22 +19,30 @@ def _stage1_like(floors: np.ndarray, layers, noise: float = 0.0, seed: int = 0):
 
 
 def _exps(layers, identified):
-    return pd.DataFrame({"model": [m for m, _ in layers], "layer": [l for _, l in layers],
-                         "floor_identified": identified, "l0_ref": 10.0})
+    return pd.DataFrame(
+        {
+            "model": [m for m, _ in layers],
+            "layer": [l for _, l in layers],
+            "floor_identified": identified,
+            "l0_ref": 10.0,
+        }
+    )
 
 
 def _geo(layers, curv, ids):
     rows = []
     for (m, l), c, i in zip(layers, curv, ids):
-        rows += [{"model": m, "layer": l, "summary": "curvature", "estimate": c, "se": 0.0},
-                 {"model": m, "layer": l, "summary": "id_twonn", "estimate": i, "se": 0.0}]
+        rows += [
+            {"model": m, "layer": l, "summary": "curvature", "estimate": c, "se": 0.0},
+            {"model": m, "layer": l, "summary": "id_twonn", "estimate": i, "se": 0.0},
+        ]
     return pd.DataFrame(rows)
 
 
 LAYERS = [("m9b", 5), ("m9b", 12), ("m9b", 20), ("m9b", 30), ("m2b", 5), ("m2b", 12)]
 FLOORS = np.array([0.02, 0.05, 0.08, 0.11, 0.03, 0.01])
-CURV = [0.1, 0.2, 0.3, 0.4, 0.9, 0.1]    # m9b: same order as floors
-IDS = [9.0, 7.0, 5.0, 3.0, 1.0, 2.0]     # m9b: reversed
+CURV = [0.1, 0.2, 0.3, 0.4, 0.9, 0.1]  # m9b: same order as floors
+IDS = [9.0, 7.0, 5.0, 3.0, 1.0, 2.0]  # m9b: reversed
 
 
 def test_floor_ordering_within_model_known_answer():

@@ -1,4 +1,5 @@
 """Tests of geowall.sources.gemma_scope: the registry manifest and params.npz loading (offline)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,13 @@ def test_manifest_reproduces_the_study_totals():
 
 def test_parse_width():
     assert [gs.parse_width(t) for t in ("4k", "16k", "65k", "131k", "524k", "1m")] == [
-        4096, 16384, 65536, 131072, 524288, 1048576]
+        4096,
+        16384,
+        65536,
+        131072,
+        524288,
+        1048576,
+    ]
 
 
 def _fake_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -60,7 +67,7 @@ def test_fake_params_load_and_evaluate(params_dir):
     sae = gs.load_released_sae(folder)
     assert isinstance(sae, sae_lens.JumpReLUSAE)
     x = np.random.default_rng(1).normal(size=(300, D)).astype(np.float32) * 2
-    pre = x @ p["W_enc"] + p["b_enc"]                      # no b_dec on the input
+    pre = x @ p["W_enc"] + p["b_enc"]  # no b_dec on the input
     f = np.where(pre > p["threshold"], np.maximum(pre, 0), 0)
     x_hat = f @ p["W_dec"] + p["b_dec"]
     with torch.no_grad():
@@ -87,21 +94,24 @@ def test_corrupt_member_names_the_key(params_dir):
     folder, p = params_dir
     path = folder / "params.npz"
     raw = bytearray(path.read_bytes())
-    start = raw.find(b"W_dec.npy")                     # local header of the W_dec member
+    start = raw.find(b"W_dec.npy")  # local header of the W_dec member
     assert start > 0
-    pos = start + 200                                  # inside W_dec's data
-    raw[pos:pos + 16] = bytes(16)
+    pos = start + 200  # inside W_dec's data
+    raw[pos : pos + 16] = bytes(16)
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"params\.npz: key 'W_dec'.*(truncated or corrupt)"):
         gs.load_released_sae(folder)
 
 
-@pytest.mark.parametrize("key,shape,expected", [
-    ("W_dec", (W, D + 1), f"expected \\({W}, {D}\\)"),
-    ("threshold", (W + 2,), f"expected \\({W},\\)"),
-    ("b_dec", (D, 1), f"expected \\({D},\\)"),
-    ("W_enc", (D * W,), "expected 2-D"),
-])
+@pytest.mark.parametrize(
+    "key,shape,expected",
+    [
+        ("W_dec", (W, D + 1), f"expected \\({W}, {D}\\)"),
+        ("threshold", (W + 2,), f"expected \\({W},\\)"),
+        ("b_dec", (D, 1), f"expected \\({D},\\)"),
+        ("W_enc", (D * W,), "expected 2-D"),
+    ],
+)
 def test_misshaped_key_names_file_key_and_shape(tmp_path, key, shape, expected):
     params = _fake_params(np.random.default_rng(2))
     params[key] = np.zeros(shape, np.float32)
@@ -128,23 +138,41 @@ def test_from_pretrained_rejects_unknown_ids_before_any_download():
 
 
 def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch):
-    import pandas as pd
     from types import SimpleNamespace
+
+    import pandas as pd
 
     import geowall.activations
 
     release = "gemma-scope-2b-pt-res"
-    fake = pd.DataFrame([
-        {"release": release, "model": "gemma-2-2b", "layer": layer, "width": width, "l0": l0,
-         "sae_id": f"layer_{layer}/width_{width}/average_l0_{l0}", "showcase": False}
-        for layer, width, l0 in [(3, 32, 5), (3, 64, 9), (4, 32, 7)]])
+    fake = pd.DataFrame(
+        [
+            {
+                "release": release,
+                "model": "gemma-2-2b",
+                "layer": layer,
+                "width": width,
+                "l0": l0,
+                "sae_id": f"layer_{layer}/width_{width}/average_l0_{l0}",
+                "showcase": False,
+            }
+            for layer, width, l0 in [(3, 32, 5), (3, 64, 9), (4, 32, 7)]
+        ]
+    )
     monkeypatch.setattr(gs, "manifest", lambda releases=gs.RELEASES: fake[fake.release.isin(releases)])
     rng = np.random.default_rng(4)
     for r in fake.itertuples():
-        p = _fake_params(rng) if r.width == W else {
-            "W_enc": rng.normal(size=(D, r.width)).astype(np.float32), "W_dec": rng.normal(size=(r.width, D)).astype(np.float32),
-            "b_enc": np.zeros(r.width, np.float32), "b_dec": np.zeros(D, np.float32),
-            "threshold": np.full(r.width, 0.5, np.float32)}
+        p = (
+            _fake_params(rng)
+            if r.width == W
+            else {
+                "W_enc": rng.normal(size=(D, r.width)).astype(np.float32),
+                "W_dec": rng.normal(size=(r.width, D)).astype(np.float32),
+                "b_enc": np.zeros(r.width, np.float32),
+                "b_dec": np.zeros(D, np.float32),
+                "threshold": np.full(r.width, 0.5, np.float32),
+            }
+        )
         folder = tmp_path / "mirror" / release / r.sae_id
         folder.mkdir(parents=True)
         np.savez(folder / "params.npz", **p)
@@ -160,12 +188,15 @@ def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch
     assert list(zip(rows.layer, rows.width, rows.k)) == [(3, 32, 5), (3, 64, 9)]
     table = S.read_metrics(metrics_path)
     assert list(table.k) == [5, 9] and (table.source == "gemma-scope").all() and (table.train_tokens == 0).all()
-    assert table.sae_id.tolist() == [f"{release}/layer_3/width_32/average_l0_5", f"{release}/layer_3/width_64/average_l0_9"]
+    assert table.sae_id.tolist() == [
+        f"{release}/layer_3/width_32/average_l0_5",
+        f"{release}/layer_3/width_64/average_l0_9",
+    ]
     want = S.evaluate(real_load(tmp_path / "mirror" / release / "layer_3/width_32/average_l0_5"), acts)
     assert table.fvu[0] == pytest.approx(want["fvu"]) and table.l0[0] == pytest.approx(want["l0"])
     assert len(opened) == 2
     gs.run_manifest(spec, [3, 4], run_dir=tmp_path, metrics_path=metrics_path, seed=0, progress=False)
-    assert len(opened) == 3 and len(S.read_metrics(metrics_path)) == 3   # layer 3 skipped
+    assert len(opened) == 3 and len(S.read_metrics(metrics_path)) == 3  # layer 3 skipped
     with pytest.raises(ValueError, match=r"layers \[7\] have no residual SAEs"):
         gs.run_manifest(spec, [7], run_dir=tmp_path, metrics_path=metrics_path, seed=0, progress=False)
 
@@ -198,9 +229,13 @@ def _peak_rss_of_load(path, device: str, verify: bool, chunk_bytes: int = gs.CHU
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path), device, "1" if verify else "0",
-                          str(chunk_bytes)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path), device, "1" if verify else "0", str(chunk_bytes)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -220,7 +255,7 @@ def test_largest_gemma_scope_sae_streams_with_bounded_host_memory(tmp_path):
     path = tmp_path / "params.npz"
     size = _sparse_params(path, d, width)
     assert size == pytest.approx(gs.sae_nbytes(d, width), abs=gs.NPZ_OVERHEAD)
-    assert size > 30e9 and path.stat().st_blocks * 512 < 10e6       # apparent 30 GB, ~nothing on disk
+    assert size > 30e9 and path.stat().st_blocks * 512 < 10e6  # apparent 30 GB, ~nothing on disk
     got = _peak_rss_of_load(path, "meta", verify=False)
     assert got["shapes"]["W_enc"] == [d, width] and got["shapes"]["W_dec"] == [width, d]
     growth = got["hwm"] - got["before"]
@@ -245,10 +280,10 @@ def test_streamed_params_equal_numpy_and_catch_bad_crc(tmp_path):
     rng = np.random.default_rng(5)
     p = _fake_params(rng)
     np.savez(tmp_path / "params.npz", **p)
-    got = gs.read_params(tmp_path / "params.npz", chunk_bytes=40)   # many tiny chunks
+    got = gs.read_params(tmp_path / "params.npz", chunk_bytes=40)  # many tiny chunks
     for k, v in p.items():
         np.testing.assert_array_equal(got[k].numpy(), v)
-    np.savez_compressed(tmp_path / "c.npz", **p)                     # deflated members stream too
+    np.savez_compressed(tmp_path / "c.npz", **p)  # deflated members stream too
     for k, v in gs.read_params(tmp_path / "c.npz", chunk_bytes=40).items():
         np.testing.assert_array_equal(v.numpy(), p[k])
     np.savez(tmp_path / "f.npz", **{**p, "W_enc": np.asfortranarray(p["W_enc"])})
@@ -271,7 +306,7 @@ def test_sae_from_streamed_params_shares_their_memory(params_dir):
     folder, p = params_dir
     params = gs.read_params(folder / "params.npz")
     sae = gs.sae_from_params(params)
-    assert sae.W_enc.data_ptr() == params["W_enc"].data_ptr()       # assigned, not copied
+    assert sae.W_enc.data_ptr() == params["W_enc"].data_ptr()  # assigned, not copied
     assert sae.cfg.device == "cpu" and sae.W_dec.device.type == "cpu"
 
 
@@ -281,17 +316,17 @@ def test_budget_too_small_for_the_largest_sae_refuses_to_start(tmp_path):
     from geowall.diskcache import BudgetError
 
     spec = SimpleNamespace(name="gemma-2-9b", sae_release="gemma-scope-9b-pt-res")
-    need = gs.check_budget(spec, [20], None)                 # layer 20 has the 1M-width SAEs
+    need = gs.check_budget(spec, [20], None)  # layer 20 has the 1M-width SAEs
     assert need == gs.sae_nbytes(3584, 2**20) and need > 30e9
     assert gs.check_budget(spec, [20], need) == need
     with pytest.raises(BudgetError, match=r"sae\.cache_budget_gb: 20 GB cannot hold .*layer_20/width_1m"):
         gs.check_budget(spec, [19, 20], int(20e9))
-    assert gs.check_budget(spec, [19], int(20e9)) < 20e9     # layer 19: 16k and 131k only
+    assert gs.check_budget(spec, [19], int(20e9)) < 20e9  # layer 19: 16k and 131k only
 
 
 # ---------------------------------------------------------------------------- a simulated Gemma Scope job
 
-SIM_LAYERS = [0, 1, 5]          # 10 + 10 + 16 = 36 SAEs of gemma-scope-2b-pt-res
+SIM_LAYERS = [0, 1, 5]  # 10 + 10 + 16 = 36 SAEs of gemma-scope-2b-pt-res
 SIM_D = 8
 
 
@@ -315,7 +350,9 @@ def simulated_gemma_scope(root, monkeypatch, *, scale: int = 256):
     real = gs.manifest
     release = "gemma-scope-2b-pt-res"
     man = real((release,)).assign(width=lambda df: df.width // scale)
-    monkeypatch.setattr(gs, "manifest", lambda releases=gs.RELEASES: man[man.release.isin(releases)].reset_index(drop=True))
+    monkeypatch.setattr(
+        gs, "manifest", lambda releases=gs.RELEASES: man[man.release.isin(releases)].reset_index(drop=True)
+    )
     monkeypatch.setitem(gs.RELEASE_D, release, SIM_D)
     rng = np.random.default_rng(7)
     mirror = root / "mirror"
@@ -323,10 +360,14 @@ def simulated_gemma_scope(root, monkeypatch, *, scale: int = 256):
     for r in rows.itertuples():
         folder = mirror / release / r.sae_id
         folder.mkdir(parents=True)
-        np.savez(folder / "params.npz", W_enc=rng.normal(size=(SIM_D, r.width)).astype(np.float32),
-                 W_dec=rng.normal(size=(r.width, SIM_D)).astype(np.float32) / 4,
-                 b_enc=np.zeros(r.width, np.float32), b_dec=np.zeros(SIM_D, np.float32),
-                 threshold=rng.uniform(0.2, 1.5, r.width).astype(np.float32))
+        np.savez(
+            folder / "params.npz",
+            W_enc=rng.normal(size=(SIM_D, r.width)).astype(np.float32),
+            W_dec=rng.normal(size=(r.width, SIM_D)).astype(np.float32) / 4,
+            b_enc=np.zeros(r.width, np.float32),
+            b_dec=np.zeros(SIM_D, np.float32),
+            threshold=rng.uniform(0.2, 1.5, r.width).astype(np.float32),
+        )
     run_dir = root / "run"
     write_fake_acts(run_dir, "gemma-2-2b", SIM_LAYERS, SIM_D)
     return rows, mirror, run_dir
@@ -356,6 +397,7 @@ def test_simulated_gemma_scope_job_streams_under_a_budget(tmp_path, monkeypatch,
             inner(dest)
             fetched.append(row.sae_id)
             on_disk.append(sum(p.stat().st_size for p in cache.files()))
+
         return fetch
 
     monkeypatch.setattr(gs, "mirror_fetch", measured)
@@ -365,16 +407,18 @@ def test_simulated_gemma_scope_job_streams_under_a_budget(tmp_path, monkeypatch,
     table = S.read_metrics(metrics)
     assert len(table) == len(rows) == 36 and not table.duplicated(["layer", "width", "k"]).any()
     assert sorted(fetched) == sorted(rows.sae_id) and max(on_disk) <= budget
-    assert sum(gs.sae_nbytes(SIM_D, int(w)) for w in rows.width) > 1.5 * budget                    # the whole job could never fit at once
+    assert sum(gs.sae_nbytes(SIM_D, int(w)) for w in rows.width) > 1.5 * budget  # the whole job could never fit at once
     stats = cache.stats()
     assert stats["peak_bytes"] <= budget
     if keep:
-        assert 0 < sum(p.stat().st_size for p in cache.files()) <= budget   # the most recent ones stay
+        assert 0 < sum(p.stat().st_size for p in cache.files()) <= budget  # the most recent ones stay
     else:
         assert cache.files() == [] and stats["n_entries"] == 0
     one = rows.iloc[0]
-    want = S.evaluate(gs.load_released_sae(mirror / one.release / one.sae_id), np.load(run_dir / "gemma-2-2b" / "acts" /
-                                                                             "layer_00" / "eval.npy"))
+    want = S.evaluate(
+        gs.load_released_sae(mirror / one.release / one.sae_id),
+        np.load(run_dir / "gemma-2-2b" / "acts" / "layer_00" / "eval.npy"),
+    )
     got = table[(table.layer == one.layer) & (table.width == one.width) & (table.k == one.l0)].iloc[0]
     assert got.fvu == pytest.approx(want["fvu"], rel=1e-6) and got.l0 == pytest.approx(want["l0"])
 

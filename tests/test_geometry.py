@@ -1,4 +1,5 @@
 """Geometric summaries against ground truth: analytic manifolds in R^100, skdim, closed forms."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from geowall import geometry as G
 
 AMBIENT = 100
@@ -124,8 +126,12 @@ def test_participation_ratio_closed_form(spectrum):
 def test_participation_ratio_bias_and_n_less_than_d():
     rng = np.random.default_rng(6)
     lam = np.ones(100)  # isotropic: PR = 100
-    ests = np.array([[G.participation_ratio(X), G.participation_ratio(X, unbiased=True)]
-                     for X in (rng.standard_normal((200, 100)) * np.sqrt(lam) for _ in range(20))])
+    ests = np.array(
+        [
+            [G.participation_ratio(X), G.participation_ratio(X, unbiased=True)]
+            for X in (rng.standard_normal((200, 100)) * np.sqrt(lam) for _ in range(20))
+        ]
+    )
     plug, unb = ests.mean(0)
     assert plug < 75  # plug-in ~ 100 / (1 + 100 / 200): biased low
     assert unb == pytest.approx(100, rel=0.03)
@@ -228,8 +234,15 @@ def test_tangent_dimension_is_per_patch_not_rounded_twonn():
     assert (G.local_geometry(sph, n_base=100, seed=0).dim == 4).all()  # curvature is not a dimension
     # a cloud that is a 3-sphere in one half and a 6-dimensional box in the other: each patch its own
     rng = np.random.default_rng(1)
-    mix = embed(rng, np.concatenate([np.c_[sphere(rng, 1500, 3), np.zeros((1500, 3))],
-                                     np.c_[rng.uniform(-1, 1, (1500, 6)) + 10, np.zeros((1500, 1))]]))
+    mix = embed(
+        rng,
+        np.concatenate(
+            [
+                np.c_[sphere(rng, 1500, 3), np.zeros((1500, 3))],
+                np.c_[rng.uniform(-1, 1, (1500, 6)) + 10, np.zeros((1500, 1))],
+            ]
+        ),
+    )
     loc = G.local_geometry(mix, n_base=200, seed=0)
     first = loc.base.to_numpy() < G.distinct_points(mix).searchsorted(1500)
     assert (loc.dim[first] == 3).mean() > 0.9 and (loc.dim[~first] == 6).mean() > 0.9
@@ -309,8 +322,19 @@ def test_summaries_table():
     X = manifold("sphere", 3, n=1500, seed=12).astype(np.float32)
     df = G.summaries(X, n_boot=8, seed=0, n_base=80)
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["summary", "estimate", "se", "lo", "hi", "n", "k", "n_boot", "dim", "above_cap",
-                                "n_blocks"]
+    assert list(df.columns) == [
+        "summary",
+        "estimate",
+        "se",
+        "lo",
+        "hi",
+        "n",
+        "k",
+        "n_boot",
+        "dim",
+        "above_cap",
+        "n_blocks",
+    ]
     assert tuple(df.summary) == G.SUMMARY_NAMES
     assert (df.lo <= df.estimate).all() and (df.estimate <= df.hi).all() and (df.se > 0).all()
     row = df.set_index("summary")
@@ -359,8 +383,9 @@ def test_summaries_subsampling_and_duplicates():
     assert df.estimate["curvature"] < 0.05 and df.estimate["local_residual"] < 1e-3
 
 
-@pytest.mark.parametrize("bad, match", [(np.ones((10, 3)) * np.inf, "NaN or infinite"),
-                                        (np.zeros((3, 3)), "at least 4 points")])
+@pytest.mark.parametrize(
+    "bad, match", [(np.ones((10, 3)) * np.inf, "NaN or infinite"), (np.zeros((3, 3)), "at least 4 points")]
+)
 def test_summaries_bad_input(bad, match):
     with pytest.raises(ValueError, match=match):
         G.summaries(bad, n_boot=10, seed=0)
@@ -383,12 +408,38 @@ def test_rank_agreement_flags_a_flipped_ordering():
     rows = []
     for layer, (a, b) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)]):
         for summary, knob, setting, value in [("pr", "n", 0.5, b), ("curvature", "k", 2.0, -b)]:
-            rows += [{"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": 1.0, "estimate": a,
-                      "default": True},
-                     {"model": "m", "layer": layer, "summary": summary, "knob": knob, "setting": setting,
-                      "estimate": value, "default": False}]
-    extra = [{"model": "m", "layer": layer, "summary": "curvature", "knob": "cap", "setting": 1.0, "estimate": a,
-              "default": True} for layer, (a, _) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)])]
+            rows += [
+                {
+                    "model": "m",
+                    "layer": layer,
+                    "summary": summary,
+                    "knob": knob,
+                    "setting": 1.0,
+                    "estimate": a,
+                    "default": True,
+                },
+                {
+                    "model": "m",
+                    "layer": layer,
+                    "summary": summary,
+                    "knob": knob,
+                    "setting": setting,
+                    "estimate": value,
+                    "default": False,
+                },
+            ]
+    extra = [
+        {
+            "model": "m",
+            "layer": layer,
+            "summary": "curvature",
+            "knob": "cap",
+            "setting": 1.0,
+            "estimate": a,
+            "default": True,
+        }
+        for layer, (a, _) in enumerate([(1, 1), (2, 2), (3, 3), (4, 4)])
+    ]
     agree = G.rank_agreement(pd.DataFrame(rows + extra)).set_index("summary")  # a second knob: a second default row
     assert (agree.n_layers == 4).all()
     assert agree.rho["pr"] == pytest.approx(1.0) and not agree.flipped["pr"]

@@ -1,4 +1,5 @@
 """Atomic artefact I/O: a reader polling an artefact while it is rewritten never sees a torn file."""
+
 import threading
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Exact kNN kernel: fast path vs plain reference vs scikit-learn, duplicates included."""
+
 from __future__ import annotations
 
 import numpy as np

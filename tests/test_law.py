@@ -1,4 +1,5 @@
 """Stage 2 (geowall.law): within-model law recovery, baselines, nulls, the between-model trap."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ def sim2():
     """Models A (24 layers) and B (12 layers) from one known within-model law on log
     alpha, with different model levels."""
     layers = pd.DataFrame({"model": ["A"] * 24 + ["B"] * 12, "layer": list(range(24)) + list(range(12))})
-    return L.simulate_geometry(layers, coefs=TRUE_COEFS, intercept=-1.0, resid_sd=0.03, se_frac=0.05,
-                               alpha_sd=0.03, seed=3, model_offsets={"B": 0.4})
+    return L.simulate_geometry(
+        layers,
+        coefs=TRUE_COEFS,
+        intercept=-1.0,
+        resid_sd=0.03,
+        se_frac=0.05,
+        alpha_sd=0.03,
+        seed=3,
+        model_offsets={"B": 0.4},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +63,16 @@ def test_depth_is_read_from_the_geometry_table_not_recomputed():
     # a profile that selects layers 0, 3, 6 of a 7-layer model: depth is layer / 6, not layer / max selected
     from geowall.layers import relative_depth
 
-    geo = pd.DataFrame({"model": "m", "layer": [0, 3], "summary": "id_twonn", "estimate": [1.0, 2.0], "se": 0.1,
-                        "depth": [relative_depth(0, 7), relative_depth(3, 7)]})
+    geo = pd.DataFrame(
+        {
+            "model": "m",
+            "layer": [0, 3],
+            "summary": "id_twonn",
+            "estimate": [1.0, 2.0],
+            "se": 0.1,
+            "depth": [relative_depth(0, 7), relative_depth(3, 7)],
+        }
+    )
     ex = pd.DataFrame({"model": "m", "layer": [0, 3], "log_alpha_mean": [-1.0, -1.2], "log_alpha_sd": 0.1})
     tab = L.stage2_table(ex, geo, predictors=("depth",))
     assert tab["depth"].tolist() == [0.0, 0.5]
@@ -85,8 +102,17 @@ def test_closed_form_law_agrees_with_pymc(sim2):
     so the two are the same model)."""
     geo, ex = sim2
     geo0 = geo.assign(se=0.0)
-    fit = L.fit_law(ex, geo0, predictors=("id_twonn", "curvature"), draws=1000, tune=500, chains=2, seed=4,
-                    progressbar=False, posterior_predictive=False)
+    fit = L.fit_law(
+        ex,
+        geo0,
+        predictors=("id_twonn", "curvature"),
+        draws=1000,
+        tune=500,
+        chains=2,
+        seed=4,
+        progressbar=False,
+        posterior_predictive=False,
+    )
     co = L.law_coefficients(fit).set_index("term")
     cf = L.closed_form_law(L.stage2_table(ex, geo0, predictors=("id_twonn", "curvature")), ("id_twonn", "curvature"))
     for i, p in enumerate(("id_twonn", "curvature")):
@@ -128,8 +154,9 @@ def test_between_model_trap_sampled(trap):
     """The issue's case through the sampled law and LOO: interval covers 0, and no LOO
     preference for geometry over model intercepts."""
     geo, ex = trap
-    cmp, fits = L.compare_laws(ex, geo, sets={"models": (), "id": ("id_twonn",)}, draws=400, tune=400,
-                               chains=2, check=False)
+    cmp, fits = L.compare_laws(
+        ex, geo, sets={"models": (), "id": ("id_twonn",)}, draws=400, tune=400, chains=2, check=False
+    )
     co = L.law_coefficients(fits["id"]).set_index("term")
     assert co.loc["id_twonn", "coef_hdi_3"] < 0 < co.loc["id_twonn", "coef_hdi_97"]
     assert {"intercept[A]", "intercept[B]"} <= set(co.index)

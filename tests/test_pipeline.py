@@ -1,4 +1,5 @@
 """The runner on a two-notebook toy DAG: injection, skip-if-unchanged, failure reporting."""
+
 import json
 
 import pytest
@@ -7,7 +8,7 @@ from geowall import pipeline
 from geowall.config import load_profile
 from geowall.pipeline import Step, StepFailed
 
-NB_A = '''# %% [markdown]
+NB_A = """# %% [markdown]
 # # A
 # %% tags=["parameters"]
 profile = "x"
@@ -17,9 +18,9 @@ params = None
 from pathlib import Path
 out = Path(run_dir) / "a.txt"
 out.write_text(str(params["sae"]["steps"]))
-'''
+"""
 
-NB_B = '''# %% tags=["parameters"]
+NB_B = """# %% tags=["parameters"]
 profile = "x"
 run_dir = None
 params = None
@@ -29,7 +30,7 @@ value = int((Path(run_dir) / "a.txt").read_text())
 if params["geometry"]["n_boot"] == 13:
     raise RuntimeError("boom: n_boot 13 is unlucky")
 (Path(run_dir) / "b.txt").write_text(str(value + 1))
-'''
+"""
 
 STEPS = (Step("a", "a", ("sae",)), Step("b", "b", ("geometry",), ("a",)))
 
@@ -43,7 +44,9 @@ def toy(tmp_path):
 
     def run(*overrides, **kw):
         cfg = load_profile("smoke", list(overrides))
-        return pipeline.run(cfg, steps=STEPS, notebooks_dir=nbs, runs_dir=tmp_path / "runs", progress=False, log=lambda *_: None, **kw)
+        return pipeline.run(
+            cfg, steps=STEPS, notebooks_dir=nbs, runs_dir=tmp_path / "runs", progress=False, log=lambda *_: None, **kw
+        )
 
     return run, tmp_path / "runs" / "smoke", nbs
 
@@ -120,10 +123,17 @@ def test_progress_residue_is_stripped_from_executed_notebooks(tmp_path):
     def err(text):
         return new_output("stream", name="stderr", text=text)
 
-    kept = [new_output("stream", name="stdout", text="\n"),  # stdout is the notebook's own
-            err("UserWarning: something the reader should see\n")]
-    residue = [err("train: 40%|████      | 4/10\n"), err("\n"), err("\x1b[A"), err("\r" + " " * 80),
-               err("/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter\n")]
+    kept = [
+        new_output("stream", name="stdout", text="\n"),  # stdout is the notebook's own
+        err("UserWarning: something the reader should see\n"),
+    ]
+    residue = [
+        err("train: 40%|████      | 4/10\n"),
+        err("\n"),
+        err("\x1b[A"),
+        err("\r" + " " * 80),
+        err("/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter\n"),
+    ]
     path = tmp_path / "nb.ipynb"
     nbformat.write(new_notebook(cells=[new_code_cell("x", outputs=residue[:2] + kept + residue[2:])]), path)
     pipeline._strip_progress_bars(path)

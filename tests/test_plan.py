@@ -1,9 +1,11 @@
 """geowall plan: costs of a profile before any work (offline, on the gemma-2 profile)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+
 from geowall import plan as P
 from geowall.config import load_profile
 from geowall.diskcache import BudgetError
@@ -23,16 +25,16 @@ def test_gemma2_plan_counts_downloads_and_peak_disk(gemma):
         rows = man[man.release == release]
         want = sum(gs.sae_nbytes(gs.RELEASE_D[release], int(w)) for w in rows.width)
         assert p.download[f"{model}: {len(rows)} Gemma Scope SAEs"] == want
-    assert 2.2e12 < p.download_bytes < 2.5e12              # the issue's "about 2.3 TB" of SAEs, plus checkpoints
+    assert 2.2e12 < p.download_bytes < 2.5e12  # the issue's "about 2.3 TB" of SAEs, plus checkpoints
     largest = gs.sae_nbytes(3584, 2**20)
-    assert p.disk["SAE download cache (peak)"] == largest   # one SAE at a time, deleted after use
+    assert p.disk["SAE download cache (peak)"] == largest  # one SAE at a time, deleted after use
     assert p.budget_bytes == gemma.sae.cache_budget_gb * 1e9 and p.disk["SAE download cache (peak)"] <= p.budget_bytes
     acts = p.disk["gemma-2-9b: activations"]
     assert acts == 42 * (gemma.activations.n_train + gemma.activations.n_eval) * 3584 * 4
     two = P.build(gemma, concurrency=2)
     assert two.disk["SAE download cache (peak)"] == 2 * largest
     capped = P.build(gemma, concurrency=8)
-    assert capped.disk["SAE download cache (peak)"] == p.budget_bytes   # workers wait for the budget
+    assert capped.disk["SAE download cache (peak)"] == p.budget_bytes  # workers wait for the budget
     ev = next(t for t in p.tasks if t.model == "gemma-2-9b" and t.task == "sae-eval")
     assert ev.count == 532 and ev.gpu_bytes > largest and ev.host_bytes < 0.01 * largest
 
@@ -40,8 +42,13 @@ def test_gemma2_plan_counts_downloads_and_peak_disk(gemma):
 def test_gemma2_plan_times_from_a_measured_throughput_only(gemma, tmp_path):
     text = P.render(P.build(gemma))
     assert "Wall time: not estimated" in text and "cuda" in text
-    rec = {"device": "cuda:0", "device_name": "A GPU", "float32_flops": 50e12, "bfloat16_flops": 400e12,
-           "measured": "2026-01-01"}
+    rec = {
+        "device": "cuda:0",
+        "device_name": "A GPU",
+        "float32_flops": 50e12,
+        "bfloat16_flops": 400e12,
+        "measured": "2026-01-01",
+    }
     (tmp_path / "t.json").write_text(json.dumps(rec))
     th = P.load_throughput(tmp_path / "t.json")
     p = P.build(gemma, throughput=th, bandwidth_mb_s=100)
@@ -51,7 +58,7 @@ def test_gemma2_plan_times_from_a_measured_throughput_only(gemma, tmp_path):
     assert p.seconds["sae"] == pytest.approx(sae_flops / 50e12)
     params = sum(P.KNOWN_PARAMS[m.hf_model][0] for m in gemma.models)
     tokens = gemma.activations.n_train + gemma.activations.n_eval
-    assert p.seconds["harvest"] == pytest.approx(2.0 * params * tokens / 400e12)   # bf16 models: bf16 rate
+    assert p.seconds["harvest"] == pytest.approx(2.0 * params * tokens / 400e12)  # bf16 models: bf16 rate
     assert p.seconds["download"] == pytest.approx(p.download_bytes / 100e6)
     text = P.render(p)
     assert "ESTIMATE" in text and "A GPU" in text and str(tmp_path / "t.json") in text
@@ -74,7 +81,11 @@ def test_plan_command_offline(capsys):
 
     assert main(["plan", "--profile", "gemma-2", "--bandwidth", "100"]) == 0
     out = capsys.readouterr().out
-    assert "844 to evaluate" in out and "SAE download cache peaks at 30.1 GB of its 100.0 GB budget" in out and "Peak disk" in out
+    assert (
+        "844 to evaluate" in out
+        and "SAE download cache peaks at 30.1 GB of its 100.0 GB budget" in out
+        and "Peak disk" in out
+    )
     assert "Wall time: not estimated" in out and "download" in out
     assert main(["plan", "--profile", "gemma-2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

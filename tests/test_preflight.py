@@ -6,6 +6,7 @@ overrides drawn from the schema's own fields either make ``geowall check`` refus
 one ``geowall: error:`` line naming a key, or pass every step's preflight and then the
 library's own argument checks too. No internal exception reaches the user.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
 from geowall import cli, config, geometry, law, pipeline, preflight
 from geowall import sae as sae_mod
 from geowall.config import Profile, ProfileError, load_profile
 from geowall.preflight import PreflightError
 from geowall.sae.train import grid_pairs
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel
 
 
 def _problems(overrides, steps=None):
@@ -58,13 +60,37 @@ CASES = [
     (["geometry.k_neighbors=20"], "geometry.k_neighbors", "expected >= 92", {"geometry"}),
     (["activations.n_train=60"], "activations.n_train", "each half-sample replicate needs more points", {"geometry"}),
     (["sae.width_multiples=[1, 1.001]"], "sae.width_multiples", "at least 2 distinct widths", {"stage1"}),
-    (["sae.showcase_width_multiples=[0.01, 1, 2, 3, 4, 5]"], "sae.showcase_width_multiples", "must exceed the largest k",
-     {"sae_grid"}),
-    (["sae.showcase_width_multiples=[1, 2, 3, 4, 5, 6]"], "sae.showcase_width_multiples", "spanning >= 16x", {"stage1"}),
-    (["sae.showcase_layers={synth-a: [4], synth-b: [5]}"], "sae.showcase_layers.synth-b", "[5] not among the layers",
-     {"sae_grid"}),
-    (["models.0.layers=[1]", "models.1.layers=[1]", "models.2.layers=[1, 4]", "models.3.layers=[6]",
-      "sae.showcase_layers={synth-a: [1, 4]}", "transfer=[]"], "models", "no scope (real or synthetic", {"stage2"}),
+    (
+        ["sae.showcase_width_multiples=[0.01, 1, 2, 3, 4, 5]"],
+        "sae.showcase_width_multiples",
+        "must exceed the largest k",
+        {"sae_grid"},
+    ),
+    (
+        ["sae.showcase_width_multiples=[1, 2, 3, 4, 5, 6]"],
+        "sae.showcase_width_multiples",
+        "spanning >= 16x",
+        {"stage1"},
+    ),
+    (
+        ["sae.showcase_layers={synth-a: [4], synth-b: [5]}"],
+        "sae.showcase_layers.synth-b",
+        "[5] not among the layers",
+        {"sae_grid"},
+    ),
+    (
+        [
+            "models.0.layers=[1]",
+            "models.1.layers=[1]",
+            "models.2.layers=[1, 4]",
+            "models.3.layers=[6]",
+            "sae.showcase_layers={synth-a: [1, 4]}",
+            "transfer=[]",
+        ],
+        "models",
+        "no scope (real or synthetic",
+        {"stage2"},
+    ),
     (["transfer=[[minilm, synth-a]]"], "transfer.0", "model 'minilm' has 3 layers", {"transfer"}),
 ]
 
@@ -102,10 +128,23 @@ def _law_tables(n_layers: int):
 
     rng = np.random.default_rng(0)
     alpha = rng.uniform(0.2, 0.8, n_layers)
-    exps = pd.DataFrame({"model": "m", "layer": range(n_layers), "alpha_mean": alpha, "alpha_sd": 0.05,
-                         "log_alpha_mean": np.log(alpha), "log_alpha_sd": 0.1})
-    geo = pd.DataFrame([{"model": "m", "layer": i, "summary": s, "estimate": rng.uniform(1, 5), "se": 0.1}
-                        for i in range(n_layers) for s in law.SUMMARIES])
+    exps = pd.DataFrame(
+        {
+            "model": "m",
+            "layer": range(n_layers),
+            "alpha_mean": alpha,
+            "alpha_sd": 0.05,
+            "log_alpha_mean": np.log(alpha),
+            "log_alpha_sd": 0.1,
+        }
+    )
+    geo = pd.DataFrame(
+        [
+            {"model": "m", "layer": i, "summary": s, "estimate": rng.uniform(1, 5), "se": 0.1}
+            for i in range(n_layers)
+            for s in law.SUMMARIES
+        ]
+    )
     return exps, geo
 
 
@@ -159,8 +198,12 @@ def _leaves(model: type[BaseModel], prefix: str, base) -> list[tuple[str, typing
         out.append((key, ann))
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(_leaves(ann, key + ".", (base or {}).get(name)))
-        elif typing.get_origin(ann) is list and typing.get_args(ann) and isinstance(typing.get_args(ann)[0], type) \
-                and issubclass(typing.get_args(ann)[0], BaseModel):
+        elif (
+            typing.get_origin(ann) is list
+            and typing.get_args(ann)
+            and isinstance(typing.get_args(ann)[0], type)
+            and issubclass(typing.get_args(ann)[0], BaseModel)
+        ):
             for i in range(len((base or {}).get(name) or [])):
                 out.extend(_leaves(typing.get_args(ann)[0], f"{key}.{i}.", None))
     return out
@@ -169,8 +212,9 @@ def _leaves(model: type[BaseModel], prefix: str, base) -> list[tuple[str, typing
 SMOKE = config.load_profile("smoke")
 NAMES = [m.name for m in SMOKE.models]
 FIELDS = _leaves(Profile, "", SMOKE.model_dump(mode="json"))
-KEYS = sorted({k for k, _ in FIELDS} | {".".join(k.split(".")[:i]) for k, _ in FIELDS for i in (1, 2)}, key=len,
-              reverse=True)
+KEYS = sorted(
+    {k for k, _ in FIELDS} | {".".join(k.split(".")[:i]) for k, _ in FIELDS for i in (1, 2)}, key=len, reverse=True
+)
 
 EXTREME_INTS = [-(2**63), -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 183, 10**6, 2**31, 10**12]
 EXTREME_FLOATS = [0.0, -0.0, -1.0, 1e-300, 1e-9, 0.5, 0.99, 1.0, 1.01, 2.0, 8.0, 1e300, math.inf, -math.inf, math.nan]
@@ -199,8 +243,9 @@ def _strategy(ann, depth=0) -> st.SearchStrategy:
         return st.sampled_from(["/no/such/file.txt", "", "."])
     if origin is list:
         inner = _strategy(args[0], depth + 1) if depth < 2 else st.integers(0, 9)
-        return st.one_of(st.just([]), st.lists(inner, min_size=1, max_size=8),
-                         inner.map(lambda v: [v, v]))  # duplicates
+        return st.one_of(
+            st.just([]), st.lists(inner, min_size=1, max_size=8), inner.map(lambda v: [v, v])
+        )  # duplicates
     if origin is tuple:
         return st.tuples(*[_strategy(a, depth + 1) for a in args])
     if origin is dict:
@@ -215,7 +260,8 @@ def _wrong_types() -> st.SearchStrategy:
 
 
 override = st.sampled_from(FIELDS).flatmap(
-    lambda kv: st.tuples(st.just(kv[0]), st.one_of(_strategy(kv[1]), _wrong_types())))
+    lambda kv: st.tuples(st.just(kv[0]), st.one_of(_strategy(kv[1]), _wrong_types()))
+)
 
 
 def _yaml(v) -> str:
@@ -232,9 +278,22 @@ def _yaml(v) -> str:
     return str(v)
 
 
-INTERNAL = ("Traceback", "TypeError", "KeyError", "IndexError", "AttributeError", "ZeroDivisionError",
-            "empty sequence", "object has no attribute", "not subscriptable", "unsupported operand", "NoneType",
-            "OverflowError", "RecursionError", "not supported between")
+INTERNAL = (
+    "Traceback",
+    "TypeError",
+    "KeyError",
+    "IndexError",
+    "AttributeError",
+    "ZeroDivisionError",
+    "empty sequence",
+    "object has no attribute",
+    "not subscriptable",
+    "unsupported operand",
+    "NoneType",
+    "OverflowError",
+    "RecursionError",
+    "not supported between",
+)
 
 
 def _library_accepts(cfg: Profile) -> None:
@@ -275,8 +334,13 @@ def _library_accepts(cfg: Profile) -> None:
 STATS = {"examples": 0, "refused": 0}
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(st.lists(override, min_size=1, max_size=3))
 def test_check_refuses_with_a_key_or_every_step_accepts(items):
     overrides = [f"{key}={_yaml(value)}" for key, value in items]
@@ -301,8 +365,13 @@ def test_check_refuses_with_a_key_or_every_step_accepts(items):
 
 def test_subprocess_refusals_are_one_line():
     for over, key in (("sae.ks=[]", "sae.ks"), ("stage2.draws=1", "stage2.draws")):
-        r = subprocess.run([sys.executable, "-m", "geowall.cli", "check", "--profile", "default", "--set", over],
-                           capture_output=True, text=True, timeout=120, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "geowall.cli", "check", "--profile", "default", "--set", over],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith("geowall: error: ") and key in r.stderr and "Traceback" not in r.stderr
 
@@ -338,16 +407,19 @@ def test_ess_advice_names_draws_that_then_pass():
 
 
 def test_divergence_rhat_bfmi_and_chain_advice():
-    f = [{"diagnostic": "divergences", "value": 12, "threshold": "<= 0"},
-         {"diagnostic": "r_hat", "value": 1.05, "threshold": "<= 1.01"},
-         {"diagnostic": "bfmi", "value": 0.1, "threshold": ">= 0.3"}]
+    f = [
+        {"diagnostic": "divergences", "value": 12, "threshold": "<= 0"},
+        {"diagnostic": "r_hat", "value": 1.05, "threshold": "<= 1.01"},
+        {"diagnostic": "bfmi", "value": 0.1, "threshold": ">= 0.3"},
+    ]
     lines = preflight.fit_advice(f, section="stage1", draws=1000, chains=2, tune=800, target_accept=0.95)
     assert lines[0].startswith("raise stage1.draws to >= 2000 (R-hat 1.05")
     assert lines[1].startswith("raise stage1.target_accept to 0.99 (12 divergent transitions")
     assert lines[2].startswith("raise stage1.tune to >= 1600")
     one = [{"diagnostic": "r_hat", "value": "not computable with 1 chain", "threshold": "needs >= 2 chains"}]
     assert preflight.fit_advice(one, section="stage2", draws=10, chains=1, tune=10, target_accept=0.9) == [
-        "raise stage2.chains to 2 (R-hat needs at least 2 chains)"]
+        "raise stage2.chains to 2 (R-hat needs at least 2 chains)"
+    ]
     top = preflight.fit_advice(f[:1], section="stage2", draws=10, chains=2, tune=10, target_accept=0.995)
     assert "reparameterisation" in top[0] and "stage2.checks.allow_divergences" in top[0]
     assert preflight.fit_advice_text(f, None) == ""
@@ -384,21 +456,25 @@ def test_gemma_scope_release_and_layers_are_checked_against_the_registry():
 def test_disk_budget_is_a_preflight_check():
     found = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20"]), machine=False)
     assert [p.key for p in found] == ["sae.cache_budget_gb"] and found[0].message.startswith("20 GB cannot hold")
-    others = preflight.problems(load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]),
-                                ["sae_grid"], machine=False)
+    others = preflight.problems(
+        load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]), ["sae_grid"], machine=False
+    )
     assert "sae.cache_budget_gb" not in {p.key for p in others}
 
 
 def test_runner_appends_advice_to_a_failed_fit():
     from geowall import scaling
 
-    failures = [{"diagnostic": "ess_bulk", "variable": "alpha[minilm/L3]", "value": 53.04, "threshold": ">= 400"},
-                {"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": 12, "threshold": "<= 0"},
-                {"diagnostic": "r_hat", "variable": "sigma", "value": 1.05, "threshold": "<= 1.01"}]
+    failures = [
+        {"diagnostic": "ess_bulk", "variable": "alpha[minilm/L3]", "value": 53.04, "threshold": ">= 400"},
+        {"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": 12, "threshold": "<= 0"},
+        {"diagnostic": "r_hat", "variable": "sigma", "value": 1.05, "threshold": "<= 1.01"},
+    ]
     message = str(scaling.FitDiagnosticsError(failures, label="stage 2 law 'all4'"))
     parsed = preflight.parse_failures(message)
     assert [(f["diagnostic"], f["value"], f["threshold"]) for f in parsed] == [
-        (f["diagnostic"], f["value"], f["threshold"]) for f in failures]
+        (f["diagnostic"], f["value"], f["threshold"]) for f in failures
+    ]
     cfg = load_profile("default")  # stage2: 2 chains x 4000 draws, target_accept 0.95
     text = preflight.step_advice("transfer", cfg, "FitDiagnosticsError", message)
     assert text.startswith("; to pass: raise stage2.draws to >= ")

@@ -1,4 +1,5 @@
 """The report's sources hold together without Quarto: project file, citations, shortcodes."""
+
 import re
 import shlex
 import subprocess
@@ -21,7 +22,7 @@ def test_quarto_project_parses_and_every_page_has_a_source():
     assert cfg["project"]["type"] == "website" and cfg["execute"]["enabled"] is False
     rendered = cfg["project"]["render"]
     for page in rendered:
-        src = ROOT / (page[:-len(".ipynb")] + ".py" if page.endswith(".ipynb") else page)
+        src = ROOT / (page[: -len(".ipynb")] + ".py" if page.endswith(".ipynb") else page)
         assert src.is_file(), f"{page}: no source {src}"
     hrefs = [h for h, _ in report.quarto_pages()]
     assert set(hrefs) == set(rendered)
@@ -35,10 +36,24 @@ def test_bibliography_keys_are_sorted_well_formed_and_every_citation_resolves():
     keys = bib_keys()
     assert keys == sorted(keys) and len(keys) == len(set(keys))
     assert all(re.fullmatch(r"[a-z]+\d{4}[a-z]+", k) for k in keys), keys
-    needed = {"gao2024scaling", "lieberum2024gemma", "gemmateam2024gemma", "facco2017estimating",
-              "levina2004maximum", "denti2022generalized", "sharma2022scaling", "engels2024dark",
-              "ansuini2019intrinsic", "valeriani2023geometry", "sritharan2021computing", "bricken2023monosemanticity",
-              "cunningham2023sparse", "hoffman2014nouturn", "vehtari2017practical", "zaher2026geometric"}
+    needed = {
+        "gao2024scaling",
+        "lieberum2024gemma",
+        "gemmateam2024gemma",
+        "facco2017estimating",
+        "levina2004maximum",
+        "denti2022generalized",
+        "sharma2022scaling",
+        "engels2024dark",
+        "ansuini2019intrinsic",
+        "valeriani2023geometry",
+        "sritharan2021computing",
+        "bricken2023monosemanticity",
+        "cunningham2023sparse",
+        "hoffman2014nouturn",
+        "vehtari2017practical",
+        "zaher2026geometric",
+    }
     assert needed <= set(keys)
     cited = set(re.findall(r"@([a-z]+\d{4}[a-z]+)", (ROOT / "index.qmd").read_text()))
     assert cited and cited <= set(keys), cited - set(keys)
@@ -122,14 +137,22 @@ def test_quarto_project_is_staged_from_the_run_without_scripts_or_machine_paths(
         report.stage_quarto(cfg, run_dir, {}, "<script></script>")
     (run_dir / "notebooks").mkdir(parents=True)
     for href in hrefs:
-        cell = new_code_cell(f'run_dir = "{run_dir.resolve()}"', outputs=[
-            new_output("stream", name="stdout", text=f"wrote {run_dir.resolve()}/x.parquet with {report.ROOT}/lib\n")])
+        cell = new_code_cell(
+            f'run_dir = "{run_dir.resolve()}"',
+            outputs=[
+                new_output(
+                    "stream", name="stdout", text=f"wrote {run_dir.resolve()}/x.parquet with {report.ROOT}/lib\n"
+                )
+            ],
+        )
         nbformat.write(new_notebook(cells=[cell]), run_dir / "notebooks" / Path(href).name)
     project = report.stage_quarto(cfg, run_dir, {"glance": "g"}, "<script></script>")
     assert project == run_dir / "quarto"
     qcfg = yaml.safe_load((project / "_quarto.yml").read_text())
-    assert qcfg["project"]["output-dir"] == "../site" and qcfg["project"]["render"] == yaml.safe_load(
-        (ROOT / "_quarto.yml").read_text())["project"]["render"]
+    assert (
+        qcfg["project"]["output-dir"] == "../site"
+        and qcfg["project"]["render"] == yaml.safe_load((ROOT / "_quarto.yml").read_text())["project"]["render"]
+    )
     assert sorted(p.name for p in (project / "notebooks").glob("*.ipynb")) == sorted(Path(h).name for h in hrefs)
     for href in hrefs:  # executed notebooks without their scripts, and without this machine's paths
         text = (project / href).read_text()

@@ -1,5 +1,6 @@
 """The paper works for any profile: every variable index.qmd quotes exists for every profile,
 and the gemma-2 profile's paper renders from a simulated artefact set."""
+
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from geowall import report
 from geowall.config import load_profile
 from geowall.io import write_json, write_parquet
@@ -21,37 +23,153 @@ def simulate_artefacts(cfg, run_dir: Path, seed: int = 0) -> None:
     """One of each table the paper quotes, for the profile's models and layers."""
     rng = np.random.default_rng(seed)
     pairs = [(m.name, layer) for m in cfg.models for layer in cfg.layers_of(m)]
-    write_json(run_dir / "corpus_stats.json", {"words": 3_000_000, "docs_train": 40_000, "docs_eval": 10_000,
-                                               "minilm_tokens_train": 3_100_000, "minilm_tokens_eval": 800_000})
-    write_parquet(run_dir / "sae_metrics.parquet", pd.DataFrame(
-        [{"model": m, "layer": la, "width": w, "fvu": rng.uniform(0.05, 0.5)} for m, la in pairs for w in (16384, 65536)]))
-    write_parquet(run_dir / "geometry.parquet", pd.DataFrame(
-        [{"model": m, "layer": la, "summary": s, "estimate": rng.uniform(5, 40)} for m, la in pairs for s in SUMMARIES]))
-    write_parquet(run_dir / "geometry_sensitivity.parquet", pd.DataFrame(
-        [{"model": m, "layer": la, "summary": s, "knob": "k", "setting": setting, "default": setting == "default",
-          "estimate": rng.uniform(5, 40)} for m, la in pairs for s in SUMMARIES for setting in ("default", "half")]))
-    write_parquet(run_dir / "exponents.parquet", pd.DataFrame(
-        [{"model": m, "layer": la, "primary": True, "floor_identified": la % 7 == 0, "floor_term": la % 5 == 0,
-          "alpha_mean": rng.uniform(0.1, 0.6)}
-         for m, la in pairs]))
+    write_json(
+        run_dir / "corpus_stats.json",
+        {
+            "words": 3_000_000,
+            "docs_train": 40_000,
+            "docs_eval": 10_000,
+            "minilm_tokens_train": 3_100_000,
+            "minilm_tokens_eval": 800_000,
+        },
+    )
+    write_parquet(
+        run_dir / "sae_metrics.parquet",
+        pd.DataFrame(
+            [
+                {"model": m, "layer": la, "width": w, "fvu": rng.uniform(0.05, 0.5)}
+                for m, la in pairs
+                for w in (16384, 65536)
+            ]
+        ),
+    )
+    write_parquet(
+        run_dir / "geometry.parquet",
+        pd.DataFrame(
+            [
+                {"model": m, "layer": la, "summary": s, "estimate": rng.uniform(5, 40)}
+                for m, la in pairs
+                for s in SUMMARIES
+            ]
+        ),
+    )
+    write_parquet(
+        run_dir / "geometry_sensitivity.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "model": m,
+                    "layer": la,
+                    "summary": s,
+                    "knob": "k",
+                    "setting": setting,
+                    "default": setting == "default",
+                    "estimate": rng.uniform(5, 40),
+                }
+                for m, la in pairs
+                for s in SUMMARIES
+                for setting in ("default", "half")
+            ]
+        ),
+    )
+    write_parquet(
+        run_dir / "exponents.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "model": m,
+                    "layer": la,
+                    "primary": True,
+                    "floor_identified": la % 7 == 0,
+                    "floor_term": la % 5 == 0,
+                    "alpha_mean": rng.uniform(0.1, 0.6),
+                }
+                for m, la in pairs
+            ]
+        ),
+    )
     sets = ["all4", "id_twonn", "models", "depth"]
-    write_parquet(run_dir / "law_compare.parquet", pd.DataFrame(
-        {"scope": "real", "predictor_set": sets, "elpd_diff_vs_models": [3.0, 1.0, 0.0, -1.0],
-         "se_diff_vs_models": [1.0, 1.0, 0.0, 1.0], "max_pareto_k": [0.4, 0.4, 0.3, 0.3],
-         "rank": [0, 1, 2, 3]}))
-    write_parquet(run_dir / "law.parquet", pd.DataFrame(
-        [{"scope": "real", "predictor_set": "all4", "term": t, "coef_mean": 0.1 * i, "coef_hdi_3": 0.1 * i - 0.2,
-          "coef_hdi_97": 0.1 * i + 0.2, "b_mean": 0.1 * i, "b_sd": 0.1, "b_hdi_3": 0.1 * i - 0.2, "b_hdi_97": 0.1 * i + 0.2,
-          "p_gt0": 0.5 + 0.1 * i} for i, t in enumerate(SUMMARIES)]))
-    write_parquet(run_dir / "law_null.parquet", pd.DataFrame(
-        {"scope": "real", "predictor_set": sets, "p_value": [0.02, 0.2, 1.0, 1.0]}))
-    write_parquet(run_dir / "transfer.parquet", pd.DataFrame(
-        [{"train_model": a, "test_model": b, "predictor_set": ps, "r2": 0.4, "r2_shift": 0.5, "spearman": 0.6,
-          "spearman_hdi_3": 0.3, "spearman_hdi_97": 0.8, "p_perm_spearman": 0.01, "coverage90": 0.9,
-          "n_layers": 26, "ceiling_r2": 0.7} for a, b in cfg.transfer for ps in ("law", "depth")]))
-    write_parquet(run_dir / "floors.parquet", pd.DataFrame(
-        [{"row_type": "spearman", "model": m.name, "summary": s, "n_layers": 1, "rho_mean": 0.3, "rho_hdi_3": -0.5,
-          "rho_hdi_97": 0.9, "p_gt0": 0.7, "status": "ranked"} for m in cfg.models[:1] for s in SUMMARIES]))
+    write_parquet(
+        run_dir / "law_compare.parquet",
+        pd.DataFrame(
+            {
+                "scope": "real",
+                "predictor_set": sets,
+                "elpd_diff_vs_models": [3.0, 1.0, 0.0, -1.0],
+                "se_diff_vs_models": [1.0, 1.0, 0.0, 1.0],
+                "max_pareto_k": [0.4, 0.4, 0.3, 0.3],
+                "rank": [0, 1, 2, 3],
+            }
+        ),
+    )
+    write_parquet(
+        run_dir / "law.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "scope": "real",
+                    "predictor_set": "all4",
+                    "term": t,
+                    "coef_mean": 0.1 * i,
+                    "coef_hdi_3": 0.1 * i - 0.2,
+                    "coef_hdi_97": 0.1 * i + 0.2,
+                    "b_mean": 0.1 * i,
+                    "b_sd": 0.1,
+                    "b_hdi_3": 0.1 * i - 0.2,
+                    "b_hdi_97": 0.1 * i + 0.2,
+                    "p_gt0": 0.5 + 0.1 * i,
+                }
+                for i, t in enumerate(SUMMARIES)
+            ]
+        ),
+    )
+    write_parquet(
+        run_dir / "law_null.parquet",
+        pd.DataFrame({"scope": "real", "predictor_set": sets, "p_value": [0.02, 0.2, 1.0, 1.0]}),
+    )
+    write_parquet(
+        run_dir / "transfer.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "train_model": a,
+                    "test_model": b,
+                    "predictor_set": ps,
+                    "r2": 0.4,
+                    "r2_shift": 0.5,
+                    "spearman": 0.6,
+                    "spearman_hdi_3": 0.3,
+                    "spearman_hdi_97": 0.8,
+                    "p_perm_spearman": 0.01,
+                    "coverage90": 0.9,
+                    "n_layers": 26,
+                    "ceiling_r2": 0.7,
+                }
+                for a, b in cfg.transfer
+                for ps in ("law", "depth")
+            ]
+        ),
+    )
+    write_parquet(
+        run_dir / "floors.parquet",
+        pd.DataFrame(
+            [
+                {
+                    "row_type": "spearman",
+                    "model": m.name,
+                    "summary": s,
+                    "n_layers": 1,
+                    "rho_mean": 0.3,
+                    "rho_hdi_3": -0.5,
+                    "rho_hdi_97": 0.9,
+                    "p_gt0": 0.7,
+                    "status": "ranked",
+                }
+                for m in cfg.models[:1]
+                for s in SUMMARIES
+            ]
+        ),
+    )
     # one model's floor rows: glance._floors indexes the table by summary alone (see /work/notes/i13.md)
 
 
@@ -62,7 +180,7 @@ def paper_keys() -> set[str]:
 @pytest.mark.parametrize("profile", ["smoke", "default", "gemma-2"])
 def test_every_paper_variable_exists_for_every_profile(profile, tmp_path):
     cfg = load_profile(profile)
-    variables = flatten(report_variables(cfg, tmp_path))        # no artefacts at all
+    variables = flatten(report_variables(cfg, tmp_path))  # no artefacts at all
     missing = paper_keys() - set(variables)
     assert not missing, f"index.qmd quotes {sorted(missing)}, which profile {profile} does not define"
     names = {m.name for p in ("smoke", "default", "gemma-2") for m in load_profile(p).models}

@@ -1,4 +1,5 @@
 """Tests of geowall.sae: sparse vs dense paths, training, evaluation, sae-lens interop, resume."""
+
 from __future__ import annotations
 
 import logging
@@ -47,12 +48,15 @@ def _forward_and_grads(sae: S.TopKSAE, x: torch.Tensor, dead: torch.Tensor | Non
     return out, {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
-@pytest.mark.parametrize("B,d,W,k,n_dead,dtype", [
-    (32, 8, 24, 3, 0, torch.float64),
-    (64, 16, 48, 5, 20, torch.float64),
-    (50, 12, 40, 4, 2, torch.float64),      # fewer dead latents than k_aux
-    (128, 32, 256, 8, 100, torch.float32),
-])
+@pytest.mark.parametrize(
+    "B,d,W,k,n_dead,dtype",
+    [
+        (32, 8, 24, 3, 0, torch.float64),
+        (64, 16, 48, 5, 20, torch.float64),
+        (50, 12, 40, 4, 2, torch.float64),  # fewer dead latents than k_aux
+        (128, 32, 256, 8, 100, torch.float32),
+    ],
+)
 def test_sparse_path_matches_dense_reference(monkeypatch, B, d, W, k, n_dead, dtype):
     gen = torch.Generator().manual_seed(B + W)
     sae = S.TopKSAE(S.TopKConfig(d_in=d, width=W, k=k, k_aux=6), dtype=dtype, generator=gen)
@@ -101,7 +105,8 @@ def test_scatter_rows_matches_index_add():
     w = torch.randn(40, 5, generator=gen, dtype=torch.float64)
     src = torch.randn(40, 7, generator=gen, dtype=torch.float64)
     want = torch.zeros(30, 7, dtype=torch.float64).index_add_(
-        0, idx.reshape(-1), (w[..., None] * src[:, None, :]).reshape(-1, 7))
+        0, idx.reshape(-1), (w[..., None] * src[:, None, :]).reshape(-1, 7)
+    )
     torch.testing.assert_close(K.scatter_rows(idx, w, src, 30), want)
 
 
@@ -245,9 +250,21 @@ def test_save_load_roundtrip_via_sae_lens(tmp_path, data, grid):
 
 
 def _run(tmp, data, **kw):
-    return S.run_grid(data[0], data[1], model="toy", layer=2, widths=[8, 16], ks=[2, 4], steps=8,
-                      seed=5, sae_dir=tmp / "saes", metrics_path=tmp / "sae_metrics.parquet",
-                      batch_size=256, progress=False, **kw)
+    return S.run_grid(
+        data[0],
+        data[1],
+        model="toy",
+        layer=2,
+        widths=[8, 16],
+        ks=[2, 4],
+        steps=8,
+        seed=5,
+        sae_dir=tmp / "saes",
+        metrics_path=tmp / "sae_metrics.parquet",
+        batch_size=256,
+        progress=False,
+        **kw,
+    )
 
 
 def test_run_grid_resumes_to_the_same_table(tmp_path, data, monkeypatch, caplog):
@@ -340,9 +357,17 @@ def _group_from_trainer(tr, shapes_trainers, steps):
 
     x = tr.x_all * tr.scale
     inits = [(t.sae.W_dec.detach().clone(), t.sae.W_enc.detach().clone()) for t in shapes_trainers]
-    return GroupTrainer(x, [(t.sae.width, t.sae.k) for t in shapes_trainers], inits, [t.lr for t in shapes_trainers],
-                        tr.sae.b_dec.detach().clone(), steps=steps, batch_size=x.shape[0],
-                        generator=torch.Generator().manual_seed(0), dead_tokens=tr.dead_tokens)
+    return GroupTrainer(
+        x,
+        [(t.sae.width, t.sae.k) for t in shapes_trainers],
+        inits,
+        [t.lr for t in shapes_trainers],
+        tr.sae.b_dec.detach().clone(),
+        steps=steps,
+        batch_size=x.shape[0],
+        generator=torch.Generator().manual_seed(0),
+        dead_tokens=tr.dead_tokens,
+    )
 
 
 @pytest.mark.parametrize("dead_tokens", [10**9, 0])  # without, and with AuxK on every latent
@@ -354,8 +379,10 @@ def test_group_step_equals_autograd_trainer(dead_tokens):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(96, 12, generator=g) @ torch.randn(12, 12, generator=g) + 0.3
     shapes = [(16, 2), (16, 4), (40, 3)]
-    trs = [TopKTrainer(x, w, k, steps=3, seed=i, batch_size=96, dead_tokens=dead_tokens, lr=1e-2 * (i + 1))
-           for i, (w, k) in enumerate(shapes)]
+    trs = [
+        TopKTrainer(x, w, k, steps=3, seed=i, batch_size=96, dead_tokens=dead_tokens, lr=1e-2 * (i + 1))
+        for i, (w, k) in enumerate(shapes)
+    ]
     group = _group_from_trainer(trs[0], trs, 3)
     for _ in range(3):
         for t in trs:
@@ -364,8 +391,9 @@ def test_group_step_equals_autograd_trainer(dead_tokens):
     for s, t in enumerate(trs):
         sl = group.sae_slice(s)
         for name in ("W_enc", "W_dec", "b_enc"):
-            torch.testing.assert_close(getattr(group.state, name)[sl], getattr(t.sae, name).detach(), atol=2e-5,
-                                       rtol=1e-4)
+            torch.testing.assert_close(
+                getattr(group.state, name)[sl], getattr(t.sae, name).detach(), atol=2e-5, rtol=1e-4
+            )
         torch.testing.assert_close(group.state.b_dec[s], t.sae.b_dec.detach(), atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(group.fvus[:, s], t.fvus, atol=1e-5, rtol=1e-5)
         assert group.n_dead[:, s].tolist() == t.n_dead.tolist()
@@ -399,10 +427,11 @@ def test_train_group_matches_layout_and_learns(tmp_path):
     x = 5.0 * (codes @ basis) + 2.0
     tr, ev = x[:1000], x[1000:]
     shapes = [(32, 4), (48, 4)]
-    saes = train_group(tr, shapes, steps=60, batch_size=200, seed=1, eval_acts=ev, curve_points=3, lr_scale=4,
-                       progress=False)
+    saes = train_group(
+        tr, shapes, steps=60, batch_size=200, seed=1, eval_acts=ev, curve_points=3, lr_scale=4, progress=False
+    )
     assert [(s.width, s.k) for s in saes] == shapes
-    for s, (w, k) in zip(saes, shapes):
+    for s, (w, _k) in zip(saes, shapes):
         assert s.curve_steps == [20, 40, 60] and len(s.curve_fvu) == 3
         assert s.curve_fvu[-1] < s.curve_fvu[0]
         fvu_group = evaluate(s, ev)["fvu"]

@@ -7,6 +7,7 @@ widths 4x apart, read from the manifest) must give covered exponents and no iden
 floor; planted floors on 7-width grids spanning 64x must be identified and covered. The
 sampled fits are small and shared through module-scoped fixtures.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -19,13 +20,15 @@ from geowall import scaling as S
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-DEFAULT_WIDTHS = (192, 384, 768, 1536)          # the default profile's 4 widths over 8x
+DEFAULT_WIDTHS = (192, 384, 768, 1536)  # the default profile's 4 widths over 8x
 RICH_WIDTHS = (96, 192, 384, 768, 1536, 3072, 6144)  # 7 widths over 64x
 
 
 def _default_grid(n_layers: int) -> pd.DataFrame:
-    return pd.DataFrame([(l, w, k * 0.97) for l in range(n_layers) for w in DEFAULT_WIDTHS for k in (8, 16, 32)],
-                        columns=["layer", "width", "l0"])
+    return pd.DataFrame(
+        [(l, w, k * 0.97) for l in range(n_layers) for w in DEFAULT_WIDTHS for k in (8, 16, 32)],
+        columns=["layer", "width", "l0"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,9 @@ def mixed():
     gem = gem.assign(layer=6, width=gem["width"] * 1536 // gem["width"].max())
     alphas = np.array([0.3, 0.36, 0.42, 0.48, 0.54, 0.6, 0.45])
     pw = S.simulate_power_law(pd.concat([g, gem]), alpha=alphas, seed=1, model="pw")
-    fl = S.simulate_metrics(models=("fl",), n_layers=4, widths=RICH_WIDTHS, ks=(8, 16, 32), noise=0.02, seed=3,
-                            floor_range=(0.02, 0.06))
+    fl = S.simulate_metrics(
+        models=("fl",), n_layers=4, widths=RICH_WIDTHS, ks=(8, 16, 32), noise=0.02, seed=3, floor_range=(0.02, 0.06)
+    )
     metrics = pd.concat([pw.metrics, fl.metrics[["model", "layer", "width", "k", "l0", "fvu"]]], ignore_index=True)
     truth = pd.concat([pw.truth, fl.truth[["model", "layer", "alpha", "beta", "floor"]]], ignore_index=True)
     return metrics, truth
@@ -46,8 +50,17 @@ def mixed():
 
 @pytest.fixture(scope="module")
 def fit_mixed(mixed):
-    return S.fit_stage1(mixed[0], form="additive", draws=300, tune=300, chains=2, seed=1, prior_draws=300,
-                        progressbar=False, target_accept=0.95)
+    return S.fit_stage1(
+        mixed[0],
+        form="additive",
+        draws=300,
+        tune=300,
+        chains=2,
+        seed=1,
+        prior_draws=300,
+        progressbar=False,
+        target_accept=0.95,
+    )
 
 
 # ----------------------------------------------------------------- no sampling
@@ -186,8 +199,9 @@ def test_planted_floors_on_rich_grids_identified_and_covered(mixed, fit_mixed):
     truth = mixed[1][["model", "layer", "floor"]].rename(columns={"floor": "floor_true"})
     ex = S.exponents(fit_mixed, mixed[0]).merge(truth, on=["model", "layer"])
     fl = ex[ex.model == "fl"]
-    assert fl.floor_term.all() and fl.floor_identified.sum() >= 3, fl[["layer", "f_hdi_3", "f_hdi_97",
-                                                                        "floor_elpd_diff", "floor_elpd_se"]]
+    assert fl.floor_term.all() and fl.floor_identified.sum() >= 3, fl[
+        ["layer", "f_hdi_3", "f_hdi_97", "floor_elpd_diff", "floor_elpd_se"]
+    ]
     covered = (fl.floor_true >= fl.floor_hdi_3) & (fl.floor_true <= fl.floor_hdi_97)
     assert covered.sum() >= 3
     assert (fl.floor_elpd_diff > 0).all()
@@ -199,7 +213,8 @@ def test_stage1_idata_contents_and_roundtrip(mixed, fit_mixed, tmp_path):
 
     idata = fit_mixed
     assert {"posterior", "log_likelihood", "prior", "sample_stats", "observed_data", "constant_data"} <= set(
-        idata.groups())
+        idata.groups()
+    )
     assert idata.posterior["alpha"].dims == ("chain", "draw", "layer_id")
     assert idata.posterior["floor"].dims == ("chain", "draw", "floor_layer")
     assert "geowall_layers" not in idata.attrs and "layer_floor_term" in idata.constant_data
@@ -222,8 +237,18 @@ def test_check_fit_raises_on_a_truncated_real_fit(fit_mixed):
 
 @pytest.mark.slow
 def test_joint_form_and_loo_comparison(mixed, fit_mixed):
-    fit_joint = S.fit_stage1(mixed[0], form="joint", draws=300, tune=300, chains=2, seed=2, prior_draws=100,
-                             progressbar=False, target_accept=0.95, compare_floor=False)
+    fit_joint = S.fit_stage1(
+        mixed[0],
+        form="joint",
+        draws=300,
+        tune=300,
+        chains=2,
+        seed=2,
+        prior_draws=100,
+        progressbar=False,
+        target_accept=0.95,
+        compare_floor=False,
+    )
     ex = S.exponents(fit_joint, mixed[0])
     assert ex["form"].eq("joint").all() and ex["E_inf_mean"].isna().all() and not ex.floor_identified.any()
     pw = ex[ex.model == "pw"].merge(mixed[1], on=["model", "layer"])

@@ -3,6 +3,7 @@
 This is the slowest test (a few minutes on 2 cores): one session-scoped run shared by
 the assertions below.
 """
+
 import json
 import os
 import re
@@ -33,8 +34,16 @@ def test_every_step_ran_and_wrote_its_artefacts(full_smoke):
     run_dir, records = full_smoke
     assert [r["step"] for r in records] == [s.name for s in pipeline.STEPS]
     assert all(r["status"] == "ran" for r in records)
-    for name in ("sae_metrics.parquet", "geometry.parquet", "exponents.parquet", "law.parquet", "law_compare.parquet",
-                 "transfer.parquet", "floors.parquet", "stage2.nc"):
+    for name in (
+        "sae_metrics.parquet",
+        "geometry.parquet",
+        "exponents.parquet",
+        "law.parquet",
+        "law_compare.parquet",
+        "transfer.parquet",
+        "floors.parquet",
+        "stage2.nc",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = pd.read_parquet(run_dir / "sae_metrics.parquet")
     cfg = load_profile("smoke")
@@ -75,8 +84,9 @@ def test_offline_report_renders_charts_in_chromium(full_smoke):
     for r in records:
         assert r["charts"] > 0 and r["drawn"] == r["charts"], r
         assert not r["failed_requests"] and not r["console_errors"] and not r["unresolved_refs"], r
-    assert records[0]["citations"] > 10 and records[0]["bib_entries"] >= len(set(re.findall(
-        r"@([a-z]+\d{4}[a-z]+)", (report.ROOT / "index.qmd").read_text())))
+    assert records[0]["citations"] > 10 and records[0]["bib_entries"] >= len(
+        set(re.findall(r"@([a-z]+\d{4}[a-z]+)", (report.ROOT / "index.qmd").read_text()))
+    )
     assert (run_dir / "screens" / "index.png").stat().st_size > 10_000
     # the records are kept beside the screenshots, as the browser saw them
     assert json.loads((run_dir / "screens" / "pages.json").read_text()) == records
@@ -179,17 +189,37 @@ def test_sae_grid_killed_mid_step_resumes_to_the_uninterrupted_tables(full_smoke
         assert next((run / "saes").glob(f"*/{sae_id}/cfg.json")).stat().st_mtime_ns == t
     print(f"\nkilled after {len(done)} of {len(expected)} SAEs; the rerun skipped them and trained the rest")
     pd.testing.assert_frame_equal(read_parquet(run / "sae_metrics.parquet"), expected, check_exact=True)
-    pd.testing.assert_frame_equal(read_parquet(run / "geometry.parquet"), read_parquet(ref_dir / "geometry.parquet"),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        read_parquet(run / "geometry.parquet"), read_parquet(ref_dir / "geometry.parquet"), check_exact=True
+    )
 
 
 def test_a_different_seed_changes_metrics_and_geometry(full_smoke, tmp_path):
     ref_dir, _ = full_smoke
     runs = tmp_path / "runs"
-    one = ["--set", "models=[{name: synth-a, source: synthetic, zoo: a, layers: [0, 4], ks: [1, 2, 3]}]",
-           "--set", "sae.showcase_layers={}", "--set", "transfer=[]"]
-    r = _geowall("run", "--profile", "smoke", "--runs-dir", str(runs), "--no-progress", *one, "--set", "seed=1",
-                 "--only", "activations", "sae_grid", "geometry")
+    one = [
+        "--set",
+        "models=[{name: synth-a, source: synthetic, zoo: a, layers: [0, 4], ks: [1, 2, 3]}]",
+        "--set",
+        "sae.showcase_layers={}",
+        "--set",
+        "transfer=[]",
+    ]
+    r = _geowall(
+        "run",
+        "--profile",
+        "smoke",
+        "--runs-dir",
+        str(runs),
+        "--no-progress",
+        *one,
+        "--set",
+        "seed=1",
+        "--only",
+        "activations",
+        "sae_grid",
+        "geometry",
+    )
     assert r.wait(timeout=900) == 0
     key = ["model", "layer", "width", "k"]
     new = read_parquet(runs / "smoke" / "sae_metrics.parquet").set_index(key)

@@ -1,4 +1,5 @@
 """The synthetic zoo's ground truth holds for the sampled points."""
+
 import numpy as np
 import pytest
 

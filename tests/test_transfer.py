@@ -1,4 +1,5 @@
 """Transfer (geowall.transfer): known answers without sampling, scores with nulls and ceilings."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,20 @@ SCALING = {"y_mean": 0.3, "y_sd": 0.1, "x": {"id_twonn": {"mean": 10.0, "sd": 5.
 
 
 def _geometry(model, ids, se=0.0):
-    return pd.DataFrame({"model": model, "layer": range(len(ids)), "summary": "id_twonn", "depth": np.nan,
-                         "estimate": ids, "se": se, "lo": np.nan, "hi": np.nan, "n": 100, "k": 10})
+    return pd.DataFrame(
+        {
+            "model": model,
+            "layer": range(len(ids)),
+            "summary": "id_twonn",
+            "depth": np.nan,
+            "estimate": ids,
+            "se": se,
+            "lo": np.nan,
+            "hi": np.nan,
+            "n": 100,
+            "k": 10,
+        }
+    )
 
 
 def _exps(model, y, sd=1e-4):
@@ -85,6 +98,7 @@ def test_transfer_uses_training_scaling_not_test_scaling():
 
 def test_run_transfer_rows(monkeypatch):
     """Glue of run_transfer with a least-squares stand-in for the sampler."""
+
     def fake_fit_law(ex, geo, *, predictors, target, models, name, **kw):
         tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
         sc = L._scaling_from(tab, predictors)
@@ -101,8 +115,20 @@ def test_run_transfer_rows(monkeypatch):
     layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
     geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
     scores, preds, fits = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=100)
-    assert {"train_model", "test_model", "predictor_set", "r2", "r2_shift", "spearman", "coverage90",
-            "p_perm_spearman", "ceiling_r2", "n_layers", "r2_hdi_3", "spearman_hdi_97"} <= set(scores.columns)
+    assert {
+        "train_model",
+        "test_model",
+        "predictor_set",
+        "r2",
+        "r2_shift",
+        "spearman",
+        "coverage90",
+        "p_perm_spearman",
+        "ceiling_r2",
+        "n_layers",
+        "r2_hdi_3",
+        "spearman_hdi_97",
+    } <= set(scores.columns)
     assert len(scores) == 6 and set(scores["predictor_set"]) == {"law", "depth", "mean"}
     assert scores["n_layers"].eq(10).all() and len(fits) == 6
     law_r2 = scores.query("predictor_set == 'law'")["r2"]

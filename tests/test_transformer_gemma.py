@@ -1,10 +1,12 @@
 """Gemma 2 loading: the dtype keyword of the installed transformers, eager attention for
 soft-capping, right padding (offline, on a tiny random Gemma 2)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+
 from geowall.config import ModelSpec
 from geowall.sources import minilm_dir, transformer
 
@@ -15,9 +17,17 @@ def tiny_gemma(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("tiny-gemma2")
     torch.manual_seed(0)
-    cfg = Gemma2Config(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
-                       attn_logit_softcapping=0.5)  # a small cap so that soft-capping changes the output
+    cfg = Gemma2Config(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        attn_logit_softcapping=0.5,
+    )  # a small cap so that soft-capping changes the output
     Gemma2ForCausalLM(cfg).save_pretrained(path)
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     tok.padding_side = "left"  # the loader must override a saved left padding
@@ -40,7 +50,7 @@ def test_gemma2_loads_eager_in_its_dtype_with_right_padding(tiny_gemma):
     assert next(model.parameters()).dtype == torch.bfloat16
     assert tok.padding_side == "right" and tok.pad_token is not None
     batch = tok(["a short one", "a somewhat longer sentence than the first"], padding=True, return_tensors="pt")
-    assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0   # padding on the right
+    assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, -1] == 0  # padding on the right
     got = forward(batch, [0, 1])
     assert set(got) == {0, 1} and torch.isfinite(got[1].float()).all()
 

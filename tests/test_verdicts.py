@@ -1,4 +1,5 @@
 """Decision rules for the verdict table (geowall.verdicts) on constructed artefacts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +9,26 @@ from geowall import verdicts as V
 
 
 def _stage2(gain, se, p, lo, hi):
-    compare = pd.DataFrame({"scope": "real", "predictor_set": ["models", "depth", "id"],
-                            "elpd_diff_vs_models": [0.0, 0.5, gain], "se_diff_vs_models": [0.0, 1.0, se],
-                            "max_pareto_k": 0.3})
-    coefs = pd.DataFrame({"scope": "real", "predictor_set": "id", "term": ["id_twonn", "intercept[a]"],
-                          "coef_mean": [(lo + hi) / 2, 0.1], "coef_hdi_3": [lo, 0.0], "coef_hdi_97": [hi, 0.2],
-                          "b_mean": [0.5, np.nan]})
+    compare = pd.DataFrame(
+        {
+            "scope": "real",
+            "predictor_set": ["models", "depth", "id"],
+            "elpd_diff_vs_models": [0.0, 0.5, gain],
+            "se_diff_vs_models": [0.0, 1.0, se],
+            "max_pareto_k": 0.3,
+        }
+    )
+    coefs = pd.DataFrame(
+        {
+            "scope": "real",
+            "predictor_set": "id",
+            "term": ["id_twonn", "intercept[a]"],
+            "coef_mean": [(lo + hi) / 2, 0.1],
+            "coef_hdi_3": [lo, 0.0],
+            "coef_hdi_97": [hi, 0.2],
+            "b_mean": [0.5, np.nan],
+        }
+    )
     null = pd.DataFrame({"scope": "real", "predictor_set": ["id"], "p_value": [p]})
     return compare, coefs, null
 
@@ -26,16 +41,35 @@ def test_geometry_rule():
 
 
 def _transfer(rows):
-    return pd.DataFrame([{"predictor_set": "law", "train_model": a, "test_model": b, "n_layers": n, "spearman": r,
-                          "spearman_hdi_3": lo, "spearman_hdi_97": 1.0, "p_perm_spearman": p, "r2": 0.1,
-                          "r2_shift": 0.2, "ceiling_r2": 0.5} for a, b, n, r, lo, p in rows])
+    return pd.DataFrame(
+        [
+            {
+                "predictor_set": "law",
+                "train_model": a,
+                "test_model": b,
+                "n_layers": n,
+                "spearman": r,
+                "spearman_hdi_3": lo,
+                "spearman_hdi_97": 1.0,
+                "p_perm_spearman": p,
+                "r2": 0.1,
+                "r2_shift": 0.2,
+                "ceiling_r2": 0.5,
+            }
+            for a, b, n, r, lo, p in rows
+        ]
+    )
 
 
 def test_transfer_rule():
-    assert V.transfer_verdict(_transfer([("a", "b", 12, 0.8, 0.4, 0.001), ("b", "a", 12, 0.7, 0.3, 0.01)]))[
-        "verdict"] == "supported"
-    assert V.transfer_verdict(_transfer([("a", "b", 12, 0.1, -0.4, 0.4), ("b", "a", 12, -0.2, -0.6, 0.7)]))[
-        "verdict"] == "not supported"
+    assert (
+        V.transfer_verdict(_transfer([("a", "b", 12, 0.8, 0.4, 0.001), ("b", "a", 12, 0.7, 0.3, 0.01)]))["verdict"]
+        == "supported"
+    )
+    assert (
+        V.transfer_verdict(_transfer([("a", "b", 12, 0.1, -0.4, 0.4), ("b", "a", 12, -0.2, -0.6, 0.7)]))["verdict"]
+        == "not supported"
+    )
     few = V.transfer_verdict(_transfer([("a", "b", 5, 0.9, 0.5, 0.02)]))
     assert few["verdict"] == "inconclusive" and "few" in few["evidence"]
 
@@ -45,9 +79,18 @@ def _floors(n_by_model, rho_lo=0.2, rho_mean=0.6):
     for m, n in n_by_model.items():
         for s in ("curvature", "id_twonn"):
             ranked = n >= 3
-            rows.append({"row_type": "spearman", "model": m, "summary": s, "n_layers": n,
-                         "status": "ranked" if ranked else "too few", "rho_mean": rho_mean if ranked else np.nan,
-                         "rho_hdi_3": rho_lo if ranked else np.nan, "rho_hdi_97": 1.0 if ranked else np.nan})
+            rows.append(
+                {
+                    "row_type": "spearman",
+                    "model": m,
+                    "summary": s,
+                    "n_layers": n,
+                    "status": "ranked" if ranked else "too few",
+                    "rho_mean": rho_mean if ranked else np.nan,
+                    "rho_hdi_3": rho_lo if ranked else np.nan,
+                    "rho_hdi_97": 1.0 if ranked else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 

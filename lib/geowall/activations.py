@@ -16,6 +16,7 @@ Beside the activations, step 00 stores ``tokens_<split>.npy`` (token ids) and
 ``docs_<split>.npy`` (each token's document: an index into the split's documents), which
 the document-block resampling of step 02 uses.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,9 @@ def layer_dir(run_dir: Path, model: str, layer: int) -> Path:
 def layer_manifest(run_dir: Path, model: str, layer: int) -> dict:
     path = layer_dir(run_dir, model, layer) / "manifest.json"
     if not path.is_file():
-        raise ActivationError(f"no activations for model {model!r} layer {layer} under {path.parent} (run step 'activations' first)")
+        raise ActivationError(
+            f"no activations for model {model!r} layer {layer} under {path.parent} (run step 'activations' first)"
+        )
     return read_json(path)
 
 
@@ -150,7 +153,17 @@ class _LayerWriter:
             (self.folder / f".{s}.npy.partial").unlink(missing_ok=True)
 
 
-def harvest(model_spec, layers: list[int], acts_spec, *, run_dir: Path, seed: int, device: str = "cpu", corpus=None, progress: bool = True) -> dict:
+def harvest(
+    model_spec,
+    layers: list[int],
+    acts_spec,
+    *,
+    run_dir: Path,
+    seed: int,
+    device: str = "cpu",
+    corpus=None,
+    progress: bool = True,
+) -> dict:
     """Harvest every requested layer not already complete. Returns counts done / skipped."""
     from geowall.sources import model_info
 
@@ -178,7 +191,9 @@ def _harvest_synthetic(spec, todo, requests, run_dir, seed, progress) -> None:
     for layer in tqdm(todo, desc=f"{spec.name} layers", disable=not progress):
         req = requests[layer]
         x, truth = layer_points(spec.zoo, layer, req["n_train"] + req["n_eval"], seed)
-        w = _LayerWriter(layer_dir(run_dir, spec.name, layer), {"train": req["n_train"], "eval": req["n_eval"]}, x.shape[1])
+        w = _LayerWriter(
+            layer_dir(run_dir, spec.name, layer), {"train": req["n_train"], "eval": req["n_eval"]}, x.shape[1]
+        )
         try:
             w.write("train", 0, x[: req["n_train"]])
             w.write("eval", 0, x[req["n_train"] :])
@@ -243,8 +258,12 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
             for start in range(0, len(order), 512):  # tokenise only as many documents as needed
                 if sum(lengths) >= n[split]:
                     break
-                enc = tok([docs[i] for i in order[start : start + 512]], truncation=True,
-                          max_length=acts_spec.max_seq_len, return_special_tokens_mask=True)
+                enc = tok(
+                    [docs[i] for i in order[start : start + 512]],
+                    truncation=True,
+                    max_length=acts_spec.max_seq_len,
+                    return_special_tokens_mask=True,
+                )
                 for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
                     enc_ids.append(ids)
                     enc_keep.append(~np.asarray(special, dtype=bool))
@@ -308,8 +327,18 @@ def summary(run_dir: Path, models: list[tuple[str, list[int]]]):
             for split in SPLITS:
                 x = load(run_dir, model, layer, split, check=False)
                 norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
-                rows.append({"model": model, "layer": layer, "split": split, "n": x.shape[0], "d": x.shape[1],
-                             "norm_mean": norms.mean(), "norm_sd": norms.std(), "finite": bool(np.isfinite(norms).all())})
+                rows.append(
+                    {
+                        "model": model,
+                        "layer": layer,
+                        "split": split,
+                        "n": x.shape[0],
+                        "d": x.shape[1],
+                        "norm_mean": norms.mean(),
+                        "norm_sd": norms.std(),
+                        "finite": bool(np.isfinite(norms).all()),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -325,4 +354,6 @@ def assert_no_special_tokens(run_dir: Path, spec) -> None:
         ids = load_npy(Path(run_dir) / spec.name / "acts" / f"tokens_{split}.npy")
         found = special.intersection(np.unique(ids).tolist())
         if found:
-            raise ActivationError(f"model {spec.name!r} {split}: special token ids {sorted(found)} among harvested tokens")
+            raise ActivationError(
+                f"model {spec.name!r} {split}: special token ids {sorted(found)} among harvested tokens"
+            )

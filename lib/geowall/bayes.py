@@ -9,11 +9,13 @@ posterior of a Gaussian linear model with known per-row measurement sds: Stage 2
 it where thousands of refits are needed (permutation nulls, leave-one-model-out), and
 its agreement with the PyMC fit is tested.
 """
+
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,15 +66,28 @@ def resolve_sampler(sampler: str = "auto") -> str:
     if sampler == "auto":
         try:
             import nutpie  # noqa: F401  (availability probe)
+
             return "nutpie"
         except ImportError:
             return "pymc"
     return sampler
 
 
-def sample_model(model, *, draws: int, tune: int, chains: int, seed: int, sampler: str = "auto",
-                 target_accept: float = 0.9, progressbar: bool = True, loglik_vars: Iterable[str] = (),
-                 prior_draws: int = 0, cores: int | None = None, nutpie_kwargs: dict | None = None):
+def sample_model(
+    model,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    sampler: str = "auto",
+    target_accept: float = 0.9,
+    progressbar: bool = True,
+    loglik_vars: Iterable[str] = (),
+    prior_draws: int = 0,
+    cores: int | None = None,
+    nutpie_kwargs: dict | None = None,
+):
     """Sample ``model`` with nutpie or PyMC's NUTS; add log-likelihood and prior groups.
 
     ``cores`` defaults to ``min(chains, 2)``. Returns InferenceData with
@@ -87,14 +102,25 @@ def sample_model(model, *, draws: int, tune: int, chains: int, seed: int, sample
         warnings.filterwarnings("ignore", message=".*idata_kwargs.*")
         if sampler == "nutpie":
             idata = pm.sample(
-                draws=draws, tune=tune, chains=chains, random_seed=seed, nuts_sampler="nutpie",
-                target_accept=target_accept, progressbar=progressbar,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                random_seed=seed,
+                nuts_sampler="nutpie",
+                target_accept=target_accept,
+                progressbar=progressbar,
                 nuts_sampler_kwargs={"cores": cores, **(nutpie_kwargs or {})},
             )
         else:
             idata = pm.sample(
-                draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                target_accept=target_accept, progressbar=progressbar, compute_convergence_checks=False,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores,
+                random_seed=seed,
+                target_accept=target_accept,
+                progressbar=progressbar,
+                compute_convergence_checks=False,
             )
     wall = time.perf_counter() - t0
     # nutpie (0.16) stores warm-up draws in extra groups; keep only what ArviZ needs.
@@ -121,8 +147,16 @@ def sample_model(model, *, draws: int, tune: int, chains: int, seed: int, sample
 # --------------------------------------------------------------------------- diagnostics
 
 
-def check_fit(idata, *, rhat_max: float = 1.01, ess_min: float = 400, allow_divergences: int = 0,
-              bfmi_min: float = 0.3, var_names: Iterable[str] | None = None, label: str = "fit") -> dict[str, Any]:
+def check_fit(
+    idata,
+    *,
+    rhat_max: float = 1.01,
+    ess_min: float = 400,
+    allow_divergences: int = 0,
+    bfmi_min: float = 0.3,
+    var_names: Iterable[str] | None = None,
+    label: str = "fit",
+) -> dict[str, Any]:
     """The one convergence check every fit goes through.
 
     Checks, over all posterior variables (or ``var_names``): max rank-normalised split
@@ -168,8 +202,14 @@ def check_fit(idata, *, rhat_max: float = 1.01, ess_min: float = 400, allow_dive
         return best_val, best_name
 
     if n_chains < 2:
-        failures.append({"diagnostic": "r_hat", "variable": None, "value": f"not computable with {n_chains} chain",
-                         "threshold": "needs >= 2 chains"})
+        failures.append(
+            {
+                "diagnostic": "r_hat",
+                "variable": None,
+                "value": f"not computable with {n_chains} chain",
+                "threshold": "needs >= 2 chains",
+            }
+        )
         summary["max_rhat"], summary["worst_rhat"] = np.nan, None
     else:
         # a non-finite R-hat on a non-constant element means a stuck chain: treat as failure
@@ -185,24 +225,48 @@ def check_fit(idata, *, rhat_max: float = 1.01, ess_min: float = 400, allow_dive
 
     ss = idata["sample_stats"] if "sample_stats" in idata.groups() else None
     if ss is None or "diverging" not in ss:
-        failures.append({"diagnostic": "divergences", "variable": None, "value": "sample_stats.diverging missing",
-                         "threshold": f"<= {allow_divergences}"})
+        failures.append(
+            {
+                "diagnostic": "divergences",
+                "variable": None,
+                "value": "sample_stats.diverging missing",
+                "threshold": f"<= {allow_divergences}",
+            }
+        )
         summary["divergences"] = np.nan
     else:
         ndiv = int(np.asarray(ss["diverging"].values).sum())
         summary["divergences"] = ndiv
         if ndiv > allow_divergences:
-            failures.append({"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": ndiv,
-                             "threshold": f"<= {allow_divergences}"})
+            failures.append(
+                {
+                    "diagnostic": "divergences",
+                    "variable": "sample_stats.diverging",
+                    "value": ndiv,
+                    "threshold": f"<= {allow_divergences}",
+                }
+            )
     if ss is not None and "energy" in ss:
         bfmi = np.atleast_1d(az.bfmi(idata))
         summary["min_bfmi"] = float(np.min(bfmi))
         if not summary["min_bfmi"] >= bfmi_min:
-            failures.append({"diagnostic": "bfmi", "variable": f"chain {int(np.argmin(bfmi))}",
-                             "value": summary["min_bfmi"], "threshold": f">= {bfmi_min}"})
+            failures.append(
+                {
+                    "diagnostic": "bfmi",
+                    "variable": f"chain {int(np.argmin(bfmi))}",
+                    "value": summary["min_bfmi"],
+                    "threshold": f">= {bfmi_min}",
+                }
+            )
     else:
-        failures.append({"diagnostic": "bfmi", "variable": None, "value": "sample_stats.energy missing",
-                         "threshold": f">= {bfmi_min}"})
+        failures.append(
+            {
+                "diagnostic": "bfmi",
+                "variable": None,
+                "value": "sample_stats.energy missing",
+                "threshold": f">= {bfmi_min}",
+            }
+        )
         summary["min_bfmi"] = np.nan
     if failures:
         raise FitDiagnosticsError(failures, label=label)
@@ -249,8 +313,12 @@ def summarise_draws(x: np.ndarray, prob: float = HDI_PROB) -> dict[str, float]:
     if len(x) == 0:
         return {"mean": np.nan, "sd": np.nan, "hdi_lo": np.nan, "hdi_hi": np.nan}
     lo, hi = hdi(x, prob) if len(x) > 2 else (x.min(), x.max())
-    return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
-            "hdi_lo": float(lo), "hdi_hi": float(hi)}
+    return {
+        "mean": float(x.mean()),
+        "sd": float(x.std(ddof=1)) if len(x) > 1 else np.nan,
+        "hdi_lo": float(lo),
+        "hdi_hi": float(hi),
+    }
 
 
 # --------------------------------------------------------------------------- tables inside InferenceData
@@ -297,7 +365,7 @@ def get_table(idata, *, dim: str, prefix: str, group: str = "constant_data") -> 
         vals = ds[v].values
         if vals.dtype.kind in "SU" or vals.dtype == object:
             vals = vals.astype(str)
-        out[str(v)[len(prefix):]] = vals
+        out[str(v)[len(prefix) :]] = vals
     return out
 
 
@@ -336,8 +404,9 @@ class GaussianFit:
         return out, self.sigmas[g]
 
 
-def gaussian_linear(X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None, *, prior_sd=1.0,
-                    sigma_sd: float = 1.0, n_grid: int = 60) -> GaussianFit:
+def gaussian_linear(
+    X: np.ndarray, y: np.ndarray, s: np.ndarray | None = None, *, prior_sd=1.0, sigma_sd: float = 1.0, n_grid: int = 60
+) -> GaussianFit:
     """Closed-form posterior of a Gaussian linear model (see :class:`GaussianFit`).
 
     ``prior_sd`` is a scalar or one value per column of ``X``. The ``sigma`` grid runs

@@ -1,4 +1,5 @@
 """Altair charts shared by the notebooks (one function per figure kind)."""
+
 from __future__ import annotations
 
 import altair as alt
@@ -21,7 +22,7 @@ def _render(spec: dict, **_) -> dict:
     payload = json.dumps(spec, sort_keys=True)
     html = (
         f'<div id="{div}" class="gw-chart" style="max-width:100%;overflow-x:auto"></div>\n<script>(function(){{'
-        f'var spec={payload};'
+        f"var spec={payload};"
         f'function draw(){{window.vegaEmbed("#{div}",spec,{{actions:false,renderer:"svg"}});}}'
         'if(window.vegaEmbed){draw();}else{window.addEventListener("load",draw);}'
         "})();</script>"
@@ -51,13 +52,19 @@ def layer_norms(table: pd.DataFrame) -> alt.Chart:
     df = table.assign(lo=table.norm_mean - table.norm_sd, hi=table.norm_mean + table.norm_sd)
     base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (residual point)"), color=alt.Color("model:N"))
     band = base.mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q")
-    line = base.mark_line(point=True).encode(y=alt.Y("norm_mean:Q", title="token norm"),
-                                             tooltip=["model", "layer", "norm_mean", "norm_sd"])
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("norm_mean:Q", title="token norm"), tooltip=["model", "layer", "norm_mean", "norm_sd"]
+    )
     return (band + line).properties(width=420, height=260)
 
 
-SUMMARY_TITLES = dict(zip(SUMMARY_NAMES, ("TwoNN intrinsic dimension", "participation ratio",
-                                          "curvature (scale-free)", "local residual"), strict=True))
+SUMMARY_TITLES = dict(
+    zip(
+        SUMMARY_NAMES,
+        ("TwoNN intrinsic dimension", "participation ratio", "curvature (scale-free)", "local residual"),
+        strict=True,
+    )
+)
 
 
 def geometry_profiles(geo: pd.DataFrame) -> alt.FacetChart:
@@ -66,29 +73,57 @@ def geometry_profiles(geo: pd.DataFrame) -> alt.FacetChart:
     base = alt.Chart(df).encode(x=alt.X("depth:Q", title="relative depth"), color="model:N")
     band = base.mark_area(opacity=0.18).encode(y=alt.Y("lo:Q", title=None), y2="hi:Q")
     line = base.mark_line(point=True).encode(y="estimate:Q", tooltip=["model", "layer", "estimate", "se"])
-    return (band + line).properties(width=230, height=170).facet(
-        facet=alt.Facet("title:N", title=None, sort=list(SUMMARY_TITLES.values())), columns=2
-    ).resolve_scale(y="independent")
+    return (
+        (band + line)
+        .properties(width=230, height=170)
+        .facet(facet=alt.Facet("title:N", title=None, sort=list(SUMMARY_TITLES.values())), columns=2)
+        .resolve_scale(y="independent")
+    )
 
 
 def multiscale(multi: pd.DataFrame) -> alt.FacetChart:
     df = multi.assign(series=multi.model + " L" + multi.layer.astype(str))
-    return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("scale:Q", scale=alt.Scale(type="log", base=2), title="decimation s"),
-        y=alt.Y("id:Q", title="TwoNN ID"), detail="series:N", color=alt.Color("depth:Q", scale=alt.Scale(scheme="viridis")),
-        tooltip=["model", "layer", "scale", "n_points", "id"],
-    ).properties(width=260, height=160).facet(facet="model:N", columns=2).resolve_scale(y="independent")
+    return (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("scale:Q", scale=alt.Scale(type="log", base=2), title="decimation s"),
+            y=alt.Y("id:Q", title="TwoNN ID"),
+            detail="series:N",
+            color=alt.Color("depth:Q", scale=alt.Scale(scheme="viridis")),
+            tooltip=["model", "layer", "scale", "n_points", "id"],
+        )
+        .properties(width=260, height=160)
+        .facet(facet="model:N", columns=2)
+        .resolve_scale(y="independent")
+    )
 
 
 def truth_scatter(both: pd.DataFrame) -> alt.HConcatChart:
     lim = float(max(both.id_true.max(), both.id_twonn.max())) + 1
     diag = alt.Chart(pd.DataFrame({"a": [0, lim]})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
-    ids = alt.Chart(both).mark_point(filled=True, size=60).encode(
-        x=alt.X("id_true:Q", title="true dimension"), y=alt.Y("id_twonn:Q", title="TwoNN estimate"),
-        color="kind:N", shape="model:N", tooltip=["model", "layer", "kind", "id_true", "id_twonn"])
-    curv = alt.Chart(both).mark_point(filled=True, size=60).encode(
-        x=alt.X("curvature_true:Q", title="true curvature (unit-RMS units)"), y=alt.Y("curvature:Q", title="estimated curvature"),
-        color="kind:N", shape="model:N", tooltip=["model", "layer", "kind", "curvature_true", "curvature"])
+    ids = (
+        alt.Chart(both)
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=alt.X("id_true:Q", title="true dimension"),
+            y=alt.Y("id_twonn:Q", title="TwoNN estimate"),
+            color="kind:N",
+            shape="model:N",
+            tooltip=["model", "layer", "kind", "id_true", "id_twonn"],
+        )
+    )
+    curv = (
+        alt.Chart(both)
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=alt.X("curvature_true:Q", title="true curvature (unit-RMS units)"),
+            y=alt.Y("curvature:Q", title="estimated curvature"),
+            color="kind:N",
+            shape="model:N",
+            tooltip=["model", "layer", "kind", "curvature_true", "curvature"],
+        )
+    )
     return alt.hconcat((diag + ids).properties(width=260, height=240), curv.properties(width=260, height=240))
 
 
@@ -96,31 +131,53 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
     """fvu vs width (log-log), one line per k, one panel per layer (four to a row); a block per model."""
     rows = []
     for model, g in metrics.groupby("model", sort=False):
-        rows.append(alt.Chart(g).mark_line(point=True).encode(
-            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
-            y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu"),
-            color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
-            tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
-        ).properties(width=120, height=110).facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4))
+        rows.append(
+            alt.Chart(g)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
+                y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu"),
+                color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
+                tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
+            )
+            .properties(width=120, height=110)
+            .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4)
+        )
     return alt.vconcat(*rows)
 
 
 def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcatChart:
     """Measured fvu (points) and the posterior mean surface with its band, per layer; a row per model."""
     cols = ["model", "layer", "k", "width"]
-    both = pd.concat([metrics[cols + ["l0", "fvu"]].assign(src="data"),
-                      surface[cols + ["fvu_mean", "fvu_lo", "fvu_hi"]].assign(src="fit")], ignore_index=True)
+    both = pd.concat(
+        [
+            metrics[cols + ["l0", "fvu"]].assign(src="data"),
+            surface[cols + ["fvu_mean", "fvu_lo", "fvu_hi"]].assign(src="fit"),
+        ],
+        ignore_index=True,
+    )
     rows = []
     for model, g in both.groupby("model", sort=False):
-        enc = dict(x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
-                   color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")))
+        enc = dict(
+            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
+            color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
+        )
         fit = alt.Chart().transform_filter("datum.src == 'fit'")
-        band = fit.mark_area(opacity=0.2).encode(y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"), y2="fvu_hi:Q", **enc)
+        band = fit.mark_area(opacity=0.2).encode(
+            y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"), y2="fvu_hi:Q", **enc
+        )
         line = fit.mark_line().encode(y="fvu_mean:Q", **enc)
-        pts = alt.Chart().transform_filter("datum.src == 'data'").mark_point(filled=True).encode(
-            y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
-        rows.append(alt.layer(band, line, pts, data=g).properties(width=120, height=110)
-                    .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4))
+        pts = (
+            alt.Chart()
+            .transform_filter("datum.src == 'data'")
+            .mark_point(filled=True)
+            .encode(y="fvu:Q", tooltip=["layer", "width", "k", "l0", "fvu"], **enc)
+        )
+        rows.append(
+            alt.layer(band, line, pts, data=g)
+            .properties(width=120, height=110)
+            .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4)
+        )
     return alt.vconcat(*rows)
 
 
@@ -130,24 +187,46 @@ def exponents_depth(exps: pd.DataFrame, cfg) -> alt.HConcatChart:
 
     depth = pd.DataFrame(layer_depths(cfg), columns=["model", "layer", "depth"])
     df = exps.merge(depth, on=["model", "layer"])
-    base = alt.Chart(df).encode(x=alt.X("depth:Q", title="relative depth"), color="model:N",
-                                shape=alt.Shape("form:N"), tooltip=["model", "layer", "form", "alpha_mean", "floor_mean"])
-    alpha = (base.mark_rule().encode(y=alt.Y("alpha_hdi_3:Q", title="width exponent alpha"), y2="alpha_hdi_97:Q")
-             + base.mark_point(filled=True, size=50).encode(y="alpha_mean:Q"))
-    floor = (base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
-             + base.mark_point(size=60).encode(y="floor_mean:Q", fill=alt.condition("datum.floor_identified", "model:N", alt.value("white"))))
+    base = alt.Chart(df).encode(
+        x=alt.X("depth:Q", title="relative depth"),
+        color="model:N",
+        shape=alt.Shape("form:N"),
+        tooltip=["model", "layer", "form", "alpha_mean", "floor_mean"],
+    )
+    alpha = base.mark_rule().encode(
+        y=alt.Y("alpha_hdi_3:Q", title="width exponent alpha"), y2="alpha_hdi_97:Q"
+    ) + base.mark_point(filled=True, size=50).encode(y="alpha_mean:Q")
+    floor = base.mark_rule().encode(
+        y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q"
+    ) + base.mark_point(size=60).encode(
+        y="floor_mean:Q", fill=alt.condition("datum.floor_identified", "model:N", alt.value("white"))
+    )
     return alt.hconcat(alpha.properties(width=260, height=240), floor.properties(width=260, height=240))
 
 
 def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart:
     c = coefs[coefs.b_mean.notna()].assign(label=lambda d: d.term.map(SUMMARY_TITLES).fillna(d.term))
-    forest = (alt.Chart(c).mark_rule().encode(y=alt.Y("label:N", title=None), x=alt.X("b_hdi_3:Q", title="standardised coefficient b"), x2="b_hdi_97:Q")
-              + alt.Chart(c).mark_point(filled=True, size=60).encode(y="label:N", x="b_mean:Q", tooltip=["term", "b_mean", "b_hdi_3", "b_hdi_97", "p_gt0"])
-              + alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(x="x:Q"))
+    forest = (
+        alt.Chart(c)
+        .mark_rule()
+        .encode(
+            y=alt.Y("label:N", title=None), x=alt.X("b_hdi_3:Q", title="standardised coefficient b"), x2="b_hdi_97:Q"
+        )
+        + alt.Chart(c)
+        .mark_point(filled=True, size=60)
+        .encode(y="label:N", x="b_mean:Q", tooltip=["term", "b_mean", "b_hdi_3", "b_hdi_97", "p_gt0"])
+        + alt.Chart(pd.DataFrame({"x": [0]})).mark_rule(strokeDash=[4, 4], color="grey").encode(x="x:Q")
+    )
     lim = [float(min(ppc.pred_lo.min(), ppc.observed.min())), float(max(ppc.pred_hi.max(), ppc.observed.max()))]
     diag = alt.Chart(pd.DataFrame({"a": lim})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
-    pp = (alt.Chart(ppc).mark_rule().encode(x=alt.X("observed:Q", title="observed log alpha"), y=alt.Y("pred_lo:Q", title="predicted log alpha"), y2="pred_hi:Q", color="model:N")
-          + alt.Chart(ppc).mark_point(filled=True).encode(x="observed:Q", y="pred_mean:Q", color="model:N", tooltip=["model", "layer", "observed", "pred_mean"]))
+    pp = alt.Chart(ppc).mark_rule().encode(
+        x=alt.X("observed:Q", title="observed log alpha"),
+        y=alt.Y("pred_lo:Q", title="predicted log alpha"),
+        y2="pred_hi:Q",
+        color="model:N",
+    ) + alt.Chart(ppc).mark_point(filled=True).encode(
+        x="observed:Q", y="pred_mean:Q", color="model:N", tooltip=["model", "layer", "observed", "pred_mean"]
+    )
     return alt.hconcat(forest.properties(width=220, height=160), (diag + pp).properties(width=240, height=240))
 
 
@@ -155,23 +234,60 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
     long = []
     for s in SUMMARY_TITLES:
         if f"partial_resid_{s}" in ppc:
-            long.append(pd.DataFrame({"summary": SUMMARY_TITLES[s], "x": ppc[f"x_std_{s}"], "partial residual": ppc[f"partial_resid_{s}"],
-                                      "model": ppc.model, "layer": ppc.layer}))
+            long.append(
+                pd.DataFrame(
+                    {
+                        "summary": SUMMARY_TITLES[s],
+                        "x": ppc[f"x_std_{s}"],
+                        "partial residual": ppc[f"partial_resid_{s}"],
+                        "model": ppc.model,
+                        "layer": ppc.layer,
+                    }
+                )
+            )
     df = pd.concat(long, ignore_index=True)
-    pts = alt.Chart().mark_point(filled=True).encode(x=alt.X("x:Q", title="standardised summary"), y="partial residual:Q",
-                                                      color="model:N", tooltip=["model", "layer"])
-    fit = alt.Chart().transform_regression("x", "partial residual").mark_line(color="black").encode(
-        x="x:Q", y="partial residual:Q")
+    pts = (
+        alt.Chart()
+        .mark_point(filled=True)
+        .encode(
+            x=alt.X("x:Q", title="standardised summary"),
+            y="partial residual:Q",
+            color="model:N",
+            tooltip=["model", "layer"],
+        )
+    )
+    fit = (
+        alt.Chart()
+        .transform_regression("x", "partial residual")
+        .mark_line(color="black")
+        .encode(x="x:Q", y="partial residual:Q")
+    )
     return alt.layer(pts, fit, data=df).properties(width=220, height=160).facet(facet="summary:N", columns=2)
 
 
 def transfer(pred: pd.DataFrame) -> alt.FacetChart:
     df = pred.assign(direction=pred.train_model + " → " + pred.test_model)
-    enc = dict(x=alt.X("observed:Q", title="observed log alpha (model B)"), color=alt.Color("predictor_set:N", title="predictor"))
-    rules = alt.Chart().mark_rule(opacity=0.5).encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
-    pts = alt.Chart().mark_point(filled=True).encode(y="pred_mean:Q", tooltip=["direction", "layer", "observed", "pred_mean", "predictor_set"], **enc)
+    enc = dict(
+        x=alt.X("observed:Q", title="observed log alpha (model B)"),
+        color=alt.Color("predictor_set:N", title="predictor"),
+    )
+    rules = (
+        alt.Chart()
+        .mark_rule(opacity=0.5)
+        .encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
+    )
+    pts = (
+        alt.Chart()
+        .mark_point(filled=True)
+        .encode(y="pred_mean:Q", tooltip=["direction", "layer", "observed", "pred_mean", "predictor_set"], **enc)
+    )
     diag = alt.Chart().mark_line(color="grey", strokeDash=[4, 4]).encode(x="observed:Q", y="observed:Q")
-    return alt.layer(rules, pts, diag, data=df).properties(width=220, height=180).facet(facet="direction:N", columns=2).resolve_scale(x="independent", y="independent")
+    return (
+        alt.layer(rules, pts, diag, data=df)
+        .properties(width=220, height=180)
+        .facet(facet="direction:N", columns=2)
+        .resolve_scale(x="independent", y="independent")
+    )
 
 
 def floors(fl: pd.DataFrame) -> alt.HConcatChart:
@@ -179,9 +295,13 @@ def floors(fl: pd.DataFrame) -> alt.HConcatChart:
     charts_ = []
     for s in ("curvature", "id_twonn"):
         base = alt.Chart(f).encode(x=alt.X(f"{s}:Q", title=SUMMARY_TITLES[s]), color="model:N")
-        charts_.append((base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
-                        + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
-                        + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")).properties(width=250, height=220))
+        charts_.append(
+            (
+                base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
+                + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
+                + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")
+            ).properties(width=250, height=220)
+        )
     return alt.hconcat(*charts_)
 
 
@@ -192,8 +312,13 @@ def sbc_ranks(ranks: pd.DataFrame, n_bins: int = 10) -> alt.FacetChart:
     df["bin"] = (df["u"] * n_bins).astype(int).clip(upper=n_bins - 1) / n_bins
     counts = df.groupby(["grid", "param", "bin"]).size().rename("count").reset_index()
     expect = df.groupby(["grid", "param"]).size().rename("expected").div(n_bins).reset_index()
-    bars = alt.Chart().mark_bar(opacity=0.7).encode(x=alt.X("bin:Q", bin=alt.Bin(step=1 / n_bins), title="normalised rank"),
-                                                    y=alt.Y("count:Q", title="count"))
+    bars = (
+        alt.Chart()
+        .mark_bar(opacity=0.7)
+        .encode(
+            x=alt.X("bin:Q", bin=alt.Bin(step=1 / n_bins), title="normalised rank"), y=alt.Y("count:Q", title="count")
+        )
+    )
     line = alt.Chart().mark_rule(strokeDash=[4, 4], color="black").encode(y="expected:Q")
     data = counts.merge(expect, on=["grid", "param"])
     return alt.layer(bars, line, data=data).properties(width=200, height=140).facet(row="grid:N", column="param:N")
@@ -208,12 +333,22 @@ def learning_curves(curves: pd.DataFrame, metrics: pd.DataFrame) -> alt.VConcatC
     both["status"] = both["plateaued"].map({True: "plateaued", False: "not plateaued"}).fillna("n/a")
     rows = []
     for model, g in both.groupby("model", sort=False):
-        rows.append(alt.Chart(g).mark_line(opacity=0.7).encode(
-            x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens"),
-            y=alt.Y("fvu_heldout:Q", scale=alt.Scale(type="log"), title="held-out fvu"),
-            detail="sae:N",
-            color=alt.Color("status:N", scale=alt.Scale(domain=["plateaued", "not plateaued", "n/a"],
-                                                        range=["#4c78a8", "#e45756", "#bbbbbb"])),
-            tooltip=["model", "layer", "width", "k", "tokens", "fvu_heldout", "status"],
-        ).properties(width=110, height=100).facet(column=alt.Column("layer:O", title=f"{model}: layer")))
+        rows.append(
+            alt.Chart(g)
+            .mark_line(opacity=0.7)
+            .encode(
+                x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens"),
+                y=alt.Y("fvu_heldout:Q", scale=alt.Scale(type="log"), title="held-out fvu"),
+                detail="sae:N",
+                color=alt.Color(
+                    "status:N",
+                    scale=alt.Scale(
+                        domain=["plateaued", "not plateaued", "n/a"], range=["#4c78a8", "#e45756", "#bbbbbb"]
+                    ),
+                ),
+                tooltip=["model", "layer", "width", "k", "tokens", "fvu_heldout", "status"],
+            )
+            .properties(width=110, height=100)
+            .facet(column=alt.Column("layer:O", title=f"{model}: layer"))
+        )
     return alt.vconcat(*rows)

@@ -5,6 +5,7 @@ one readable message and exit with status 2 (1 for a failed step); ``--debug`` s
 the full traceback instead. ``check`` and ``run`` validate the profile (schema, then
 :mod:`geowall.preflight`: the preconditions every step asserts) before any step runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,23 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="execute the pipeline notebooks for a profile")
     r.add_argument("--profile", default="default", help="profile name under params/ or a .yaml path")
     r.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (names or notebook stems)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter (dotted key, YAML value); repeatable")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter (dotted key, YAML value); repeatable",
+    )
     r.add_argument("--force", action="store_true", help="rerun steps even if unchanged")
     r.add_argument("--runs-dir", default=None, help="where runs live (default: data/runs)")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="where per-model / per-layer work of steps 00-02 runs (ray: pip install 'geowall[ray]')")
+    r.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where per-model / per-layer work of steps 00-02 runs (ray: pip install 'geowall[ray]')",
+    )
     r.add_argument("--address", default=None, help="--executor ray: the cluster to join (e.g. ray://head:10001)")
     c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
     c.add_argument("--profile", default="default")
@@ -33,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--profile", default="default")
     rp.add_argument("--runs-dir", default=None)
     rp.add_argument("--offline", action="store_true", help="offline HTML build even if Quarto is installed")
-    rp.add_argument("--browser", action="store_true",
-                    help="open the built pages in headless Chromium, screenshot them, check that charts drew")
+    rp.add_argument(
+        "--browser",
+        action="store_true",
+        help="open the built pages in headless Chromium, screenshot them, check that charts drew",
+    )
     pl = sub.add_parser("plan", help="what a run will download, store, use and take, before any work")
     pl.add_argument("--profile", default="default")
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -80,13 +94,22 @@ def _dispatch(args) -> int:
         from geowall import preflight
 
         preflight.check(cfg, machine=False)  # every step's preconditions; device etc. are checked by `run`
-        print(f"profile {cfg.name!r}: valid ({len(cfg.models)} models; the preconditions of all "
-              f"{len(pipeline.STEPS)} steps hold)")
+        print(
+            f"profile {cfg.name!r}: valid ({len(cfg.models)} models; the preconditions of all "
+            f"{len(pipeline.STEPS)} steps hold)"
+        )
         return 0
     from pathlib import Path
 
-    pipeline.run(cfg, only=args.only, force=args.force, runs_dir=Path(args.runs_dir) if args.runs_dir else None,
-                 progress=not args.no_progress, executor=args.executor, address=args.address)
+    pipeline.run(
+        cfg,
+        only=args.only,
+        force=args.force,
+        runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+        progress=not args.no_progress,
+        executor=args.executor,
+        address=args.address,
+    )
     return 0
 
 
@@ -127,8 +150,7 @@ def _report(args) -> int:
     from geowall.pipeline import run_dir_for
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
-    site = report.build(args.profile, runs_dir=runs_dir,
-                        use_quarto=False if args.offline else None)
+    site = report.build(args.profile, runs_dir=runs_dir, use_quarto=False if args.offline else None)
     if args.browser:
         if report.find_chromium() is None:
             print("no chromium on PATH: browser check skipped")
@@ -136,13 +158,20 @@ def _report(args) -> int:
         # Quarto puts notebook pages in a subfolder (_site/notebooks/); skip its libraries
         pages = sorted(p for p in site.rglob("*.html") if "site_libs" not in p.parts)
         records = report.browser_check(pages, run_dir_for(load_profile(args.profile), runs_dir) / "screens")
-        bad = [r for r in records
-               if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"] or r["unresolved_refs"]]
+        bad = [
+            r
+            for r in records
+            if r["drawn"] != r["charts"] or r["failed_requests"] or r["console_errors"] or r["unresolved_refs"]
+        ]
         for r in records:
-            print(f"{Path(r['page']).name:32s} charts {r['drawn']}/{r['charts']} drawn, "
-                  f"{len(r['failed_requests'])} failed requests -> {r['screenshot']}")
+            print(
+                f"{Path(r['page']).name:32s} charts {r['drawn']}/{r['charts']} drawn, "
+                f"{len(r['failed_requests'])} failed requests -> {r['screenshot']}"
+            )
         if bad:
-            raise report.ReportError(f"{len(bad)} page(s) did not render cleanly: {[Path(r['page']).name for r in bad]}")
+            raise report.ReportError(
+                f"{len(bad)} page(s) did not render cleanly: {[Path(r['page']).name for r in bad]}"
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ sparsities, layer indices outside a model and missing files are rejected with a
 Command-line overrides (``--set key=value``, dotted keys, YAML values) are applied to
 the raw mapping and go through the same validation.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,13 +52,17 @@ class ModelSpec(_Strict):
     sae_source: Literal["trained", "gemma-scope"] = "trained"
     sae_release: str | None = Field(None, description="gemma-scope: sae-lens release name")
     sae_local_dir: Path | None = Field(None, description="gemma-scope: local mirror <release>/<sae_id>/params.npz")
-    sae_mirror: Path | None = Field(None, description="gemma-scope: fetch from this folder (<release>/<sae_id>/params.npz, "
-                                                      "e.g. a network mount) through the SAE cache instead of the hub")
-    ks: list[PositiveInt] | None = Field(None, min_length=1,
-                                         description="trained SAEs: this model's k grid (default: sae.ks)")
+    sae_mirror: Path | None = Field(
+        None,
+        description="gemma-scope: fetch from this folder (<release>/<sae_id>/params.npz, "
+        "e.g. a network mount) through the SAE cache instead of the hub",
+    )
+    ks: list[PositiveInt] | None = Field(
+        None, min_length=1, description="trained SAEs: this model's k grid (default: sae.ks)"
+    )
 
     @model_validator(mode="after")
-    def _source_fields(self) -> "ModelSpec":
+    def _source_fields(self) -> ModelSpec:
         if self.source == "hf" and not self.hf_model:
             raise ValueError("source 'hf' needs hf_model (a Hugging Face id or a local folder)")
         if self.source == "synthetic" and self.zoo is None:
@@ -80,7 +85,9 @@ class CorpusSpec(_Strict):
     kind: Literal["stdlib", "files", "folder", "hf"] = "stdlib"
     files: list[Path] = Field(default_factory=list, description="kind 'files': UTF-8 text files")
     folder: Path | None = Field(None, description="kind 'folder': every *.txt / *.md file under it (recursively)")
-    dataset: str | None = Field(None, description="kind 'hf': a Hugging Face dataset id (needs the hub) or local folder")
+    dataset: str | None = Field(
+        None, description="kind 'hf': a Hugging Face dataset id (needs the hub) or local folder"
+    )
     dataset_config: str | None = Field(None, description="kind 'hf': the dataset's configuration name")
     split: str = Field("train", description="kind 'hf': the split to read (streamed)")
     text_field: str = Field("text", description="kind 'hf': the column holding the text")
@@ -89,7 +96,7 @@ class CorpusSpec(_Strict):
     min_words: PositiveInt = 8
 
     @model_validator(mode="after")
-    def _files(self) -> "CorpusSpec":
+    def _files(self) -> CorpusSpec:
         if self.kind == "files" and not self.files:
             raise ValueError("kind 'files' needs at least one path in files")
         if self.kind == "folder":
@@ -129,25 +136,46 @@ class SaeSpec(_Strict):
     showcase_width_multiples: list[PositiveFloat] = Field(default_factory=list)
     steps: PositiveInt = 1000
     batch_size: PositiveInt = 1024
-    lr: PositiveFloat | None = Field(None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)")
-    steps_width_exponent: float = Field(0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)")
-    lr_scale: PositiveFloat = Field(1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)")
-    lr_warmup: float = Field(0.0, ge=0, lt=1, description="fraction of steps with a linear learning-rate warm-up from 0")
+    lr: PositiveFloat | None = Field(
+        None, description="fixed Adam learning rate; None: lr_scale x 2e-4 / sqrt(W / 2^14)"
+    )
+    steps_width_exponent: float = Field(
+        0.0, ge=0, le=1, description="steps at width W: steps x (W/d)^exponent (wider SAEs train longer)"
+    )
+    lr_scale: PositiveFloat = Field(
+        1.0, description="multiplier on Gao et al.'s width-scaled learning rate (short CPU runs like 4)"
+    )
+    lr_warmup: float = Field(
+        0.0, ge=0, lt=1, description="fraction of steps with a linear learning-rate warm-up from 0"
+    )
     lr_decay: float = Field(0.0, ge=0, le=1, description="fraction of steps (at the end) with a linear decay to 0")
     curve_points: int = Field(10, ge=2, le=200, description="held-out fvu measurements per SAE (its learning curve)")
-    plateau_tol: PositiveFloat = Field(0.02, description="plateau criterion: held-out fvu may fall by at most this "
-                                                         "fraction over the last plateau_window of training")
+    plateau_tol: PositiveFloat = Field(
+        0.02,
+        description="plateau criterion: held-out fvu may fall by at most this "
+        "fraction over the last plateau_window of training",
+    )
     plateau_window: float = Field(0.2, gt=0, lt=1, description="fraction of training the plateau criterion looks at")
     cache_budget_gb: PositiveFloat | None = Field(
-        None, description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
-                          "start if the largest SAE it streams does not fit")
-    keep_downloads: bool = Field(False, description="released SAEs: keep downloads (evicted only when the budget "
-                                                    "needs room) instead of deleting each after evaluation")
-    cache_dir: Path | None = Field(None, description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
-                                                     "on a cluster, a machine-local disk)")
+        None,
+        description="released SAEs: disk cap of the download cache in GB (None: no cap); a run refuses to "
+        "start if the largest SAE it streams does not fit",
+    )
+    keep_downloads: bool = Field(
+        False,
+        description="released SAEs: keep downloads (evicted only when the budget "
+        "needs room) instead of deleting each after evaluation",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
+        "on a cluster, a machine-local disk)",
+    )
     monotone_slack: NonNegativeFloat | None = Field(
-        0.02, description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
-                          "(real networks); null switches the width checks off")
+        0.02,
+        description="step 01 sanity check: allowed relative fvu increase between neighbouring widths "
+        "(real networks); null switches the width checks off",
+    )
 
     @field_validator("width_multiples", "ks", "showcase_width_multiples")
     @classmethod
@@ -163,7 +191,9 @@ class GeometrySpec(_Strict):
     k_neighbors: int | None = Field(None, ge=3, description="curvature fit-patch size; None: geometry.patch_k(dim)")
     n_base: PositiveInt = 200
     max_dim: PositiveInt = Field(12, description="cap on the per-patch tangent dimension of the curvature fits")
-    tangent_tol: float = Field(0.1, gt=0, lt=1, description="local axis is tangent if its variance >= this x the leading")
+    tangent_tol: float = Field(
+        0.1, gt=0, lt=1, description="local axis is tangent if its variance >= this x the leading"
+    )
     near_dup_tol: float = Field(0.1, ge=0, lt=1, description="near-duplicate: r1 < this x median r1")
 
 
@@ -180,16 +210,25 @@ class BayesSpec(_Strict):
     draws: PositiveInt = 1000
     tune: PositiveInt = 1000
     chains: PositiveInt = 2
-    target_accept: float = Field(0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)")
+    target_accept: float = Field(
+        0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)"
+    )
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
     def check_kwargs(self, section: str) -> dict:
         """Keyword arguments for the convergence check of a fit sampled with these settings:
         the thresholds, and ``advice`` (what :func:`geowall.preflight.fit_advice` needs to
         say which key of ``section`` to change, and to what, if the fit fails)."""
-        return {**self.checks.model_dump(), "advice": {
-            "section": section, "draws": self.draws, "chains": self.chains, "tune": self.tune,
-            "target_accept": self.target_accept}}
+        return {
+            **self.checks.model_dump(),
+            "advice": {
+                "section": section,
+                "draws": self.draws,
+                "chains": self.chains,
+                "tune": self.tune,
+                "target_accept": self.target_accept,
+            },
+        }
 
 
 class Stage1Spec(BayesSpec):
@@ -197,7 +236,7 @@ class Stage1Spec(BayesSpec):
     primary_form: Literal["additive", "joint"] = Field("additive", description="form whose exponents feed Stage 2")
 
     @model_validator(mode="after")
-    def _primary_fitted(self) -> "Stage1Spec":
+    def _primary_fitted(self) -> Stage1Spec:
         if self.primary_form not in self.forms:
             raise ValueError(f"primary_form {self.primary_form!r} must be one of forms {self.forms}")
         return self
@@ -226,7 +265,7 @@ class Profile(_Strict):
     walkthrough: WalkthroughSpec = Field(default_factory=WalkthroughSpec)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Profile":
+    def _cross_checks(self) -> Profile:
         from geowall.sources import model_info  # local import: sources import torch lazily
 
         names = [m.name for m in self.models]
@@ -373,6 +412,7 @@ def validate(raw: dict, *, origin: str = "profile") -> Profile:
 def _check_text(node: Any, where: str, origin: str) -> None:
     """Refuse strings that are not Unicode text (lone surrogates, which YAML's \\u escapes can
     make): the schema's validator cannot even read them. Keys and values, at any depth."""
+
     def bad(x) -> bool:
         return isinstance(x, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in x)
 
@@ -381,8 +421,10 @@ def _check_text(node: Any, where: str, origin: str) -> None:
         key = f"{where}.{k}" if where else str(k)
         if bad(k) or bad(v):
             shown = (k if bad(k) else v).encode("utf-8", "backslashreplace").decode()
-            raise ProfileError(f"{origin}: invalid parameters\n  {key.encode('utf-8', 'backslashreplace').decode()}: "
-                               f"not Unicode text ({shown!r} holds a lone surrogate); expected UTF-8 text")
+            raise ProfileError(
+                f"{origin}: invalid parameters\n  {key.encode('utf-8', 'backslashreplace').decode()}: "
+                f"not Unicode text ({shown!r} holds a lone surrogate); expected UTF-8 text"
+            )
         _check_text(v, key, origin)
 
 

@@ -16,6 +16,7 @@ collapsed, documents shorter than ``min_words`` dropped, exact duplicates droppe
 (first occurrence kept). The train / evaluation split is per document, decided by a
 hash of the document text, so it does not depend on the order or on the seed.
 """
+
 from __future__ import annotations
 
 import ast
@@ -107,8 +108,9 @@ def folder_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def hf_documents(dataset: str, *, config: str | None = None, split: str = "train", text_field: str = "text",
-                 max_docs: int = 20000) -> list[str]:
+def hf_documents(
+    dataset: str, *, config: str | None = None, split: str = "train", text_field: str = "text", max_docs: int = 20000
+) -> list[str]:
     """The first ``max_docs`` texts of a Hugging Face dataset split (streamed: nothing else is
     downloaded). ``dataset`` may be a local folder of data files. ValueError naming the
     dataset if it cannot be read (e.g. the hub is unreachable) or lacks ``text_field``."""
@@ -120,8 +122,9 @@ def hf_documents(dataset: str, *, config: str | None = None, split: str = "train
         ds = load_dataset(dataset, config, split=split, streaming=True)
         rows = list(itertools.islice(iter(ds), max_docs))
     except Exception as e:  # noqa: BLE001 - network, missing dataset, bad split: one clear message
-        raise ValueError(f"corpus dataset {dataset!r} (config {config!r}, split {split!r}) cannot be read: "
-                         f"{type(e).__name__}: {e}") from None
+        raise ValueError(
+            f"corpus dataset {dataset!r} (config {config!r}, split {split!r}) cannot be read: {type(e).__name__}: {e}"
+        ) from None
     if rows and text_field not in rows[0]:
         raise ValueError(f"corpus dataset {dataset!r}: no column {text_field!r} (columns {sorted(rows[0])})")
     return [str(r[text_field]) for r in rows if r.get(text_field)]
@@ -132,8 +135,9 @@ def is_eval(doc: str, eval_fraction: float) -> bool:
     return h / 2**64 < eval_fraction
 
 
-def build(kind: str = "stdlib", files: list[Path] | None = None, *, eval_fraction: float = 0.2, min_words: int = 8,
-          spec=None) -> Corpus:
+def build(
+    kind: str = "stdlib", files: list[Path] | None = None, *, eval_fraction: float = 0.2, min_words: int = 8, spec=None
+) -> Corpus:
     """The cleaned, de-duplicated, split corpus. ``spec`` (a CorpusSpec) supplies the
     ``folder`` and ``hf`` kinds' settings."""
     if kind == "stdlib":
@@ -143,8 +147,13 @@ def build(kind: str = "stdlib", files: list[Path] | None = None, *, eval_fractio
     elif kind == "folder":
         raw = file_documents(folder_files(spec.folder))
     elif kind == "hf":
-        raw = hf_documents(spec.dataset, config=spec.dataset_config, split=spec.split, text_field=spec.text_field,
-                           max_docs=spec.max_docs)
+        raw = hf_documents(
+            spec.dataset,
+            config=spec.dataset_config,
+            split=spec.split,
+            text_field=spec.text_field,
+            max_docs=spec.max_docs,
+        )
     else:
         raise ValueError(f"corpus kind {kind!r}: expected stdlib, files, folder or hf")
     seen: set[str] = set()
@@ -158,7 +167,9 @@ def build(kind: str = "stdlib", files: list[Path] | None = None, *, eval_fractio
     train = [d for d in docs if not is_eval(d, eval_fraction)]
     evl = [d for d in docs if is_eval(d, eval_fraction)]
     if not train or not evl:
-        raise ValueError(f"corpus ({kind}): split left train={len(train)} eval={len(evl)} documents; need both non-empty")
+        raise ValueError(
+            f"corpus ({kind}): split left train={len(train)} eval={len(evl)} documents; need both non-empty"
+        )
     return Corpus(train, evl, kind, sha256_json([train, evl]))
 
 
@@ -182,8 +193,11 @@ def _file_stamps(spec) -> list:
         return [sys.version]
     if spec.kind == "hf":
         local = Path(spec.dataset)
-        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(local.rglob("*")) if f.is_file()] \
-            if local.is_dir() else []  # a hub dataset: keyed by its id, config, split and field
+        return (
+            [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(local.rglob("*")) if f.is_file()]
+            if local.is_dir()
+            else []
+        )  # a hub dataset: keyed by its id, config, split and field
     files = folder_files(spec.folder) if spec.kind == "folder" else spec.files
     return [[str(f), Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in files]
 
@@ -195,7 +209,10 @@ def stats(c: Corpus) -> dict:
     from geowall.sources import minilm_dir
 
     tok = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
-    n_tokens = {s: sum(len(ids) for ids in tok(docs, add_special_tokens=False)["input_ids"]) for s, docs in (("train", c.train), ("eval", c.eval))}
+    n_tokens = {
+        s: sum(len(ids) for ids in tok(docs, add_special_tokens=False)["input_ids"])
+        for s, docs in (("train", c.train), ("eval", c.eval))
+    }
     return {
         "source": c.source,
         "hash": c.hash[:16],

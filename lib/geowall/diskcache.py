@@ -24,6 +24,7 @@ normal disk needs every download to be evicted once it has been evaluated.
 Put ``root`` on a machine-local disk: the budget is per machine, and ``flock`` is not
 reliable across NFS clients.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,15 @@ def fmt_bytes(n: float) -> str:
 class DiskCache:
     """See the module docstring. ``budget_bytes=None`` means no cap."""
 
-    def __init__(self, root: str | os.PathLike, budget_bytes: int | None = None, *, keep: bool = False,
-                 poll_s: float = 0.2, wait_s: float = 6 * 3600):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        budget_bytes: int | None = None,
+        *,
+        keep: bool = False,
+        poll_s: float = 0.2,
+        wait_s: float = 6 * 3600,
+    ):
         self.root = Path(root)
         self.budget = None if budget_bytes is None else int(budget_bytes)
         self.keep = bool(keep)
@@ -167,13 +175,22 @@ class DiskCache:
                     break
                 if e is None and self._make_room(ledger, nbytes):
                     tmp_dir = f".fetch-{uuid.uuid4().hex[:12]}"
-                    ledger["entries"][key] = {"bytes": int(nbytes), "state": "fetching", "owner": _me(),
-                                              "tmp": tmp_dir, "users": [], "keep": self.keep, "used": time.time()}
+                    ledger["entries"][key] = {
+                        "bytes": int(nbytes),
+                        "state": "fetching",
+                        "owner": _me(),
+                        "tmp": tmp_dir,
+                        "users": [],
+                        "keep": self.keep,
+                        "used": time.time(),
+                    }
                     self._note_peak(ledger)
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"disk cache {self.root}: no room for {key} ({fmt_bytes(nbytes)}) "
-                                   f"after {self.wait_s:.0f} s; other processes hold the budget")
+                raise TimeoutError(
+                    f"disk cache {self.root}: no room for {key} ({fmt_bytes(nbytes)}) "
+                    f"after {self.wait_s:.0f} s; other processes hold the budget"
+                )
             time.sleep(self.poll_s)
         if tmp_dir is not None:
             self._fetch(key, nbytes, fetch, tmp_dir)
@@ -213,15 +230,23 @@ class DiskCache:
             e = ledger["entries"][key]
             e.update(state="ready", bytes=int(size), users=[_me()], used=time.time())
             if size > nbytes and not self._make_room(ledger, 0):
-                log.warning("disk cache: %s is %s, more than the %s reserved; over budget", key,
-                            fmt_bytes(size), fmt_bytes(nbytes))
+                log.warning(
+                    "disk cache: %s is %s, more than the %s reserved; over budget",
+                    key,
+                    fmt_bytes(size),
+                    fmt_bytes(nbytes),
+                )
             self._note_peak(ledger)
 
     def stats(self) -> dict:
         """``used_bytes``, ``peak_bytes``, ``n_entries``, ``budget_bytes`` from the ledger."""
         with self._locked() as ledger:
-            return {"used_bytes": self.used(ledger), "peak_bytes": int(ledger["peak_bytes"]),
-                    "n_entries": len(ledger["entries"]), "budget_bytes": self.budget}
+            return {
+                "used_bytes": self.used(ledger),
+                "peak_bytes": int(ledger["peak_bytes"]),
+                "n_entries": len(ledger["entries"]),
+                "budget_bytes": self.budget,
+            }
 
     def files(self) -> list[Path]:
         """Every file under the root except the ledger (and its temporary rewrites) and its lock."""

@@ -20,6 +20,7 @@ exports ``GEOWALL_EXECUTOR`` / ``GEOWALL_RAY_ADDRESS`` to the notebook kernels, 
 :func:`current` reads them. The executor never enters a step's fingerprint: results do
 not depend on where they were computed.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ def resources_for(device: str, kind: str) -> Resources:
 class LocalExecutor:
     name = "local"
 
-    def map(self, fn: Callable, items: Iterable[tuple], *, resources: Resources | None = None,
-            desc: str = "") -> Iterator[tuple[tuple, Any]]:
+    def map(
+        self, fn: Callable, items: Iterable[tuple], *, resources: Resources | None = None, desc: str = ""
+    ) -> Iterator[tuple[tuple, Any]]:
         """``(args, fn(*args))`` for each args tuple, in order, in this process."""
         for args in items:
             yield args, fn(*args)
@@ -83,8 +85,9 @@ class RayExecutor:
                 if attempt == 2:
                     raise
 
-    def map(self, fn: Callable, items: Iterable[tuple], *, resources: Resources | None = None,
-            desc: str = "") -> Iterator[tuple[tuple, Any]]:
+    def map(
+        self, fn: Callable, items: Iterable[tuple], *, resources: Resources | None = None, desc: str = ""
+    ) -> Iterator[tuple[tuple, Any]]:
         """Submit ``fn(*args)`` for every args tuple as a Ray task; yield ``(args, result)`` as
         each finishes. A task whose worker process dies is retried up to ``max_retries``
         times; an exception raised by ``fn`` is not retried and propagates here."""

@@ -8,9 +8,10 @@ sparsities and error scales. A model with fewer than :data:`MIN_LAYERS` identifi
 floors is reported as too few to rank (two points only ever give a rank correlation of
 +-1), and says so in the ``status`` column.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,24 @@ from geowall.law import _geometry_wide
 __all__ = ["MIN_LAYERS", "floor_ordering", "spearman_columns"]
 
 MIN_LAYERS = 3
-COLUMNS = ["row_type", "model", "layer", "summary", "status", "floor_mean", "floor_sd", "floor_hdi_3", "floor_hdi_97",
-           "l0_ref", "rho_mean", "rho_sd", "rho_hdi_3", "rho_hdi_97", "p_gt0", "n_layers"]
+COLUMNS = [
+    "row_type",
+    "model",
+    "layer",
+    "summary",
+    "status",
+    "floor_mean",
+    "floor_sd",
+    "floor_hdi_3",
+    "floor_hdi_97",
+    "l0_ref",
+    "rho_mean",
+    "rho_sd",
+    "rho_hdi_3",
+    "rho_hdi_97",
+    "p_gt0",
+    "n_layers",
+]
 
 
 def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -37,10 +54,18 @@ def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (ra * rb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def floor_ordering(stage1_idata, exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-                   summaries: Sequence[str] = ("curvature", "id_twonn"), min_layers: int = MIN_LAYERS,
-                   propagate_se: bool = True, max_draws: int = 4000, seed: int = 0,
-                   hdi_prob: float = 0.94) -> pd.DataFrame:
+def floor_ordering(
+    stage1_idata,
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    *,
+    summaries: Sequence[str] = ("curvature", "id_twonn"),
+    min_layers: int = MIN_LAYERS,
+    propagate_se: bool = True,
+    max_draws: int = 4000,
+    seed: int = 0,
+    hdi_prob: float = 0.94,
+) -> pd.DataFrame:
     """Rank correlation of identified floors with geometry, within each model
     (``floors.parquet``).
 
@@ -67,21 +92,33 @@ def floor_ordering(stage1_idata, exponents_df: pd.DataFrame, geometry_df: pd.Dat
             raise ValueError(f"summaries: {s!r} not in geometry_df")
     rng = np.random.default_rng(seed)
     fl_ids: list[str] = [str(v) for v in post["floor_layer"].values] if "floor" in post else []
-    F_all = (post["floor"].stack(sample=("chain", "draw")).transpose("floor_layer", "sample").to_numpy()
-             if fl_ids else np.zeros((0, 1)))
+    F_all = (
+        post["floor"].stack(sample=("chain", "draw")).transpose("floor_layer", "sample").to_numpy()
+        if fl_ids
+        else np.zeros((0, 1))
+    )
     S = F_all.shape[1]
     take = rng.choice(S, size=min(S, max_draws), replace=False)
     rows = []
     for model, g in ex.groupby("model", sort=True):
         ident = g[g["floor_identified"].astype(bool)]
-        wanted = [(model, int(l)) for l in ident["layer"] if f"{model}/L{int(l)}" in fl_ids and (model, int(l)) in wide.index]
+        wanted = [
+            (model, int(l)) for l in ident["layer"] if f"{model}/L{int(l)}" in fl_ids and (model, int(l)) in wide.index
+        ]
         n = len(wanted)
         F = F_all[[fl_ids.index(f"{m}/L{l}") for m, l in wanted]][:, take] if n else np.zeros((0, len(take)))
         for i, (m, l) in enumerate(wanted):
             s = bayes.summarise_draws(F[i], hdi_prob)
-            row = {"row_type": "floor", "model": m, "layer": l, "floor_mean": s["mean"], "floor_sd": s["sd"],
-                   "floor_hdi_3": s["hdi_lo"], "floor_hdi_97": s["hdi_hi"],
-                   "l0_ref": float(ident.set_index("layer").loc[l, "l0_ref"]) if "l0_ref" in ident else np.nan}
+            row = {
+                "row_type": "floor",
+                "model": m,
+                "layer": l,
+                "floor_mean": s["mean"],
+                "floor_sd": s["sd"],
+                "floor_hdi_3": s["hdi_lo"],
+                "floor_hdi_97": s["hdi_hi"],
+                "l0_ref": float(ident.set_index("layer").loc[l, "l0_ref"]) if "l0_ref" in ident else np.nan,
+            }
             for sm in summaries:
                 row[sm] = float(wide.loc[(m, l), sm])
                 row[f"{sm}_se"] = float(wide.loc[(m, l), f"{sm}_se"])
@@ -97,8 +134,17 @@ def floor_ordering(stage1_idata, exponents_df: pd.DataFrame, geometry_df: pd.Dat
             rho = spearman_columns(F, np.broadcast_to(G, F.shape))
             rho = rho[np.isfinite(rho)]
             s = bayes.summarise_draws(rho, hdi_prob)
-            rows.append({**base, "status": "ranked", "rho_mean": s["mean"], "rho_sd": s["sd"], "rho_hdi_3": s["hdi_lo"],
-                         "rho_hdi_97": s["hdi_hi"], "p_gt0": float((rho > 0).mean()) if len(rho) else np.nan})
+            rows.append(
+                {
+                    **base,
+                    "status": "ranked",
+                    "rho_mean": s["mean"],
+                    "rho_sd": s["sd"],
+                    "rho_hdi_3": s["hdi_lo"],
+                    "rho_hdi_97": s["hdi_hi"],
+                    "p_gt0": float((rho > 0).mean()) if len(rho) else np.nan,
+                }
+            )
     out = pd.DataFrame(rows)
     for c in COLUMNS + [c for sm in summaries for c in (sm, f"{sm}_se")]:
         if c not in out.columns:

@@ -4,6 +4,7 @@ Every artefact is written to a temporary file in the destination folder and then
 renamed over the target (``os.replace`` is atomic on POSIX), so a crash or SIGKILL
 during a write leaves either the old file or none, never a partial one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -29,10 +29,11 @@ d = 384; faiss is not a dependency and does not re-rank in float64. ``knn_refere
 (full float64 direct-difference distances, small inputs only) is the plain
 reference the tests compare against.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -432,8 +433,7 @@ def _per_sample_weights_grad(grad: torch.Tensor, W_dec: torch.Tensor, indices: t
         flat = indices.reshape(-1)
         offsets = torch.arange(0, B * m, m, device=indices.device)
         offset2bag = torch.arange(B, device=indices.device).repeat_interleave(m)
-        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            grad, W_dec, flat, offsets, offset2bag, 0, -1)
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(grad, W_dec, flat, offsets, offset2bag, 0, -1)
         return out.view(B, m)
     except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
         with torch.enable_grad():

@@ -34,11 +34,13 @@ refits the law in closed form (:func:`geowall.bayes.gaussian_linear`, checked ag
 PyMC in the tests); :func:`leave_one_model_out` predicts each model's layer ordering
 from a law fitted on the others.
 """
+
 from __future__ import annotations
 
 import json
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,8 +90,10 @@ def _validate_geometry(geometry_df: pd.DataFrame) -> pd.DataFrame:
     g["layer"] = g["layer"].astype(int)
     dup = g.duplicated(["model", "layer", "summary"])
     if dup.any():
-        raise ValueError(f"geometry_df: duplicated (model, layer, summary) rows, e.g. "
-                         f"{g.loc[dup, ['model', 'layer', 'summary']].head(3).to_dict('records')}")
+        raise ValueError(
+            f"geometry_df: duplicated (model, layer, summary) rows, e.g. "
+            f"{g.loc[dup, ['model', 'layer', 'summary']].head(3).to_dict('records')}"
+        )
     return g
 
 
@@ -111,21 +115,33 @@ def _geometry_wide(geometry_df: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def stage2_table(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-                 predictors: Sequence[str] = SUMMARIES, target: str = "log_alpha",
-                 models: Iterable[str] | None = None, identified_only: bool | None = None) -> pd.DataFrame:
+def stage2_table(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    *,
+    predictors: Sequence[str] = SUMMARIES,
+    target: str = "log_alpha",
+    models: Iterable[str] | None = None,
+    identified_only: bool | None = None,
+) -> pd.DataFrame:
     """One row per (model, layer) present in both tables: ``model, layer, depth, y,
     y_sd`` (target posterior mean and sd) and, per predictor, the estimate and ``<p>_se``.
 
     ``identified_only`` (default: True for ``target="floor"``) keeps only layers with
     ``floor_identified``. Rows with a missing target or predictor are dropped."""
-    ex = require_columns(exponents_df, "exponents_df", ["model", "layer", f"{target}_mean", f"{target}_sd"],
-                         what=f"target={target!r} needs")
+    ex = require_columns(
+        exponents_df,
+        "exponents_df",
+        ["model", "layer", f"{target}_mean", f"{target}_sd"],
+        what=f"target={target!r} needs",
+    )
     wide = _geometry_wide(geometry_df)
     for p in predictors:
         if p not in wide.columns:
-            raise ValueError(f"predictors: {p!r} is not a summary in geometry_df "
-                             f"(has {sorted(set(geometry_df['summary']))} and 'depth')")
+            raise ValueError(
+                f"predictors: {p!r} is not a summary in geometry_df "
+                f"(has {sorted(set(geometry_df['summary']))} and 'depth')"
+            )
         if p == "depth" and wide["depth"].isna().all():
             raise ValueError("predictors: 'depth' needs a 'depth' column in geometry_df (layers.relative_depth)")
     ex["model"] = ex["model"].astype(str)
@@ -137,7 +153,8 @@ def stage2_table(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
             raise ValueError("exponents_df: identified_only needs a 'floor_identified' column")
         ex = ex[ex["floor_identified"].astype(bool)]
     ex = ex[["model", "layer", f"{target}_mean", f"{target}_sd"]].rename(
-        columns={f"{target}_mean": "y", f"{target}_sd": "y_sd"})
+        columns={f"{target}_mean": "y", f"{target}_sd": "y_sd"}
+    )
     cols = ["model", "layer", "depth"] + [c for p in predictors if p != "depth" for c in (p, f"{p}_se")]
     tab = ex.merge(wide[list(dict.fromkeys(cols))], on=["model", "layer"], how="inner")
     if models is not None:
@@ -181,8 +198,9 @@ def _use_model_effects(tab: pd.DataFrame, model_effects: bool | None) -> bool:
     return tab["model"].nunique() > 1 if model_effects is None else bool(model_effects)
 
 
-def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], *,
-                    model_effects: bool | None = None):
+def build_law_model(
+    tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], *, model_effects: bool | None = None
+):
     """PyMC model of the Stage 2 law on a :func:`stage2_table` (see module docstring)."""
     import pymc as pm
     import pytensor.tensor as pt
@@ -207,8 +225,9 @@ def build_law_model(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[st
                 v = SE**2 / (1.0 + SE**2)
                 m = X / (1.0 + SE**2)
                 z = pm.Normal("z_x", 0.0, 1.0, dims=("layer_id", "predictor"))
-                x_true = pm.Deterministic("x_true", pt.as_tensor(m) + pt.as_tensor(np.sqrt(v)) * z,
-                                          dims=("layer_id", "predictor"))
+                x_true = pm.Deterministic(
+                    "x_true", pt.as_tensor(m) + pt.as_tensor(np.sqrt(v)) * z, dims=("layer_id", "predictor")
+                )
                 # predictors without SE enter exactly (m = X, v = 0 there)
             else:
                 x_true = pt.as_tensor(X)
@@ -226,12 +245,26 @@ def _set_name(predictors: Sequence[str]) -> str:
     return "+".join(predictors)
 
 
-def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-            predictors: Sequence[str] = SUMMARIES, target: str = "log_alpha", draws: int = 1000,
-            chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
-            models: Iterable[str] | None = None, identified_only: bool | None = None,
-            layers: pd.DataFrame | None = None, name: str | None = None, target_accept: float = 0.9,
-            progressbar: bool = True, posterior_predictive: bool = True, model_effects: bool | None = None):
+def fit_law(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    *,
+    predictors: Sequence[str] = SUMMARIES,
+    target: str = "log_alpha",
+    draws: int = 1000,
+    chains: int = 2,
+    tune: int = 1000,
+    seed: int = 0,
+    sampler: str = "auto",
+    models: Iterable[str] | None = None,
+    identified_only: bool | None = None,
+    layers: pd.DataFrame | None = None,
+    name: str | None = None,
+    target_accept: float = 0.9,
+    progressbar: bool = True,
+    posterior_predictive: bool = True,
+    model_effects: bool | None = None,
+):
     """Fit the Stage 2 law ``target ~ model intercepts + standardised geometry`` with
     errors in variables.
 
@@ -254,37 +287,52 @@ def fit_law(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     import pymc as pm
 
     predictors = tuple(predictors)
-    tab = stage2_table(exponents_df, geometry_df, predictors=predictors, target=target, models=models,
-                       identified_only=identified_only)
+    tab = stage2_table(
+        exponents_df, geometry_df, predictors=predictors, target=target, models=models, identified_only=identified_only
+    )
     if layers is not None:
         keep = set(zip(layers["model"].astype(str), layers["layer"].astype(int)))
         tab = tab[[(m, l) in keep for m, l in zip(tab["model"], tab["layer"])]].reset_index(drop=True)
     effects = _use_model_effects(tab, model_effects)
     need = max(3, len(predictors) + (tab["model"].nunique() if effects else 1) + 1)
     if len(tab) < need:
-        raise ValueError(f"fit_law: {len(tab)} training layers for {len(predictors)} predictor(s); "
-                         f"need at least {need} (target={target!r}, models={models})")
+        raise ValueError(
+            f"fit_law: {len(tab)} training layers for {len(predictors)} predictor(s); "
+            f"need at least {need} (target={target!r}, models={models})"
+        )
     sc = _scaling_from(tab, predictors)
     model = build_law_model(tab, predictors, sc, model_effects=effects)
-    idata = bayes.sample_model(model, draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                               target_accept=target_accept, progressbar=progressbar, loglik_vars=["y"])
+    idata = bayes.sample_model(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+        progressbar=progressbar,
+        loglik_vars=["y"],
+    )
     if posterior_predictive:
-        pp = pm.sample_posterior_predictive(idata, model=model, var_names=["y"], random_seed=seed + 2,
-                                            progressbar=False)
+        pp = pm.sample_posterior_predictive(
+            idata, model=model, var_names=["y"], random_seed=seed + 2, progressbar=False
+        )
         idata.extend(pp)
     rows = tab.assign(layer_id=[f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])])
     bayes.put_table(idata, rows[["layer_id"] + [c for c in tab.columns]], dim="layer_id", prefix="row_")
-    idata.attrs.update({
-        "geowall_stage": "stage2",
-        "geowall_target": target,
-        "geowall_predictors": json.dumps(list(predictors)),
-        "geowall_predictor_set": name or _set_name(predictors),
-        "geowall_scaling": json.dumps(sc),
-        "geowall_train_models": json.dumps(sorted(tab["model"].unique().tolist())),
-        "geowall_model_effects": int(effects),
-        "geowall_sampler": idata.posterior.attrs["sampler"],
-        "geowall_seed": int(seed),
-    })
+    idata.attrs.update(
+        {
+            "geowall_stage": "stage2",
+            "geowall_target": target,
+            "geowall_predictors": json.dumps(list(predictors)),
+            "geowall_predictor_set": name or _set_name(predictors),
+            "geowall_scaling": json.dumps(sc),
+            "geowall_train_models": json.dumps(sorted(tab["model"].unique().tolist())),
+            "geowall_model_effects": int(effects),
+            "geowall_sampler": idata.posterior.attrs["sampler"],
+            "geowall_seed": int(seed),
+        }
+    )
     return idata
 
 
@@ -294,8 +342,12 @@ def _law_meta(idata) -> tuple[list[str], dict[str, Any], str, str]:
         sc = json.loads(idata.attrs["geowall_scaling"])
     except KeyError as e:
         raise ValueError(f"law_idata: missing attribute {e}; expected an InferenceData from fit_law") from None
-    return (preds, sc, idata.attrs.get("geowall_predictor_set", _set_name(preds)),
-            idata.attrs.get("geowall_target", "log_alpha"))
+    return (
+        preds,
+        sc,
+        idata.attrs.get("geowall_predictor_set", _set_name(preds)),
+        idata.attrs.get("geowall_target", "log_alpha"),
+    )
 
 
 def train_table(idata) -> pd.DataFrame:
@@ -316,12 +368,23 @@ def law_coefficients(idata, *, hdi_prob: float = 0.94) -> pd.DataFrame:
 
     def summ(x, pre):
         d = bayes.summarise_draws(np.asarray(x), hdi_prob)
-        return {f"{pre}_mean": d["mean"], f"{pre}_sd": d["sd"], f"{pre}_hdi_3": d["hdi_lo"], f"{pre}_hdi_97": d["hdi_hi"]}
+        return {
+            f"{pre}_mean": d["mean"],
+            f"{pre}_sd": d["sd"],
+            f"{pre}_hdi_3": d["hdi_lo"],
+            f"{pre}_hdi_97": d["hdi_hi"],
+        }
 
     for i, p in enumerate(preds):
         c = post["coef"].isel(predictor=i).values
-        rows.append({"term": p, **summ(c, "coef"), **summ(post["b"].isel(predictor=i).values, "b"),
-                     "p_gt0": float((c > 0).mean())})
+        rows.append(
+            {
+                "term": p,
+                **summ(c, "coef"),
+                **summ(post["b"].isel(predictor=i).values, "b"),
+                "p_gt0": float((c > 0).mean()),
+            }
+        )
     nan_b = {"b_mean": np.nan, "b_sd": np.nan, "b_hdi_3": np.nan, "b_hdi_97": np.nan}
     icpt = post["intercept"]
     for m in icpt["train_model"].values if "train_model" in icpt.dims else [None]:
@@ -361,8 +424,9 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
         coef = post["coef"].mean(("chain", "draw")).to_numpy()
         icpt = post["intercept"].mean(("chain", "draw"))
         names = [str(v) for v in icpt["train_model"].values]
-        per_row = np.array([float(icpt.values[names.index(m)]) if m in names else float(icpt.values.mean())
-                            for m in tab["model"]])
+        per_row = np.array(
+            [float(icpt.values[names.index(m)]) if m in names else float(icpt.values.mean()) for m in tab["model"]]
+        )
         fitted = per_row + X @ coef
         for i, p in enumerate(preds):
             out[f"partial_resid_{p}"] = out["observed"] - (fitted - X[:, i] * coef[i])
@@ -371,12 +435,25 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
     return out
 
 
-def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
-                 sets: Mapping[str, Sequence[str]] | None = None, target: str = "log_alpha",
-                 models: Iterable[str] | None = None, draws: int = 1000, chains: int = 2, tune: int = 1000,
-                 seed: int = 0, sampler: str = "auto", progressbar: bool = False, check: bool = True,
-                 check_kwargs: Mapping[str, Any] | None = None, target_accept: float = 0.9,
-                 model_effects: bool | None = None, pareto_k_max: float = 0.7):
+def compare_laws(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    *,
+    sets: Mapping[str, Sequence[str]] | None = None,
+    target: str = "log_alpha",
+    models: Iterable[str] | None = None,
+    draws: int = 1000,
+    chains: int = 2,
+    tune: int = 1000,
+    seed: int = 0,
+    sampler: str = "auto",
+    progressbar: bool = False,
+    check: bool = True,
+    check_kwargs: Mapping[str, Any] | None = None,
+    target_accept: float = 0.9,
+    model_effects: bool | None = None,
+    pareto_k_max: float = 0.7,
+):
     """Fit one law per predictor set on the *same* layers and compare them by PSIS-LOO.
 
     ``sets`` defaults to :data:`DEFAULT_LAW_SETS` (the baselines ``"models"``,
@@ -397,10 +474,23 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     common = stage2_table(exponents_df, geometry_df, predictors=all_preds, target=target, models=models)
     fits = {}
     for i, (name, preds) in enumerate(sets.items()):
-        fits[name] = fit_law(exponents_df, geometry_df, predictors=preds, target=target, models=models,
-                             layers=common[["model", "layer"]], draws=draws, chains=chains, tune=tune,
-                             seed=seed + 17 * i, sampler=sampler, name=name, progressbar=progressbar,
-                             target_accept=target_accept, model_effects=model_effects)
+        fits[name] = fit_law(
+            exponents_df,
+            geometry_df,
+            predictors=preds,
+            target=target,
+            models=models,
+            layers=common[["model", "layer"]],
+            draws=draws,
+            chains=chains,
+            tune=tune,
+            seed=seed + 17 * i,
+            sampler=sampler,
+            name=name,
+            progressbar=progressbar,
+            target_accept=target_accept,
+            model_effects=model_effects,
+        )
         if check:
             bayes.check_fit(fits[name], label=f"stage 2 law {name!r}", **dict(check_kwargs or {}))
     with warnings.catch_warnings():
@@ -410,9 +500,15 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
     rows = []
     for name, lo in loos.items():
         k = np.asarray(lo.pareto_k)
-        row = {"predictor_set": name, "elpd_loo": float(lo.elpd_loo), "se": float(lo.se), "p_loo": float(lo.p_loo),
-               "max_pareto_k": float(np.nanmax(k)), "n_pareto_k_bad": int((k > pareto_k_max).sum()),
-               "n_layers": int(len(k))}
+        row = {
+            "predictor_set": name,
+            "elpd_loo": float(lo.elpd_loo),
+            "se": float(lo.se),
+            "p_loo": float(lo.p_loo),
+            "max_pareto_k": float(np.nanmax(k)),
+            "n_pareto_k_bad": int((k > pareto_k_max).sum()),
+            "n_layers": int(len(k)),
+        }
         for base in BASELINES:
             if base in loos:
                 d = np.asarray(lo.loo_i) - np.asarray(loos[base].loo_i)
@@ -436,13 +532,17 @@ def compare_laws(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, *,
 def _closed_design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], effects: bool):
     X, _ = _design(tab, predictors, sc)
     models = sorted(tab["model"].unique()) if effects else ["all"]
-    D = (np.array([[m == mm for mm in models] for m in tab["model"]], float) if effects
-         else np.ones((len(tab), 1)))
+    D = np.array([[m == mm for mm in models] for m in tab["model"]], float) if effects else np.ones((len(tab), 1))
     return np.column_stack([D, X]), len(models)
 
 
-def closed_form_law(tab: pd.DataFrame, predictors: Sequence[str], *, model_effects: bool | None = None,
-                    sc: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def closed_form_law(
+    tab: pd.DataFrame,
+    predictors: Sequence[str],
+    *,
+    model_effects: bool | None = None,
+    sc: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The Stage 2 law on a :func:`stage2_table`, fitted in closed form
     (:func:`geowall.bayes.gaussian_linear`: same priors and likelihood as
     :func:`build_law_model`, but the summaries enter at their observed values, without
@@ -457,16 +557,25 @@ def closed_form_law(tab: pd.DataFrame, predictors: Sequence[str], *, model_effec
     fit = bayes.gaussian_linear(Z, y, s, prior_sd=1.0, sigma_sd=1.0)
     m, C = fit.mean, fit.cov
     b, bc = m[n0:], C[n0:, n0:]
-    return {"fit": fit, "scaling": sc, "n_intercepts": n0, "predictors": predictors, "b_mean": b, "b_cov": bc,
-            "coef_mean": b * sc["y_sd"], "coef_sd": np.sqrt(np.diag(bc)) * sc["y_sd"]}
+    return {
+        "fit": fit,
+        "scaling": sc,
+        "n_intercepts": n0,
+        "predictors": predictors,
+        "b_mean": b,
+        "b_cov": bc,
+        "coef_mean": b * sc["y_sd"],
+        "coef_sd": np.sqrt(np.diag(bc)) * sc["y_sd"],
+    }
 
 
 def _wald(b: np.ndarray, C: np.ndarray) -> float:
     return float(b @ np.linalg.solve(C, b)) if len(b) else 0.0
 
 
-def permutation_null(tab: pd.DataFrame, predictors: Sequence[str], *, n_perm: int = 200, seed: int = 0,
-                     model_effects: bool | None = None) -> dict[str, Any]:
+def permutation_null(
+    tab: pd.DataFrame, predictors: Sequence[str], *, n_perm: int = 200, seed: int = 0, model_effects: bool | None = None
+) -> dict[str, Any]:
     """Permutation null of the law's slopes: geometry (each layer's row of summaries and
     SEs, together) is shuffled *within each model* ``n_perm`` times and the law refitted
     in closed form (:func:`closed_form_law`). The statistic is the Wald statistic of the
@@ -492,8 +601,14 @@ def permutation_null(tab: pd.DataFrame, predictors: Sequence[str], *, n_perm: in
         r = closed_form_law(t, predictors, model_effects=model_effects, sc=obs["scaling"])
         null[i] = _wald(r["b_mean"], r["b_cov"])
     p = (1 + int((null >= stat).sum())) / (1 + n_perm)
-    return {"statistic": stat, "null": null, "p_value": float(p), "n_perm": int(n_perm),
-            "b_mean": obs["b_mean"], "b_sd": np.sqrt(np.diag(obs["b_cov"]))}
+    return {
+        "statistic": stat,
+        "null": null,
+        "p_value": float(p),
+        "n_perm": int(n_perm),
+        "b_mean": obs["b_mean"],
+        "b_sd": np.sqrt(np.diag(obs["b_cov"])),
+    }
 
 
 def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.DataFrame:
@@ -518,25 +633,45 @@ def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.Data
         obs = test["y"].to_numpy(float)
         shifted = pred - pred.mean() + obs.mean()
         sst = float(((obs - obs.mean()) ** 2).sum())
-        rho = (float(spearmanr(obs, pred).statistic) if len(test) >= 3 and np.ptp(pred) > 1e-12 and np.ptp(obs) > 0
-               else np.nan)
-        rows.append({"held_out": m, "n_layers": int(len(test)), "spearman": rho,
-                     "r2_shift": 1 - float(((obs - shifted) ** 2).sum()) / sst if sst > 0 else np.nan})
+        rho = (
+            float(spearmanr(obs, pred).statistic)
+            if len(test) >= 3 and np.ptp(pred) > 1e-12 and np.ptp(obs) > 0
+            else np.nan
+        )
+        rows.append(
+            {
+                "held_out": m,
+                "n_layers": int(len(test)),
+                "spearman": rho,
+                "r2_shift": 1 - float(((obs - shifted) ** 2).sum()) / sst if sst > 0 else np.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=["held_out", "n_layers", "spearman", "r2_shift"])
 
 
-def fixed_law(*, predictors: Sequence[str], b0: float, b: Sequence[float], sigma: float,
-              scaling: Mapping[str, Any], target: str = "log_alpha", name: str | None = None,
-              n_draws: int = 1000):
+def fixed_law(
+    *,
+    predictors: Sequence[str],
+    b0: float,
+    b: Sequence[float],
+    sigma: float,
+    scaling: Mapping[str, Any],
+    target: str = "log_alpha",
+    name: str | None = None,
+    n_draws: int = 1000,
+):
     """An InferenceData shaped like :func:`fit_law`'s output with fixed coefficients
     (standardised scale, one intercept): for known-answer tests and what-if predictions."""
     import arviz as az
 
     predictors = list(predictors)
     ones = np.ones((1, n_draws))
-    post = {"b0": (b0 * ones)[..., None], "sigma": sigma * ones,
-            "intercept": ((scaling["y_mean"] + b0 * scaling["y_sd"]) * ones)[..., None],
-            "sigma_target": sigma * scaling["y_sd"] * ones}
+    post = {
+        "b0": (b0 * ones)[..., None],
+        "sigma": sigma * ones,
+        "intercept": ((scaling["y_mean"] + b0 * scaling["y_sd"]) * ones)[..., None],
+        "sigma_target": sigma * scaling["y_sd"] * ones,
+    }
     dims = {"b0": ["train_model"], "intercept": ["train_model"]}
     if predictors:
         bb = np.broadcast_to(np.asarray(b, float), (1, n_draws, len(predictors))).copy()
@@ -544,21 +679,35 @@ def fixed_law(*, predictors: Sequence[str], b0: float, b: Sequence[float], sigma
         post["coef"] = bb * scaling["y_sd"]
         dims.update({"b": ["predictor"], "coef": ["predictor"]})
     idata = az.from_dict(posterior=post, coords={"predictor": predictors, "train_model": ["all"]}, dims=dims)
-    idata.attrs.update({
-        "geowall_stage": "stage2", "geowall_target": target, "geowall_predictors": json.dumps(predictors),
-        "geowall_predictor_set": name or _set_name(predictors), "geowall_scaling": json.dumps(dict(scaling)),
-        "geowall_train_models": json.dumps([]), "geowall_model_effects": 0,
-    })
+    idata.attrs.update(
+        {
+            "geowall_stage": "stage2",
+            "geowall_target": target,
+            "geowall_predictors": json.dumps(predictors),
+            "geowall_predictor_set": name or _set_name(predictors),
+            "geowall_scaling": json.dumps(dict(scaling)),
+            "geowall_train_models": json.dumps([]),
+            "geowall_model_effects": 0,
+        }
+    )
     return idata
 
 
 # --------------------------------------------------------------------------- simulation
 
 
-def simulate_geometry(exponents_or_layers: pd.DataFrame, *, coefs: Mapping[str, float] | None = None,
-                      intercept: float = 0.35, resid_sd: float = 0.02, se_frac: float = 0.05,
-                      alpha_sd: float = 0.02, seed: int = 0, target: str = "log_alpha",
-                      model_offsets: Mapping[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_geometry(
+    exponents_or_layers: pd.DataFrame,
+    *,
+    coefs: Mapping[str, float] | None = None,
+    intercept: float = 0.35,
+    resid_sd: float = 0.02,
+    se_frac: float = 0.05,
+    alpha_sd: float = 0.02,
+    seed: int = 0,
+    target: str = "log_alpha",
+    model_offsets: Mapping[str, float] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate a geometry table and a target from a known linear law, for tests.
 
     For each (model, layer) of the input, true summaries are drawn (``id_twonn`` ~
@@ -576,11 +725,13 @@ def simulate_geometry(exponents_or_layers: pd.DataFrame, *, coefs: Mapping[str, 
     base = exponents_or_layers[["model", "layer"]].drop_duplicates().reset_index(drop=True)
     n = len(base)
     coefs = dict(coefs or {"id_twonn": 0.06, "curvature": 0.04})
-    true = pd.DataFrame({
-        "id_twonn": rng.uniform(4, 20, n),
-        "curvature": rng.uniform(0.1, 1.0, n),
-        "local_residual": rng.uniform(0.05, 0.4, n),
-    })
+    true = pd.DataFrame(
+        {
+            "id_twonn": rng.uniform(4, 20, n),
+            "curvature": rng.uniform(0.1, 1.0, n),
+            "local_residual": rng.uniform(0.05, 0.4, n),
+        }
+    )
     true["pr"] = 2.0 * true["id_twonn"] + rng.normal(0, 3.0, n)
     z = (true - true.mean()) / true.std(ddof=1)
     off = base["model"].map(lambda m: (model_offsets or {}).get(m, 0.0)).to_numpy(float)
@@ -592,19 +743,35 @@ def simulate_geometry(exponents_or_layers: pd.DataFrame, *, coefs: Mapping[str, 
         se = se_frac * np.abs(true[s].to_numpy())
         est = true[s].to_numpy() + se * rng.standard_normal(n)
         for i in range(n):
-            geo_rows.append({"model": base["model"][i], "layer": int(base["layer"][i]), "depth": depth[i],
-                             "summary": s, "estimate": float(est[i]), "se": float(se[i]),
-                             "lo": float(est[i] - 2 * se[i]), "hi": float(est[i] + 2 * se[i]), "n": 2000, "k": 10})
+            geo_rows.append(
+                {
+                    "model": base["model"][i],
+                    "layer": int(base["layer"][i]),
+                    "depth": depth[i],
+                    "summary": s,
+                    "estimate": float(est[i]),
+                    "se": float(se[i]),
+                    "lo": float(est[i] - 2 * se[i]),
+                    "hi": float(est[i] + 2 * se[i]),
+                    "n": 2000,
+                    "k": 10,
+                }
+            )
     ex = base.copy()
     ex[f"{target}_mean"] = np.asarray(y_true) + rng.normal(0, alpha_sd, n)
     ex[f"{target}_sd"] = alpha_sd
-    ex.attrs["truth"] = {"y": np.asarray(y_true).tolist(), "coefs": coefs, "intercept": intercept,
-                         "true_summaries": true.to_dict("list")}
+    ex.attrs["truth"] = {
+        "y": np.asarray(y_true).tolist(),
+        "coefs": coefs,
+        "intercept": intercept,
+        "true_summaries": true.to_dict("list"),
+    }
     return pd.DataFrame(geo_rows), ex
 
 
-def simulate_between_models(*, n_layers: int = 12, seed: int = 0, target: str = "log_alpha",
-                            within_coef: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def simulate_between_models(
+    *, n_layers: int = 12, seed: int = 0, target: str = "log_alpha", within_coef: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The between-model trap: model A with exponents near 0.8 and intrinsic dimension
     near 6, model B near 0.3 and 16, ``n_layers`` each; within each model the exponent
     depends on ID only through ``within_coef`` (log alpha per unit of ID; 0: no
@@ -619,11 +786,31 @@ def simulate_between_models(*, n_layers: int = 12, seed: int = 0, target: str = 
         la = np.log(a_mu) + within_coef * (ids - id_mu) + rng.normal(0, 0.06, n_layers)
         for layer in range(n_layers):
             a = float(np.exp(la[layer]))
-            rows.append({"model": m, "layer": layer, "alpha_mean": a, "alpha_sd": 0.02 * a,
-                         "log_alpha_mean": float(la[layer]), "log_alpha_sd": 0.02})
+            rows.append(
+                {
+                    "model": m,
+                    "layer": layer,
+                    "alpha_mean": a,
+                    "alpha_sd": 0.02 * a,
+                    "log_alpha_mean": float(la[layer]),
+                    "log_alpha_sd": 0.02,
+                }
+            )
             i = float(ids[layer])
-            for s, v in (("id_twonn", i), ("pr", 2 * i + rng.normal(0, 1)), ("curvature", rng.uniform(0.1, 1)),
-                         ("local_residual", rng.uniform(0.05, 0.4))):
-                geo.append({"model": m, "layer": layer, "depth": relative_depth(layer, n_layers), "summary": s,
-                            "estimate": float(v), "se": 0.05 * abs(float(v))})
+            for s, v in (
+                ("id_twonn", i),
+                ("pr", 2 * i + rng.normal(0, 1)),
+                ("curvature", rng.uniform(0.1, 1)),
+                ("local_residual", rng.uniform(0.05, 0.4)),
+            ):
+                geo.append(
+                    {
+                        "model": m,
+                        "layer": layer,
+                        "depth": relative_depth(layer, n_layers),
+                        "summary": s,
+                        "estimate": float(v),
+                        "se": 0.05 * abs(float(v)),
+                    }
+                )
     return pd.DataFrame(geo), pd.DataFrame(rows)

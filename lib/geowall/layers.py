@@ -3,6 +3,7 @@
 Each function walks every (model, layer) of a profile, reads that layer's artefacts
 and returns one tidy table; the notebooks plot and assert on them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,12 +53,26 @@ def _harvest_unit(cfg_json: dict, run_dir: str, model: str, corpus, progress: bo
     spec = cfg.model(model)
     layers = cfg.layers_of(spec)
     t0 = time.perf_counter()
-    res = activations.harvest(spec, layers, cfg.activations, run_dir=Path(run_dir), seed=cfg.seed, device=cfg.device,
-                              corpus=corpus, progress=progress)
+    res = activations.harvest(
+        spec,
+        layers,
+        cfg.activations,
+        run_dir=Path(run_dir),
+        seed=cfg.seed,
+        device=cfg.device,
+        corpus=corpus,
+        progress=progress,
+    )
     dt = time.perf_counter() - t0
     n_tok = cfg.activations.n_train + cfg.activations.n_eval
-    return {"model": spec.name, "source": spec.source, "layers": len(layers), **res, "seconds": round(dt, 2),
-            "tokens_per_s": round(n_tok / dt, 1) if res["harvested"] and spec.source != "synthetic" else None}
+    return {
+        "model": spec.name,
+        "source": spec.source,
+        "layers": len(layers),
+        **res,
+        "seconds": round(dt, 2),
+        "tokens_per_s": round(n_tok / dt, 1) if res["harvested"] and spec.source != "synthetic" else None,
+    }
 
 
 def harvest_models(cfg: Profile, run_dir: Path, corpus, *, executor=None) -> pd.DataFrame:
@@ -67,10 +82,14 @@ def harvest_models(cfg: Profile, run_dir: Path, corpus, *, executor=None) -> pd.
 
     ex = executor or executors.current()
     cfg_json = cfg.model_dump(mode="json")
-    units = [(cfg_json, str(run_dir), m.name, corpus if m.source != "synthetic" else None, ex.name == "local")
-             for m in cfg.models]
-    got = {args[2]: rec for args, rec in ex.map(_harvest_unit, units,
-                                                resources=executors.resources_for(cfg.device, "harvest"))}
+    units = [
+        (cfg_json, str(run_dir), m.name, corpus if m.source != "synthetic" else None, ex.name == "local")
+        for m in cfg.models
+    ]
+    got = {
+        args[2]: rec
+        for args, rec in ex.map(_harvest_unit, units, resources=executors.resources_for(cfg.device, "harvest"))
+    }
     return pd.DataFrame([got[m.name] for m in cfg.models])
 
 
@@ -103,8 +122,9 @@ def _geometry_unit(cfg_json: dict, run_dir: str, i: int, model: str, layer: int,
     return rows, ms.assign(model=model, layer=layer, depth=depth), sv.assign(model=model, layer=layer, depth=depth)
 
 
-def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None
-                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def geometry_table(
+    cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(summaries, multiscale ID, sensitivity) for every layer, from ``geometry.n_points`` train tokens.
 
     Standard errors resample whole documents (step 00's ``docs_train.npy``; the synthetic
@@ -117,8 +137,9 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, execut
 
     ex = executor or executors.current()
     cfg_json = cfg.model_dump(mode="json")
-    units = [(cfg_json, str(run_dir), i, model, layer, depth)
-             for i, (model, layer, depth) in enumerate(layer_depths(cfg))]
+    units = [
+        (cfg_json, str(run_dir), i, model, layer, depth) for i, (model, layer, depth) in enumerate(layer_depths(cfg))
+    ]
     got: dict[int, tuple] = {}
     bar = tqdm(total=len(units), desc="geometry", disable=not progress)
     for args, result in ex.map(_geometry_unit, units, resources=executors.resources_for(cfg.device, "geometry")):
@@ -128,8 +149,11 @@ def geometry_table(cfg: Profile, run_dir: Path, *, progress: bool = True, execut
     rows, multi, sens = ([got[i][j] for i in range(len(units))] for j in range(3))
     front = ["model", "layer", "depth", "summary"]
     table = pd.concat(rows, ignore_index=True)
-    return (table[front + [c for c in table.columns if c not in front]], pd.concat(multi, ignore_index=True),
-            pd.concat(sens, ignore_index=True))
+    return (
+        table[front + [c for c in table.columns if c not in front]],
+        pd.concat(multi, ignore_index=True),
+        pd.concat(sens, ignore_index=True),
+    )
 
 
 def truth_table(cfg: Profile, run_dir: Path) -> pd.DataFrame:
@@ -179,18 +203,38 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
         by_steps.setdefault(max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent)), []).append(w)
     s = cfg.sae
     for steps, ws in by_steps.items():
-        train_cfg = sae.TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.lr, lr_scale=s.lr_scale,
-                                    lr_warmup=s.lr_warmup, lr_decay=s.lr_decay, curve_points=s.curve_points,
-                                    plateau_window=s.plateau_window)
-        sae.run_grid(train, evl, train_cfg, model=model, layer=layer, widths=ws, ks=ks, seed=cfg.seed,
-                     device=_device(cfg), sae_dir=Path(work), metrics_path=Path(metrics_path), progress=False,
-                     plateau_tol=s.plateau_tol)
+        train_cfg = sae.TrainConfig(
+            steps=steps,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            lr_scale=s.lr_scale,
+            lr_warmup=s.lr_warmup,
+            lr_decay=s.lr_decay,
+            curve_points=s.curve_points,
+            plateau_window=s.plateau_window,
+        )
+        sae.run_grid(
+            train,
+            evl,
+            train_cfg,
+            model=model,
+            layer=layer,
+            widths=ws,
+            ks=ks,
+            seed=cfg.seed,
+            device=_device(cfg),
+            sae_dir=Path(work),
+            metrics_path=Path(metrics_path),
+            progress=False,
+            plateau_tol=s.plateau_tol,
+        )
     table = sae.read_metrics(metrics_path)
     return table[(table.model == model) & (table.layer == layer)].to_dict("records")
 
 
-def _released_unit(cfg_json: dict, run_dir: str, model: str, layer: int, rows: list[dict],
-                   metrics_path: str) -> list[dict]:
+def _released_unit(
+    cfg_json: dict, run_dir: str, model: str, layer: int, rows: list[dict], metrics_path: str
+) -> list[dict]:
     """Evaluate the given Gemma Scope manifest rows of one (model, layer), streamed through
     the profile's SAE cache, into ``metrics_path`` (resumable); returns this layer's rows."""
     from geowall import sae
@@ -205,8 +249,9 @@ def _released_unit(cfg_json: dict, run_dir: str, model: str, layer: int, rows: l
     todo = todo[[(model, int(r.layer), int(r.width), int(r.k), cfg.seed) not in done for r in todo.itertuples()]]
     if len(todo):
         acts = activations.load(Path(run_dir), model, layer, "eval")
-        for row in gemma_scope.evaluate_rows(spec, todo, acts, cache=gemma_scope.cache_for(cfg.sae, run_dir),
-                                             seed=cfg.seed, device=_device(cfg)):
+        for row in gemma_scope.evaluate_rows(
+            spec, todo, acts, cache=gemma_scope.cache_for(cfg.sae, run_dir), seed=cfg.seed, device=_device(cfg)
+        ):
             table = sae.append_metrics(metrics_path, table, row)
     return table[(table.model == model) & (table.layer == layer)].to_dict("records")
 
@@ -217,7 +262,6 @@ def merge_rows(metrics_path: Path, rows: list[dict]) -> int:
     was retried, or a run resumed with another executor, never duplicates a row."""
     from geowall import sae
     from geowall.io import write_parquet
-
     from geowall.sae.grid import _coerce_metrics
 
     table = sae.read_metrics(metrics_path)
@@ -229,8 +273,9 @@ def merge_rows(metrics_path: Path, rows: list[dict]) -> int:
     return len(new)
 
 
-def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None, units: dict | None = None
-             ) -> pd.DataFrame:
+def sae_grid(
+    cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None, units: dict | None = None
+) -> pd.DataFrame:
     """Step 01 for every model and layer: train (or load) the SAEs, one metrics row each.
 
     Work happens under ``<run_dir>/saes/<settings>/`` where ``<settings>`` hashes what an
@@ -252,12 +297,27 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=Non
     from geowall.sources import model_info
 
     ex = executor or executors.current()
-    settings = {"sae": cfg.sae.model_dump(mode="json", exclude={"showcase_layers", "showcase_width_multiples",
-                                                                   "width_multiples", "ks", "cache_budget_gb",
-                                                                   "keep_downloads", "cache_dir"}),
-                "activations": cfg.activations.model_dump(mode="json"),
-                "corpus": cfg.corpus.model_dump(mode="json", exclude=None if cfg.corpus.kind in ("folder", "hf") else {
-                    "folder", "dataset", "dataset_config", "split", "text_field", "max_docs"})}
+    settings = {
+        "sae": cfg.sae.model_dump(
+            mode="json",
+            exclude={
+                "showcase_layers",
+                "showcase_width_multiples",
+                "width_multiples",
+                "ks",
+                "cache_budget_gb",
+                "keep_downloads",
+                "cache_dir",
+            },
+        ),
+        "activations": cfg.activations.model_dump(mode="json"),
+        "corpus": cfg.corpus.model_dump(
+            mode="json",
+            exclude=None
+            if cfg.corpus.kind in ("folder", "hf")
+            else {"folder", "dataset", "dataset_config", "split", "text_field", "max_docs"},
+        ),
+    }
     work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
     metrics = work / "metrics.parquet"
     before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
@@ -277,8 +337,11 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=Non
             rows = gemma_scope.layer_rows(spec, cfg.layers_of(spec))
             wanted.extend((spec.name, int(r.layer), int(r.width), int(r.k)) for r in rows.itertuples())
             for layer, group in rows.groupby("layer", sort=True):
-                todo = [r for r in group.to_dict("records")
-                        if (spec.name, int(layer), int(r["width"]), int(r["k"]), cfg.seed) not in done]
+                todo = [
+                    r
+                    for r in group.to_dict("records")
+                    if (spec.name, int(layer), int(r["width"]), int(r["k"]), cfg.seed) not in done
+                ]
                 if todo:
                     released_units.append((cfg_json, str(run_dir), spec.name, int(layer), todo, part(spec.name, layer)))
             continue
@@ -301,8 +364,10 @@ def sae_grid(cfg: Profile, run_dir: Path, *, progress: bool = True, executor=Non
     table = table[key.isin(wanted) & (table.seed == cfg.seed)].reset_index(drop=True)
     old_keys = pd.MultiIndex.from_frame(before[["model", "layer", "width", "k"]])
     reused = int((old_keys.isin(wanted) & (before.seed == cfg.seed)).sum())
-    print(f"{reused} of {len(table)} SAEs were already done in {work.name}/ (resumed, not retrained); "
-          f"{len(table) - reused} trained or evaluated now")
+    print(
+        f"{reused} of {len(table)} SAEs were already done in {work.name}/ (resumed, not retrained); "
+        f"{len(table) - reused} trained or evaluated now"
+    )
     write_parquet(Path(run_dir) / "sae_metrics.parquet", table)
     # learning curves: beside the metrics table (local) or beside each task's part (Ray)
     found = [sae.read_curves(p) for p in [sae.curves_path(metrics), *sorted((work / "parts").glob("*_curves.parquet"))]]

@@ -8,6 +8,7 @@ high-water mark (``VmHWM`` in ``/proc/<pid>/status``), which the kernel keeps ex
 a short spike between polls is not missed as long as the process is seen once before it
 exits; elsewhere it falls back to sampling the current RSS.
 """
+
 from __future__ import annotations
 
 import threading
@@ -56,7 +57,7 @@ class PeakRSS:
         while not self._stop.wait(self.interval):
             self._poll()
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._before = {c.pid for c in self._me.children(recursive=True)}
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -65,4 +66,3 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-

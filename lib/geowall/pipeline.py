@@ -18,6 +18,7 @@ executed notebook with the traceback is kept as ``NN_name.failed.ipynb``; artefa
 of earlier steps are untouched. Each step's record also keeps its wall time and the
 peak resident memory of its kernel (``peak_rss_mb``, see :mod:`geowall.memory`).
 """
+
 from __future__ import annotations
 
 import os
@@ -162,8 +163,10 @@ def run(
     for s in chosen:  # an upstream step neither chosen before it nor run earlier: refuse before any work
         missing = [u for u in s.upstream if u not in available]
         if missing:
-            raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r} "
-                             f"(add them to --only, or run them first)")
+            raise StepFailed(
+                f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r} "
+                f"(add them to --only, or run them first)"
+            )
         available.add(s.name)
     if executor == "ray" and not address:  # one local Ray instance for all steps, joined by each kernel
         env[executors.ENV_ADDRESS] = executors.RayExecutor().ray.get_runtime_context().gcs_address
@@ -178,7 +181,9 @@ def run(
             bar.set_postfix_str(s.name)
             missing = [u for u in s.upstream if u not in prints]
             if missing:
-                raise StepFailed(f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r}")
+                raise StepFailed(
+                    f"step {s.name!r} needs upstream step(s) {missing} to have run for profile {cfg.name!r}"
+                )
             records.append(_run_step(s, cfg, run_dir, notebooks_dir, prints, force, progress, log))
         return records
     finally:
@@ -189,7 +194,9 @@ def run(
                 os.environ[k] = v
 
 
-def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints: dict, force: bool, progress: bool, log) -> dict:
+def _run_step(
+    s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints: dict, force: bool, progress: bool, log
+) -> dict:
     import jupytext
     import papermill as pm
 
@@ -215,8 +222,13 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     try:
         with memory:
             pm.execute_notebook(
-                nb, str(tmp), parameters=params, kernel_name="python3", progress_bar=progress,
-                cwd=str(notebooks_dir), log_output=False,
+                nb,
+                str(tmp),
+                parameters=params,
+                kernel_name="python3",
+                progress_bar=progress,
+                cwd=str(notebooks_dir),
+                log_output=False,
             )
     except pm.PapermillExecutionError as e:
         if tmp.exists():
@@ -233,8 +245,17 @@ def _run_step(s: Step, cfg: Profile, run_dir: Path, notebooks_dir: Path, prints:
     os.replace(tmp, out)  # the executed notebook appears atomically, only on success
     dt = time.time() - t0
     peak = round(memory.peak_mb, 1)
-    write_json(rec_path, {"step": s.name, "fingerprint": fp, "notebook": str(out), "seconds": round(dt, 1),
-                          "peak_rss_mb": peak, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_json(
+        rec_path,
+        {
+            "step": s.name,
+            "fingerprint": fp,
+            "notebook": str(out),
+            "seconds": round(dt, 1),
+            "peak_rss_mb": peak,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     prints[s.name] = fp
     log(f"[{s.name}] done in {dt:.1f} s, kernel peak RSS {peak:.0f} MiB -> {out}")
     return {"step": s.name, "status": "ran", "notebook": str(out), "seconds": dt, "peak_rss_mb": peak}

@@ -16,6 +16,7 @@ machine); each estimate says which. It counts the dense matmuls only (harvest fo
 passes, SAE training and evaluation, the kNN of the geometry step), so it is a lower
 bound on compute; downloads are timed only with a bandwidth the user states.
 """
+
 from __future__ import annotations
 
 import json
@@ -182,8 +183,9 @@ def _layers_widths(cfg: Profile, spec: ModelSpec, d: int) -> list[tuple[int, lis
     return [(layer, widths_for(cfg, spec.name, layer, d)) for layer in cfg.layers_of(spec)]
 
 
-def build(cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float | None = None,
-          concurrency: int = 1) -> Plan:
+def build(
+    cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float | None = None, concurrency: int = 1
+) -> Plan:
     """The plan of ``cfg``. ``throughput``: a measured record (see :func:`measure_throughput`);
     ``bandwidth_mb_s``: download bandwidth to time downloads with; ``concurrency``: SAE
     evaluations running at once on one machine (Ray workers), which multiplies the peak
@@ -203,17 +205,26 @@ def build(cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float
         # ---- harvest: one model in memory, one batch of activations and eager attention scores
         tokens = a.n_train + a.n_eval
         if spec.source == "synthetic":
-            plan.tasks.append(TaskCost(spec.name, "harvest", 1, 0, tokens * d * F32, 0, "synthetic zoo: sampled, no model"))
+            plan.tasks.append(
+                TaskCost(spec.name, "harvest", 1, 0, tokens * d * F32, 0, "synthetic zoo: sampled, no model")
+            )
         else:
             bt = a.batch_size * a.max_seq_len
             acts_gpu = bt * d * wbytes * (len(layers) + 4) + a.batch_size * (heads or 1) * a.max_seq_len**2 * F32 * 2
             weights = (n_params or 0) * wbytes
-            plan.tasks.append(TaskCost(
-                spec.name, "harvest", 1, weights + acts_gpu if cfg.device != "cpu" else 0,
-                weights + (acts_gpu if cfg.device == "cpu" else bt * d * F32 * len(layers)),
-                2.0 * (n_params or 0) * tokens,
-                f"{'?' if n_params is None else f'{n_params / 1e9:.2f}B'} parameters ({params_src}) in {spec.dtype}; "
-                f"weights are loaded on the host, then moved"))
+            plan.tasks.append(
+                TaskCost(
+                    spec.name,
+                    "harvest",
+                    1,
+                    weights + acts_gpu if cfg.device != "cpu" else 0,
+                    weights + (acts_gpu if cfg.device == "cpu" else bt * d * F32 * len(layers)),
+                    2.0 * (n_params or 0) * tokens,
+                    f"{'?' if n_params is None else f'{n_params / 1e9:.2f}B'} parameters "
+                    f"({params_src}) in {spec.dtype}; "
+                    f"weights are loaded on the host, then moved",
+                )
+            )
             if spec.source == "hf" and not Path(spec.hf_model).is_dir():
                 plan.download[f"{spec.name}: checkpoint"] = (n_params or 0) * F32
                 plan.disk[f"{spec.name}: checkpoint (Hugging Face cache)"] = (n_params or 0) * F32
@@ -239,11 +250,18 @@ def build(cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float
             batch = max(1, min(4096, PLAN_BATCH_TOKENS // w))
             eval_flops = float(sum(4.0 * a.n_eval * d * int(x) for x in rows.width))
             on_gpu = cfg.device != "cpu"
-            plan.tasks.append(TaskCost(
-                spec.name, "sae-eval", n, sae_bytes + 3 * batch * w * F32 if on_gpu else 0,
-                gs.CHUNK_BYTES + batch * d * F32 * 2 + (sae_bytes + 3 * batch * w * F32 if not on_gpu else 0),
-                eval_flops, f"largest SAE: width {w:,}, {fmt_bytes(sae_bytes)}; streamed in "
-                            f"{fmt_bytes(gs.CHUNK_BYTES)} host chunks"))
+            plan.tasks.append(
+                TaskCost(
+                    spec.name,
+                    "sae-eval",
+                    n,
+                    sae_bytes + 3 * batch * w * F32 if on_gpu else 0,
+                    gs.CHUNK_BYTES + batch * d * F32 * 2 + (sae_bytes + 3 * batch * w * F32 if not on_gpu else 0),
+                    eval_flops,
+                    f"largest SAE: width {w:,}, {fmt_bytes(sae_bytes)}; streamed in "
+                    f"{fmt_bytes(gs.CHUNK_BYTES)} host chunks",
+                )
+            )
             flops["sae"] += eval_flops
         else:
             ks = cfg.ks_of(spec)
@@ -261,17 +279,34 @@ def build(cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float
             sae_mem = F32 * (2 * d * wmax + wmax + d) * 4  # weights, gradient, two Adam moments
             act_mem = cfg.sae.batch_size * wmax * F32 * 3
             on_gpu = cfg.device != "cpu"
-            plan.tasks.append(TaskCost(spec.name, "sae-train", n, sae_mem + act_mem if on_gpu else 0,
-                                       a.n_train * d * F32 + (sae_mem + act_mem if not on_gpu else 0), train_flops,
-                                       f"widest SAE: {wmax:,} latents (weights, gradients and Adam moments)"))
+            plan.tasks.append(
+                TaskCost(
+                    spec.name,
+                    "sae-train",
+                    n,
+                    sae_mem + act_mem if on_gpu else 0,
+                    a.n_train * d * F32 + (sae_mem + act_mem if not on_gpu else 0),
+                    train_flops,
+                    f"widest SAE: {wmax:,} latents (weights, gradients and Adam moments)",
+                )
+            )
             plan.disk[f"{spec.name}: trained SAEs"] = saved
             flops["sae"] += train_flops
         # ---- geometry
         g = cfg.geometry
         knn = 2.0 * g.n_points**2 * d
         geo_mem = g.n_points * d * F32 * 3 + g.n_points * 64 * 8
-        plan.tasks.append(TaskCost(spec.name, "geometry", len(layers), geo_mem if cfg.device != "cpu" else 0,
-                                   geo_mem, knn * len(layers), f"{g.n_points:,} points per layer; kNN FLOPs only"))
+        plan.tasks.append(
+            TaskCost(
+                spec.name,
+                "geometry",
+                len(layers),
+                geo_mem if cfg.device != "cpu" else 0,
+                geo_mem,
+                knn * len(layers),
+                f"{g.n_points:,} points per layer; kNN FLOPs only",
+            )
+        )
         flops["geometry"] += knn * len(layers)
     if cache_peak:
         plan.disk["SAE download cache (peak)"] = cache_peak
@@ -280,8 +315,11 @@ def build(cfg: Profile, *, throughput: dict | None = None, bandwidth_mb_s: float
         rate = throughput.get("bfloat16_flops" if any(m.dtype == "bfloat16" for m in cfg.models) else "float32_flops")
         rate = rate or throughput["float32_flops"]
         rate32 = throughput["float32_flops"]
-        plan.seconds = {"harvest": flops["harvest"] / rate, "sae": flops["sae"] / rate32,
-                        "geometry": flops["geometry"] / rate32}
+        plan.seconds = {
+            "harvest": flops["harvest"] / rate,
+            "sae": flops["sae"] / rate32,
+            "geometry": flops["geometry"] / rate32,
+        }
     if bandwidth_mb_s:
         plan.seconds["download"] = plan.download_bytes / (bandwidth_mb_s * 1e6)
     return plan
@@ -305,8 +343,10 @@ def render(plan: Plan) -> str:
     lines.append("SAEs")
     for model, n in plan.n_saes.items():
         lines.append(f"  {model:24s} {n['trained']:6,d} to train   {n['released']:6,d} to evaluate (released)")
-    lines.append(f"  {'total':24s} {sum(n['trained'] for n in plan.n_saes.values()):6,d} to train   "
-                 f"{sum(n['released'] for n in plan.n_saes.values()):6,d} to evaluate")
+    lines.append(
+        f"  {'total':24s} {sum(n['trained'] for n in plan.n_saes.values()):6,d} to train   "
+        f"{sum(n['released'] for n in plan.n_saes.values()):6,d} to evaluate"
+    )
     lines += ["", f"Downloads: {fmt_bytes(plan.download_bytes)}"]
     lines += [f"  {k:52s} {fmt_bytes(v):>10s}" for k, v in plan.download.items()]
     cache = plan.disk.get("SAE download cache (peak)")
@@ -318,23 +358,34 @@ def render(plan: Plan) -> str:
         budget = f"the SAE download cache peaks at {fmt_bytes(cache)} of its {fmt_bytes(plan.budget_bytes)} budget"
     lines += ["", f"Peak disk: {fmt_bytes(plan.peak_disk)} in all; {budget}"]
     lines += [f"  {k:52s} {fmt_bytes(v):>10s}" for k, v in plan.disk.items()]
-    lines += ["", "Peak memory per task (estimates from shapes)",
-              f"  {'model':18s} {'task':10s} {'count':>6s} {'GPU':>10s} {'host':>10s}  note"]
+    lines += [
+        "",
+        "Peak memory per task (estimates from shapes)",
+        f"  {'model':18s} {'task':10s} {'count':>6s} {'GPU':>10s} {'host':>10s}  note",
+    ]
     for t in plan.tasks:
         gpu = "-" if not t.gpu_bytes else fmt_bytes(t.gpu_bytes)
         lines.append(f"  {t.model:18s} {t.task:10s} {t.count:6,d} {gpu:>10s} {fmt_bytes(t.host_bytes):>10s}  {t.note}")
     lines += [""]
     if plan.throughput is None:
-        lines.append(f"Wall time: not estimated: no throughput measured for device {plan.device!r} (it is not available "
-                     f"here). Run `geowall plan --profile {plan.profile} --measure FILE` on the target machine and pass "
-                     f"--throughput FILE here.")
+        lines.append(
+            f"Wall time: not estimated: no throughput measured for device {plan.device!r} (it is not available "
+            f"here). Run `geowall plan --profile {plan.profile} --measure FILE` on the target machine and pass "
+            f"--throughput FILE here."
+        )
     else:
         th = plan.throughput
-        rates = ", ".join(f"{k.removesuffix('_flops')} {v / 1e12:.2f} TFLOP/s" for k, v in th.items() if k.endswith("_flops"))
-        lines.append(f"Wall time (ESTIMATE: matmul FLOPs / measured throughput, a lower bound on compute): "
-                     f"{fmt_seconds(sum(v for k, v in plan.seconds.items() if k != 'download'))}")
-        lines.append(f"  throughput {rates} measured on {th.get('device_name', th.get('device'))} "
-                     f"({th.get('source', 'measured now')}, {th.get('measured', '?')})")
+        rates = ", ".join(
+            f"{k.removesuffix('_flops')} {v / 1e12:.2f} TFLOP/s" for k, v in th.items() if k.endswith("_flops")
+        )
+        lines.append(
+            f"Wall time (ESTIMATE: matmul FLOPs / measured throughput, a lower bound on compute): "
+            f"{fmt_seconds(sum(v for k, v in plan.seconds.items() if k != 'download'))}"
+        )
+        lines.append(
+            f"  throughput {rates} measured on {th.get('device_name', th.get('device'))} "
+            f"({th.get('source', 'measured now')}, {th.get('measured', '?')})"
+        )
         for k, v in plan.seconds.items():
             if k != "download":
                 lines.append(f"  {k:10s} {fmt_seconds(v):>10s}")

@@ -18,10 +18,11 @@ the library's rules from the library where it exposes them (``geometry.patch_k``
 defaults of ``scaling.exponents``); where a rule is inline in a library function
 (:func:`min_training_layers` for ``law.fit_law``) a test holds the two together.
 """
+
 from __future__ import annotations
 
-import re
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -54,7 +55,10 @@ class PreflightError(ProfileError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems
-        lines = [f"{p.key}: {p.message} (needed by step{'s' if len(p.steps) > 1 else ''} {', '.join(p.steps)})" for p in problems]
+        lines = [
+            f"{p.key}: {p.message} (needed by step{'s' if len(p.steps) > 1 else ''} {', '.join(p.steps)})"
+            for p in problems
+        ]
         more = "".join(f"\n  also {line}" for line in lines[1:])
         super().__init__(lines[0] + more)
 
@@ -124,7 +128,9 @@ def _showcase(cfg: Profile) -> list[tuple[str, int]]:
 # ---------------------------------------------------------------------------- SAE grid
 
 
-@register("sae.showcase_width_multiples", steps=("sae_grid",), where="sae.model.TopKConfig / sae.train.grid_pairs: k <= width")
+@register(
+    "sae.showcase_width_multiples", steps=("sae_grid",), where="sae.model.TopKConfig / sae.train.grid_pairs: k <= width"
+)
 def _showcase_widths_above_k(cfg):
     """The schema checks k < the smallest ordinary width; showcase layers use another grid."""
     names = set(cfg.sae.showcase_layers)
@@ -134,17 +140,22 @@ def _showcase_widths_above_k(cfg):
         d, kmax = _d(m), max(cfg.ks_of(m))
         wmin = min(cfg.sae.showcase_width_multiples) * d
         if kmax >= wmin:
-            yield ("sae.showcase_width_multiples",
-                   f"smallest showcase width {min(cfg.sae.showcase_width_multiples)} x d={d} = {wmin:g} must exceed "
-                   f"the largest k={kmax} of model '{m.name}' ({_ks_key(cfg, i)}); expected multiples > {kmax / d:g}")
+            yield (
+                "sae.showcase_width_multiples",
+                f"smallest showcase width {min(cfg.sae.showcase_width_multiples)} x d={d} = {wmin:g} must exceed "
+                f"the largest k={kmax} of model '{m.name}' ({_ks_key(cfg, i)}); expected multiples > {kmax / d:g}",
+            )
 
 
 # ---------------------------------------------------------------------------- geometry
 
 
-@register("geometry.k_neighbors", steps=("geometry",),
-          where="geometry.local_geometry: a fit patch of k points needs k >= fit parameters + 1 at the tangent "
-                "dimension (up to geometry.max_dim); smaller patches are dropped")
+@register(
+    "geometry.k_neighbors",
+    steps=("geometry",),
+    where="geometry.local_geometry: a fit patch of k points needs k >= fit parameters + 1 at the tangent "
+    "dimension (up to geometry.max_dim); smaller patches are dropped",
+)
 def _patch_k_fits_quadratic(cfg):
     from geowall.geometry.estimators import _n_params
 
@@ -152,10 +163,12 @@ def _patch_k_fits_quadratic(cfg):
     if g.k_neighbors is not None:
         need = _n_params(g.max_dim) + 1
         if g.k_neighbors < need:
-            yield ("geometry.k_neighbors",
-                   f"{g.k_neighbors} neighbours cannot fit a quadratic patch in up to geometry.max_dim={g.max_dim} "
-                   f"tangent dimensions (such patches would be dropped from the curvature); expected >= {need}, "
-                   f"null (automatic), or a lower geometry.max_dim")
+            yield (
+                "geometry.k_neighbors",
+                f"{g.k_neighbors} neighbours cannot fit a quadratic patch in up to geometry.max_dim={g.max_dim} "
+                f"tangent dimensions (such patches would be dropped from the curvature); expected >= {need}, "
+                f"null (automatic), or a lower geometry.max_dim",
+            )
 
 
 def geometry_min_points(g) -> int:
@@ -170,21 +183,30 @@ def geometry_min_points(g) -> int:
     return 2 * (k + 1)
 
 
-@register("geometry.n_points", steps=("geometry",),
-          where="geometry.estimators._check_patch_args: patch size <= distinct points - 1, in every half-sample "
-                "(else NaN curvature, which step 02 asserts against, or an uncaught error in geometry.sensitivity)")
+@register(
+    "geometry.n_points",
+    steps=("geometry",),
+    where="geometry.estimators._check_patch_args: patch size <= distinct points - 1, in every half-sample "
+    "(else NaN curvature, which step 02 asserts against, or an uncaught error in geometry.sensitivity)",
+)
 def _enough_points(cfg):
     g = cfg.geometry
     need = geometry_min_points(g)
     have = min(g.n_points, cfg.activations.n_train)
     if have < need:
         key = "geometry.n_points" if g.n_points <= cfg.activations.n_train else "activations.n_train"
-        how = (f"geometry.k_neighbors={g.k_neighbors}" if need // 2 - 1 == g.k_neighbors
-               else f"dim_patch_k(geometry.max_dim={g.max_dim})")
-        yield (key, f"{have} points per layer (the smaller of geometry.n_points={g.n_points} and activations.n_train="
-                    f"{cfg.activations.n_train}) are too few: each half-sample replicate needs more points than the "
-                    f"patch of {need // 2 - 1} neighbours ({how}); expected >= {need} points, or a smaller "
-                    f"geometry.max_dim / geometry.k_neighbors")
+        how = (
+            f"geometry.k_neighbors={g.k_neighbors}"
+            if need // 2 - 1 == g.k_neighbors
+            else f"dim_patch_k(geometry.max_dim={g.max_dim})"
+        )
+        yield (
+            key,
+            f"{have} points per layer (the smaller of geometry.n_points={g.n_points} and activations.n_train="
+            f"{cfg.activations.n_train}) are too few: each half-sample replicate needs more points than the "
+            f"patch of {need // 2 - 1} neighbours ({how}); expected >= {need} points, or a smaller "
+            f"geometry.max_dim / geometry.k_neighbors",
+        )
 
 
 # ---------------------------------------------------------------------------- Bayesian fits
@@ -192,15 +214,19 @@ def _enough_points(cfg):
 
 def _sampling(section: str, spec):
     if spec.chains < 2:
-        yield (f"{section}.chains", f"{spec.chains} chain cannot pass the R-hat check (scaling.check_fit); "
-                                    f"expected >= 2")
+        yield (
+            f"{section}.chains",
+            f"{spec.chains} chain cannot pass the R-hat check (scaling.check_fit); expected >= 2",
+        )
     need = spec.checks.ess_min
     if spec.chains * spec.draws < need:
         draws = math.ceil(need / max(spec.chains, 1))
-        yield (f"{section}.draws",
-               f"{spec.chains} chains x {spec.draws} draws = {spec.chains * spec.draws} samples cannot reach the "
-               f"bulk and tail ESS threshold {section}.checks.ess_min={need:g}; expected {section}.draws >= {draws} "
-               f"(with {spec.chains} chains; more draws than that in practice) or a lower {section}.checks.ess_min")
+        yield (
+            f"{section}.draws",
+            f"{spec.chains} chains x {spec.draws} draws = {spec.chains * spec.draws} samples cannot reach the "
+            f"bulk and tail ESS threshold {section}.checks.ess_min={need:g}; expected {section}.draws >= {draws} "
+            f"(with {spec.chains} chains; more draws than that in practice) or a lower {section}.checks.ess_min",
+        )
 
 
 @register("stage1.draws", steps=("stage1",), where="scaling.check_fit: >= 2 chains, ESS >= checks.ess_min")
@@ -215,17 +241,22 @@ def _stage2_sampling(cfg):
 
 @register("sae.width_multiples", steps=("stage1",), where="width exponent alpha = -dlog(L-E)/dlog W: two widths")
 def _two_widths(cfg):
-    for i, m in _trained(cfg):
+    for _i, m in _trained(cfg):
         d = _d(m)
         ws = _widths(cfg.sae.width_multiples, d)
         if len(ws) < 2:
-            yield ("sae.width_multiples",
-                   f"model '{m.name}' (d={d}) gets the width grid {ws}: a width exponent needs at least 2 distinct "
-                   f"widths; expected at least two multiples that differ after rounding to whole latents")
+            yield (
+                "sae.width_multiples",
+                f"model '{m.name}' (d={d}) gets the width grid {ws}: a width exponent needs at least 2 distinct "
+                f"widths; expected at least two multiples that differ after rounding to whole latents",
+            )
 
 
-@register("sae.showcase_width_multiples", steps=("stage1",),
-          where="scaling.FLOOR_GRID_RULE: a floor term only with >= min_widths widths spanning >= min_width_span")
+@register(
+    "sae.showcase_width_multiples",
+    steps=("stage1",),
+    where="scaling.FLOOR_GRID_RULE: a floor term only with >= min_widths widths spanning >= min_width_span",
+)
 def _showcase_grid_spans_floor_rule(cfg):
     from geowall import scaling
 
@@ -238,9 +269,11 @@ def _showcase_grid_spans_floor_rule(cfg):
         ws = _widths(cfg.sae.showcase_width_multiples, d)
         span = ws[-1] / ws[0] if ws and ws[0] > 0 else 0.0
         if len(ws) < min_widths or span < min_span:
-            yield ("sae.showcase_width_multiples",
-                   f"showcase layers of model '{m.name}' (d={d}) get widths {ws} ({len(ws)} widths spanning "
-                   f"{span:.3g}x): the floor rule needs >= {min_widths} distinct widths spanning >= {min_span:g}x")
+            yield (
+                "sae.showcase_width_multiples",
+                f"showcase layers of model '{m.name}' (d={d}) get widths {ws} ({len(ws)} widths spanning "
+                f"{span:.3g}x): the floor rule needs >= {min_widths} distinct widths spanning >= {min_span:g}x",
+            )
 
 
 def _n_layers(cfg: Profile, name: str) -> int:
@@ -257,14 +290,19 @@ def min_training_layers(n_predictors: int, n_models: int = 1) -> int:
 STAGE2_SCOPE_MIN_LAYERS = 8  # notebook 04 fits a scope (real / synthetic models) only with at least this many layers
 
 
-@register("models", steps=("stage2",),
-          where="notebook 04: a scope with >= 8 layers; law.fit_law: >= min_training_layers(predictors, models)")
+@register(
+    "models",
+    steps=("stage2",),
+    where="notebook 04: a scope with >= 8 layers; law.fit_law: >= min_training_layers(predictors, models)",
+)
 def _stage2_layers(cfg):
     from geowall import law
 
     P = max(map(len, law.DEFAULT_LAW_SETS.values()))
-    scopes = {"real": [m for m in cfg.models if m.source != "synthetic"],
-              "synthetic": [m for m in cfg.models if m.source == "synthetic"]}
+    scopes = {
+        "real": [m for m in cfg.models if m.source != "synthetic"],
+        "synthetic": [m for m in cfg.models if m.source == "synthetic"],
+    }
     fitted = 0
     for scope, models in scopes.items():
         have = sum(len(cfg.layers_of(m)) for m in models)
@@ -273,12 +311,18 @@ def _stage2_layers(cfg):
         fitted += 1
         need = min_training_layers(P, len(models))
         if have < need:
-            yield ("models", f"the {scope} models have {have} layers: a Stage 2 law with {P} predictors and "
-                             f"{len(models)} model intercepts needs >= {need}; expected more layers in "
-                             f"models.<i>.layers (or 'all') or fewer models")
+            yield (
+                "models",
+                f"the {scope} models have {have} layers: a Stage 2 law with {P} predictors and "
+                f"{len(models)} model intercepts needs >= {need}; expected more layers in "
+                f"models.<i>.layers (or 'all') or fewer models",
+            )
     if not fitted:
-        yield ("models", f"no scope (real or synthetic models) has >= {STAGE2_SCOPE_MIN_LAYERS} layers for "
-                         f"Stage 2; expected more layers in models.<i>.layers (or 'all')")
+        yield (
+            "models",
+            f"no scope (real or synthetic models) has >= {STAGE2_SCOPE_MIN_LAYERS} layers for "
+            f"Stage 2; expected more layers in models.<i>.layers (or 'all')",
+        )
 
 
 @register("transfer", steps=("transfer",), where="law.run_transfer -> fit_law(models=[A]): enough layers of A")
@@ -293,12 +337,18 @@ def _transfer_layers(cfg):
             if n < need and x not in seen:
                 seen.add(x)
                 i = [m.name for m in cfg.models].index(x)
-                yield (f"transfer.{j}", f"model '{x}' has {n} layers (models.{i}.layers); a law trained on it needs "
-                                        f">= {need}; expected more layers or another pair")
+                yield (
+                    f"transfer.{j}",
+                    f"model '{x}' has {n} layers (models.{i}.layers); a law trained on it needs "
+                    f">= {need}; expected more layers or another pair",
+                )
 
 
-@register("sae.showcase_layers", steps=("sae_grid",), where="layers.widths_for: a showcase layer gets its grid only "
-                                                            "if it is processed")
+@register(
+    "sae.showcase_layers",
+    steps=("sae_grid",),
+    where="layers.widths_for: a showcase layer gets its grid only if it is processed",
+)
 def _showcase_processed(cfg):
     names = [m.name for m in cfg.models]
     for model, layers in cfg.sae.showcase_layers.items():
@@ -307,9 +357,11 @@ def _showcase_processed(cfg):
         fitted = set(cfg.layers_of(cfg.model(model)))
         out = sorted(set(layers) - fitted)
         if out:
-            yield (f"sae.showcase_layers.{model}",
-                   f"{out} not among the layers of model '{model}' (models.{names.index(model)}.layers); "
-                   f"expected showcase layers that are processed")
+            yield (
+                f"sae.showcase_layers.{model}",
+                f"{out} not among the layers of model '{model}' (models.{names.index(model)}.layers); "
+                f"expected showcase layers that are processed",
+            )
 
 
 # ---------------------------------------------------------------------------- sources and machine
@@ -332,12 +384,18 @@ def _gemma_scope_layers(cfg):
             continue
         missing = sorted(set(cfg.layers_of(m)) - {int(x) for x in man.layer})
         if missing:
-            yield (f"models.{i}.layers", f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
-                                         f"expected layers among {sorted({int(x) for x in man.layer})}")
+            yield (
+                f"models.{i}.layers",
+                f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
+                f"expected layers among {sorted({int(x) for x in man.layer})}",
+            )
 
 
-@register("sae.cache_budget_gb", steps=("sae_grid",),
-          where="plan.check_budget / gemma_scope.check_budget: the largest streamed SAE fits the download cache")
+@register(
+    "sae.cache_budget_gb",
+    steps=("sae_grid",),
+    where="plan.check_budget / gemma_scope.check_budget: the largest streamed SAE fits the download cache",
+)
 def _cache_budget(cfg):
     from geowall.diskcache import BudgetError
     from geowall.plan import check_budget
@@ -350,8 +408,7 @@ def _cache_budget(cfg):
         pass  # an unknown release or a missing sae-lens: reported by the models.<i>.sae_release check
 
 
-@register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device",
-          machine=True)
+@register("device", steps=("activations", "sae_grid", "geometry"), where="transformer.resolve_device", machine=True)
 def _device_available(cfg):
     if cfg.device.startswith("cuda"):
         import torch
@@ -382,8 +439,9 @@ def _next_target_accept(ta: float) -> float | None:
     return None
 
 
-def fit_advice(failures: Iterable[dict], *, section: str, draws: int, chains: int, tune: int,
-               target_accept: float) -> list[str]:
+def fit_advice(
+    failures: Iterable[dict], *, section: str, draws: int, chains: int, tune: int, target_accept: float
+) -> list[str]:
     """Which profile keys to change, and to what, after a fit failed its convergence checks.
 
     ``failures`` are the records of a ``FitDiagnosticsError`` (``diagnostic``, ``value``,
@@ -408,8 +466,11 @@ def fit_advice(failures: Iterable[dict], *, section: str, draws: int, chains: in
         if diag in ("ess_bulk", "ess_tail") and numeric:
             t = float(thr.split()[-1]) if thr.split() else 0.0
             need = math.ceil(draws * t / max(float(v), 1.0) * 1.25 / 100) * 100
-            ask(f"{section}.draws", max(need, draws + 100),
-                f"min {diag.split('_')[1]} ESS {float(v):.4g} < {t:g} with {chains} chains x {draws} draws")
+            ask(
+                f"{section}.draws",
+                max(need, draws + 100),
+                f"min {diag.split('_')[1]} ESS {float(v):.4g} < {t:g} with {chains} chains x {draws} draws",
+            )
         elif diag == "r_hat" and not numeric:
             ask(f"{section}.chains", 2, "R-hat needs at least 2 chains")
         elif diag == "r_hat":
@@ -421,8 +482,10 @@ def fit_advice(failures: Iterable[dict], *, section: str, draws: int, chains: in
             if nxt is not None:
                 ask(f"{section}.target_accept", nxt, f"{int(v)} divergent transitions, allowed {thr.split()[-1]}")
             else:
-                notes.append(f"{int(v)} divergences at {section}.target_accept={target_accept}: the posterior "
-                             f"needs a reparameterisation, or raise {section}.checks.allow_divergences knowingly")
+                notes.append(
+                    f"{int(v)} divergences at {section}.target_accept={target_accept}: the posterior "
+                    f"needs a reparameterisation, or raise {section}.checks.allow_divergences knowingly"
+                )
         elif diag == "bfmi" and numeric:
             ask(f"{section}.tune", 2 * tune, f"E-BFMI {float(v):.3g}, threshold {thr}: the energy is poorly explored")
     lines = []
@@ -466,5 +529,13 @@ def step_advice(step: str, cfg: Profile, ename: str, evalue: str) -> str:
     if ename != "FitDiagnosticsError" or section is None or "; to pass: " in evalue:
         return ""
     spec = getattr(cfg, section)
-    return fit_advice_text(parse_failures(evalue), {"section": section, "draws": spec.draws, "chains": spec.chains,
-                                                    "tune": spec.tune, "target_accept": spec.target_accept})
+    return fit_advice_text(
+        parse_failures(evalue),
+        {
+            "section": section,
+            "draws": spec.draws,
+            "chains": spec.chains,
+            "tune": spec.tune,
+            "target_accept": spec.target_accept,
+        },
+    )

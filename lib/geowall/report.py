@@ -19,6 +19,7 @@
    shortcodes are resolved: ``{{< var >}}`` from the variables, ``{{< embed nb#fig-x >}}``
    by the labelled cell's stored output, ``@fig-x`` by a numbered link.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -102,8 +103,9 @@ def labelled_cells(nb) -> dict[str, dict]:
     return out
 
 
-def build(profile: str | Profile = "default", *, runs_dir: Path | None = None, use_quarto: bool | None = None,
-          log=print) -> Path:
+def build(
+    profile: str | Profile = "default", *, runs_dir: Path | None = None, use_quarto: bool | None = None, log=print
+) -> Path:
     """Build the site of a profile's run into ``<run_dir>/site/`` (Quarto if on PATH, else offline)."""
     from geowall import charts
     from geowall.results import flatten, report_variables
@@ -152,8 +154,10 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Pat
     notebooks = [href for href in qcfg["project"]["render"] if href.endswith(".ipynb")]
     missing = [href for href in notebooks if not notebook_source(href, cfg, run_dir).is_file()]
     if missing:
-        raise ReportError(f"pages {missing}: executed notebooks not found under {run_dir / 'notebooks'} "
-                          f"(run `geowall run --profile {cfg.name}`)")
+        raise ReportError(
+            f"pages {missing}: executed notebooks not found under {run_dir / 'notebooks'} "
+            f"(run `geowall run --profile {cfg.name}`)"
+        )
     shutil.rmtree(project / "notebooks", ignore_errors=True)
     (project / "notebooks").mkdir(parents=True)
     _write_text(project / "_quarto.yml", yaml.safe_dump(qcfg, sort_keys=False, allow_unicode=True))
@@ -173,7 +177,8 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Pat
 WIDGET_CDN = re.compile(
     r'<script src="https://cdn\.jsdelivr\.net/npm/(?:requirejs|jquery)@[^"]*"[^>]*></script>\n?'
     r"|<script type=\"application/javascript\">"
-    r"define\('jquery', \[\],function\(\) \{return window\.jQuery;\}\)</script>\n?")
+    r"define\('jquery', \[\],function\(\) \{return window\.jQuery;\}\)</script>\n?"
+)
 
 
 def drop_widget_cdn_scripts(site: Path) -> int:
@@ -198,8 +203,12 @@ def drop_widget_cdn_scripts(site: Path) -> int:
 def machine_paths(run_dir: Path) -> list[tuple[str, str]]:
     """(this machine's path, what a published page shows instead), longest first."""
     runs = run_dir.resolve().parent
-    pairs = {str(runs): portable_run_dir(runs) if runs.is_relative_to(ROOT) else "<runs>", str(ROOT): ".",
-             sys.prefix: "<python>", sys.base_prefix: "<python>"}
+    pairs = {
+        str(runs): portable_run_dir(runs) if runs.is_relative_to(ROOT) else "<runs>",
+        str(ROOT): ".",
+        sys.prefix: "<python>",
+        sys.base_prefix: "<python>",
+    }
     home = str(Path.home())
     if home not in ("/", ""):
         pairs[home] = "~"
@@ -229,10 +238,12 @@ table{border-collapse:collapse;font-size:.88em} td,th{border:1px solid #ddd;padd
 
 
 def _page(title: str, body: str, nav: str, vega: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style>\n{vega}\n</head>\n"
-            f"<body>{nav}\n<main>\n{body}\n</main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>\n{vega}\n</head>\n"
+        f"<body>{nav}\n<main>\n{body}\n</main></body></html>\n"
+    )
 
 
 def _out_name(href: str) -> str:
@@ -240,8 +251,9 @@ def _out_name(href: str) -> str:
 
 
 def _nav(pages: list[tuple[str, str]], current: str) -> str:
-    links = [f'<a href="{_out_name(h)}"{" class=active" if h == current else ""}>{html.escape(t)}</a>'
-             for h, t in pages]
+    links = [
+        f'<a href="{_out_name(h)}"{" class=active" if h == current else ""}>{html.escape(t)}</a>' for h, t in pages
+    ]
     return "<nav>" + "".join(links) + "</nav>"
 
 
@@ -256,8 +268,9 @@ def offline_build(cfg: Profile, run_dir: Path, site: Path, variables: dict, vega
         if href.endswith(".ipynb"):
             src = notebook_source(href, cfg, run_dir)
             if not src.is_file():
-                raise ReportError(f"page {href}: executed notebook {src} not found "
-                                  f"(run `geowall run --profile {cfg.name}`)")
+                raise ReportError(
+                    f"page {href}: executed notebook {src} not found (run `geowall run --profile {cfg.name}`)"
+                )
             nb = nbformat.read(src, as_version=4)
             body, _ = exporter.from_notebook_node(nb)
         elif href == "index.qmd":
@@ -274,11 +287,12 @@ def _front_matter(text: str) -> tuple[dict, str]:
     m = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
     if not m:
         return {}, text
-    return yaml.safe_load(m.group(1)) or {}, text[m.end():]
+    return yaml.safe_load(m.group(1)) or {}, text[m.end() :]
 
 
 def resolve_shortcodes(body: str, cfg: Profile, run_dir: Path, variables: dict) -> str:
     """Replace Quarto shortcodes and figure cross-references with plain Markdown/HTML."""
+
     def var(m):
         key = m.group(1)
         if key not in variables:
@@ -300,8 +314,10 @@ def resolve_shortcodes(body: str, cfg: Profile, run_dir: Path, variables: dict) 
             raise ReportError(f"index.qmd embeds {href}#{label}: no cell labelled {label} in {href}")
         numbers[label] = len(numbers) + 1
         cell = cache[href][label]
-        return (f'\n<figure id="{label}">\n{cell["html"]}\n<figcaption>Figure {numbers[label]}: '
-                f'{html.escape(cell["caption"])}</figcaption>\n</figure>\n')
+        return (
+            f'\n<figure id="{label}">\n{cell["html"]}\n<figcaption>Figure {numbers[label]}: '
+            f"{html.escape(cell['caption'])}</figcaption>\n</figure>\n"
+        )
 
     body = EMBED.sub(embed, body)
 
@@ -317,8 +333,12 @@ def resolve_shortcodes(body: str, cfg: Profile, run_dir: Path, variables: dict) 
 def _pandoc(markdown: str, meta: dict) -> str:
     import pypandoc
 
-    args = ["--citeproc", f"--bibliography={ROOT / 'references.bib'}", "--metadata=link-citations:true",
-            "--section-divs"]
+    args = [
+        "--citeproc",
+        f"--bibliography={ROOT / 'references.bib'}",
+        "--metadata=link-citations:true",
+        "--section-divs",
+    ]
     for k, v in meta.items():
         args.append(f"--metadata={k}:{v}")
     return pypandoc.convert_text(markdown, "html5", format="markdown", extra_args=args)
@@ -346,8 +366,16 @@ def qmd_html(path: Path) -> str:
 
 # ------------------------------------------------------------------------ browser check
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def find_chromium() -> str | None:
@@ -409,10 +437,22 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
                 failed, errors = [], []
                 page.on("requestfailed", lambda r, failed=failed: failed.append(r.url))
                 # HTTP errors count as failed requests; the browser's own favicon probe does not
-                page.on("response", lambda r, failed=failed: failed.append(f"{r.status} {r.url}")
-                        if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
-                page.on("console", lambda m, errors=errors: errors.append(m.text)
-                        if m.type == "error" and "favicon.ico" not in (m.location or {}).get("url", "") else None)
+                page.on(
+                    "response",
+                    lambda r, failed=failed: (
+                        failed.append(f"{r.status} {r.url}")
+                        if r.status >= 400 and not r.url.endswith("/favicon.ico")
+                        else None
+                    ),
+                )
+                page.on(
+                    "console",
+                    lambda m, errors=errors: (
+                        errors.append(m.text)
+                        if m.type == "error" and "favicon.ico" not in (m.location or {}).get("url", "")
+                        else None
+                    ),
+                )
                 page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
                 page.goto(base + page_path.relative_to(root).as_posix(), wait_until="load", timeout=timeout_ms)
                 n = page.locator(".gw-chart").count()
@@ -420,22 +460,36 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
                     page.wait_for_function(
                         "n => [...document.querySelectorAll('.gw-chart')]"
                         ".filter(d => d.querySelector('svg *, canvas')).length >= n",
-                        arg=n, timeout=timeout_ms)
+                        arg=n,
+                        timeout=timeout_ms,
+                    )
                 drawn = page.evaluate(
                     "() => [...document.querySelectorAll('.gw-chart')].filter(d => {"
                     " const s = d.querySelector('svg'); const c = d.querySelector('canvas');"
                     " return (s && s.querySelectorAll('path, rect, line, text').length > 0)"
-                    " || (c && c.width > 0); }).length")
+                    " || (c && c.width > 0); }).length"
+                )
                 refs = page.evaluate(
                     "() => ({citations: document.querySelectorAll('a[role=doc-biblioref]').length,"
                     " bib_entries: document.querySelectorAll('.csl-entry').length,"
                     " unresolved: [...document.querySelectorAll('.quarto-unresolved-ref, strong, span')]"
-                    ".map(e => e.textContent.trim()).filter(t => /^\\?@[\\w-]+$/.test(t))})")
+                    ".map(e => e.textContent.trim()).filter(t => /^\\?@[\\w-]+$/.test(t))})"
+                )
                 shot = screens / f"{Path(page_path).stem}.png"
                 page.screenshot(path=str(shot), full_page=True)
-                records.append({"page": str(page_path), "charts": n, "drawn": drawn, "citations": refs["citations"],
-                                "bib_entries": refs["bib_entries"], "unresolved_refs": sorted(set(refs["unresolved"])),
-                                "failed_requests": failed, "console_errors": errors, "screenshot": str(shot)})
+                records.append(
+                    {
+                        "page": str(page_path),
+                        "charts": n,
+                        "drawn": drawn,
+                        "citations": refs["citations"],
+                        "bib_entries": refs["bib_entries"],
+                        "unresolved_refs": sorted(set(refs["unresolved"])),
+                        "failed_requests": failed,
+                        "console_errors": errors,
+                        "screenshot": str(shot),
+                    }
+                )
                 page.close()
         finally:
             browser.close()

@@ -4,6 +4,7 @@
 by ``index.qmd`` as ``{{< var key.sub >}}``. Every key is always present: a missing
 artefact gives the string "n/a (step not run)", so the paper still renders and says so.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,14 +12,18 @@ from pathlib import Path
 import pandas as pd
 
 from geowall.config import Profile
-from geowall.geometry import SUMMARY_NAMES as SUMMARIES  # the one list of the four summaries
 from geowall.glance import at_a_glance
 from geowall.io import read_json, read_parquet
 
 NA = "n/a (step not run)"
-SOURCE_NAMES = {"minilm": "all-MiniLM-L6-v2 (pretrained)", "minilm-random": "all-MiniLM-L6-v2 (random init)",
-                "mpnet": "all-mpnet-base-v2 (pretrained)", "mpnet-random": "all-mpnet-base-v2 (random init)",
-                "synthetic": "synthetic manifold zoo", "hf": "Hugging Face causal LM"}
+SOURCE_NAMES = {
+    "minilm": "all-MiniLM-L6-v2 (pretrained)",
+    "minilm-random": "all-MiniLM-L6-v2 (random init)",
+    "mpnet": "all-mpnet-base-v2 (pretrained)",
+    "mpnet-random": "all-mpnet-base-v2 (random init)",
+    "synthetic": "synthetic manifold zoo",
+    "hf": "Hugging Face causal LM",
+}
 
 
 def _fmt(x, nd: int = 2) -> str:
@@ -48,8 +53,10 @@ def corpus_text(cfg: Profile) -> str:
         return f"{len(c.files)} user text file{'s' if len(c.files) != 1 else ''} (one document per paragraph)"
     if c.kind == "folder":
         return f"the text files under {c.folder} (one document per paragraph)"
-    return (f"the Hugging Face dataset {c.dataset}{' (' + c.dataset_config + ')' if c.dataset_config else ''}, "
-            f"split {c.split}, field {c.text_field}")
+    return (
+        f"the Hugging Face dataset {c.dataset}{' (' + c.dataset_config + ')' if c.dataset_config else ''}, "
+        f"split {c.split}, field {c.text_field}"
+    )
 
 
 def source_texts(cfg: Profile) -> dict[str, str]:
@@ -57,57 +64,90 @@ def source_texts(cfg: Profile) -> dict[str, str]:
     released = [m for m in cfg.models if m.sae_source == "gemma-scope"]
     trained = [m for m in cfg.models if m.sae_source == "trained"]
     real_hf = [m for m in cfg.models if m.source == "hf"]
-    desc = [f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}"
-            f"{', zoo ' + m.zoo if m.zoo else ''})" for m in cfg.models]
+    desc = [
+        f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}{', zoo ' + m.zoo if m.zoo else ''})"
+        for m in cfg.models
+    ]
     if released and not trained:
-        sources = (f"This is the study's own kind of setting: {_join(desc)}, each layer evaluated with released "
-                   f"Gemma Scope SAEs rather than SAEs trained here.")
+        sources = (
+            f"This is the study's own kind of setting: {_join(desc)}, each layer evaluated with released "
+            f"Gemma Scope SAEs rather than SAEs trained here."
+        )
     elif released:
-        sources = (f"The models are {_join(desc)}; {_join([m.name for m in released])} use released Gemma Scope "
-                   f"SAEs, the others SAEs trained here.")
+        sources = (
+            f"The models are {_join(desc)}; {_join([m.name for m in released])} use released Gemma Scope "
+            f"SAEs, the others SAEs trained here."
+        )
     else:
-        sources = (f"The figures below are not Gemma 2 with Gemma Scope SAEs: they come from {_join(desc)}, "
-                   f"with SAEs trained here{'' if real_hf else ', all run offline on a CPU'}.")
+        sources = (
+            f"The figures below are not Gemma 2 with Gemma Scope SAEs: they come from {_join(desc)}, "
+            f"with SAEs trained here{'' if real_hf else ', all run offline on a CPU'}."
+        )
     saes = []
     if trained:
-        saes.append(f"for every layer of {_join([m.name for m in trained])} we train a grid of TopK SAEs over width "
-                    f"and k (showcase layers get a width grid spanning "
-                    f"{max(cfg.sae.showcase_width_multiples or [1]) / min(cfg.sae.showcase_width_multiples or [1]):g}x)")
+        saes.append(
+            f"for every layer of {_join([m.name for m in trained])} we train a grid of TopK SAEs over width "
+            f"and k (showcase layers get a width grid spanning "
+            f"{max(cfg.sae.showcase_width_multiples or [1]) / min(cfg.sae.showcase_width_multiples or [1]):g}x)"
+        )
     if released:
-        saes.append(f"for {_join([m.name for m in released])} we evaluate every released residual-stream Gemma Scope "
-                    f"JumpReLU SAE of the chosen layers ({_join(sorted({m.sae_release for m in released}))}: widths "
-                    f"16k to 1M at the showcase layers, several L0 targets per width), streamed one at a time")
+        saes.append(
+            f"for {_join([m.name for m in released])} we evaluate every released residual-stream Gemma Scope "
+            f"JumpReLU SAE of the chosen layers ({_join(sorted({m.sae_release for m in released}))}: widths "
+            f"16k to 1M at the showcase layers, several L0 targets per width), streamed one at a time"
+        )
     limits = []
     if trained:
-        limits.append("Trained, not released, SAEs. The TopK SAEs here are trained briefly; part of their error is "
-                      "optimisation error, not geometry.")
+        limits.append(
+            "Trained, not released, SAEs. The TopK SAEs here are trained briefly; part of their error is "
+            "optimisation error, not geometry."
+        )
     if released:
-        limits.append(f"Released SAEs on our tokens. The Gemma Scope SAEs were trained by their authors on their own "
-                      f"data; here they are evaluated on {corpus_text(cfg)}, a distribution shift that adds to their "
-                      f"error.")
-    return {"sources": sources, "saes": _join(saes)[:1].upper() + _join(saes)[1:], "corpus": corpus_text(cfg),
-            "sae_limitations": " ".join(limits)}
+        limits.append(
+            f"Released SAEs on our tokens. The Gemma Scope SAEs were trained by their authors on their own "
+            f"data; here they are evaluated on {corpus_text(cfg)}, a distribution shift that adds to their "
+            f"error."
+        )
+    return {
+        "sources": sources,
+        "saes": _join(saes)[:1].upper() + _join(saes)[1:],
+        "corpus": corpus_text(cfg),
+        "sae_limitations": " ".join(limits),
+    }
 
 
 def report_variables(cfg: Profile, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
-    models = ", ".join(f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}"
-                       f"{', zoo ' + m.zoo if m.zoo else ''})" for m in cfg.models)
+    models = ", ".join(
+        f"{m.name} ({m.hf_model if m.source == 'hf' else SOURCE_NAMES[m.source]}{', zoo ' + m.zoo if m.zoo else ''})"
+        for m in cfg.models
+    )
     v: dict = {
-        "profile": {"name": cfg.name, "description": cfg.description, "models": models, "seed": cfg.seed,
-                    "n_train": _fmt(cfg.activations.n_train), "n_eval": _fmt(cfg.activations.n_eval),
-                    "is_gemma": str(any(m.source == "hf" for m in cfg.models)).lower()},
+        "profile": {
+            "name": cfg.name,
+            "description": cfg.description,
+            "models": models,
+            "seed": cfg.seed,
+            "n_train": _fmt(cfg.activations.n_train),
+            "n_eval": _fmt(cfg.activations.n_eval),
+            "is_gemma": str(any(m.source == "hf" for m in cfg.models)).lower(),
+        },
         "glance": at_a_glance(run_dir, cfg.name),  # the paper's opening paragraph
     }
     stats = run_dir / "corpus_stats.json"
     c = read_json(stats) if stats.is_file() else {}
-    v["corpus"] = {"words": _fmt(c.get("words")) if c else NA, "docs": _fmt(c["docs_train"] + c["docs_eval"]) if c else NA,
-                   "tokens": _fmt(c["minilm_tokens_train"] + c["minilm_tokens_eval"]) if c else NA}
+    v["corpus"] = {
+        "words": _fmt(c.get("words")) if c else NA,
+        "docs": _fmt(c["docs_train"] + c["docs_eval"]) if c else NA,
+        "tokens": _fmt(c["minilm_tokens_train"] + c["minilm_tokens_eval"]) if c else NA,
+    }
     m = _read(run_dir, "sae_metrics.parquet")
-    v["saes"] = {"n": _fmt(len(m)) if m is not None else NA,
-                 "layers": _fmt(m.groupby(["model", "layer"]).ngroups) if m is not None else NA,
-                 "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
-                 "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA}
+    v["saes"] = {
+        "n": _fmt(len(m)) if m is not None else NA,
+        "layers": _fmt(m.groupby(["model", "layer"]).ngroups) if m is not None else NA,
+        "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
+        "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA,
+    }
     v["geometry"] = _geometry_variables(cfg, run_dir)
     real = [x.name for x in cfg.models if x.source != "synthetic"]
     ranges, per_model = [], []
@@ -115,29 +155,44 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         gm = v["geometry"][model]
         ranges.append(f"{model} {gm['id_min']} to {gm['id_max']}")
         if model in real:
-            per_model.append(f"{model}: TwoNN dimension {gm['id_min']} to {gm['id_max']}, curvature {gm['curv_min']} "
-                             f"to {gm['curv_max']}, curvature withheld at {gm['n_withheld']} of {gm['n_layers']} layers")
+            per_model.append(
+                f"{model}: TwoNN dimension {gm['id_min']} to {gm['id_max']}, curvature {gm['curv_min']} "
+                f"to {gm['curv_max']}, curvature withheld at {gm['n_withheld']} of {gm['n_layers']} layers"
+            )
     n_layers = sum(len(cfg.layers_of(m)) for m in cfg.models)
     have = (run_dir / "geometry.parquet").is_file()
-    v["text"] = {**source_texts(cfg), "id_ranges": "; ".join(ranges) if have else NA,
-                 "geometry_models": ("; ".join(per_model) if per_model else "no real network in this profile")
-                 if have else NA,
-                 "layers": f"{n_layers} layers over {len(cfg.models)} model{'s' if len(cfg.models) != 1 else ''}",
-                 "zoo_check": (f"On the synthetic zoo, which holds equal-radius spheres of dimension 3 to 8 and flat "
-                               f"boxes, the estimated curvature orders the layers like the true one (Spearman "
-                               f"{v['geometry']['zoo_curv_rho']}).") if any(m.source == "synthetic" for m in cfg.models)
-                 else "This profile has no synthetic zoo, so no ground-truth check of the estimators runs here."}
+    v["text"] = {
+        **source_texts(cfg),
+        "id_ranges": "; ".join(ranges) if have else NA,
+        "geometry_models": ("; ".join(per_model) if per_model else "no real network in this profile") if have else NA,
+        "layers": f"{n_layers} layers over {len(cfg.models)} model{'s' if len(cfg.models) != 1 else ''}",
+        "zoo_check": (
+            f"On the synthetic zoo, which holds equal-radius spheres of dimension 3 to 8 and flat "
+            f"boxes, the estimated curvature orders the layers like the true one (Spearman "
+            f"{v['geometry']['zoo_curv_rho']})."
+        )
+        if any(m.source == "synthetic" for m in cfg.models)
+        else "This profile has no synthetic zoo, so no ground-truth check of the estimators runs here.",
+    }
     e = _read(run_dir, "exponents.parquet")
     v["stage1"] = {"form": cfg.stage1.primary_form}
     if e is not None:
         p = e[e.primary]
-        v["stage1"].update({"n_floor_identified": _fmt(int(p.floor_identified.sum())), "n_layers": _fmt(len(p)),
-                            "n_floor_term": _fmt(int(p.floor_term.sum())) if "floor_term" in p else NA,
-                            "alpha_min": _fmt(p.alpha_mean.min()), "alpha_max": _fmt(p.alpha_mean.max())})
+        v["stage1"].update(
+            {
+                "n_floor_identified": _fmt(int(p.floor_identified.sum())),
+                "n_layers": _fmt(len(p)),
+                "n_floor_term": _fmt(int(p.floor_term.sum())) if "floor_term" in p else NA,
+                "alpha_min": _fmt(p.alpha_mean.min()),
+                "alpha_max": _fmt(p.alpha_mean.max()),
+            }
+        )
         for model, gm in p.groupby("model"):
             v["stage1"][model] = {"alpha_mean": _fmt(gm.alpha_mean.mean())}
     else:
-        v["stage1"].update({k: NA for k in ("n_floor_identified", "n_layers", "n_floor_term", "alpha_min", "alpha_max")})
+        v["stage1"].update(
+            {k: NA for k in ("n_floor_identified", "n_layers", "n_floor_term", "alpha_min", "alpha_max")}
+        )
     cmp_ = _read(run_dir, "law_compare.parquet")
     coefs = _read(run_dir, "law.parquet")
     null = _read(run_dir, "law_null.parquet")
@@ -146,8 +201,14 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         scope = "real" if (cmp_.scope == "real").any() else str(cmp_.scope.iloc[0])
         c = cmp_[(cmp_.scope == scope) & ~cmp_.predictor_set.isin(["models", "depth"])]
         best = c.sort_values("elpd_diff_vs_models", ascending=False).iloc[0]
-        v["stage2"].update({"scope": scope, "best_set": str(best.predictor_set),
-                            "elpd_gain": _fmt(best.elpd_diff_vs_models, 1), "elpd_gain_se": _fmt(best.se_diff_vs_models, 1)})
+        v["stage2"].update(
+            {
+                "scope": scope,
+                "best_set": str(best.predictor_set),
+                "elpd_gain": _fmt(best.elpd_diff_vs_models, 1),
+                "elpd_gain_se": _fmt(best.se_diff_vs_models, 1),
+            }
+        )
         if null is not None:
             n = null[(null.scope == scope) & (null.predictor_set == best.predictor_set)]
             v["stage2"]["p_perm"] = _fmt(float(n.p_value.iloc[0]), 3) if len(n) else NA
@@ -156,8 +217,12 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
             for term in ("id_twonn", "pr", "curvature", "local_residual"):
                 if term in full.index:
                     r = full.loc[term]
-                    v["stage2"][term] = {"b": _fmt(r.coef_mean), "lo": _fmt(r.coef_hdi_3), "hi": _fmt(r.coef_hdi_97),
-                                         "p_gt0": _fmt(r.p_gt0)}
+                    v["stage2"][term] = {
+                        "b": _fmt(r.coef_mean),
+                        "lo": _fmt(r.coef_hdi_3),
+                        "hi": _fmt(r.coef_hdi_97),
+                        "p_gt0": _fmt(r.p_gt0),
+                    }
     for term in ("id_twonn", "pr", "curvature", "local_residual"):
         v["stage2"].setdefault(term, {"b": NA, "lo": NA, "hi": NA, "p_gt0": NA})
     t = _read(run_dir, "transfer.parquet")
@@ -166,21 +231,31 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         for r in t.itertuples():
             key = f"{r.train_model}_to_{r.test_model}"
             v["transfer"].setdefault(key, {})[r.predictor_set] = {
-                "r2": _fmt(r.r2), "r2_shift": _fmt(getattr(r, "r2_shift", None)), "spearman": _fmt(r.spearman),
+                "r2": _fmt(r.r2),
+                "r2_shift": _fmt(getattr(r, "r2_shift", None)),
+                "spearman": _fmt(r.spearman),
                 "spearman_lo": _fmt(getattr(r, "spearman_hdi_3", None)),
                 "spearman_hi": _fmt(getattr(r, "spearman_hdi_97", None)),
-                "p_perm": _fmt(getattr(r, "p_perm_spearman", None), 3), "coverage90": _fmt(r.coverage90),
-                "n_layers": _fmt(int(r.n_layers))}
+                "p_perm": _fmt(getattr(r, "p_perm_spearman", None), 3),
+                "coverage90": _fmt(r.coverage90),
+                "n_layers": _fmt(int(r.n_layers)),
+            }
     from geowall.transfer import FEW_LAYERS
 
     v["transfer"]["summary"] = NA
     if t is not None and "p_perm_spearman" in t:
         law_rows = t[t.predictor_set == "law"]
-        v["transfer"]["summary"] = "; ".join(
-            f"{r.train_model} → {r.test_model} ({int(r.n_layers)} layers{', few' if r.n_layers < FEW_LAYERS else ''}): "
-            f"Spearman {_fmt(r.spearman)} [{_fmt(r.spearman_hdi_3)}, {_fmt(r.spearman_hdi_97)}], permutation p "
-            f"{_fmt(r.p_perm_spearman, 3)}, R² {_fmt(r.r2)}, level-shift R² {_fmt(r.r2_shift)} (in-sample ceiling "
-            f"{_fmt(r.ceiling_r2)}), 90% coverage {_fmt(r.coverage90)}" for r in law_rows.itertuples()) or NA
+        v["transfer"]["summary"] = (
+            "; ".join(
+                f"{r.train_model} → {r.test_model} "
+                f"({int(r.n_layers)} layers{', few' if r.n_layers < FEW_LAYERS else ''}): "
+                f"Spearman {_fmt(r.spearman)} [{_fmt(r.spearman_hdi_3)}, {_fmt(r.spearman_hdi_97)}], permutation p "
+                f"{_fmt(r.p_perm_spearman, 3)}, R² {_fmt(r.r2)}, level-shift R² {_fmt(r.r2_shift)} (in-sample ceiling "
+                f"{_fmt(r.ceiling_r2)}), 90% coverage {_fmt(r.coverage90)}"
+                for r in law_rows.itertuples()
+            )
+            or NA
+        )
     f = _read(run_dir, "floors.parquet")
     v["floors"] = {"n_identified": NA, "summary": NA}
     if f is not None:
@@ -188,17 +263,27 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         per_model = sp.groupby("model").n_layers.first()
         v["floors"]["n_identified"] = _fmt(int(per_model.sum()))
         v["floors"]["summary"] = "; ".join(
-            f"{r.model} {r.summary}: " + (f"rho {_fmt(r.rho_mean)} [{_fmt(r.rho_hdi_3)}, {_fmt(r.rho_hdi_97)}], "
-                                          f"P(rho > 0) = {_fmt(r.p_gt0)} over {int(r.n_layers)} floors"
-                                          if r.status == "ranked" else str(r.status))
-            for r in sp.itertuples())
+            f"{r.model} {r.summary}: "
+            + (
+                f"rho {_fmt(r.rho_mean)} [{_fmt(r.rho_hdi_3)}, {_fmt(r.rho_hdi_97)}], "
+                f"P(rho > 0) = {_fmt(r.p_gt0)} over {int(r.n_layers)} floors"
+                if r.status == "ranked"
+                else str(r.status)
+            )
+            for r in sp.itertuples()
+        )
     from geowall.verdicts import verdict_table
 
-    vt = verdict_table(compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None, coefs=coefs, null=null,
-                       transfer=t if t is not None and "p_perm_spearman" in t else None,
-                       floors=f if f is not None and "status" in f else None)
-    v["verdict"] = {r.key: {"claim": r.claim, "verdict": r.verdict, "evidence": r.evidence, "rule": r.rule}
-                    for r in vt.itertuples()}
+    vt = verdict_table(
+        compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None,
+        coefs=coefs,
+        null=null,
+        transfer=t if t is not None and "p_perm_spearman" in t else None,
+        floors=f if f is not None and "status" in f else None,
+    )
+    v["verdict"] = {
+        r.key: {"claim": r.claim, "verdict": r.verdict, "evidence": r.evidence, "rule": r.rule} for r in vt.itertuples()
+    }
     return v
 
 
@@ -216,10 +301,14 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
             continue
         ids, curv = rows[rows.summary == "id_twonn"].estimate, rows[rows.summary == "curvature"]
         withheld = int(curv.estimate.isna().sum())
-        out[model] = {"id_min": _fmt(ids.min(), 1), "id_max": _fmt(ids.max(), 1),
-                      "curv_min": _fmt(curv.estimate.min(), 2) if withheld < len(curv) else "n/a",
-                      "curv_max": _fmt(curv.estimate.max(), 2) if withheld < len(curv) else "n/a",
-                      "n_withheld": str(withheld), "n_layers": str(len(curv))}
+        out[model] = {
+            "id_min": _fmt(ids.min(), 1),
+            "id_max": _fmt(ids.max(), 1),
+            "curv_min": _fmt(curv.estimate.min(), 2) if withheld < len(curv) else "n/a",
+            "curv_max": _fmt(curv.estimate.max(), 2) if withheld < len(curv) else "n/a",
+            "n_withheld": str(withheld),
+            "n_layers": str(len(curv)),
+        }
     sens = _read(run_dir, "geometry_sensitivity.parquet")
     if sens is not None:
         agree = geometry.rank_agreement(sens)

@@ -68,13 +68,15 @@ The prior is sampled along with the posterior (group ``prior``) so that
 :func:`simulation_based_calibration` checks the whole fit against its own prior
 (Talts et al. 2018).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,8 +170,7 @@ def _validate_metrics(metrics_df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def floor_supported(n_widths, width_span, *, min_widths: int | None = None,
-                    min_width_span: float | None = None):
+def floor_supported(n_widths, width_span, *, min_widths: int | None = None, min_width_span: float | None = None):
     """The grid rule: can a layer with ``n_widths`` distinct widths spanning
     ``width_span`` identify a width asymptote? (:data:`FLOOR_GRID_RULE`)"""
     mw = FLOOR_GRID_RULE["min_widths"] if min_widths is None else min_widths
@@ -177,10 +178,15 @@ def floor_supported(n_widths, width_span, *, min_widths: int | None = None,
     return (np.asarray(n_widths) >= mw) & (np.asarray(width_span) >= ms * (1 - 1e-9))
 
 
-def layer_table(metrics_df: pd.DataFrame, *, w_ref: float | Mapping[str, float] | None = None,
-                l0_ref: float | Mapping[str, float] | None = None, floors: str = "grid",
-                floor_min_widths: int | None = None,
-                floor_min_span: float | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+def layer_table(
+    metrics_df: pd.DataFrame,
+    *,
+    w_ref: float | Mapping[str, float] | None = None,
+    l0_ref: float | Mapping[str, float] | None = None,
+    floors: str = "grid",
+    floor_min_widths: int | None = None,
+    floor_min_span: float | None = None,
+) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
     """Per-layer table (index order = the ``layer_id`` dimension) and per-model references.
 
     ``floor_term`` says whether the layer's surface has a floor: ``floors="grid"`` applies
@@ -201,25 +207,31 @@ def layer_table(metrics_df: pd.DataFrame, *, w_ref: float | Mapping[str, float] 
         widths = np.unique(sub["width"])
         lr = refs[m]["l0_ref"]
         sparse = sub.loc[sub["l0"] <= lr * (1 + 1e-9), "fvu"]
-        rows.append({
-            "layer_id": f"{m}/L{int(layer)}",
-            "model": m,
-            "layer": int(layer),
-            "model_idx": models.index(m),
-            "n_obs": int(len(sub)),
-            "n_widths": int(len(widths)),
-            "n_k": int(sub["k"].nunique() if "k" in sub.columns and sub["k"].notna().all()
-                       else np.round(np.log(sub["l0"]), 1).nunique()),
-            "width_span": float(widths.max() / widths.min()),
-            "min_fvu": float(sub["fvu"].min()),
-            "median_fvu": float(sub["fvu"].median()),
-            "floor_bound": float(FLOOR_BOUND_SLACK * (sparse.min() if len(sparse) else sub["fvu"].max())),
-            "showcase": bool(sub["showcase"].astype(bool).any()) if "showcase" in sub.columns else False,
-        })
+        rows.append(
+            {
+                "layer_id": f"{m}/L{int(layer)}",
+                "model": m,
+                "layer": int(layer),
+                "model_idx": models.index(m),
+                "n_obs": int(len(sub)),
+                "n_widths": int(len(widths)),
+                "n_k": int(
+                    sub["k"].nunique()
+                    if "k" in sub.columns and sub["k"].notna().all()
+                    else np.round(np.log(sub["l0"]), 1).nunique()
+                ),
+                "width_span": float(widths.max() / widths.min()),
+                "min_fvu": float(sub["fvu"].min()),
+                "median_fvu": float(sub["fvu"].median()),
+                "floor_bound": float(FLOOR_BOUND_SLACK * (sparse.min() if len(sparse) else sub["fvu"].max())),
+                "showcase": bool(sub["showcase"].astype(bool).any()) if "showcase" in sub.columns else False,
+            }
+        )
     layers = pd.DataFrame(rows)
     if floors == "grid":
-        layers["floor_term"] = floor_supported(layers["n_widths"], layers["width_span"], min_widths=floor_min_widths,
-                                               min_width_span=floor_min_span)
+        layers["floor_term"] = floor_supported(
+            layers["n_widths"], layers["width_span"], min_widths=floor_min_widths, min_width_span=floor_min_span
+        )
     else:
         layers["floor_term"] = floors == "all"
     layers["floor_term"] = layers["floor_term"].astype(bool)
@@ -237,10 +249,16 @@ def _ref_value(spec, model: str, default: float) -> float:
 # --------------------------------------------------------------------------- model
 
 
-def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
-                       w_ref: float | Mapping[str, float] | None = None,
-                       l0_ref: float | Mapping[str, float] | None = None, floors: str = "grid",
-                       floor_min_widths: int | None = None, floor_min_span: float | None = None):
+def build_stage1_model(
+    metrics_df: pd.DataFrame,
+    *,
+    form: str = "additive",
+    w_ref: float | Mapping[str, float] | None = None,
+    l0_ref: float | Mapping[str, float] | None = None,
+    floors: str = "grid",
+    floor_min_widths: int | None = None,
+    floor_min_span: float | None = None,
+):
     """Build the PyMC model. Returns ``(model, layers, refs)``.
 
     Dimensions: ``model``, ``layer_id`` (one per model+layer, labels
@@ -256,8 +274,9 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     df = _validate_metrics(metrics_df).sort_values(["model", "layer", "width", "l0"]).reset_index(drop=True)
-    layers, refs = layer_table(df, w_ref=w_ref, l0_ref=l0_ref, floors=floors, floor_min_widths=floor_min_widths,
-                               floor_min_span=floor_min_span)
+    layers, refs = layer_table(
+        df, w_ref=w_ref, l0_ref=l0_ref, floors=floors, floor_min_widths=floor_min_widths, floor_min_span=floor_min_span
+    )
     models = sorted(refs)
     lid = {(r.model, r.layer): i for i, r in enumerate(layers.itertuples())}
     layer_idx = np.array([lid[(m, int(l))] for m, l in zip(df["model"], df["layer"])])
@@ -306,16 +325,18 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
             bound = layers.loc[has_floor, "floor_bound"].to_numpy()
             logit_f = pm.Normal("logit_f", -1.0, 1.0, dims="floor_layer")
             pm.Deterministic("f", pm.math.sigmoid(logit_f), dims="floor_layer")
-            log_floor = pm.Deterministic("log_floor", pt.log(bound) + pt.log(pm.math.sigmoid(logit_f)),
-                                         dims="floor_layer")
+            log_floor = pm.Deterministic(
+                "log_floor", pt.log(bound) + pt.log(pm.math.sigmoid(logit_f)), dims="floor_layer"
+            )
             wf, sf = w[rows_f], s[rows_f]
             if form == "additive":
                 logit_g = pm.Normal("logit_g", 0.0, 1.5, dims="floor_layer")
                 log_E = pm.Deterministic("log_E", log_floor + pt.log(pm.math.sigmoid(logit_g)), dims="floor_layer")
                 log_B = pm.Deterministic("log_B", log_floor + pt.log(pm.math.sigmoid(-logit_g)), dims="floor_layer")
                 pm.Deterministic("E", pt.exp(log_E), dims="floor_layer")
-                mu_f = pm.math.logsumexp(pt.stack([log_E[k], log_A[j] - alpha[j] * wf, log_B[k] - beta[j] * sf]),
-                                         axis=0, keepdims=False)
+                mu_f = pm.math.logsumexp(
+                    pt.stack([log_E[k], log_A[j] - alpha[j] * wf, log_B[k] - beta[j] * sf]), axis=0, keepdims=False
+                )
             else:
                 eta = pm.Normal("eta", -0.3, 0.5, dims="floor_layer")
                 red_f = log_A[j] - alpha[j] * wf - beta[j] * sf + d[j] * wf * sf
@@ -326,12 +347,26 @@ def build_stage1_model(metrics_df: pd.DataFrame, *, form: str = "additive",
     return model, layers, refs
 
 
-def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int = 1000, chains: int = 2,
-               tune: int = 1000, seed: int = 0, sampler: str = "auto", target_accept: float = 0.9,
-               prior_draws: int = 1000, w_ref: float | Mapping[str, float] | None = None,
-               l0_ref: float | Mapping[str, float] | None = None, progressbar: bool = True,
-               nutpie_kwargs: dict | None = None, floors: str = "grid", floor_min_widths: int | None = None,
-               floor_min_span: float | None = None, compare_floor: bool = True):
+def fit_stage1(
+    metrics_df: pd.DataFrame,
+    *,
+    form: str = "additive",
+    draws: int = 1000,
+    chains: int = 2,
+    tune: int = 1000,
+    seed: int = 0,
+    sampler: str = "auto",
+    target_accept: float = 0.9,
+    prior_draws: int = 1000,
+    w_ref: float | Mapping[str, float] | None = None,
+    l0_ref: float | Mapping[str, float] | None = None,
+    progressbar: bool = True,
+    nutpie_kwargs: dict | None = None,
+    floors: str = "grid",
+    floor_min_widths: int | None = None,
+    floor_min_span: float | None = None,
+    compare_floor: bool = True,
+):
     """Fit the Stage 1 hierarchical scaling surface; return ``arviz.InferenceData``.
 
     Groups: ``posterior`` (hyper-parameters, non-centred offsets ``z_*``, per-layer
@@ -361,15 +396,23 @@ def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int =
     for name, v in (("draws", draws), ("chains", chains), ("tune", tune)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    kw = dict(form=form, w_ref=w_ref, l0_ref=l0_ref, floor_min_widths=floor_min_widths,
-              floor_min_span=floor_min_span)
+    kw = dict(form=form, w_ref=w_ref, l0_ref=l0_ref, floor_min_widths=floor_min_widths, floor_min_span=floor_min_span)
     model, layers, refs = build_stage1_model(metrics_df, floors=floors, **kw)
     # nutpie_kwargs go to nutpie.sample. Its low-rank mass matrix
     # ({"low_rank_modified_mass_matrix": True}) cuts leapfrog steps ~3x here but mixed the
     # hierarchical sds worse (min bulk ESS 242 vs 802 per 2000 draws in
     # tests/benchmarks/bench_stage1.py), so the default diagonal adaptation is kept.
-    sample_kw = dict(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler, target_accept=target_accept,
-                     progressbar=progressbar, loglik_vars=["log_fvu"], nutpie_kwargs=nutpie_kwargs)
+    sample_kw = dict(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        sampler=sampler,
+        target_accept=target_accept,
+        progressbar=progressbar,
+        loglik_vars=["log_fvu"],
+        nutpie_kwargs=nutpie_kwargs,
+    )
     idata = sample_model(model, prior_draws=prior_draws, **sample_kw)
     for col in ("floor_elpd_diff", "floor_elpd_se", "floor_pareto_k"):
         layers[col] = np.nan
@@ -379,13 +422,15 @@ def fit_stage1(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int =
         idata.posterior.attrs["nofloor_sampling_wall_s"] = free_idata.posterior.attrs["sampling_wall_s"]
         _floor_loo(idata, free_idata, layers)
     _store(idata, layers, refs)
-    idata.attrs.update({
-        "geowall_stage": "stage1",
-        "geowall_form": form,
-        "geowall_priors": json.dumps(PRIORS[form]),
-        "geowall_sampler": idata.posterior.attrs["sampler"],
-        "geowall_seed": int(seed),
-    })
+    idata.attrs.update(
+        {
+            "geowall_stage": "stage1",
+            "geowall_form": form,
+            "geowall_priors": json.dumps(PRIORS[form]),
+            "geowall_sampler": idata.posterior.attrs["sampler"],
+            "geowall_seed": int(seed),
+        }
+    )
     return idata
 
 
@@ -439,8 +484,16 @@ def stored_refs(idata) -> dict[str, dict[str, float]]:
     return {r["model"]: {k: float(r[k]) for k in ("w_ref", "l0_ref", "median_fvu")} for _, r in t.iterrows()}
 
 
-def prior_predictive(metrics_df: pd.DataFrame, *, form: str = "additive", draws: int = 500, seed: int = 0,
-                     w_ref=None, l0_ref=None, floors: str = "grid"):
+def prior_predictive(
+    metrics_df: pd.DataFrame,
+    *,
+    form: str = "additive",
+    draws: int = 500,
+    seed: int = 0,
+    w_ref=None,
+    l0_ref=None,
+    floors: str = "grid",
+):
     """Prior predictive draws for the Stage 1 model (no posterior sampling).
 
     Returns InferenceData with ``prior`` (incl. ``alpha``, ``beta``), ``prior_predictive``
@@ -469,13 +522,17 @@ def prior_predictive_summary(idata, *, group: str = "prior_predictive", interval
     rows = []
     for i, r in layers.iterrows():
         sel = layer_idx == i
-        rows.append({
-            "model": r["model"], "layer": r["layer"],
-            "fvu_obs_min": float(np.exp(obs[sel].min())), "fvu_obs_max": float(np.exp(obs[sel].max())),
-            f"fvu_pp_lo{int(interval*100)}": float(np.exp(np.median(lo[sel]))),
-            f"fvu_pp_hi{int(interval*100)}": float(np.exp(np.median(hi[sel]))),
-            "frac_obs_inside": float(np.mean((obs[sel] >= lo[sel]) & (obs[sel] <= hi[sel]))),
-        })
+        rows.append(
+            {
+                "model": r["model"],
+                "layer": r["layer"],
+                "fvu_obs_min": float(np.exp(obs[sel].min())),
+                "fvu_obs_max": float(np.exp(obs[sel].max())),
+                f"fvu_pp_lo{int(interval * 100)}": float(np.exp(np.median(lo[sel]))),
+                f"fvu_pp_hi{int(interval * 100)}": float(np.exp(np.median(hi[sel]))),
+                "frac_obs_inside": float(np.mean((obs[sel] >= lo[sel]) & (obs[sel] <= hi[sel]))),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -487,8 +544,9 @@ def _draws(group, var: str, dim: str = "layer_id") -> np.ndarray:
     return group[var].stack(sample=("chain", "draw")).transpose("sample", dim).to_numpy()
 
 
-def _summ_cols(out: pd.DataFrame, col: str, post_d: np.ndarray | None, prior_d: np.ndarray | None,
-               rows: np.ndarray | None = None) -> None:
+def _summ_cols(
+    out: pd.DataFrame, col: str, post_d: np.ndarray | None, prior_d: np.ndarray | None, rows: np.ndarray | None = None
+) -> None:
     """mean, sd, hdi_3, hdi_97, prior_sd, sd_ratio columns of ``col`` (NaN outside ``rows``)."""
     n = len(out)
     rows = np.arange(n) if rows is None else rows
@@ -525,8 +583,15 @@ def _ols_alpha(idata, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
     return a, se
 
 
-def exponents(idata, metrics_df: pd.DataFrame | None = None, *, f_lo: float | None = None,
-              f_hi: float | None = None, elpd_z: float | None = None, own_sd_ratio: float = 0.5) -> pd.DataFrame:
+def exponents(
+    idata,
+    metrics_df: pd.DataFrame | None = None,
+    *,
+    f_lo: float | None = None,
+    f_hi: float | None = None,
+    elpd_z: float | None = None,
+    own_sd_ratio: float = 0.5,
+) -> pd.DataFrame:
     """Per model+layer exponent and floor summaries (the ``exponents.parquet`` table).
 
     Columns: ``model, layer, form``; for ``alpha``, ``log_alpha`` (the scale Stage 1
@@ -562,9 +627,13 @@ def exponents(idata, metrics_df: pd.DataFrame | None = None, *, f_lo: float | No
     frows = np.flatnonzero(has_floor)
     for var, col in (("floor", "floor"), ("E", "E_inf")):
         ok = var in post and "floor_layer" in post.dims
-        _summ_cols(out, col, _draws(post, var, "floor_layer") if ok else None,
-                   _draws(prior, var, "floor_layer") if ok and prior is not None and var in prior else None,
-                   frows if ok else np.array([], int))
+        _summ_cols(
+            out,
+            col,
+            _draws(post, var, "floor_layer") if ok else None,
+            _draws(prior, var, "floor_layer") if ok and prior is not None and var in prior else None,
+            frows if ok else np.array([], int),
+        )
     out["l0_ref"] = [refs[m]["l0_ref"] for m in out["model"]]
     out["w_ref"] = [refs[m]["w_ref"] for m in out["model"]]
     out["floor_term"] = has_floor
@@ -575,15 +644,23 @@ def exponents(idata, metrics_df: pd.DataFrame | None = None, *, f_lo: float | No
     for col in ("floor_elpd_diff", "floor_elpd_se", "floor_pareto_k"):
         out[col] = layers[col].to_numpy(float) if col in layers else np.nan
     out["floor_identified"] = (
-        out["floor_term"]
-        & (out["f_hdi_3"] > rule["f_lo"]) & (out["f_hdi_97"] < rule["f_hi"])
-        & (out["floor_elpd_diff"] > rule["elpd_z"] * out["floor_elpd_se"])
-    ).fillna(False).astype(bool)
+        (
+            out["floor_term"]
+            & (out["f_hdi_3"] > rule["f_lo"])
+            & (out["f_hdi_97"] < rule["f_hi"])
+            & (out["floor_elpd_diff"] > rule["elpd_z"] * out["floor_elpd_se"])
+        )
+        .fillna(False)
+        .astype(bool)
+    )
     out["alpha_ols"], out["alpha_ols_se"] = _ols_alpha(idata, len(out))
     out["alpha_own_evidence"] = (out["alpha_ols_se"] / out["alpha_prior_sd"] <= own_sd_ratio).fillna(False)
     if metrics_df is not None and "showcase" in metrics_df.columns:
-        sc = (metrics_df.assign(model=metrics_df["model"].astype(str), layer=metrics_df["layer"].astype(int))
-              .groupby(["model", "layer"])["showcase"].apply(lambda v: bool(v.astype(bool).any())))
+        sc = (
+            metrics_df.assign(model=metrics_df["model"].astype(str), layer=metrics_df["layer"].astype(int))
+            .groupby(["model", "layer"])["showcase"]
+            .apply(lambda v: bool(v.astype(bool).any()))
+        )
         out["showcase"] = [bool(sc.get((m, l), False)) for m, l in zip(out["model"], out["layer"])]
     else:
         out["showcase"] = layers["showcase"].astype(bool).to_numpy()
@@ -604,8 +681,15 @@ def pooling_agreement(exps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def surface_predictions(idata, grid: pd.DataFrame, *, interval: float = 0.94, include_noise: bool = False,
-                        max_draws: int = 400, seed: int = 0) -> pd.DataFrame:
+def surface_predictions(
+    idata,
+    grid: pd.DataFrame,
+    *,
+    interval: float = 0.94,
+    include_noise: bool = False,
+    max_draws: int = 400,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Posterior mean and interval of fvu on ``grid`` (columns model, layer, width, l0),
     for plotting fitted surfaces over the data. ``include_noise`` adds the log-normal
     observation noise (posterior predictive band instead of the mean-surface band)."""
@@ -640,8 +724,10 @@ def surface_predictions(idata, grid: pd.DataFrame, *, interval: float = 0.94, in
         k = fpos[j[rows_f]]
         wf, sf = w[rows_f], s[rows_f]
         if form == "additive":
-            mu[rows_f] = np.logaddexp(np.logaddexp(P("log_E", "floor_layer", k), P("log_A", idx=j[rows_f]) -
-                                                   alpha[rows_f] * wf), P("log_B", "floor_layer", k) - beta[rows_f] * sf)
+            mu[rows_f] = np.logaddexp(
+                np.logaddexp(P("log_E", "floor_layer", k), P("log_A", idx=j[rows_f]) - alpha[rows_f] * wf),
+                P("log_B", "floor_layer", k) - beta[rows_f] * sf,
+            )
         else:
             mu[rows_f] = np.logaddexp(mu[rows_f], P("log_floor", "floor_layer", k) + P("eta", "floor_layer", k) * sf)
     if include_noise:
@@ -677,14 +763,24 @@ class SimulatedStage1:
     truth: pd.DataFrame  # model, layer, alpha, beta, E, A, B, floor
 
 
-def simulate_metrics(*, models: Iterable[str] = ("simA",), n_layers: int = 8,
-                     widths: Iterable[int] = (768, 1536, 3072, 6144), ks: Iterable[int] = (8, 16, 32),
-                     showcase_layers: Iterable[int] = (),
-                     showcase_widths: Iterable[int] = (384, 768, 1536, 3072, 6144, 12288, 24576),
-                     alpha_range=(0.15, 0.6), beta_range=(0.2, 0.5), floor_range=(0.01, 0.06),
-                     A: float = 0.15, B: float = 0.1, noise: float = 0.02, seed: int = 0,
-                     alpha: np.ndarray | None = None,
-                     layer_widths: Mapping[int, Iterable[int]] | None = None) -> SimulatedStage1:
+def simulate_metrics(
+    *,
+    models: Iterable[str] = ("simA",),
+    n_layers: int = 8,
+    widths: Iterable[int] = (768, 1536, 3072, 6144),
+    ks: Iterable[int] = (8, 16, 32),
+    showcase_layers: Iterable[int] = (),
+    showcase_widths: Iterable[int] = (384, 768, 1536, 3072, 6144, 12288, 24576),
+    alpha_range=(0.15, 0.6),
+    beta_range=(0.2, 0.5),
+    floor_range=(0.01, 0.06),
+    A: float = 0.15,
+    B: float = 0.1,
+    noise: float = 0.02,
+    seed: int = 0,
+    alpha: np.ndarray | None = None,
+    layer_widths: Mapping[int, Iterable[int]] | None = None,
+) -> SimulatedStage1:
     """Metrics table from known additive laws ``fvu = E + A*(W/W0)^-alpha + B*(l0/k0)^-beta``
     with log-normal noise ``noise`` (W0 = geometric mean width, k0 = geometric mean k).
     ``truth`` holds the per-layer parameters and ``floor``, the width asymptote at the
@@ -714,17 +810,29 @@ def simulate_metrics(*, models: Iterable[str] = ("simA",), n_layers: int = 8,
             amp_b = B * float(np.exp(rng.normal(0, 0.2)))
             truth.append({"model": m, "layer": layer, "alpha": a, "beta": b, "E": e, "A": amp_a, "B": amp_b})
             lw = (layer_widths or {}).get(layer)
-            for W in (list(lw) if lw is not None else sw if layer in showcase_layers else widths):
+            for W in list(lw) if lw is not None else sw if layer in showcase_layers else widths:
                 for k in ks:
                     l0 = k * rng.uniform(0.95, 1.0)
                     f = e + amp_a * (W / w0) ** (-a) + amp_b * (l0 / k0) ** (-b)
                     fvu = f * float(np.exp(rng.normal(0, noise)))
-                    rows.append({
-                        "model": m, "layer": layer, "width": int(W), "k": int(k), "l0": l0, "fvu": fvu,
-                        "mse": fvu, "dead_frac": 0.0, "n_tokens": 4096, "source": "simulated",
-                        "sae_id": f"{m}/L{layer}/W{W}/k{k}", "train_tokens": 100_000, "seed": seed,
-                        "showcase": layer in showcase_layers,
-                    })
+                    rows.append(
+                        {
+                            "model": m,
+                            "layer": layer,
+                            "width": int(W),
+                            "k": int(k),
+                            "l0": l0,
+                            "fvu": fvu,
+                            "mse": fvu,
+                            "dead_frac": 0.0,
+                            "n_tokens": 4096,
+                            "source": "simulated",
+                            "sae_id": f"{m}/L{layer}/W{W}/k{k}",
+                            "train_tokens": 100_000,
+                            "seed": seed,
+                            "showcase": layer in showcase_layers,
+                        }
+                    )
     metrics, truth = pd.DataFrame(rows), pd.DataFrame(truth)
     # the floor as fit_stage1 defines it: width asymptote at l0_ref (geometric mean l0)
     l0_ref = metrics.groupby("model")["l0"].apply(lambda v: float(np.exp(np.mean(np.log(v)))))
@@ -733,8 +841,16 @@ def simulate_metrics(*, models: Iterable[str] = ("simA",), n_layers: int = 8,
     return SimulatedStage1(metrics, truth)
 
 
-def simulate_power_law(grid: pd.DataFrame, *, alpha, beta: float | Iterable[float] = 0.35, A: float = 0.2,
-                       noise: float = 0.02, seed: int = 0, model: str = "sim") -> SimulatedStage1:
+def simulate_power_law(
+    grid: pd.DataFrame,
+    *,
+    alpha,
+    beta: float | Iterable[float] = 0.35,
+    A: float = 0.2,
+    noise: float = 0.02,
+    seed: int = 0,
+    model: str = "sim",
+) -> SimulatedStage1:
     """A pure power law, no floor: ``fvu = A (W/W0)^-alpha (l0/l0_0)^-beta`` times
     log-normal noise, on ``grid`` (columns ``layer, width, l0``; W0, l0_0 the geometric
     means the fit will use), ``alpha`` one value per distinct layer (in sorted order).
@@ -751,13 +867,21 @@ def simulate_power_law(grid: pd.DataFrame, *, alpha, beta: float | Iterable[floa
     g["fvu"] = f.to_numpy() * np.exp(rng.normal(0, noise, len(g)))
     g.insert(0, "model", model)
     g["k"] = np.round(g["l0"]).astype(int)
-    truth = pd.DataFrame({"model": model, "layer": layers_, "alpha": [a[l] for l in layers_],
-                          "beta": [b[l] for l in layers_], "floor": 0.0})
+    truth = pd.DataFrame(
+        {
+            "model": model,
+            "layer": layers_,
+            "alpha": [a[l] for l in layers_],
+            "beta": [b[l] for l in layers_],
+            "floor": 0.0,
+        }
+    )
     return SimulatedStage1(g.reset_index(drop=True), truth)
 
 
-def grid_from_gemma_scope(n_layers: int = 6, *, model: str = "gemma-2-2b", layer: int = 0,
-                          per_width: int | None = 4, scale: float = 1 / 64) -> pd.DataFrame:
+def grid_from_gemma_scope(
+    n_layers: int = 6, *, model: str = "gemma-2-2b", layer: int = 0, per_width: int | None = 4, scale: float = 1 / 64
+) -> pd.DataFrame:
     """A ``layer, width, l0`` grid with the shape of a typical Gemma Scope layer (read
     offline from :func:`geowall.sources.gemma_scope.manifest`): that layer's widths (two,
     4x apart, for 62 of the 68 layers) and, per width, its first ``per_width`` nominal l0
@@ -771,18 +895,28 @@ def grid_from_gemma_scope(n_layers: int = 6, *, model: str = "gemma-2-2b", layer
         raise ValueError(f"gemma_scope.manifest(): no SAEs for {model} layer {layer}")
     if per_width is not None:
         sub = sub.groupby("width", sort=True).head(per_width)
-    one = pd.DataFrame({"width": np.round(sub["width"].to_numpy() * scale).astype(int),
-                        "l0": sub["l0"].to_numpy(float)})
+    one = pd.DataFrame(
+        {"width": np.round(sub["width"].to_numpy() * scale).astype(int), "l0": sub["l0"].to_numpy(float)}
+    )
     return pd.concat([one.assign(layer=i) for i in range(n_layers)], ignore_index=True)
 
 
 # --------------------------------------------------------------------------- simulation-based calibration
 
 
-def simulation_based_calibration(metrics_df: pd.DataFrame, *, n_sims: int = 100, form: str = "additive",
-                                 draws: int = 200, tune: int = 300, chains: int = 2, thin: int = 4,
-                                 floors: str = "grid", seed: int = 0,
-                                 target_accept: float = 0.9) -> pd.DataFrame:
+def simulation_based_calibration(
+    metrics_df: pd.DataFrame,
+    *,
+    n_sims: int = 100,
+    form: str = "additive",
+    draws: int = 200,
+    tune: int = 300,
+    chains: int = 2,
+    thin: int = 4,
+    floors: str = "grid",
+    seed: int = 0,
+    target_accept: float = 0.9,
+) -> pd.DataFrame:
     """Simulation-based calibration of Stage 1 (Talts et al. 2018) on the grid of
     ``metrics_df`` (its fvu values are only used to centre the amplitude priors).
 
@@ -810,15 +944,31 @@ def simulation_based_calibration(metrics_df: pd.DataFrame, *, n_sims: int = 100,
         cm = compiled.with_data(log_fvu_data=y_sims[i])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tr = nutpie.sample(cm, draws=draws, tune=tune, chains=chains, seed=seed * 7919 + i, progress_bar=False,
-                               target_accept=target_accept, cores=min(chains, 2))
+            tr = nutpie.sample(
+                cm,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                seed=seed * 7919 + i,
+                progress_bar=False,
+                target_accept=target_accept,
+                cores=min(chains, 2),
+            )
         ndiv = int(np.asarray(tr.sample_stats["diverging"]).sum())
         for p, d in params:
             post = tr.posterior[p].stack(sample=("chain", "draw")).transpose("sample", d).to_numpy()[::thin]
             ranks = (post < truth[p][i][None, :]).sum(0)
             for lbl, r in zip(model.coords[d], ranks):
-                rows.append({"sim": i, "param": p, "layer_id": str(lbl), "rank": int(r), "n_ranks": len(post) + 1,
-                             "divergences": ndiv})
+                rows.append(
+                    {
+                        "sim": i,
+                        "param": p,
+                        "layer_id": str(lbl),
+                        "rank": int(r),
+                        "n_ranks": len(post) + 1,
+                        "divergences": ndiv,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -833,6 +983,14 @@ def sbc_uniformity(ranks: pd.DataFrame, *, n_bins: int = 10) -> pd.DataFrame:
         u = (g["rank"].to_numpy() + 0.5) / g["n_ranks"].to_numpy()
         counts = np.histogram(u, bins=n_bins, range=(0, 1))[0]
         chi = chisquare(counts)
-        rows.append({"param": p, "n": int(len(u)), "chi2": float(chi.statistic), "df": n_bins - 1,
-                     "p_value": float(chi.pvalue), "counts": counts.tolist()})
+        rows.append(
+            {
+                "param": p,
+                "n": int(len(u)),
+                "chi2": float(chi.statistic),
+                "df": n_bins - 1,
+                "p_value": float(chi.pvalue),
+                "counts": counts.tolist(),
+            }
+        )
     return pd.DataFrame(rows)

@@ -16,10 +16,12 @@ each score comes with its posterior distribution, and against three references:
 With few layers of B (fewer than :data:`FEW_LAYERS`) the scores are noted as
 indicative only (:func:`words`).
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +34,16 @@ __all__ = ["FEW_LAYERS", "predict", "transfer", "transfer_scores", "run_transfer
 FEW_LAYERS = 8
 
 
-def predict(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame | None = None, *,
-            models: Iterable[str] | None = None, include_stage1_sd: bool = True, max_draws: int = 4000,
-            seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def predict(
+    law_idata,
+    geometry_B: pd.DataFrame,
+    exponents_B: pd.DataFrame | None = None,
+    *,
+    models: Iterable[str] | None = None,
+    include_stage1_sd: bool = True,
+    max_draws: int = 4000,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Predictive draws for B's layers: ``(table, mu, pred)`` with ``mu`` (n_layers,
     n_draws) the law's mean and ``pred`` the predictive draws (plus residual and, with
     ``exponents_B`` and ``include_stage1_sd``, B's Stage 1 sd), in target units.
@@ -52,7 +61,8 @@ def predict(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame | Non
     if exponents_B is not None:
         ex = exponents_B.assign(model=exponents_B["model"].astype(str), layer=exponents_B["layer"].astype(int))
         ex = ex[["model", "layer", f"{target}_mean", f"{target}_sd"]].rename(
-            columns={f"{target}_mean": "observed", f"{target}_sd": "observed_sd"})
+            columns={f"{target}_mean": "observed", f"{target}_sd": "observed_sd"}
+        )
         wide = wide.merge(ex, on=["model", "layer"], how="inner")
     else:
         wide["observed"] = np.nan
@@ -78,15 +88,30 @@ def predict(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame | Non
     return wide, sc["y_mean"] + sc["y_sd"] * mu, sc["y_mean"] + sc["y_sd"] * pred
 
 
-def transfer(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame | None = None, *,
-             models: Iterable[str] | None = None, interval: float = 0.9, include_stage1_sd: bool = True,
-             max_draws: int = 4000, seed: int = 0) -> pd.DataFrame:
+def transfer(
+    law_idata,
+    geometry_B: pd.DataFrame,
+    exponents_B: pd.DataFrame | None = None,
+    *,
+    models: Iterable[str] | None = None,
+    interval: float = 0.9,
+    include_stage1_sd: bool = True,
+    max_draws: int = 4000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per-layer predictions for model B (:func:`predict`), one row per layer of B:
     ``train_model, test_model, predictor_set, model, layer, depth, pred_mean, pred_sd,
     pred_lo, pred_hi, observed, observed_sd, covered`` (equal-tailed ``interval``)."""
     preds, sc, set_name, target = _law_meta(law_idata)
-    wide, mu, pred = predict(law_idata, geometry_B, exponents_B, models=models, include_stage1_sd=include_stage1_sd,
-                             max_draws=max_draws, seed=seed)
+    wide, mu, pred = predict(
+        law_idata,
+        geometry_B,
+        exponents_B,
+        models=models,
+        include_stage1_sd=include_stage1_sd,
+        max_draws=max_draws,
+        seed=seed,
+    )
     q = (1 - interval) / 2
     out = wide[["model", "layer", "depth"]].copy()
     # the predictive mean is E[mu]; averaging mu (not the noisy draws) avoids Monte Carlo jitter
@@ -124,9 +149,18 @@ def _spearman(obs: np.ndarray, pred: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ro[:, None] * rp).sum(0) / np.where(den > 0, den, 1.0), np.nan)
 
 
-def transfer_scores(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFrame, *,
-                    models: Iterable[str] | None = None, interval: float = 0.9, n_perm: int = 500,
-                    max_draws: int = 2000, seed: int = 0, hdi_prob: float = 0.94) -> dict[str, Any]:
+def transfer_scores(
+    law_idata,
+    geometry_B: pd.DataFrame,
+    exponents_B: pd.DataFrame,
+    *,
+    models: Iterable[str] | None = None,
+    interval: float = 0.9,
+    n_perm: int = 500,
+    max_draws: int = 2000,
+    seed: int = 0,
+    hdi_prob: float = 0.94,
+) -> dict[str, Any]:
     """Scores of one law on one test model, each with its per-draw distribution:
 
     * ``r2``: predictive R^2 of the law's mean per draw against B's observed values (B's
@@ -171,7 +205,9 @@ def transfer_scores(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFra
     }
     row: dict[str, Any] = {
         "train_model": "+".join(json.loads(law_idata.attrs.get("geowall_train_models", "[]"))),
-        "test_model": "+".join(sorted(wide["model"].unique())), "predictor_set": set_name, "target": target,
+        "test_model": "+".join(sorted(wide["model"].unique())),
+        "predictor_set": set_name,
+        "target": target,
     }
     for k, d in dists.items():
         s = bayes.summarise_draws(d, hdi_prob)
@@ -208,21 +244,38 @@ def transfer_scores(law_idata, geometry_B: pd.DataFrame, exponents_B: pd.DataFra
 
 def words(row: Mapping[str, Any]) -> str:
     """One sentence on a transfer score row, saying so when B has few layers."""
-    s = (f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: Spearman "
-         f"{row['spearman']:.2f} [{row['spearman_hdi_3']:.2f}, {row['spearman_hdi_97']:.2f}], permutation p "
-         f"{row['p_perm_spearman']:.3f}; R^2 {row['r2']:.2f}, with a level shift {row['r2_shift']:.2f} "
-         f"(in-sample ceiling {row['ceiling_r2']:.2f}); 90% coverage {row['coverage90']:.2f}.")
+    s = (
+        f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: Spearman "
+        f"{row['spearman']:.2f} [{row['spearman_hdi_3']:.2f}, {row['spearman_hdi_97']:.2f}], permutation p "
+        f"{row['p_perm_spearman']:.3f}; R^2 {row['r2']:.2f}, with a level shift {row['r2_shift']:.2f} "
+        f"(in-sample ceiling {row['ceiling_r2']:.2f}); 90% coverage {row['coverage90']:.2f}."
+    )
     if row["n_layers"] < FEW_LAYERS:
-        s += (f" Only {row['n_layers']} layers of {row['test_model']}: a rank correlation over so few points is "
-              f"fragile and these scores are indicative only.")
+        s += (
+            f" Only {row['n_layers']} layers of {row['test_model']}: a rank correlation over so few points is "
+            f"fragile and these scores are indicative only."
+        )
     return s
 
 
-def run_transfer(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, pairs: Iterable[tuple[str, str]], *,
-                 predictor_sets: Mapping[str, Sequence[str]] | None = None, target: str = "log_alpha",
-                 draws: int = 1000, chains: int = 2, tune: int = 1000, seed: int = 0, sampler: str = "auto",
-                 check: bool = True, check_kwargs: Mapping[str, Any] | None = None, progressbar: bool = False,
-                 target_accept: float = 0.9, n_perm: int = 500):
+def run_transfer(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    pairs: Iterable[tuple[str, str]],
+    *,
+    predictor_sets: Mapping[str, Sequence[str]] | None = None,
+    target: str = "log_alpha",
+    draws: int = 1000,
+    chains: int = 2,
+    tune: int = 1000,
+    seed: int = 0,
+    sampler: str = "auto",
+    check: bool = True,
+    check_kwargs: Mapping[str, Any] | None = None,
+    progressbar: bool = False,
+    target_accept: float = 0.9,
+    n_perm: int = 500,
+):
     """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
 
     ``predictor_sets`` defaults to ``{"law": all four summaries, "depth": ("depth",),
@@ -241,9 +294,21 @@ def run_transfer(exponents_df: pd.DataFrame, geometry_df: pd.DataFrame, pairs: I
         for i, (name, ps) in enumerate(sets.items()):
             key = (a, name)
             if key not in fits:
-                fits[key] = fit_law(exponents_df, geometry_df, predictors=ps, target=target, models=[a],
-                                    draws=draws, chains=chains, tune=tune, seed=seed + 31 * i, sampler=sampler,
-                                    name=name, progressbar=progressbar, target_accept=target_accept)
+                fits[key] = fit_law(
+                    exponents_df,
+                    geometry_df,
+                    predictors=ps,
+                    target=target,
+                    models=[a],
+                    draws=draws,
+                    chains=chains,
+                    tune=tune,
+                    seed=seed + 31 * i,
+                    sampler=sampler,
+                    name=name,
+                    progressbar=progressbar,
+                    target_accept=target_accept,
+                )
                 if check:
                     bayes.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
             preds.append(transfer(fits[key], geometry_df, exponents_df, models=[b], seed=seed))

@@ -13,6 +13,7 @@ identified (false positives), the share of planted floors identified (power) and
 covered, and the 94% coverage and mean width of alpha for both kinds; writes
 ``data/benchmarks/floor_rule.parquet``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,14 @@ def table(grid_name: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     else:
         widths = [int(384 * m) for m in mults]
         ks = (8, 16, 32)
-        g = pd.DataFrame([(l, w, k * 0.97) for l in range(6) for w in widths for k in ks],
-                         columns=["layer", "width", "l0"])
+        g = pd.DataFrame(
+            [(l, w, k * 0.97) for l in range(6) for w in widths for k in ks], columns=["layer", "width", "l0"]
+        )
     alphas = np.random.default_rng(seed).permutation(np.linspace(0.3, 0.6, 6))
     pw = S.simulate_power_law(g, alpha=alphas, seed=seed, model="power")
-    fl = S.simulate_metrics(models=("floor",), n_layers=6, widths=widths, ks=ks, noise=0.02, seed=seed + 100,
-                            floor_range=(0.02, 0.06))
+    fl = S.simulate_metrics(
+        models=("floor",), n_layers=6, widths=widths, ks=ks, noise=0.02, seed=seed + 100, floor_range=(0.02, 0.06)
+    )
     metrics = pd.concat([pw.metrics, fl.metrics[["model", "layer", "width", "k", "l0", "fvu"]]], ignore_index=True)
     truth = pd.concat([pw.truth[["model", "layer", "alpha", "floor"]], fl.truth[["model", "layer", "alpha", "floor"]]])
     return metrics, truth
@@ -70,18 +73,30 @@ def main() -> None:
         for seed in range(args.seeds):
             metrics, truth = table(name, seed)
             t0 = time.perf_counter()
-            fit = S.fit_stage1(metrics, floors="all", draws=args.draws, tune=args.tune, chains=2, seed=seed,
-                               progressbar=False, target_accept=0.95, prior_draws=200)
+            fit = S.fit_stage1(
+                metrics,
+                floors="all",
+                draws=args.draws,
+                tune=args.tune,
+                chains=2,
+                seed=seed,
+                progressbar=False,
+                target_accept=0.95,
+                prior_draws=200,
+            )
             ex = S.exponents(fit).merge(truth, on=["model", "layer"], suffixes=("", "_true"))
             ex["grid"], ex["seed"], ex["wall_s"] = name, seed, time.perf_counter() - t0
             rows.append(ex)
             p, f = ex[ex.model == "power"], ex[ex.model == "floor"]
             cov = lambda d: ((d.alpha >= d.alpha_hdi_3) & (d.alpha <= d.alpha_hdi_97)).mean()  # noqa: E731
-            print(f"{name:14s} seed {seed}: false positives {p.floor_identified.mean():.2f}, "
-                  f"planted floors identified {f.floor_identified.mean():.2f}, covered "
-                  f"{((f.floor >= f.floor_hdi_3) & (f.floor <= f.floor_hdi_97)).mean():.2f}; alpha coverage "
-                  f"power {cov(p):.2f} (width {(p.alpha_hdi_97 - p.alpha_hdi_3).mean():.2f}), floor {cov(f):.2f} "
-                  f"(width {(f.alpha_hdi_97 - f.alpha_hdi_3).mean():.2f}); {ex.wall_s.iloc[0]:.0f} s", flush=True)
+            print(
+                f"{name:14s} seed {seed}: false positives {p.floor_identified.mean():.2f}, "
+                f"planted floors identified {f.floor_identified.mean():.2f}, covered "
+                f"{((f.floor >= f.floor_hdi_3) & (f.floor <= f.floor_hdi_97)).mean():.2f}; alpha coverage "
+                f"power {cov(p):.2f} (width {(p.alpha_hdi_97 - p.alpha_hdi_3).mean():.2f}), floor {cov(f):.2f} "
+                f"(width {(f.alpha_hdi_97 - f.alpha_hdi_3).mean():.2f}); {ex.wall_s.iloc[0]:.0f} s",
+                flush=True,
+            )
     out = ROOT / "data" / "benchmarks" / "floor_rule.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(out, pd.concat(rows, ignore_index=True))

@@ -17,6 +17,7 @@ pass, (chunk/2)-blocks of the symmetric Gram matrix, each block pair once: 2 d x
 GFLOP/s of plain ``torch.mm`` on exactly the same blocks in the same run, the
 physical limit on this machine; the ratio is the fraction of the limit reached.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,18 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import skdim
+    from sklearn.neighbors import NearestNeighbors
+
     from geowall.geometry import twonn
     from geowall.kernels import knn
-    from sklearn.neighbors import NearestNeighbors
 
     X = curved_manifold(a.n, a.d, a.latent, a.seed)
     assert len(np.unique(X, axis=0)) == a.n, "benchmark data must be duplicate-free"
-    print(f"data: {a.n} x {a.d} float32, curved {a.latent}-manifold; torch threads "
-          f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"cpu count {os.cpu_count()}, device {a.device or 'cpu'}")
+    print(
+        f"data: {a.n} x {a.d} float32, curved {a.latent}-manifold; torch threads "
+        f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+        f"cpu count {os.cpu_count()}, device {a.device or 'cpu'}"
+    )
     knn(X[:1000], 2, device=a.device)  # warm up torch / BLAS
 
     ours, t_ours = timed(lambda: twonn(X, near_dup_tol=0, device=a.device), a.repeat)
@@ -74,8 +78,10 @@ def main(argv=None) -> int:
     agree = abs(ours - ref) <= 1e-3
     print(f"twonn   geowall {t_ours:8.2f} s   id = {ours:.6f}")
     print(f"twonn   skdim   {t_ref:8.2f} s   id = {ref:.6f}")
-    print(f"twonn   |difference| = {abs(ours - ref):.2e} ({'OK' if agree else 'FAIL'}: tolerance 1e-3); "
-          f"speed ratio skdim / geowall = {t_ref / t_ours:.1f}x")
+    print(
+        f"twonn   |difference| = {abs(ours - ref):.2e} ({'OK' if agree else 'FAIL'}: tolerance 1e-3); "
+        f"speed ratio skdim / geowall = {t_ref / t_ours:.1f}x"
+    )
 
     (d_ours, i_ours), t_knn = timed(lambda: knn(X, a.k, device=a.device), a.repeat)
     flops, t_mm = gemm_same_blocks(X, chunk=4096, device=a.device, repeat=a.repeat)
@@ -85,12 +91,16 @@ def main(argv=None) -> int:
     same_rows = float(np.mean(np.all(i_ours == i_sk, axis=1)))
     print(f"knn     geowall {t_knn:8.2f} s   (k = {a.k}, exact, float64 re-ranked)")
     print(f"knn     sklearn {t_sk:8.2f} s   (NearestNeighbors default: brute force, float32)")
-    print(f"knn     rows with identical neighbour lists {same_rows:.4f}; "
-          f"max |distance difference| {np.abs(d_ours - d_sk).max():.2e}; "
-          f"speed ratio sklearn / geowall = {t_sk / t_knn:.2f}x")
-    print(f"knn     {knn_gflops:.1f} GFLOP/s on the fast pass's product count; plain torch.mm on the same blocks "
-          f"{mm_gflops:.1f} GFLOP/s ({t_mm:.2f} s): kNN reaches {knn_gflops / mm_gflops:.0%} of the matmul "
-          f"(target >= 60%)")
+    print(
+        f"knn     rows with identical neighbour lists {same_rows:.4f}; "
+        f"max |distance difference| {np.abs(d_ours - d_sk).max():.2e}; "
+        f"speed ratio sklearn / geowall = {t_sk / t_knn:.2f}x"
+    )
+    print(
+        f"knn     {knn_gflops:.1f} GFLOP/s on the fast pass's product count; plain torch.mm on the same blocks "
+        f"{mm_gflops:.1f} GFLOP/s ({t_mm:.2f} s): kNN reaches {knn_gflops / mm_gflops:.0%} of the matmul "
+        f"(target >= 60%)"
+    )
     return 0 if agree else 1
 
 

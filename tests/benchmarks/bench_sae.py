@@ -36,6 +36,7 @@ shape (the machine's practical roofline). Run:
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_sae.py [--steps 200] [--device cpu]
         [--sae-lens-mean-init]   # adds sae-lens with b_dec started at the data mean
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ import numpy as np
 import torch
 
 
-def synthetic_acts(n: int, d: int, n_features: int = 4096, active: float = 24.0,
-                   seed: int = 0, noise: float = 0.05) -> torch.Tensor:
+def synthetic_acts(
+    n: int, d: int, n_features: int = 4096, active: float = 24.0, seed: int = 0, noise: float = 0.05
+) -> torch.Tensor:
     """Sparse non-negative sums of unit directions, power-law feature frequencies."""
     g = torch.Generator().manual_seed(seed)
     D = torch.randn(n_features, d, generator=g)
@@ -60,7 +62,7 @@ def synthetic_acts(n: int, d: int, n_features: int = 4096, active: float = 24.0,
         m = min(4096, n - s)
         on = torch.rand(m, n_features, generator=g, dtype=torch.float64) < p
         mag = torch.rand(m, n_features, generator=g) * 2
-        x[s:s + m] = (on * mag) @ D
+        x[s : s + m] = (on * mag) @ D
     x += noise * torch.randn(n, d, generator=g)
     return x + 0.5 * torch.randn(d, generator=g)
 
@@ -105,9 +107,16 @@ def make_sae_lens(x_train, steps, B, W, k, lr, device, seed, dead_window_steps, 
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     torch.manual_seed(seed)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(
-        d_in=x_train.shape[1], d_sae=W, k=k, aux_loss_coefficient=1 / 32,
-        normalize_activations="none", device=device))
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(
+            d_in=x_train.shape[1],
+            d_sae=W,
+            k=k,
+            aux_loss_coefficient=1 / 32,
+            normalize_activations="none",
+            device=device,
+        )
+    )
     x_dev = x_train.to(device)
     if mean_init:  # give sae-lens geowall's (Gao et al.'s) b_dec initialisation
         with torch.no_grad():
@@ -119,12 +128,18 @@ def make_sae_lens(x_train, steps, B, W, k, lr, device, seed, dead_window_steps, 
         while True:
             perm = torch.randperm(n, generator=g).to(device)
             for s in range(0, n - B + 1, B):
-                yield x_dev[perm[s:s + B]]
+                yield x_dev[perm[s : s + B]]
 
     cfg = SAETrainerConfig(
-        total_training_samples=steps * B, train_batch_size_samples=B, lr=lr, lr_end=lr / 10,
-        device=device, dead_feature_window=dead_window_steps, feature_sampling_window=10**9,
-        logger=LoggingConfig(log_to_wandb=False))
+        total_training_samples=steps * B,
+        train_batch_size_samples=B,
+        lr=lr,
+        lr_end=lr / 10,
+        device=device,
+        dead_feature_window=dead_window_steps,
+        feature_sampling_window=10**9,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     return SAETrainer(cfg=cfg, sae=sae, data_provider=batches())
 
 
@@ -151,7 +166,7 @@ def run_interleaved(gw, sl_trainers, steps, device):
     for _ in range(steps):
         t_gw += timed(gw.step, device)
         for j, trainer in enumerate(sl_trainers):
-            t_sl[j] += timed(lambda: sae_lens_step(trainer), device)
+            t_sl[j] += timed(lambda trainer=trainer: sae_lens_step(trainer), device)
     for trainer in sl_trainers:
         trainer.set_final_sae_metadata()
     return t_gw, t_sl
@@ -175,8 +190,10 @@ def grid_bench(args) -> None:
     x = synthetic_acts(args.n_train, d, seed=args.seed)
     cfg = TrainConfig(steps=steps, batch_size=B, lr_scale=4)
     sum_w = sum(w for w, _ in shapes)
-    print(f"# grid: d={d}, {len(shapes)} SAEs (widths {widths} x k {ks}, stacked width {sum_w}), batch {B}, "
-          f"{steps} steps, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}")
+    print(
+        f"# grid: d={d}, {len(shapes)} SAEs (widths {widths} x k {ks}, stacked width {sum_w}), batch {B}, "
+        f"{steps} steps, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}"
+    )
     roof0 = matmul_roofline(B, d, sum_w, args.device)
     t0 = time.perf_counter()
     dead = []
@@ -195,11 +212,15 @@ def grid_bench(args) -> None:
     print(f"{'trainer':<22} {'wall_s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'of matmul':>9}")
     for name, t, f in (("one at a time", t_one, flops_one), ("grouped", t_grp, flops_grp)):
         print(f"{name:<22} {t:8.1f} {1e3 * t / steps:8.1f} {f / t / 1e9:8.1f} {f / t / 1e9 / roof:9.0%}")
-    print(f"plain matmul ({B}x{d})@({d}x{sum_w}): {roof:.1f} GFLOP/s (best of start/end); "
-          f"grouped speed-up {t_one / t_grp:.2f}x")
+    print(
+        f"plain matmul ({B}x{d})@({d}x{sum_w}): {roof:.1f} GFLOP/s (best of start/end); "
+        f"grouped speed-up {t_one / t_grp:.2f}x"
+    )
     total = sum(timings.values())
-    print("grouped per-step split: " + ", ".join(f"{s} {1e3 * timings[s] / steps:.1f} ms ({timings[s] / total:.0%})"
-                                                 for s in STAGES))
+    print(
+        "grouped per-step split: "
+        + ", ".join(f"{s} {1e3 * timings[s] / steps:.1f} ms ({timings[s] / total:.0%})" for s in STAGES)
+    )
     print(f"# load avg at end {os.getloadavg()[0]:.2f}")
 
 
@@ -219,11 +240,17 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="benchmark a layer's grid: one at a time vs grouped")
     ap.add_argument("--grid-widths", default="192,768")
     ap.add_argument("--grid-ks", default="8,16,32")
-    ap.add_argument("--sequential", action="store_true",
-                    help="time each trainer's own full loop one after the other (default: alternate "
-                         "single steps, which is robust to other jobs loading the machine)")
-    ap.add_argument("--sae-lens-mean-init", action="store_true",
-                    help="also train sae-lens with b_dec initialised at the data mean (a third row)")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time each trainer's own full loop one after the other (default: alternate "
+        "single steps, which is robust to other jobs loading the machine)",
+    )
+    ap.add_argument(
+        "--sae-lens-mean-init",
+        action="store_true",
+        help="also train sae-lens with b_dec initialised at the data mean (a third row)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,30 +262,37 @@ def main() -> None:
     B, d, W, k, steps = args.batch_size, args.d, args.width, args.k, args.steps
     lr = args.lr if args.lr is not None else default_lr(W)
     x = synthetic_acts(args.n_train + args.n_eval, d, seed=args.seed)
-    x_train, x_eval = x[:args.n_train], x[args.n_train:]
+    x_train, x_eval = x[: args.n_train], x[args.n_train :]
     total_tokens = steps * B
     dead_tokens = min(10_000_000, max(total_tokens // 10, B))  # geowall's default
     dead_window_steps = max(1, dead_tokens // B)
 
-    print(f"# bench_sae: torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}, load avg {os.getloadavg()[0]:.2f}")
-    print(f"# data {args.n_train}x{d} train / {args.n_eval} held out; W={W} k={k} batch={B} "
-          f"steps={steps} ({total_tokens} tokens, {total_tokens / args.n_train:.1f} epochs) lr={lr:.3g} "
-          f"AuxK 1/32, dead after {dead_tokens} tokens")
+    print(
+        f"# bench_sae: torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"{platform.processor() or platform.machine()}, load avg {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"# data {args.n_train}x{d} train / {args.n_eval} held out; W={W} k={k} batch={B} "
+        f"steps={steps} ({total_tokens} tokens, {total_tokens / args.n_train:.1f} epochs) lr={lr:.3g} "
+        f"AuxK 1/32, dead after {dead_tokens} tokens"
+    )
 
     from geowall.sae import TopKTrainer, TrainConfig
 
     roof_start = matmul_roofline(B, d, W, args.device)
     gw = TopKTrainer(x_train, W, k, TrainConfig(steps=steps, batch_size=B, lr=lr), seed=args.seed, device=args.device)
     names = ["sae-lens"] + (["sae-lens+mean-b_dec"] if args.sae_lens_mean_init else [])
-    sl = [make_sae_lens(x_train, steps, B, W, k, lr, args.device, args.seed, dead_window_steps,
-                        mean_init=(name != "sae-lens")) for name in names]
+    sl = [
+        make_sae_lens(
+            x_train, steps, B, W, k, lr, args.device, args.seed, dead_window_steps, mean_init=(name != "sae-lens")
+        )
+        for name in names
+    ]
     run = run_sequential if args.sequential else run_interleaved
     t_gw, t_sl = run(gw, sl, steps, args.device)
     gw = gw.finish()
     rows = [("geowall", t_gw, evaluate(gw, x_eval, device=args.device))]
-    rows += [(name, t, evaluate(tr.sae.eval(), x_eval, device=args.device))
-             for name, t, tr in zip(names, t_sl, sl)]
+    rows += [(name, t, evaluate(tr.sae.eval(), x_eval, device=args.device)) for name, t, tr in zip(names, t_sl, sl)]
     (_, _, m_gw), (_, t_sl, m_sl) = rows[0], rows[1]
     flops = geowall_flops(B, d, W, k, gw.sae.cfg.k_aux_nominal, gw.dead_history)
     roof = max(roof_start, matmul_roofline(B, d, W, args.device))  # best of start and end
@@ -268,11 +302,16 @@ def main() -> None:
     for name, t, m in rows:
         print(f"{name:<20} {t:8.1f} {1e3 * t / steps:8.1f} {m['fvu']:12.4f} {m['l0']:6.2f} {m['dead_frac']:9.4f}")
     print(f"speed-up (sae-lens wall / geowall wall): {t_sl / t_gw:.2f}x")
-    print(f"fvu: geowall {m_gw['fvu']:.4f} vs sae-lens {m_sl['fvu']:.4f} "
-          f"({'equal or better' if m_gw['fvu'] <= m_sl['fvu'] else 'WORSE'})")
-    print(f"geowall achieved {flops / t_gw / 1e9:.1f} GFLOP/s (executed FLOPs, "
-          f"{sum(1 for n in gw.dead_history if n)} of {steps} steps with AuxK); plain torch matmul "
-          f"({B}x{d})@({d}x{W}) roofline {roof:.1f} GFLOP/s (best of start/end; geowall at {flops / t_gw / 1e9 / roof:.0%} of it)")
+    print(
+        f"fvu: geowall {m_gw['fvu']:.4f} vs sae-lens {m_sl['fvu']:.4f} "
+        f"({'equal or better' if m_gw['fvu'] <= m_sl['fvu'] else 'WORSE'})"
+    )
+    print(
+        f"geowall achieved {flops / t_gw / 1e9:.1f} GFLOP/s (executed FLOPs, "
+        f"{sum(1 for n in gw.dead_history if n)} of {steps} steps with AuxK); plain torch matmul "
+        f"({B}x{d})@({d}x{W}) roofline {roof:.1f} GFLOP/s "
+        f"(best of start/end; geowall at {flops / t_gw / 1e9 / roof:.0%} of it)"
+    )
     print(f"# load avg at end {os.getloadavg()[0]:.2f}")
 
 

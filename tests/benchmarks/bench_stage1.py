@@ -12,6 +12,7 @@ variables / sampling wall time (tuning + draws, excluding compilation), also per
 wall time (including compilation), and the nutpie / PyMC ratio. Both samplers get the
 same draws, tune, chains, cores = min(chains, 2) and target_accept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,16 @@ from geowall import scaling as S  # noqa: E402
 def realistic_table(seed: int = 0) -> pd.DataFrame:
     tabs = []
     for i, m in enumerate(("minilm", "minilm-random")):
-        sim = S.simulate_metrics(models=(m,), n_layers=7, widths=(768, 1536, 3072, 6144), ks=(8, 16, 32, 64),
-                                 showcase_layers=(2, 5), showcase_widths=(384, 768, 1536, 3072, 6144, 12288, 24576),
-                                 noise=0.02, seed=seed + i)
+        sim = S.simulate_metrics(
+            models=(m,),
+            n_layers=7,
+            widths=(768, 1536, 3072, 6144),
+            ks=(8, 16, 32, 64),
+            showcase_layers=(2, 5),
+            showcase_widths=(384, 768, 1536, 3072, 6144, 12288, 24576),
+            noise=0.02,
+            seed=seed + i,
+        )
         tabs.append(sim.metrics)
     return pd.concat(tabs, ignore_index=True)
 
@@ -59,8 +67,18 @@ def bench(table: pd.DataFrame, label: str, args) -> list[dict]:
     rows = []
     for sampler in ("nutpie", "pymc"):
         t0 = time.perf_counter()
-        idata = S.fit_stage1(table, form=args.form, draws=args.draws, tune=args.tune, chains=args.chains,
-                             seed=args.seed, sampler=sampler, prior_draws=0, progressbar=False, compare_floor=False)
+        idata = S.fit_stage1(
+            table,
+            form=args.form,
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            seed=args.seed,
+            sampler=sampler,
+            prior_draws=0,
+            progressbar=False,
+            compare_floor=False,
+        )
         total = time.perf_counter() - t0
         sampling = float(idata.posterior.attrs.get("sampling_time_s", idata.posterior.attrs["sampling_wall_s"]))
         ess, var = min_ess(idata)
@@ -70,12 +88,26 @@ def bench(table: pd.DataFrame, label: str, args) -> list[dict]:
             diag = "pass"
         except S.FitDiagnosticsError as e:
             diag = "FAIL: " + "; ".join(f"{f['diagnostic']}={bayes._fmt(f['value'])}" for f in e.failures)
-        rows.append({"table": label, "sampler": sampler, "min_ess_bulk": ess, "worst_var": var,
-                     "sampling_s": sampling, "total_s": total, "ess_per_s": ess / sampling,
-                     "ess_per_s_total": ess / total, "divergences": ndiv, "check_fit": diag})
-        print(f"[{label}] {sampler:6s} min bulk ESS {ess:8.1f} ({var}) sampling {sampling:7.1f}s "
-              f"total {total:7.1f}s  ESS/s {ess / sampling:7.2f} (incl. compile {ess / total:6.2f}) "
-              f"divergences {ndiv}  check_fit {diag}", flush=True)
+        rows.append(
+            {
+                "table": label,
+                "sampler": sampler,
+                "min_ess_bulk": ess,
+                "worst_var": var,
+                "sampling_s": sampling,
+                "total_s": total,
+                "ess_per_s": ess / sampling,
+                "ess_per_s_total": ess / total,
+                "divergences": ndiv,
+                "check_fit": diag,
+            }
+        )
+        print(
+            f"[{label}] {sampler:6s} min bulk ESS {ess:8.1f} ({var}) sampling {sampling:7.1f}s "
+            f"total {total:7.1f}s  ESS/s {ess / sampling:7.2f} (incl. compile {ess / total:6.2f}) "
+            f"divergences {ndiv}  check_fit {diag}",
+            flush=True,
+        )
     return rows
 
 
@@ -93,13 +125,20 @@ def main(argv=None) -> int:
     import pymc
     import pytensor
 
-    print(f"geowall Stage 1 benchmark: form={args.form} draws={args.draws} tune={args.tune} chains={args.chains} "
-          f"cores={min(args.chains, 2)} | pymc {pymc.__version__}, nutpie {nutpie.__version__}, "
-          f"pytensor {pytensor.__version__}, arviz {az.__version__} | CPUs {os.cpu_count()}", flush=True)
+    print(
+        f"geowall Stage 1 benchmark: form={args.form} draws={args.draws} tune={args.tune} chains={args.chains} "
+        f"cores={min(args.chains, 2)} | pymc {pymc.__version__}, nutpie {nutpie.__version__}, "
+        f"pytensor {pytensor.__version__}, arviz {az.__version__} | CPUs {os.cpu_count()}",
+        flush=True,
+    )
     tables = [("simulated (2 models x 7 layers, 4W x 4k, 2 showcase/model)", realistic_table(args.seed))]
     if Path(args.metrics).exists():
-        tables.append((f"{Path(args.metrics).relative_to(ROOT) if Path(args.metrics).is_relative_to(ROOT) else args.metrics}",
-                       pd.read_parquet(args.metrics)))
+        tables.append(
+            (
+                f"{Path(args.metrics).relative_to(ROOT) if Path(args.metrics).is_relative_to(ROOT) else args.metrics}",
+                pd.read_parquet(args.metrics),
+            )
+        )
     else:
         print(f"(no {args.metrics}: real-table benchmark skipped)")
     rows = []
@@ -110,8 +149,11 @@ def main(argv=None) -> int:
     print()
     for label, g in res.groupby("table", sort=False):
         g = g.set_index("sampler")
-        print(f"[{label}] nutpie / pymc ESS-per-second ratio: sampling only {g.loc['nutpie', 'ess_per_s'] / g.loc['pymc', 'ess_per_s']:.2f}x, "
-              f"including compilation {g.loc['nutpie', 'ess_per_s_total'] / g.loc['pymc', 'ess_per_s_total']:.2f}x")
+        print(
+            f"[{label}] nutpie / pymc ESS-per-second ratio: sampling only "
+            f"{g.loc['nutpie', 'ess_per_s'] / g.loc['pymc', 'ess_per_s']:.2f}x, "
+            f"including compilation {g.loc['nutpie', 'ess_per_s_total'] / g.loc['pymc', 'ess_per_s_total']:.2f}x"
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ thinned posterior draws is recorded. Writes ``data/sbc/stage1_sbc.parquet`` (ran
 row per sim x parameter x layer, with the grid) and prints the chi-square uniformity
 test per grid and parameter; notebook 03 draws the rank histograms from that file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "lib"))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from geowall import scaling as S  # noqa: E402
@@ -54,7 +54,9 @@ def gemma_grid() -> pd.DataFrame:
         sub = man[man["layer"] == layer]
         if layer == 12:  # showcase: every width, three sparsities each
             sub = sub.groupby("width").head(3)
-        parts.append(pd.DataFrame({"layer": i, "width": sub["width"].to_numpy() // 64, "l0": sub["l0"].to_numpy(float)}))
+        parts.append(
+            pd.DataFrame({"layer": i, "width": sub["width"].to_numpy() // 64, "l0": sub["l0"].to_numpy(float)})
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -70,14 +72,17 @@ def main() -> None:
         table = S.simulate_power_law(grid, alpha=0.4, seed=0).metrics
         layers, _ = S.layer_table(table)
         t0 = time.perf_counter()
-        ranks = S.simulation_based_calibration(table, n_sims=args.n_sims, draws=args.draws, tune=args.tune,
-                                               chains=2, thin=args.thin, seed=11)
+        ranks = S.simulation_based_calibration(
+            table, n_sims=args.n_sims, draws=args.draws, tune=args.tune, chains=2, thin=args.thin, seed=11
+        )
         wall = time.perf_counter() - t0
         ranks["grid"] = name
         out.append(ranks)
         u = S.sbc_uniformity(ranks)
-        print(f"{name}: {len(layers)} layers ({int(layers.floor_term.sum())} with a floor term), {args.n_sims} sims, "
-              f"{wall:.0f} s, divergent refits {int((ranks.groupby('sim').divergences.first() > 0).sum())}")
+        print(
+            f"{name}: {len(layers)} layers ({int(layers.floor_term.sum())} with a floor term), {args.n_sims} sims, "
+            f"{wall:.0f} s, divergent refits {int((ranks.groupby('sim').divergences.first() > 0).sum())}"
+        )
         for r in u.itertuples():
             print(f"  {r.param}: n = {r.n}, chi2 = {r.chi2:.1f} on {r.df} df, p = {r.p_value:.3f}, counts {r.counts}")
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Bad inputs give one readable error, a non-zero exit, and leave no artefact of the step.
 
 Part 1 is a table of bad profiles / overrides / corpus files fed to ``geowall run``: each
-is rejected by validation (the schema, then ``geowall.preflight``) before any work (exit 2, one ``geowall: error:`` message naming
+is rejected by validation (the schema, then ``geowall.preflight``) before any work
+(exit 2, one ``geowall: error:`` message naming
 the key or file, no traceback, nothing written under the runs folder). Part 2 corrupts a
 real run's inputs between steps (NaN activations, a metrics table missing a column) and
 checks that the step fails (exit 1) naming the model, layer and rows or the column, and
@@ -10,6 +11,7 @@ beside them: a truncated or mis-shaped Gemma Scope ``params.npz`` in
 ``tests/test_gemma_scope.py``, a safetensors file of the wrong width in
 ``tests/test_sae.py``.
 """
+
 import os
 import subprocess
 import sys
@@ -24,8 +26,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMER
 
 
 def geowall(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "geowall.cli", *args], capture_output=True, text=True, env=ENV,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "geowall.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
+    )
 
 
 def _files(folder: Path) -> list[Path]:
@@ -45,34 +48,69 @@ CONFIG_CASES = [
     ("unknown profile", ["--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
     ("unknown key", ["--set", "sae.widths=[64]"], "sae.widths: unknown key"),
     ("wrong type", ["--set", "sae.steps=many"], "sae.steps: Input should be a valid integer"),
-    ("negative width", ["--set", "sae.width_multiples=[-1, 2]"], "sae.width_multiples.0: Input should be greater than 0"),
+    (
+        "negative width",
+        ["--set", "sae.width_multiples=[-1, 2]"],
+        "sae.width_multiples.0: Input should be greater than 0",
+    ),
     ("k out of range", ["--set", "sae.ks=[0, 8]"], "sae.ks.0: Input should be greater than 0"),
     ("k >= width", ["--set", "sae.ks=[4, 200]"], "sae.ks: k=200 must be < the smallest width"),
-    ("layer outside the model", ["--set", "models.0.layers=[3, 7]"], "models.0.layers: [7] outside model 'minilm' (expected 0..6"),
+    (
+        "layer outside the model",
+        ["--set", "models.0.layers=[3, 7]"],
+        "models.0.layers: [7] outside model 'minilm' (expected 0..6",
+    ),
     ("negative layer", ["--set", "models.0.layers=[-1]"], "models.0.layers: [-1] outside model 'minilm'"),
     ("unknown source", ["--set", "models.0.source=gpt5"], "models.0.source: Input should be 'minilm'"),
-    ("showcase layer of an unknown model", ["--set", "sae.showcase_layers={nope: [1]}"],
-     "sae.showcase_layers: unknown model 'nope'"),
-    ("missing corpus file", ["--set", "corpus.kind=files", "--set", "corpus.files=[/no/such/corpus.txt]"],
-     "corpus file not found: /no/such/corpus.txt"),
-    ("empty corpus file", ["--set", "corpus.kind=files", "--set", "corpus.files=[{bad}/empty.txt]"],
-     "corpus file {bad}/empty.txt: empty"),
-    ("non-UTF-8 corpus file", ["--set", "corpus.kind=files", "--set", "corpus.files=[{bad}/latin1.txt]"],
-     "corpus file {bad}/latin1.txt: not UTF-8 text"),
+    (
+        "showcase layer of an unknown model",
+        ["--set", "sae.showcase_layers={nope: [1]}"],
+        "sae.showcase_layers: unknown model 'nope'",
+    ),
+    (
+        "missing corpus file",
+        ["--set", "corpus.kind=files", "--set", "corpus.files=[/no/such/corpus.txt]"],
+        "corpus file not found: /no/such/corpus.txt",
+    ),
+    (
+        "empty corpus file",
+        ["--set", "corpus.kind=files", "--set", "corpus.files=[{bad}/empty.txt]"],
+        "corpus file {bad}/empty.txt: empty",
+    ),
+    (
+        "non-UTF-8 corpus file",
+        ["--set", "corpus.kind=files", "--set", "corpus.files=[{bad}/latin1.txt]"],
+        "corpus file {bad}/latin1.txt: not UTF-8 text",
+    ),
     ("malformed override", ["--set", "sae.steps"], "expected key=value"),
     # issue 15: preconditions the steps asserted only after earlier steps' work (default profile, as reported)
     ("empty k grid", ["--profile", "default", "--set", "sae.ks=[]"], "sae.ks: List should have at least 1 item"),
-    ("two geometry points", ["--profile", "default", "--set", "geometry.n_points=2"],
-     "geometry.n_points: Input should be greater than or equal to 4"),
-    ("three geometry points", ["--profile", "default", "--set", "geometry.n_points=3"],
-     "geometry.n_points: Input should be greater than or equal to 4"),
-    ("too few points for the curvature patches", ["--profile", "default", "--set", "geometry.n_points=50"],
-     "geometry.n_points: 50 points per layer"),
-    ("one bootstrap replicate", ["--profile", "default", "--set", "geometry.n_boot=1"],
-     "geometry.n_boot: Input should be greater than or equal to 2"),
-    ("too few draws for the ESS threshold", ["--profile", "default", "--set", "stage2.draws=1"],
-     "stage2.draws: 2 chains x 1 draws = 2 samples cannot reach the bulk and tail ESS threshold "
-     "stage2.checks.ess_min=400; expected stage2.draws >= 200"),
+    (
+        "two geometry points",
+        ["--profile", "default", "--set", "geometry.n_points=2"],
+        "geometry.n_points: Input should be greater than or equal to 4",
+    ),
+    (
+        "three geometry points",
+        ["--profile", "default", "--set", "geometry.n_points=3"],
+        "geometry.n_points: Input should be greater than or equal to 4",
+    ),
+    (
+        "too few points for the curvature patches",
+        ["--profile", "default", "--set", "geometry.n_points=50"],
+        "geometry.n_points: 50 points per layer",
+    ),
+    (
+        "one bootstrap replicate",
+        ["--profile", "default", "--set", "geometry.n_boot=1"],
+        "geometry.n_boot: Input should be greater than or equal to 2",
+    ),
+    (
+        "too few draws for the ESS threshold",
+        ["--profile", "default", "--set", "stage2.draws=1"],
+        "stage2.draws: 2 chains x 1 draws = 2 samples cannot reach the bulk and tail ESS threshold "
+        "stage2.checks.ess_min=400; expected stage2.draws >= 200",
+    ),
     ("one chain", ["--set", "stage1.chains=1"], "stage1.chains: 1 chain cannot pass the R-hat check"),
 ]
 
@@ -102,9 +140,14 @@ def test_debug_shows_the_traceback(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_profile(build_synthetic_profile):
-    return build_synthetic_profile("tiny", "a", [0, 2, 4, 6], models=[
-        {"name": "synth-a", "source": "synthetic", "zoo": "a", "layers": [0, 2, 4, 6], "ks": [1, 2]}],
-        sae={"width_multiples": [0.5, 1], "steps": 5}, stage1={"chains": 2})  # R-hat needs 2 chains (preflight)
+    return build_synthetic_profile(
+        "tiny",
+        "a",
+        [0, 2, 4, 6],
+        models=[{"name": "synth-a", "source": "synthetic", "zoo": "a", "layers": [0, 2, 4, 6], "ks": [1, 2]}],
+        sae={"width_multiples": [0.5, 1], "steps": 5},
+        stage1={"chains": 2},
+    )  # R-hat needs 2 chains (preflight)
 
 
 @pytest.mark.slow

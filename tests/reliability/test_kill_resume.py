@@ -3,6 +3,7 @@ the arrays equal an uninterrupted harvest's.
 
 The SAE grid's kill-and-resume test runs the real smoke step through `geowall run`
 (tests/test_smoke.py), where the uninterrupted smoke run is its reference."""
+
 import os
 import signal
 import subprocess
@@ -68,13 +69,15 @@ def test_sigkill_mid_layer_harvest_then_resume_equals_uninterrupted(tmp_path):
         with pytest.raises(activations.ActivationError):
             activations.load(run, "minilm", layer)
 
-    out = subprocess.run([sys.executable, "-c", HARVEST, str(run)], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", HARVEST, str(run)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     assert "{'harvested': 3, 'skipped': 0}" in out.stdout
     assert not list(run.rglob("*.partial"))
     for layer in (0, 3, 6):
         for split in ("train", "eval"):
-            np.testing.assert_array_equal(activations.load(run, "minilm", layer, split),
-                                          activations.load(ref, "minilm", layer, split))
+            np.testing.assert_array_equal(
+                activations.load(run, "minilm", layer, split), activations.load(ref, "minilm", layer, split)
+            )
         assert activations.layer_manifest(run, "minilm", layer) == activations.layer_manifest(ref, "minilm", layer)

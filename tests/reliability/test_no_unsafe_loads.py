@@ -1,4 +1,5 @@
 """No unsafe deserialisation anywhere in the code base (library, notebooks, scripts)."""
+
 import ast
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def unsafe_calls(tree: ast.AST) -> list[str]:
 
 
 def test_checker_catches_each_unsafe_form():
-    code = "np.load(p)\nnp.load(p, allow_pickle=True)\ntorch.load(p)\npickle.load(f)\njoblib.load(p)\nnp.load(p, allow_pickle=False)\ntorch.load(p, weights_only=True)"
+    code = (
+        "np.load(p)\nnp.load(p, allow_pickle=True)\ntorch.load(p)\npickle.load(f)\njoblib.load(p)\n"
+        "np.load(p, allow_pickle=False)\ntorch.load(p, weights_only=True)"
+    )
     assert len(unsafe_calls(ast.parse(code))) == 5
 
 

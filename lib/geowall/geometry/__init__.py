@@ -27,6 +27,7 @@ them at other settings of their main knobs and adds a second ID estimator (Levin
 MLE); ``multiscale_id`` shows whether the ID is stable across scales. ``SUMMARY_NAMES``
 is the one home of the summary names.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,8 +90,17 @@ _Z95 = 1.959963984540054
 
 
 # ----------------------------------------------------------------------------- one cloud, all four
-def _knn_summaries(X: torch.Tensor, *, seed: int, k, n_base: int, discard_fraction: float, max_dim: int,
-                   tangent_tol: float, near_dup_tol: float) -> dict:
+def _knn_summaries(
+    X: torch.Tensor,
+    *,
+    seed: int,
+    k,
+    n_base: int,
+    discard_fraction: float,
+    max_dim: int,
+    tangent_tol: float,
+    near_dup_tol: float,
+) -> dict:
     """The three kNN-based summaries of one cloud (plus what the table reports beside them)."""
     keep, dist = _dedup(X, near_dup_tol)
     Xu = X[torch.from_numpy(keep).to(X.device)]
@@ -101,17 +111,30 @@ def _knn_summaries(X: torch.Tensor, *, seed: int, k, n_base: int, discard_fracti
         mu, _ = _twonn_ratios(Xu)
     out = {"id_twonn": float(_twonn_fit(mu, discard_fraction)), "n_id": len(mu), "n_distinct": len(keep)}
     try:
-        loc = local_geometry(Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k,
-                             _distinct_done=True)
+        loc = local_geometry(
+            Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k, _distinct_done=True
+        )
     except ValueError as err:  # too few distinct points for the patches
-        out.update(curvature=math.nan, local_residual=math.nan, above_cap=math.nan, dim=math.nan, n_base=0,
-                   k_fit=math.nan, patch_error=str(err))
+        out.update(
+            curvature=math.nan,
+            local_residual=math.nan,
+            above_cap=math.nan,
+            dim=math.nan,
+            n_base=0,
+            k_fit=math.nan,
+            patch_error=str(err),
+        )
         return out
     above = float(loc.above_cap.mean())
     kap = loc.kappa.dropna()
-    out.update(curvature=float(kap.mean() * rms_radius(Xu)) if above <= ABOVE_CAP_MAX and len(kap) else math.nan,
-               local_residual=float(loc.residual.mean()), above_cap=above, dim=float(loc.dim.median()),
-               n_base=len(loc), k_fit=float(loc.k[loc.k > 0].median()) if (loc.k > 0).any() else math.nan)
+    out.update(
+        curvature=float(kap.mean() * rms_radius(Xu)) if above <= ABOVE_CAP_MAX and len(kap) else math.nan,
+        local_residual=float(loc.residual.mean()),
+        above_cap=above,
+        dim=float(loc.dim.median()),
+        n_base=len(loc),
+        k_fit=float(loc.k[loc.k > 0].median()) if (loc.k > 0).any() else math.nan,
+    )
     return out
 
 
@@ -130,10 +153,21 @@ def _half_samples(groups: np.ndarray, n_rep: int, rng: np.random.Generator) -> t
     return masks, r / (g - r)
 
 
-def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_base: int = 300,
-              max_points: int | None = None, discard_fraction: float = 0.1, max_dim: int = MAX_DIM,
-              tangent_tol: float = TANGENT_TOL, near_dup_tol: float = NEAR_DUP_TOL, groups=None,
-              device=None) -> pd.DataFrame:
+def summaries(
+    X,
+    *,
+    n_boot: int = 30,
+    seed: int = 0,
+    k: int | None = None,
+    n_base: int = 300,
+    max_points: int | None = None,
+    discard_fraction: float = 0.1,
+    max_dim: int = MAX_DIM,
+    tangent_tol: float = TANGENT_TOL,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    groups=None,
+    device=None,
+) -> pd.DataFrame:
     """The four geometric summaries of ``X`` (n, d) with document-block standard errors.
 
     One row per summary, in the order of ``SUMMARY_NAMES``; columns summary, estimate,
@@ -173,9 +207,14 @@ def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_bas
         X, groups = X[torch.from_numpy(sub).to(X.device)], groups[sub]
     n = X.shape[0]
     base_seed = int(seq_base.integers(2**32))
-    kw = {"k": k, "n_base": n_base, "discard_fraction": discard_fraction, "max_dim": max_dim,
-          "tangent_tol": tangent_tol,
-              "near_dup_tol": near_dup_tol}
+    kw = {
+        "k": k,
+        "n_base": n_base,
+        "discard_fraction": discard_fraction,
+        "max_dim": max_dim,
+        "tangent_tol": tangent_tol,
+        "near_dup_tol": near_dup_tol,
+    }
     full = _knn_summaries(X, seed=base_seed, **kw)
     masks, factor = _half_samples(groups, n_boot, rng_rep)
     pr_all = pr_weighted(X, np.vstack([np.ones((1, n))] + [m[None].astype(float) for m in masks]))
@@ -192,11 +231,20 @@ def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_bas
         vals = vals[np.isfinite(vals)]
         e = est[name]
         se = math.sqrt(factor * np.mean((vals - vals.mean()) ** 2)) if len(vals) > 1 and np.isfinite(e) else math.nan
-        rows.append({"summary": name, "estimate": e, "se": se, "lo": e - _Z95 * se, "hi": e + _Z95 * se,
-                         "n": {"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
-                         "k": {"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
-                             name, float(dim_patch_k(max_dim))),
-                         "n_boot": int(n_boot)})
+        rows.append(
+            {
+                "summary": name,
+                "estimate": e,
+                "se": se,
+                "lo": e - _Z95 * se,
+                "hi": e + _Z95 * se,
+                "n": {"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
+                "k": {"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
+                    name, float(dim_patch_k(max_dim))
+                ),
+                "n_boot": int(n_boot),
+            }
+        )
     out = pd.DataFrame(rows)
     local = out.summary.isin(["curvature", "local_residual"])
     out["dim"] = np.where(local, full["dim"], math.nan)
@@ -206,9 +254,18 @@ def summaries(X, *, n_boot: int = 30, seed: int = 0, k: int | None = None, n_bas
 
 
 # ----------------------------------------------------------------------------- sensitivity
-def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, tangent_tol: float = TANGENT_TOL,
-                near_dup_tol: float = NEAR_DUP_TOL, discard_fraction: float = 0.1, defaults: dict | None = None,
-                device=None) -> pd.DataFrame:
+def sensitivity(
+    X,
+    *,
+    seed: int = 0,
+    n_base: int = 300,
+    max_dim: int = MAX_DIM,
+    tangent_tol: float = TANGENT_TOL,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    discard_fraction: float = 0.1,
+    defaults: dict | None = None,
+    device=None,
+) -> pd.DataFrame:
     """Each summary at three settings of its main knob, and a second ID estimator.
 
     Rows (summary, knob, setting, estimate, default): the middle setting is the one
@@ -233,8 +290,9 @@ def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, 
     defaults = dict(defaults or {})
 
     def add(summary, knob, setting, value, default):
-        rows.append({"summary": summary, "knob": knob, "setting": float(setting), "estimate": float(value),
-                     "default": default})
+        rows.append(
+            {"summary": summary, "knob": knob, "setting": float(setting), "estimate": float(value), "default": default}
+        )
 
     def known(summary, default):  # the default setting's value, when the caller has it
         return default and summary in defaults
@@ -250,8 +308,13 @@ def sensitivity(X, *, seed: int = 0, n_base: int = 300, max_dim: int = MAX_DIM, 
             add("pr", "n_points", frac, defaults["pr"], True)
         else:
             sub = np.sort(rng.choice(n, size=max(4, int(frac * n)), replace=False))
-            add("pr", "n_points", frac, participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
-                frac == 1.0)
+            add(
+                "pr",
+                "n_points",
+                frac,
+                participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
+                frac == 1.0,
+            )
     geo = {"n_base": n_base, "seed": seed, "tangent_tol": tangent_tol, "_distinct_done": True}
     for mult in (0.75, 1.0, 1.5):
         if known("curvature", mult == 1.0):
@@ -314,9 +377,20 @@ def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int 
         except KeyError:
             continue
         both = pd.concat([g.set_index("layer").estimate.rename("x"), ref.rename("y")], axis=1).dropna()
-        rho = float(spearmanr(both.x, both.y).statistic) if len(both) >= 3 and both.x.nunique() > 1 \
-            and both.y.nunique() > 1 else math.nan
-        rows.append({"model": model, "summary": summary, "knob": knob, "setting": setting, "n_layers": len(both),
-                     "rho": rho,
-                         "flipped": bool(np.isfinite(rho) and rho < min_rho and len(both) >= min_layers)})
+        rho = (
+            float(spearmanr(both.x, both.y).statistic)
+            if len(both) >= 3 and both.x.nunique() > 1 and both.y.nunique() > 1
+            else math.nan
+        )
+        rows.append(
+            {
+                "model": model,
+                "summary": summary,
+                "knob": knob,
+                "setting": setting,
+                "n_layers": len(both),
+                "rho": rho,
+                "flipped": bool(np.isfinite(rho) and rho < min_rho and len(both) >= min_layers),
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "summary", "knob", "setting", "n_layers", "rho", "flipped"])

@@ -26,6 +26,7 @@ and 2-boxes moves by 1 to 2%).
 
 Heavy work (kNN, patch algebra) runs in torch on ``device`` (CPU or CUDA, same code).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -380,16 +381,31 @@ def _check_patch_args(n: int, n_base: int, max_dim: int, tangent_tol: float, k, 
     if k is not None and (not isinstance(k, (int, np.integer)) or k < 3):
         raise ValueError(f"k must be an integer >= 3 or None; got {k!r}")
     if not isinstance(k_dim, (int, np.integer)) or k_dim < max_dim + 1:
-        raise ValueError(f"k_dim={k_dim!r}: the tangent-dimension patch needs at least max_dim + 1 = "
-                         f"{max_dim + 1} neighbours to tell whether a patch exceeds the cap")
+        raise ValueError(
+            f"k_dim={k_dim!r}: the tangent-dimension patch needs at least max_dim + 1 = "
+            f"{max_dim + 1} neighbours to tell whether a patch exceeds the cap"
+        )
     if k_dim > n - 1:
         raise ValueError(f"the tangent-dimension patch needs k_dim={k_dim} neighbours but only {n} distinct points")
 
 
-def local_geometry(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DIM, tangent_tol: float = TANGENT_TOL,
-                   k: int | None = None, k_scale: float = 1.0, k_dim: int | None = None, fit: bool = True,
-                   near_dup_tol: float = NEAR_DUP_TOL, debias: bool = True, device=None,
-                   batch: int = 64, _distinct_done: bool = False) -> pd.DataFrame:
+def local_geometry(
+    X,
+    *,
+    n_base: int = 300,
+    seed: int = 0,
+    max_dim: int = MAX_DIM,
+    tangent_tol: float = TANGENT_TOL,
+    k: int | None = None,
+    k_scale: float = 1.0,
+    k_dim: int | None = None,
+    fit: bool = True,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    debias: bool = True,
+    device=None,
+    batch: int = 64,
+    _distinct_done: bool = False,
+) -> pd.DataFrame:
     """Per-base-point local geometry: tangent dimension, flat residual, curvature.
 
     At ``n_base`` base points (sampled without replacement with ``seed``) of the distinct
@@ -439,8 +455,17 @@ def local_geometry(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DI
             dims.append(m.cpu())
             res.append(((tot - inside) / tot).cpu())
         dim = torch.cat(dims).numpy().astype(int)
-        out = pd.DataFrame({"base": base, "dim": dim, "above_cap": dim > max_dim,
-                            "residual": torch.cat(res).numpy(), "kappa": np.nan, "radius": np.nan, "k": 0})
+        out = pd.DataFrame(
+            {
+                "base": base,
+                "dim": dim,
+                "above_cap": dim > max_dim,
+                "residual": torch.cat(res).numpy(),
+                "kappa": np.nan,
+                "radius": np.nan,
+                "k": 0,
+            }
+        )
         for m in sorted(set(dim[dim <= max_dim].tolist())) if fit else []:
             k_m = _fit_k(m, k, k_scale)
             if k_m < _n_params(m) + 1 or k_m > n - 1:
@@ -453,8 +478,9 @@ def local_geometry(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DI
                 nb_t = idx_t[torch.from_numpy(rows).to(dev), :k_m]
             kap, rad = [], []
             for s in range(0, len(rows), batch):
-                S, _, r = _centred_patches(Xu, base_t[torch.from_numpy(rows[s : s + batch]).to(dev)],
-                                           nb_t[s : s + batch])
+                S, _, r = _centred_patches(
+                    Xu, base_t[torch.from_numpy(rows[s : s + batch]).to(dev)], nb_t[s : s + batch]
+                )
                 kap.append((_second_fundamental_norm(S[..., :m], S[..., m:], debias) / math.sqrt(m) / r).cpu())
                 rad.append(r.cpu())
             out.loc[rows, "kappa"] = torch.cat(kap).numpy()
@@ -463,9 +489,19 @@ def local_geometry(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DI
     return out
 
 
-def curvature(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DIM, tangent_tol: float = TANGENT_TOL,
-              k: int | None = None, scale_free: bool = True, debias: bool = True,
-              near_dup_tol: float = NEAR_DUP_TOL, device=None) -> float:
+def curvature(
+    X,
+    *,
+    n_base: int = 300,
+    seed: int = 0,
+    max_dim: int = MAX_DIM,
+    tangent_tol: float = TANGENT_TOL,
+    k: int | None = None,
+    scale_free: bool = True,
+    debias: bool = True,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    device=None,
+) -> float:
     """Mean curvature per tangent direction, in units of the cloud's RMS radius.
 
     The mean over base points of ``kappa`` (``local_geometry``: RMS normal curvature per
@@ -477,16 +513,25 @@ def curvature(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DIM, ta
     Patches above ``max_dim`` are excluded; NaN if every patch is above the cap.
     """
     Xu = _distinct(X, device, near_dup_tol)
-    loc = local_geometry(Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k,
-                         debias=debias, _distinct_done=True)
+    loc = local_geometry(
+        Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k, debias=debias, _distinct_done=True
+    )
     kap = loc.kappa.dropna()
     if kap.empty:
         return math.nan
     return float(kap.mean() * (rms_radius(Xu) if scale_free else 1.0))
 
 
-def local_residual(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DIM, tangent_tol: float = TANGENT_TOL,
-                   near_dup_tol: float = NEAR_DUP_TOL, device=None) -> float:
+def local_residual(
+    X,
+    *,
+    n_base: int = 300,
+    seed: int = 0,
+    max_dim: int = MAX_DIM,
+    tangent_tol: float = TANGENT_TOL,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    device=None,
+) -> float:
     """Mean fraction of local-patch variance outside the patch's own tangent space.
 
     The mean over base points of ``residual`` (``local_geometry``): each patch of
@@ -497,14 +542,23 @@ def local_residual(X, *, n_base: int = 300, seed: int = 0, max_dim: int = MAX_DI
     low-dimensional linear model holds at this scale. Defined above the cap too (it needs
     no quadratic fit).
     """
-    loc = local_geometry(X, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol,
-                         near_dup_tol=near_dup_tol, device=device)
+    loc = local_geometry(
+        X, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, near_dup_tol=near_dup_tol, device=device
+    )
     return float(loc.residual.mean())
 
 
 # ----------------------------------------------------------------------------- multiscale
-def multiscale_id(X, *, scales=(1, 2, 4, 8, 16), seed: int = 0, discard_fraction: float = 0.1,
-                  max_subsets: int = 8, near_dup_tol: float = NEAR_DUP_TOL, device=None) -> pd.DataFrame:
+def multiscale_id(
+    X,
+    *,
+    scales=(1, 2, 4, 8, 16),
+    seed: int = 0,
+    discard_fraction: float = 0.1,
+    max_subsets: int = 8,
+    near_dup_tol: float = NEAR_DUP_TOL,
+    device=None,
+) -> pd.DataFrame:
     """TwoNN on decimated subsets: is the ID estimate stable across length scales?
 
     At scale s the distinct points are shuffled (``seed``) and split into s
@@ -532,7 +586,14 @@ def multiscale_id(X, *, scales=(1, 2, 4, 8, 16), seed: int = 0, discard_fraction
             mu, r1 = _twonn_ratios(Xu[perm[j * m : (j + 1) * m]])
             ids.append(float(_twonn_fit(mu, discard_fraction)))
             r1s.append(r1)
-        rows.append({"scale": s, "n_points": m, "id": float(np.mean(ids)),
-                         "id_sd": float(np.std(ids, ddof=1)) if len(ids) > 1 else float("nan"),
-                         "n_subsets": len(ids), "r1_median": float(np.median(np.concatenate(r1s)))})
+        rows.append(
+            {
+                "scale": s,
+                "n_points": m,
+                "id": float(np.mean(ids)),
+                "id_sd": float(np.std(ids, ddof=1)) if len(ids) > 1 else float("nan"),
+                "n_subsets": len(ids),
+                "r1_median": float(np.median(np.concatenate(r1s))),
+            }
+        )
     return pd.DataFrame(rows, columns=["scale", "n_points", "id", "id_sd", "n_subsets", "r1_median"])

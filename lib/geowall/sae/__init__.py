@@ -6,7 +6,8 @@ One module per job:
 | --- | --- |
 | :mod:`geowall.sae.model` | ``TopKSAE`` (Gao et al. 2024; sparsify's layout), its config and outputs |
 | :mod:`geowall.sae.train` | ``TrainConfig`` (every training setting), ``TopKTrainer``, ``train_sae``, ``train_grid`` |
-| :mod:`geowall.sae.group` | ``train_group``: a layer's SAEs trained together (one encoder matmul, hand-written sparse gradients), learning curves, plateau statistic |
+| :mod:`geowall.sae.group` | ``train_group``: a layer's SAEs trained together (one encoder matmul, |
+|                          | hand-written sparse gradients), learning curves, plateau statistic |
 | :mod:`geowall.sae.evaluate` | ``evaluate``: fvu, mse, l0, dead fraction on held-out tokens (ours or sae-lens SAEs) |
 | :mod:`geowall.sae.disk` | ``save_sae`` / ``load_sae`` in sae-lens's on-disk format |
 | :mod:`geowall.sae.grid` | the metrics table, ``MetricsTable`` (resumable rows), ``run_grid``, width checks |
@@ -31,8 +32,8 @@ from geowall.sae.grid import (
     sae_folder,
     width_trend,
 )
-from geowall.sae.model import DENSE_ENV, EncoderOutput, ForwardOutput, TopKConfig, TopKSAE, TrainedSAE
 from geowall.sae.group import GroupTrainer, plateau_change, train_group
+from geowall.sae.model import DENSE_ENV, EncoderOutput, ForwardOutput, TopKConfig, TopKSAE, TrainedSAE
 from geowall.sae.train import TopKTrainer, TrainConfig, default_lr, derive_seed, train_grid, train_sae
 
 __all__ = [

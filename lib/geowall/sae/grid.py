@@ -7,6 +7,7 @@ table atomically, so a killed and resumed run ends with the same table as an
 uninterrupted one. :func:`run_grid` (SAEs trained here) and
 ``geowall.sources.gemma_scope.run_manifest`` (released SAEs) both use it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,20 @@ from geowall.sae.disk import save_sae
 from geowall.sae.evaluate import METRICS, evaluate
 from geowall.sae.train import TrainConfig, derive_seed, grid_pairs, train_sae
 
-__all__ = ["METRIC_COLUMNS", "KEY", "MetricsTable", "read_metrics", "append_metrics", "sae_folder", "run_grid",
-           "width_trend", "check_width_trend", "read_curves", "curves_path", "CURVE_COLUMNS"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "KEY",
+    "MetricsTable",
+    "read_metrics",
+    "append_metrics",
+    "sae_folder",
+    "run_grid",
+    "width_trend",
+    "check_width_trend",
+    "read_curves",
+    "curves_path",
+    "CURVE_COLUMNS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +92,6 @@ def append_metrics(metrics_path: str | os.PathLike, table: pd.DataFrame, row: di
     return table
 
 
-
 class MetricsTable:
     """The metrics table at ``path``, resumed: which keys remain, and one atomic append per row."""
 
@@ -96,17 +108,44 @@ class MetricsTable:
     def todo(self, items: Sequence[Any], key: Any, *, what: str) -> list[Any]:
         """The ``items`` whose ``key(item)`` has no row yet, in order; logs how many were skipped."""
         left = [item for item in items if key(item) not in self]
-        log.info("%s: %d of %d SAEs already in %s, skipped; %d to do", what, len(items) - len(left), len(items),
-                 self.path, len(left))
+        log.info(
+            "%s: %d of %d SAEs already in %s, skipped; %d to do",
+            what,
+            len(items) - len(left),
+            len(items),
+            self.path,
+            len(left),
+        )
         return left
 
-    def add(self, *, model: str, layer: int, width: int, k: int, seed: int, metrics: dict[str, Any],
-            source: str, sae_id: str, train_tokens: int, **extra: Any) -> None:
+    def add(
+        self,
+        *,
+        model: str,
+        layer: int,
+        width: int,
+        k: int,
+        seed: int,
+        metrics: dict[str, Any],
+        source: str,
+        sae_id: str,
+        train_tokens: int,
+        **extra: Any,
+    ) -> None:
         """Append one SAE's row (the :data:`~geowall.sae.evaluate.METRICS` of ``metrics``, its
         facts, and ``extra`` columns such as the plateau statistic)."""
-        row = {"model": str(model), "layer": int(layer), "width": int(width), "k": int(k),
-               **{m: metrics[m] for m in METRICS}, "source": source, "sae_id": sae_id,
-               "train_tokens": int(train_tokens), "seed": int(seed), **extra}
+        row = {
+            "model": str(model),
+            "layer": int(layer),
+            "width": int(width),
+            "k": int(k),
+            **{m: metrics[m] for m in METRICS},
+            "source": source,
+            "sae_id": sae_id,
+            "train_tokens": int(train_tokens),
+            "seed": int(seed),
+            **extra,
+        }
         self.table = append_metrics(self.path, self.table, row)
         self._done.add((row["model"], row["layer"], row["width"], row["k"], row["seed"]))
 
@@ -123,9 +162,17 @@ def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
         if len(g) < 2:
             continue
         f, w = g.fvu.to_numpy(dtype=float), g.width.to_numpy(dtype=float)
-        rows.append({"model": model, "layer": int(layer), "k": int(k), "n_widths": len(g),
-                     "max_step_increase": float((f[1:] / f[:-1] - 1).max()), "end_change": float(f[-1] / f[0] - 1),
-                     "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0])})
+        rows.append(
+            {
+                "model": model,
+                "layer": int(layer),
+                "k": int(k),
+                "n_widths": len(g),
+                "max_step_increase": float((f[1:] / f[:-1] - 1).max()),
+                "end_change": float(f[-1] / f[0] - 1),
+                "slope": float(np.polyfit(np.log(w), np.log(f), 1)[0]),
+            }
+        )
     return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
 
 
@@ -142,15 +189,18 @@ def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[
     bad = real[real.max_step_increase > slack]
     if len(bad):
         worst = float(bad.max_step_increase.max())
-        raise ValueError(f"fvu increases with width at fixed k beyond the {slack:.0%} slack; to pass: train longer "
-                         f"(raise sae.steps, or sae.steps_width_exponent so wider SAEs get more steps), or raise "
-                         f"sae.monotone_slack to >= {math.ceil(worst * 100) / 100:g} (null switches the check off):\n{bad}")
+        raise ValueError(
+            f"fvu increases with width at fixed k beyond the {slack:.0%} slack; to pass: train longer "
+            f"(raise sae.steps, or sae.steps_width_exponent so wider SAEs get more steps), or raise "
+            f"sae.monotone_slack to >= {math.ceil(worst * 100) / 100:g} (null switches the check off):\n{bad}"
+        )
     median_slope = synth.groupby("model").slope.median()
     if (median_slope >= 0).any():
-        raise ValueError(f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}; "
-                         f"to pass: train longer (raise sae.steps or sae.lr_scale)")
+        raise ValueError(
+            f"wider SAEs are not better on the typical synthetic layer: {median_slope.to_dict()}; "
+            f"to pass: train longer (raise sae.steps or sae.lr_scale)"
+        )
     return synth[synth.max_step_increase > slack]
-
 
 
 def curves_path(metrics_path: str | os.PathLike) -> Path:
@@ -192,11 +242,25 @@ def _chunks(todo: list[tuple[int, int]], d: int, max_floats: int) -> list[list[t
     return out + ([cur] if cur else [])
 
 
-def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None, *, model: str, layer: int,
-             widths: Sequence[int], ks: Sequence[int], seed: int, device: str | torch.device = "cpu",
-             sae_dir: str | os.PathLike, metrics_path: str | os.PathLike, source: str = "trained",
-             progress: bool = True, plateau_tol: float = 0.02, max_group_floats: int = 2**23,
-             **overrides: Any) -> pd.DataFrame:
+def run_grid(
+    train_acts: Any,
+    eval_acts: Any,
+    config: TrainConfig | None = None,
+    *,
+    model: str,
+    layer: int,
+    widths: Sequence[int],
+    ks: Sequence[int],
+    seed: int,
+    device: str | torch.device = "cpu",
+    sae_dir: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    source: str = "trained",
+    progress: bool = True,
+    plateau_tol: float = 0.02,
+    max_group_floats: int = 2**23,
+    **overrides: Any,
+) -> pd.DataFrame:
     """Train, save and evaluate every (width, k) SAE of one model layer; resume-safe.
 
     ``config`` and keyword ``overrides`` of its fields set the training (see
@@ -216,8 +280,9 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
 
     config = TrainConfig.make(config, **overrides)
     metrics = MetricsTable(metrics_path)
-    todo = metrics.todo(grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed),
-                        what=f"run_grid {model} layer {layer}")
+    todo = metrics.todo(
+        grid_pairs(widths, ks), lambda wk: (model, layer, *wk, seed), what=f"run_grid {model} layer {layer}"
+    )
     if not todo:
         return metrics.table
     x_train = as_acts(train_acts, device, "train_acts")
@@ -225,31 +290,59 @@ def run_grid(train_acts: Any, eval_acts: Any, config: TrainConfig | None = None,
     check_acts_shape(eval_acts, d)
     if use_dense_reference():
         groups = [[wk] for wk in todo]
-        trainer = lambda group: [train_sae(x_train, *group[0], config, seed=derive_seed(seed, *group[0]),
-                                           device=device, progress=progress)]
+
+        def trainer(group):
+            wk = group[0]
+            return [train_sae(x_train, *wk, config, seed=derive_seed(seed, *wk), device=device, progress=progress)]
+
     else:
         groups = _chunks(todo, d, max_group_floats)
-        trainer = lambda group: train_group(x_train, group, config, seed=seed, device=device,
-                                            eval_acts=eval_acts, progress=progress)
+
+        def trainer(group):
+            return train_group(x_train, group, config, seed=seed, device=device, eval_acts=eval_acts, progress=progress)
+
     from tqdm.auto import tqdm
+
     for group in tqdm(groups, desc=f"{model} layer {layer}", disable=not progress or len(groups) == 1):
         trained_group = trainer(group)
         for trained in trained_group:
             width, k = trained.width, trained.k
             sae_id = f"{model}/layer_{int(layer):02d}/w{width}_k{k}"
-            save_sae(trained, sae_folder(sae_dir, model, layer, width, k),
-                     metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id,
-                               "grid_seed": int(seed)})
-        rows = [{"model": str(model), "layer": int(layer), "width": t.width, "k": t.k, "seed": int(seed),
-                 "step": st, "tokens": st * min(int(config.batch_size), x_train.shape[0]), "fvu_heldout": f}
-                for t in trained_group for st, f in zip(t.curve_steps, t.curve_fvu)]
+            save_sae(
+                trained,
+                sae_folder(sae_dir, model, layer, width, k),
+                metadata={"model_name": str(model), "layer": int(layer), "sae_id": sae_id, "grid_seed": int(seed)},
+            )
+        rows = [
+            {
+                "model": str(model),
+                "layer": int(layer),
+                "width": t.width,
+                "k": t.k,
+                "seed": int(seed),
+                "step": st,
+                "tokens": st * min(int(config.batch_size), x_train.shape[0]),
+                "fvu_heldout": f,
+            }
+            for t in trained_group
+            for st, f in zip(t.curve_steps, t.curve_fvu)
+        ]
         if rows:
             _append_curves(curves_path(metrics_path), rows)
         for trained in trained_group:
             scores = evaluate(trained, eval_acts, batch_size=config.batch_size, device=device)
             change = float(trained.plateau_change)
-            metrics.add(model=model, layer=layer, width=trained.width, k=trained.k, seed=seed, metrics=scores,
-                        source=source, sae_id=f"{model}/layer_{int(layer):02d}/w{trained.width}_k{trained.k}",
-                        train_tokens=trained.train_tokens, plateau_change=change,
-                        plateaued=None if np.isnan(change) else bool(change <= plateau_tol))
+            metrics.add(
+                model=model,
+                layer=layer,
+                width=trained.width,
+                k=trained.k,
+                seed=seed,
+                metrics=scores,
+                source=source,
+                sae_id=f"{model}/layer_{int(layer):02d}/w{trained.width}_k{trained.k}",
+                train_tokens=trained.train_tokens,
+                plateau_change=change,
+                plateaued=None if np.isnan(change) else bool(change <= plateau_tol),
+            )
     return metrics.table

@@ -24,6 +24,7 @@ Learning curves: ``curve_points`` times during training the held-out fvu of ever
 measured on ``curve_tokens`` evaluation tokens (with the SAEs as they stand), so the grid
 can say whether each SAE's error has levelled off (:func:`plateau_change`).
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,9 @@ def scatter_rows_shared(indices: Tensor, pairs: list[tuple[Tensor, Tensor]], n_r
     rows = torch.div(order, m, rounding_mode="floor")
     counts = torch.bincount(flat, minlength=n_rows)
     offsets = torch.cumsum(counts, 0) - counts
-    return [F.embedding_bag(rows, src, offsets, mode="sum", per_sample_weights=w.reshape(-1)[order])
-            for w, src in pairs]
+    return [
+        F.embedding_bag(rows, src, offsets, mode="sum", per_sample_weights=w.reshape(-1)[order]) for w, src in pairs
+    ]
 
 
 @dataclass
@@ -86,10 +88,24 @@ class GroupTrainer:
     ``b_dec0``: (d,) initial decoder bias (the scaled data mean).
     """
 
-    def __init__(self, x: Tensor, shapes: list[tuple[int, int]], inits: list[tuple[Tensor, Tensor]],
-                 lrs: list[float], b_dec0: Tensor, *, steps: int, batch_size: int, generator: torch.Generator,
-                 dead_tokens: int, k_aux: int | None = None, auxk_coef: float = 1 / 32, lr_warmup: float = 0.0,
-                 lr_decay: float = 0.0, timings: bool = False):
+    def __init__(
+        self,
+        x: Tensor,
+        shapes: list[tuple[int, int]],
+        inits: list[tuple[Tensor, Tensor]],
+        lrs: list[float],
+        b_dec0: Tensor,
+        *,
+        steps: int,
+        batch_size: int,
+        generator: torch.Generator,
+        dead_tokens: int,
+        k_aux: int | None = None,
+        auxk_coef: float = 1 / 32,
+        lr_warmup: float = 0.0,
+        lr_decay: float = 0.0,
+        timings: bool = False,
+    ):
         self.x = x
         n, d = x.shape
         self.d, self.S = d, len(shapes)
@@ -139,7 +155,7 @@ class GroupTrainer:
         n = self.x.shape[0]
         if self.pos + self.batch_size > n:
             self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
+        idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return self.x.index_select(0, idx.to(self.x.device))
 
@@ -241,15 +257,31 @@ class GroupTrainer:
 
                 for st in self.adam_steps[s]:
                     st.fill_(self.step_count + 1)
-                torch._fused_adam_(views(vars(p)), views(grads), views(self.m), views(self.v), [], self.adam_steps[s],
-                                   lr=float(self.base_lr[s]) * factor, beta1=BETAS[0], beta2=BETAS[1],
-                                   weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+                torch._fused_adam_(
+                    views(vars(p)),
+                    views(grads),
+                    views(self.m),
+                    views(self.v),
+                    [],
+                    self.adam_steps[s],
+                    lr=float(self.base_lr[s]) * factor,
+                    beta1=BETAS[0],
+                    beta2=BETAS[1],
+                    weight_decay=0.0,
+                    eps=ADAM_EPS,
+                    amsgrad=False,
+                    maximize=False,
+                )
             return
         t = self.step_count + 1  # pragma: no cover - a torch build without the fused kernel
         b1, b2 = BETAS
         lr_rows = self.base_lr[self.row_sae] * factor
-        lr_of = {"W_enc": lr_rows[:, None], "W_dec": lr_rows[:, None], "b_enc": lr_rows,
-                 "b_dec": (self.base_lr * factor)[:, None]}
+        lr_of = {
+            "W_enc": lr_rows[:, None],
+            "W_dec": lr_rows[:, None],
+            "b_enc": lr_rows,
+            "b_dec": (self.base_lr * factor)[:, None],
+        }
         c1, c2 = 1 - b1**t, math.sqrt(1 - b2**t)
         for name, p in vars(self.state).items():
             gr, m, v = grads[name], self.m[name], self.v[name]
@@ -265,7 +297,7 @@ class GroupTrainer:
         p = self.state
         sse = torch.zeros(self.S, dtype=torch.float64, device=x.device)
         for s0 in range(0, x.shape[0], chunk):
-            xb = x[s0:s0 + chunk]
+            xb = x[s0 : s0 + chunk]
             pre = self.pre_acts(xb)
             for s in range(self.S):
                 sl = self.sae_slice(s)
@@ -299,8 +331,18 @@ def plateau_change(steps: list[int], fvu: list[float], window: float = 0.2, end:
 # ------------------------------------------------------------------ driver
 
 
-def train_group(acts, shapes, config=None, *, seed: int, device="cpu", eval_acts=None, progress: bool = True,
-                timings: bool = False, **overrides):
+def train_group(
+    acts,
+    shapes,
+    config=None,
+    *,
+    seed: int,
+    device="cpu",
+    eval_acts=None,
+    progress: bool = True,
+    timings: bool = False,
+    **overrides,
+):
     """Train the SAEs ``shapes = [(width, k), ...]`` of one layer together (see the module notes).
 
     ``config`` (:class:`~geowall.sae.train.TrainConfig`) and ``overrides`` set the training;
@@ -326,16 +368,30 @@ def train_group(acts, shapes, config=None, *, seed: int, device="cpu", eval_acts
     xs = x * scale
     inits, lrs = [], []
     for w, k in shapes:
-        sae = TopKSAE(TopKConfig(d_in=d, width=int(w), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef),
-                      generator=torch.Generator().manual_seed(derive_seed(seed, w, k)))
+        sae = TopKSAE(
+            TopKConfig(d_in=d, width=int(w), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef),
+            generator=torch.Generator().manual_seed(derive_seed(seed, w, k)),
+        )
         inits.append((sae.W_dec.detach(), sae.W_enc.detach()))
         lrs.append(float(cfg.lr) if cfg.lr is not None else cfg.lr_scale * default_lr(int(w)))
     total = steps * batch_size
     dead_tokens = min(10_000_000, max(total // 10, batch_size)) if cfg.dead_tokens is None else int(cfg.dead_tokens)
-    gt = GroupTrainer(xs, list(shapes), inits, lrs, (mom.mean * scale).float(), steps=steps, batch_size=batch_size,
-                      generator=torch.Generator().manual_seed(derive_seed(seed, 0, 0)), dead_tokens=dead_tokens,
-                      k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef, lr_warmup=cfg.lr_warmup, lr_decay=cfg.lr_decay,
-                      timings=timings)
+    gt = GroupTrainer(
+        xs,
+        list(shapes),
+        inits,
+        lrs,
+        (mom.mean * scale).float(),
+        steps=steps,
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(derive_seed(seed, 0, 0)),
+        dead_tokens=dead_tokens,
+        k_aux=cfg.k_aux,
+        auxk_coef=cfg.auxk_coef,
+        lr_warmup=cfg.lr_warmup,
+        lr_decay=cfg.lr_decay,
+        timings=timings,
+    )
     curve_steps: list[int] = []
     curve_fvu: list[list[float]] = []
     x_curve = None
@@ -343,6 +399,7 @@ def train_group(acts, shapes, config=None, *, seed: int, device="cpu", eval_acts
     if eval_acts is not None and curve_every:
         x_curve = as_acts(eval_acts[: cfg.curve_tokens], device, "eval_acts") * scale
     from tqdm.auto import tqdm
+
     with tqdm(total=steps, desc=f"{len(shapes)} SAEs", disable=not progress, leave=False) as bar:
         for i in range(steps):
             gt.step()
@@ -355,17 +412,29 @@ def train_group(acts, shapes, config=None, *, seed: int, device="cpu", eval_acts
     decay_start = steps - int(round(cfg.lr_decay * steps)) if cfg.lr_decay else None
     for s, (w, k) in enumerate(shapes):
         sl = gt.sae_slice(s)
-        sae = TopKSAE(TopKConfig(d_in=d, width=int(w), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef),
-                      device=device)
+        sae = TopKSAE(
+            TopKConfig(d_in=d, width=int(w), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef), device=device
+        )
         with torch.no_grad():
             sae.W_enc.copy_(p.W_enc[sl])
             sae.W_dec.copy_(p.W_dec[sl])
             sae.b_enc.copy_(p.b_enc[sl] / scale)  # fold the input scale back (see train.py)
             sae.b_dec.copy_(p.b_dec[s] / scale)
         cs, cf = curve_steps, [c[s] for c in curve_fvu]
-        out.append(TrainedSAE(sae=sae.eval(), width=int(w), k=int(k), seed=derive_seed(seed, w, k), steps=steps,
-                              train_tokens=steps * batch_size, lr=lrs[s],
-                              fvu_history=gt.fvus[:, s].cpu().tolist(), dead_history=gt.n_dead[:, s].cpu().tolist(),
-                              curve_steps=list(cs), curve_fvu=cf,
-                              plateau_change=plateau_change(cs, cf, cfg.plateau_window, decay_start)))
+        out.append(
+            TrainedSAE(
+                sae=sae.eval(),
+                width=int(w),
+                k=int(k),
+                seed=derive_seed(seed, w, k),
+                steps=steps,
+                train_tokens=steps * batch_size,
+                lr=lrs[s],
+                fvu_history=gt.fvus[:, s].cpu().tolist(),
+                dead_history=gt.n_dead[:, s].cpu().tolist(),
+                curve_steps=list(cs),
+                curve_fvu=cf,
+                plateau_change=plateau_change(cs, cf, cfg.plateau_window, decay_start),
+            )
+        )
     return (out, gt.timings) if timings else out

@@ -4,6 +4,7 @@ and a synthetic manifold zoo with known geometry. See DESIGN.md's source table.
 ``model_info`` answers "how many residual points, what width" without loading weights,
 so that a profile can be validated before any work starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,7 @@ def model_info(spec) -> ModelInfo:
         mpnet.check_available()  # a missing part is a clear error at validation, before any work
         return ModelInfo(mpnet.N_LAYERS, mpnet.D, "0 = embeddings, i = after encoder block i")
     if spec.source == "synthetic":
-        from geowall.sources.synthetic import ZOOS, ZOO_D
+        from geowall.sources.synthetic import ZOO_D, ZOOS
 
         return ModelInfo(len(ZOOS[spec.zoo]), ZOO_D, "i = manifold i of the zoo")
     if spec.source == "hf":
@@ -86,7 +87,8 @@ def hf_shape(name: str) -> tuple[int, int]:
         cfg = AutoConfig.from_pretrained(name, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
         raise ValueError(
-            f"hf_model {name!r}: not a local folder with config.json and not in the local Hugging Face cache ({type(e).__name__})"
+            f"hf_model {name!r}: not a local folder with config.json and not in the local Hugging Face cache "
+            f"({type(e).__name__})"
         ) from None
     cfg = getattr(cfg, "text_config", cfg)
     return int(cfg.num_hidden_layers), int(cfg.hidden_size)

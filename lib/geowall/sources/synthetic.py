@@ -11,12 +11,14 @@ times the cloud's RMS radius, which is 1 here): every full sphere reads 1 whatev
 dimension, a flat box 0, a torus of m circles sqrt(m), a cap less than 1.
 Equal-radius spheres of dimension 3 to 8 and flat boxes of dimension 4 to 8 sit in the
 zoo on purpose: a curvature estimate confounded with dimension (one that grows with the
-dimension at fixed radius, or reads an 8-dimensional box as curved) fails on them. Zoo ``a`` has 8 layers, zoo ``b`` 12: two "models" for the transfer study.
+dimension at fixed radius, or reads an 8-dimensional box as curved) fails on them. Zoo ``a`` has 8 layers,
+zoo ``b`` 12: two "models" for the transfer study.
 Intrinsic dimension and curvature vary non-monotonically with depth so that depth
 alone is a poor predictor of geometry. Every layer spans at least 4 linear directions
 (flat: dim; sphere, cap: dim + 1; torus: 2 dim), so a TopK SAE with k <= 3 can never
 reconstruct a layer exactly: the profiles train the zoo with k in {1, 2, 3}.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -39,13 +41,28 @@ class Manifold:
 
 ZOOS: dict[str, list[Manifold]] = {
     "a": [
-        Manifold("flat", 4), Manifold("cap", 3, 0.5), Manifold("sphere", 4), Manifold("torus", 3),
-        Manifold("cap", 6, 1.0), Manifold("sphere", 6), Manifold("cap", 8, 0.7), Manifold("flat", 8),
+        Manifold("flat", 4),
+        Manifold("cap", 3, 0.5),
+        Manifold("sphere", 4),
+        Manifold("torus", 3),
+        Manifold("cap", 6, 1.0),
+        Manifold("sphere", 6),
+        Manifold("cap", 8, 0.7),
+        Manifold("flat", 8),
     ],
     "b": [
-        Manifold("flat", 4), Manifold("cap", 3, 0.8), Manifold("sphere", 3), Manifold("torus", 2),
-        Manifold("cap", 5, 0.5), Manifold("sphere", 5), Manifold("torus", 4), Manifold("cap", 7, 1.2),
-        Manifold("sphere", 8), Manifold("flat", 8), Manifold("cap", 4, 0.3), Manifold("sphere", 6),
+        Manifold("flat", 4),
+        Manifold("cap", 3, 0.8),
+        Manifold("sphere", 3),
+        Manifold("torus", 2),
+        Manifold("cap", 5, 0.5),
+        Manifold("sphere", 5),
+        Manifold("torus", 4),
+        Manifold("cap", 7, 1.2),
+        Manifold("sphere", 8),
+        Manifold("flat", 8),
+        Manifold("cap", 4, 0.3),
+        Manifold("sphere", 6),
     ],
 }
 

@@ -17,9 +17,10 @@
 Special tokens ([CLS], [SEP], BOS, padding) are excluded via the tokenizer's
 ``special_tokens_mask`` and the attention mask.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
