@@ -53,11 +53,13 @@ def _artefacts(run_dir, *, curvature_lo, law_r2):
     write_parquet(
         run_dir / "floors.parquet",
         pd.DataFrame(
-            {
-                "row_type": ["floor", "spearman", "spearman"],
-                "summary": [None, "curvature", "id_twonn"],
-                "n_layers": [3, 3, 3],
-                "p_gt0": [None, 0.81, 0.4],
+            {  # floors.floor_ordering's schema: model a ranks its 3 identified floors, model b has too few
+                "row_type": ["floor", "spearman", "spearman", "spearman", "spearman"],
+                "model": ["a", "a", "a", "b", "b"],
+                "summary": [None, "curvature", "id_twonn", "curvature", "id_twonn"],
+                "n_layers": [3, 3, 3, 1, 1],
+                "status": [None, "ranked", "ranked", "too few", "too few"],
+                "p_gt0": [None, 0.81, 0.4, None, None],
             }
         ),
     )
@@ -74,7 +76,7 @@ def test_glance_states_the_planted_findings(tmp_path):
     assert "a larger curvature goes with a smaller width exponent" in text
     assert "intrinsic dimension goes" not in text and "larger width exponent" not in text
     assert "beats both baselines" in text and "in 1 of 2 directions" in text
-    assert "curvature 0.81 and intrinsic dimension 0.40" in text
+    assert "a (3 identified floors): curvature 0.81 and intrinsic dimension 0.40" in text and "b (" not in text
     assert "{" not in text and "`" not in text  # plain text for a Quarto var
 
 
@@ -91,4 +93,13 @@ def test_glance_reports_null_results_and_missing_steps_as_such(tmp_path):
     assert (
         "SAE grid has not run yet" in text and "Stage 1 has not run yet" in text and "Stage 2 has not run yet" in text
     )
-    assert "beats" not in text and "showcase" not in text
+    assert "beats" not in text and "floors rise" not in text
+
+
+def test_glance_says_when_no_model_has_enough_identified_floors(tmp_path):
+    _artefacts(tmp_path, curvature_lo=-0.8, law_r2=0.6)
+    f = pd.read_parquet(tmp_path / "floors.parquet")
+    write_parquet(tmp_path / "floors.parquet", f[f.model == "b"])
+    text = at_a_glance(tmp_path, "toy")
+    assert "Too few floors are identified to rank them against the geometry (b: 1 identified)" in text
+    assert "floors rise" not in text

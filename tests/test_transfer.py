@@ -135,3 +135,20 @@ def test_run_transfer_rows(monkeypatch):
     mean_r2 = scores.query("predictor_set == 'mean'")["r2"]
     assert (law_r2.to_numpy() > mean_r2.to_numpy()).all()
     assert (scores.query("predictor_set == 'law'")["p_perm_spearman"] < 0.05).all()
+
+
+def test_run_transfer_says_when_a_summary_is_withheld_at_every_layer_of_b():
+    """Curvature above the tangent cap is NaN at every layer of a model (the random twin on
+    the default run): the pair is recorded with a note, not a crash, and nothing is fitted."""
+    ids = np.linspace(2, 20, 10)
+    geo = pd.concat([_geometry("A", ids), _geometry("B", ids).assign(estimate=np.nan)], ignore_index=True)
+    ex = pd.concat([_exps("A", 0.1 * ids), _exps("B", 0.1 * ids)], ignore_index=True)
+    scores, preds, fits = T.run_transfer(ex, geo, [("A", "B")], predictor_sets={"law": ("id_twonn",)})
+    assert fits == {} and len(preds) == 0
+    (row,) = scores.to_dict("records")
+    assert row["n_layers"] == 0 and "B has no layer" in row["note"]
+    assert "not scored" in T.words(row)
+    # too few training layers on A: also a note (fit_law's own minimum)
+    geo_a = pd.concat([_geometry("A", ids[:2]), _geometry("B", ids)], ignore_index=True)
+    scores, _, fits = T.run_transfer(ex, geo_a, [("A", "B")], predictor_sets={"law": ("id_twonn",)})
+    assert fits == {} and "A has 2 layers" in scores.note.iloc[0]

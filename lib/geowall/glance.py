@@ -87,14 +87,31 @@ def _transfer(t: pd.DataFrame) -> str:
 
 
 def _floors(f: pd.DataFrame) -> str:
-    rho = f[f.row_type == "spearman"].set_index("summary")
-    said = [f"{SUMMARY_WORDS.get(s, s)} {rho.loc[s, 'p_gt0']:.2f}" for s in ("curvature", "id_twonn") if s in rho.index]
+    """One clause per model whose identified floors could be ranked; otherwise say too few."""
+    sp = f[f.row_type == "spearman"]
+    if "model" not in sp:
+        sp = sp.assign(model="all models")
+    if not len(sp):
+        return ""
+    ranked = sp[sp.status == "ranked"] if "status" in sp else sp
+    if not len(ranked):
+        n = {str(m): int(g.n_layers.iloc[0]) for m, g in sp.groupby("model", sort=False)}
+        return (
+            "Too few floors are identified to rank them against the geometry ("
+            + ", ".join(f"{m}: {k}" for m, k in n.items())
+            + " identified)."
+        )
+    said = []
+    for m, g in ranked.groupby("model", sort=False):
+        g = g.set_index("summary")
+        probs = [
+            f"{SUMMARY_WORDS.get(s, s)} {g.loc[s, 'p_gt0']:.2f}" for s in ("curvature", "id_twonn") if s in g.index
+        ]
+        if probs:
+            said.append(f"{m} ({int(g.n_layers.iloc[0])} identified floors): {_join(probs)}")
     if not said:
         return ""
-    return (
-        f"At the {int(rho.n_layers.iloc[0])} showcase layers, the posterior probability that floors rise "
-        f"with the geometry is: {_join(said)}."
-    )
+    return f"The posterior probability that identified floors rise with the geometry is, per model, {'; '.join(said)}."
 
 
 def at_a_glance(run_dir: str | Path, profile_name: str) -> str:

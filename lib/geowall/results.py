@@ -229,6 +229,8 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
     v["transfer"] = {}
     if t is not None:
         for r in t.itertuples():
+            if isinstance(getattr(r, "note", None), str):
+                continue  # not scored: a summary withheld at every layer (transfer.run_transfer's note)
             key = f"{r.train_model}_to_{r.test_model}"
             v["transfer"].setdefault(key, {})[r.predictor_set] = {
                 "r2": _fmt(r.r2),
@@ -244,7 +246,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
 
     v["transfer"]["summary"] = NA
     if t is not None and "p_perm_spearman" in t:
-        law_rows = t[t.predictor_set == "law"]
+        law_rows = t[(t.predictor_set == "law") & (t["note"].isna() if "note" in t else True)]
         v["transfer"]["summary"] = (
             "; ".join(
                 f"{r.train_model} → {r.test_model} "

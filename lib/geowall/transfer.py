@@ -244,6 +244,9 @@ def transfer_scores(
 
 def words(row: Mapping[str, Any]) -> str:
     """One sentence on a transfer score row, saying so when B has few layers."""
+    note = row.get("note")
+    if isinstance(note, str) and note:
+        return f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: not scored: {note}."
     s = (
         f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: Spearman "
         f"{row['spearman']:.2f} [{row['spearman_hdi_3']:.2f}, {row['spearman_hdi_97']:.2f}], permutation p "
@@ -256,6 +259,23 @@ def words(row: Mapping[str, Any]) -> str:
             f"fragile and these scores are indicative only."
         )
     return s
+
+
+def _withheld(wide: pd.DataFrame, exponents_df: pd.DataFrame, a: str, b: str, preds: Sequence[str]) -> str:
+    """Why the law on ``preds`` cannot go from A to B ('' when it can): a model with no layer
+    that has every predictor (and, for A, an exponent)."""
+    cols = [p for p in preds if p in wide.columns]
+    have = wide.dropna(subset=cols)
+    fitted = set(zip(exponents_df["model"].astype(str), exponents_df["layer"].astype(int)))
+    n_a = sum((m, int(l)) in fitted for m, l in zip(have["model"].astype(str), have["layer"]) if m == a)
+    n_b = int((have["model"].astype(str) == b).sum())
+    from geowall.preflight import min_training_layers  # the rule fit_law enforces
+
+    need_a = min_training_layers(len(preds))
+    why = [f"{b} has no layer with every summary of the set (withheld: see geometry.parquet)"] if n_b == 0 else []
+    if n_a < need_a:
+        why.insert(0, f"{a} has {n_a} layers with every summary of the set and an exponent, the law needs {need_a}")
+    return "; ".join(why)
 
 
 def run_transfer(
@@ -289,9 +309,18 @@ def run_transfer(
     sets = dict(predictor_sets or {"law": SUMMARIES, "depth": ("depth",), "mean": ()})
     fits: dict[tuple[str, str], Any] = {}
     scores, preds = [], []
+    wide = _geometry_wide(geometry_df)
     for a, b in pairs:
         a, b = str(a), str(b)
         for i, (name, ps) in enumerate(sets.items()):
+            missing = _withheld(wide, exponents_df, a, b, ps)
+            if missing:
+                # A summary withheld at every layer of A or B (e.g. curvature above the tangent
+                # cap) leaves nothing to fit or predict: say so in the table instead of failing.
+                scores.append(
+                    {"train_model": a, "test_model": b, "predictor_set": name, "n_layers": 0, "note": missing}
+                )
+                continue
             key = (a, name)
             if key not in fits:
                 fits[key] = fit_law(
@@ -313,4 +342,4 @@ def run_transfer(
                     bayes.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
             preds.append(transfer(fits[key], geometry_df, exponents_df, models=[b], seed=seed))
             scores.append(transfer_scores(fits[key], geometry_df, exponents_df, models=[b], seed=seed, n_perm=n_perm))
-    return pd.DataFrame(scores), pd.concat(preds, ignore_index=True), fits
+    return pd.DataFrame(scores), (pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()), fits

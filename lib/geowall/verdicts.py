@@ -85,6 +85,11 @@ def transfer_verdict(scores: pd.DataFrame | None, law_set: str = "law") -> dict:
     if scores is None or len(scores) == 0:
         return {"verdict": INCONCLUSIVE, "evidence": "transfer not run"}
     s = scores[scores["predictor_set"] == law_set]
+    if "note" in s:  # pairs not scored (a summary withheld at every layer): named, not judged
+        skipped = [f"{r.train_model}->{r.test_model}: not scored ({r.note})" for r in s[s["note"].notna()].itertuples()]
+        s = s[s["note"].isna()]
+    else:
+        skipped = []
     parts, status = [], []
     for r in s.itertuples():
         ok = r.spearman_hdi_3 > 0 and r.p_perm_spearman < ALPHA
@@ -105,6 +110,7 @@ def transfer_verdict(scores: pd.DataFrame | None, law_set: str = "law") -> dict:
         verdict = NOT_SUPPORTED
     else:
         verdict = INCONCLUSIVE
+    parts += skipped
     return {"verdict": verdict, "evidence": "; ".join(parts) if parts else "no law rows"}
 
 
