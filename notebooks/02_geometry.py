@@ -87,8 +87,13 @@ withheld = (geo.summary == "curvature") & (geo.above_cap > geometry.ABOVE_CAP_MA
 assert geo.loc[~withheld, "estimate"].notna().all(), geo[~withheld & geo["estimate"].isna()]
 assert geo.loc[withheld, "estimate"].isna().all()
 # a standard error is positive, except where every replicate reads exactly 0 (a flat box has no
-# normal directions: curvature and local residual are 0 in every half-sample)
-assert ((geo.se > 0) | ((geo.se == 0) & (geo.estimate == 0)))[~withheld].all(), geo[~withheld & ~(geo.se > 0)]
+# normal directions: curvature and local residual are 0 in every half-sample), or, for curvature,
+# where fewer than two half-samples had a curvature (withheld above the tangent cap): NaN, shown below
+no_se = (geo.summary == "curvature") & geo.se.isna()
+assert ((geo.se > 0) | ((geo.se == 0) & (geo.estimate == 0)) | no_se)[~withheld].all(), geo[~withheld & ~(geo.se > 0)]
+if (no_se & ~withheld).any():
+    print("curvature without a standard error (half-samples above the tangent cap):")
+    print(geo.loc[no_se & ~withheld, ["model", "layer", "estimate", "above_cap"]].to_string(index=False))
 ids = geo[geo.summary == "id_twonn"]
 assert ((ids.estimate > 0) & (ids.estimate < 1024)).all()
 assert (geo[geo.summary == "local_residual"].estimate.between(0, 1)).all()

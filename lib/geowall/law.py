@@ -190,7 +190,8 @@ def _design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any])
     for i, p in enumerate(predictors):
         X[:, i] = (tab[p].to_numpy(float) - sc["x"][p]["mean"]) / sc["x"][p]["sd"]
         if p != "depth":
-            SE[:, i] = tab[f"{p}_se"].to_numpy(float) / sc["x"][p]["sd"]
+            # an SE the resampling could not estimate (NaN: too few replicates had the summary) counts as 0
+            SE[:, i] = np.nan_to_num(tab[f"{p}_se"].to_numpy(float), nan=0.0) / sc["x"][p]["sd"]
     return X, SE
 
 
