@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +24,17 @@ def _writer(nbytes: int, log: list | None = None):
 
 
 def _on_disk(root: Path) -> int:
+    """Bytes under root, read while other processes create and delete files and folders:
+    os.walk skips a folder that vanished between listing and reading (Path.rglob raises)."""
     total = 0
-    for p in root.rglob("*"):
-        try:
-            if p.is_file() and p.name != ".lock" and LEDGER not in p.name:
-                total += p.stat().st_size
-        except FileNotFoundError:  # deleted by another process meanwhile
-            pass
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name == ".lock" or LEDGER in name:
+                continue
+            try:
+                total += (Path(folder) / name).stat().st_size
+            except FileNotFoundError:  # deleted by another process meanwhile
+                pass
     return total
 
 
