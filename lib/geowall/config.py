@@ -149,6 +149,12 @@ class SaeSpec(_Strict):
         0.0, ge=0, lt=1, description="fraction of steps with a linear learning-rate warm-up from 0"
     )
     lr_decay: float = Field(0.0, ge=0, le=1, description="fraction of steps (at the end) with a linear decay to 0")
+    bf16: bool = Field(
+        False,
+        description="train with bfloat16 encoder matmuls (3.5x to 4x a float32 matmul on CPUs with "
+        "AVX512-BF16 or AMX and on recent GPUs, emulated and slower elsewhere; held-out fvu within 1% of "
+        "float32: tests/benchmarks/bench_sae.py --grid); evaluation stays float32",
+    )
     curve_points: int = Field(10, ge=2, le=200, description="held-out fvu measurements per SAE (its learning curve)")
     plateau_tol: PositiveFloat = Field(
         0.02,

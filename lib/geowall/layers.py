@@ -210,6 +210,7 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
             lr_scale=s.lr_scale,
             lr_warmup=s.lr_warmup,
             lr_decay=s.lr_decay,
+            bf16=s.bf16,
             curve_points=s.curve_points,
             plateau_window=s.plateau_window,
         )

@@ -178,16 +178,34 @@ def run_sequential(gw, sl_trainers, steps, device):
     return t_gw, [timed(trainer.fit, device) for trainer in sl_trainers]
 
 
+def matmul_roofline_bf16(B: int, d: int, W: int, device: str, reps: int = 10) -> float:
+    """GFLOP/s of the same matmul in bfloat16 (what the grouped trainer's ``bf16`` encoder runs)."""
+    a = torch.randn(B, d, device=device, dtype=torch.bfloat16)
+    b = torch.randn(d, W, device=device, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * B * d * W / float(np.median(times)) / 1e9
+
+
 def grid_bench(args) -> None:
-    """A layer's grid: one SAE at a time (autograd trainer) vs all together (grouped trainer)."""
-    from geowall.sae import TopKTrainer, TrainConfig
+    """A layer's grid: one SAE at a time (autograd trainer) vs all together (grouped trainer),
+    the grouped trainer with float32 and with bfloat16 encoder matmuls."""
+    from geowall.sae import TopKTrainer, TrainConfig, evaluate
     from geowall.sae.group import STAGES, train_group
 
     B, d, steps = args.batch_size, args.d, args.steps
     widths = [int(w) for w in args.grid_widths.split(",")]
     ks = [int(k) for k in args.grid_ks.split(",")]
     shapes = [(w, k) for w in widths for k in ks]
-    x = synthetic_acts(args.n_train, d, seed=args.seed)
+    x_all = synthetic_acts(args.n_train + args.n_eval, d, seed=args.seed)
+    x, x_eval = x_all[: args.n_train], x_all[args.n_train :]
     cfg = TrainConfig(steps=steps, batch_size=B, lr_scale=4)
     sum_w = sum(w for w, _ in shapes)
     print(
@@ -195,31 +213,58 @@ def grid_bench(args) -> None:
         f"{steps} steps, threads {torch.get_num_threads()}, load avg {os.getloadavg()[0]:.2f}"
     )
     roof0 = matmul_roofline(B, d, sum_w, args.device)
-    t0 = time.perf_counter()
-    dead = []
-    for w, k in shapes:
-        tr = TopKTrainer(x, w, k, cfg, seed=args.seed, device=args.device)
-        for _ in range(steps):
-            tr.step()
-        dead.append((w, k, tr.n_dead.tolist()))
-    t_one = time.perf_counter() - t0
-    flops_one = sum(geowall_flops(B, d, w, k, d // 2, nd) for w, k, nd in dead)
-    t0 = time.perf_counter()
-    saes, timings = train_group(x, shapes, cfg, seed=args.seed, device=args.device, progress=False, timings=True)
-    t_grp = time.perf_counter() - t0
-    flops_grp = sum(geowall_flops(B, d, s.width, s.k, d // 2, s.dead_history) for s in saes)
+    rows, splits, fvus = [], {}, {}
+    if not args.skip_one_at_a_time:
+        t0 = time.perf_counter()
+        dead = []
+        for w, k in shapes:
+            tr = TopKTrainer(x, w, k, cfg, seed=args.seed, device=args.device)
+            for _ in range(steps):
+                tr.step()
+            dead.append((w, k, tr.n_dead.tolist()))
+        rows.append(
+            ("one at a time", time.perf_counter() - t0, sum(geowall_flops(B, d, w, k, d // 2, nd) for w, k, nd in dead))
+        )
+    for name, bf16 in (("grouped fp32", False), ("grouped bf16 encoder", True)):
+        t0 = time.perf_counter()
+        saes, timings = train_group(
+            x, shapes, cfg, seed=args.seed, device=args.device, progress=False, timings=True, bf16=bf16
+        )
+        rows.append(
+            (
+                name,
+                time.perf_counter() - t0,
+                sum(geowall_flops(B, d, s.width, s.k, d // 2, s.dead_history) for s in saes),
+            )
+        )
+        splits[name] = timings
+        fvus[name] = [evaluate(s.sae, x_eval, device=args.device)["fvu"] for s in saes]
     roof = max(roof0, matmul_roofline(B, d, sum_w, args.device))
-    print(f"{'trainer':<22} {'wall_s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'of matmul':>9}")
-    for name, t, f in (("one at a time", t_one, flops_one), ("grouped", t_grp, flops_grp)):
-        print(f"{name:<22} {t:8.1f} {1e3 * t / steps:8.1f} {f / t / 1e9:8.1f} {f / t / 1e9 / roof:9.0%}")
+    roof_bf16 = matmul_roofline_bf16(B, d, sum_w, args.device)
+    print(f"{'trainer':<22} {'wall_s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'of fp32 matmul':>14}")
+    for name, t, f in rows:
+        print(f"{name:<22} {t:8.1f} {1e3 * t / steps:8.1f} {f / t / 1e9:8.1f} {f / t / 1e9 / roof:14.0%}")
     print(
-        f"plain matmul ({B}x{d})@({d}x{sum_w}): {roof:.1f} GFLOP/s (best of start/end); "
-        f"grouped speed-up {t_one / t_grp:.2f}x"
+        f"plain matmul ({B}x{d})@({d}x{sum_w}): float32 {roof:.1f} GFLOP/s (best of start/end), "
+        f"bfloat16 {roof_bf16:.1f} GFLOP/s"
     )
-    total = sum(timings.values())
+    if rows[0][0] == "one at a time":
+        print(f"grouped fp32 speed-up over one at a time {rows[0][1] / rows[1][1]:.2f}x")
+    for name, timings in splits.items():
+        total = sum(timings.values())
+        print(
+            f"{name} per-step split: "
+            + ", ".join(f"{s} {1e3 * timings[s] / steps:.1f} ms ({timings[s] / total:.0%})" for s in STAGES)
+        )
+    a, b = np.array(fvus["grouped fp32"]), np.array(fvus["grouped bf16 encoder"])
+    rel = (b - a) / a
     print(
-        "grouped per-step split: "
-        + ", ".join(f"{s} {1e3 * timings[s] / steps:.1f} ms ({timings[s] / total:.0%})" for s in STAGES)
+        "held-out fvu per SAE (W, k): fp32 / bf16 encoder: "
+        + ", ".join(f"({w},{k}) {x:.4f}/{y:.4f}" for (w, k), x, y in zip(shapes, a, b))
+    )
+    print(
+        f"bf16 encoder vs fp32: held-out fvu relative difference max |{np.abs(rel).max():.2%}|, "
+        f"mean {rel.mean():+.2%} (the bar: within 1%)"
     )
     print(f"# load avg at end {os.getloadavg()[0]:.2f}")
 
@@ -240,6 +285,7 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="benchmark a layer's grid: one at a time vs grouped")
     ap.add_argument("--grid-widths", default="192,768")
     ap.add_argument("--grid-ks", default="8,16,32")
+    ap.add_argument("--skip-one-at-a-time", action="store_true", help="--grid: only the grouped trainer")
     ap.add_argument(
         "--sequential",
         action="store_true",

@@ -104,6 +104,7 @@ class GroupTrainer:
         auxk_coef: float = 1 / 32,
         lr_warmup: float = 0.0,
         lr_decay: float = 0.0,
+        bf16: bool = False,
         timings: bool = False,
     ):
         self.x = x
@@ -140,6 +141,10 @@ class GroupTrainer:
         self.perm, self.pos = torch.randperm(n, generator=generator), 0
         self.step_count = 0
         self.timings = {s: 0.0 for s in STAGES} if timings else None
+        self.bf16 = bool(bf16)
+        self._pre = torch.empty(
+            min(self.batch_size, n), self.off[-1], dtype=torch.bfloat16 if self.bf16 else x.dtype, device=dev
+        )
 
     # ------------------------------------------------------------------ helpers
     def _tick(self, stage: str, t0: float) -> float:
@@ -159,13 +164,18 @@ class GroupTrainer:
         self.pos += self.batch_size
         return self.x.index_select(0, idx.to(self.x.device))
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        """(B, sum W) encoder pre-activations of every SAE: one matmul."""
+    def pre_acts(self, x: Tensor, *, bf16: bool = False, out: Tensor | None = None) -> Tensor:
+        """(B, sum W) encoder pre-activations of every SAE: one matmul (``c + x W_enc^T``).
+
+        ``bf16``: inputs, weights and the result in bfloat16 (products accumulated in float32
+        by the BLAS); 3.5x to 4x a float32 matmul on CPUs with AVX512-BF16 or AMX and on
+        recent GPUs. ``out``: a reused result buffer (a fresh one is fresh pages each step)."""
         p = self.state
-        c = torch.cat([p.b_enc[self.sae_slice(s)] - p.W_enc[self.sae_slice(s)] @ p.b_dec[s] for s in range(self.S)])
-        x_aug = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-        w_aug = torch.cat([p.W_enc, c[:, None]], 1)
-        return x_aug @ w_aug.T
+        c = p.b_enc - torch.cat([p.W_enc[self.sae_slice(s)] @ p.b_dec[s] for s in range(self.S)])
+        if bf16:
+            bf = torch.bfloat16
+            return torch.addmm(c.to(bf), x.to(bf), p.W_enc.to(bf).T, out=out)
+        return torch.addmm(c, x, p.W_enc.T, out=out)
 
     def sae_slice(self, s: int) -> slice:
         return slice(self.off[s], self.off[s + 1])
@@ -181,7 +191,7 @@ class GroupTrainer:
         B = x.shape[0]
         total_var = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
         t = self._tick("batch", t)
-        pre = self.pre_acts(x)
+        pre = self.pre_acts(x, bf16=self.bf16, out=self._pre if B == self._pre.shape[0] else None)
         t = self._tick("encode", t)
         dead = self.since_fired > self.dead_tokens
         codes = []
@@ -189,15 +199,15 @@ class GroupTrainer:
             sl = self.sae_slice(s)
             ps = pre[:, sl]
             vals, idx = ps.topk(self.ks[s], dim=1, sorted=False)
+            vals = vals.float()
             n_dead = int(dead[sl].sum())
             aux = None
             if n_dead:
                 k_aux = min(self.k_aux, n_dead)
                 dead_idx = torch.nonzero(dead[sl], as_tuple=True)[0]
                 a_vals, a_pos = ps.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
-                aux = (a_vals, dead_idx[a_pos], min(n_dead / self.k_aux, 1.0))
+                aux = (a_vals.float(), dead_idx[a_pos], min(n_dead / self.k_aux, 1.0))
             codes.append((vals, idx, aux, n_dead))
-        del pre
         t = self._tick("topk", t)
         g = self.g
         for s, (vals, idx, aux, n_dead) in enumerate(codes):
@@ -390,6 +400,7 @@ def train_group(
         auxk_coef=cfg.auxk_coef,
         lr_warmup=cfg.lr_warmup,
         lr_decay=cfg.lr_decay,
+        bf16=cfg.bf16,
         timings=timings,
     )
     curve_steps: list[int] = []

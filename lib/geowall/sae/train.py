@@ -52,7 +52,8 @@ class TrainConfig:
     ``lr`` defaults to :func:`default_lr` of the width; ``dead_tokens`` (a latent is dead
     after that many tokens without firing) defaults to
     ``min(10M, max(total_tokens // 10, batch_size))``; ``k_aux`` dead latents used by
-    AuxK (default d/2) with weight ``auxk_coef``; ``bf16`` bfloat16 encoder matmuls on CUDA.
+    AuxK (default d/2) with weight ``auxk_coef``; ``bf16`` bfloat16 encoder matmuls (the grid
+    trainer :mod:`geowall.sae.group` on any device; the one-SAE :class:`TopKTrainer` on CUDA only).
     ``lr_scale`` multiplies the default learning rate; ``lr_warmup`` / ``lr_decay``: fractions
     of the steps with a linear warm-up from 0 and a linear decay to 0 at the end
     (:func:`geowall.sae.group.lr_factor`). The grid trainer (:mod:`geowall.sae.group`)
