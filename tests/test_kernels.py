@@ -91,6 +91,30 @@ def test_symmetric_blocks_with_grouped_column_selection(k):
     np.testing.assert_allclose(dist, rdist, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("order", ["spread", "random"])
+def test_threshold_filtered_blocks_keep_every_true_neighbour(order, monkeypatch):
+    """After a row's first block only entries below its running m-th best are kept. Here each
+    point's true neighbours (its tight cluster of 16) are spread one per block over every
+    block (or at random), so thresholds must keep falling block after block, in the row and
+    the column direction; the filtered path must run and equal the reference exactly."""
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 16)) * 10
+    X = np.repeat(centres, 16, 0) + 0.05 * rng.standard_normal((640, 16))  # 40 tight clusters of 16
+    if order == "spread":
+        i = np.arange(640)
+        X = X[np.argsort((i % 16) * 40 + i // 16)]  # the members of a cluster 40 rows apart
+    else:
+        X = X[rng.permutation(640)]
+    calls = []
+    original = kernels._below
+    monkeypatch.setattr(kernels, "_below", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    dist, idx = knn(X, 5, chunk=128)  # 64-blocks: 10 x 10 block pairs
+    rdist, ridx = knn_reference(X, 5)
+    assert len(calls) > 50
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_allclose(dist, rdist, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("shape, m", [((256, 40), 6), ((512, 7), 3), ((48, 30), 5)])
 def test_column_topm_equals_topk_with_ties(shape, m):
     s = torch.from_numpy(np.random.default_rng(9).integers(0, 20, shape).astype(np.float32))

@@ -8,7 +8,10 @@ or CUDA from the same torch code and is exact:
    ||x||^2 - 2 x.y + ||y||^2 of mean-centred data, computed block by block
    (tiles of at most about ``chunk``^2 scores; the n x n matrix never exists; each
    block of the symmetric matrix is computed once and used for its rows and its
-   columns). Each row keeps its ``k + margin`` smallest values as candidates.
+   columns). Each row keeps its ``k + margin`` smallest values as candidates: by
+   top-k in the first block it meets, then only the entries below its running
+   (k + margin)-th value (a filter over group minima, far cheaper than a top-k per
+   block; the selection cost as much as the products before).
 2. *Exact re-rank* (float64). Candidates are re-scored with explicit differences
    sum((x_i - x_j)^2) in float64, so float32 cancellation (activations have nearest
    distances far below their norms) cannot misorder close neighbours, and sorted by
@@ -160,7 +163,7 @@ def _column_topm(s: torch.Tensor, m: int, g: int = 16):
     mins = s.view(r // g, g, c).amin(1)
     _, grp = torch.topk(mins.T.contiguous(), m, dim=1, largest=False, sorted=False)  # (c, m)
     rows = (grp.unsqueeze(2) * g + torch.arange(g, device=s.device)).reshape(c, m * g)
-    vals = s[rows, torch.arange(c, device=s.device).unsqueeze(1)]
+    vals = torch.take(s, rows * c + torch.arange(c, device=s.device).unsqueeze(1))
     v, sel = torch.topk(vals, m, dim=1, largest=False, sorted=False)
     return v, torch.gather(rows, 1, sel)
 
@@ -190,7 +193,7 @@ def _below(s: torch.Tensor, lim: torch.Tensor, along_rows: bool, g: int = 16):
     per-column limit (shape (c,)): (query, candidate, value), query = row (or column) index.
 
     The selection is the kernel's hot loop after the matmul, so it avoids a full mask: it
-    takes minima over groups of g contiguous entries (one read of the block), keeps the
+    takes minima over groups of g entries (one read of the block), keeps the
     groups whose minimum is below the limit (few, once the limits are tight) and compares
     only their entries. Blocks whose sides are not multiples of g use a plain mask.
     """
@@ -199,18 +202,20 @@ def _below(s: torch.Tensor, lim: torch.Tensor, along_rows: bool, g: int = 16):
     if along_rows:
         if c % g:
             qi, ci = torch.nonzero(s < lim[:, None], as_tuple=True)
-            return qi, ci, s[qi, ci]
-        qi, grp = torch.nonzero(s.view(r, c // g, g).amin(2) < lim[:, None], as_tuple=True)
-        cols = grp[:, None] * g + ar
-        vals = s[qi[:, None], cols]
+            return qi, ci, torch.take(s, qi * c + ci)
+        # group j of a row: columns j, j + c/g, j + 2c/g, ... (a minimum over the middle axis
+        # vectorises along the contiguous one: 6x faster than over runs of g adjacent columns)
+        qi, grp = torch.nonzero(s.view(r, g, c // g).amin(1) < lim[:, None], as_tuple=True)
+        cols = grp[:, None] + ar * (c // g)
+        vals = torch.take(s, qi[:, None] * c + cols)
         keep = vals < lim[qi][:, None]
         return qi[:, None].expand_as(cols)[keep], cols[keep], vals[keep]
     if r % g:
         ri, qi = torch.nonzero(s < lim[None, :], as_tuple=True)
-        return qi, ri, s[ri, qi]
+        return qi, ri, torch.take(s, ri * c + qi)
     grp, qi = torch.nonzero(s.view(r // g, g, c).amin(1) < lim[None, :], as_tuple=True)
     rws = grp[:, None] * g + ar
-    vals = s[rws, qi[:, None]]
+    vals = torch.take(s, rws * c + qi[:, None])
     keep = vals < lim[qi][:, None]
     return qi[:, None].expand_as(rws)[keep], rws[keep], vals[keep]
 
