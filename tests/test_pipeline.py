@@ -1,6 +1,7 @@
 """The runner on a two-notebook toy DAG: injection, skip-if-unchanged, failure reporting."""
 
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,9 @@ params = None
 from pathlib import Path
 out = Path(run_dir) / "a.txt"
 out.write_text(str(params["sae"]["steps"]))
+import json, os
+keys = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+(Path(run_dir) / "env.json").write_text(json.dumps({k: os.environ.get(k) for k in keys}))
 """
 
 NB_B = """# %% tags=["parameters"]
@@ -62,6 +66,18 @@ def test_parameters_are_injected_and_steps_chain(toy):
     nb = json.loads((rd / "notebooks" / "a.ipynb").read_text())
     injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and '"steps": 41' in "".join(injected[0]["source"])
+
+
+def test_kernels_keep_freed_memory_unless_the_environment_says_otherwise(toy, monkeypatch):
+    """The runner's kernels get glibc malloc settings that stop page-fault churn; a value the
+    user already set is passed through unchanged."""
+    run, rd, _ = toy
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    run("sae.steps=43")
+    seen = json.loads((rd / "env.json").read_text())
+    assert seen == {"MALLOC_MMAP_THRESHOLD_": str(1 << 25), "MALLOC_TRIM_THRESHOLD_": "12345"}
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ  # restored after the run
 
 
 def test_unchanged_steps_are_skipped_and_changes_propagate(toy):
