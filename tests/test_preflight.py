@@ -475,7 +475,7 @@ def test_runner_appends_advice_to_a_failed_fit():
     assert [(f["diagnostic"], f["value"], f["threshold"]) for f in parsed] == [
         (f["diagnostic"], f["value"], f["threshold"]) for f in failures
     ]
-    cfg = load_profile("default")  # stage2: 2 chains x 4000 draws, target_accept 0.95
+    cfg = load_profile("default", ["stage2.target_accept=0.95"])  # stage2: 2 chains x 4000 draws
     text = preflight.step_advice("transfer", cfg, "FitDiagnosticsError", message)
     assert text.startswith("; to pass: raise stage2.draws to >= ")
     assert "raise stage2.target_accept to 0.99 (12 divergent transitions" in text and "raise stage2.tune" in text

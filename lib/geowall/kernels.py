@@ -301,7 +301,7 @@ def _exact_sqdist(X64: torch.Tensor, q: torch.Tensor, cand: torch.Tensor) -> tor
     large work arrays are fresh pages from the OS, and faulting them in cost 30x the
     arithmetic (measured: 1.5 s against 0.04 s for 8000 x 14 candidates, d = 384)."""
     m, d = cand.shape[1], X64.shape[1]
-    step = max(1, _RERANK_ELEMS // max(1, m * d))
+    step = max(16, _RERANK_ELEMS // max(1, m * d))  # >= 16 rows: wide candidate lists (patches)
     out = torch.empty(cand.shape, dtype=torch.float64, device=X64.device)
     buf = torch.empty(min(len(q), step) * m, d, dtype=torch.float64, device=X64.device)
     for a in range(0, len(q), step):
