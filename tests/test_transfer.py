@@ -129,8 +129,8 @@ def test_run_transfer_rows(monkeypatch):
         "r2_hdi_3",
         "spearman_hdi_97",
     } <= set(scores.columns)
-    assert len(scores) == 6 and set(scores["predictor_set"]) == {"law", "depth", "mean"}
-    assert scores["n_layers"].eq(10).all() and len(fits) == 6
+    assert len(scores) == 8 and set(scores["predictor_set"]) == {"law", "law3", "depth", "mean"}
+    assert scores["n_layers"].eq(10).all() and len(fits) == 8
     law_r2 = scores.query("predictor_set == 'law'")["r2"]
     mean_r2 = scores.query("predictor_set == 'mean'")["r2"]
     assert (law_r2.to_numpy() > mean_r2.to_numpy()).all()

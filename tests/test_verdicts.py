@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from geowall import transfer as T
 from geowall import verdicts as V
 
 
@@ -72,6 +73,22 @@ def test_transfer_rule():
     )
     few = V.transfer_verdict(_transfer([("a", "b", 5, 0.9, 0.5, 0.02)]))
     assert few["verdict"] == "inconclusive" and "few" in few["evidence"]
+
+
+def test_transfer_judges_the_curvature_free_law_where_the_four_summary_law_is_withheld():
+    """A direction whose four-summary law could not be fitted (a note) is judged on its
+    curvature-free law; one with both keeps the four-summary law; the evidence names the set."""
+    law = _transfer([("a", "b", 12, 0.1, -0.4, 0.4), ("b", "a", 12, 0.1, -0.4, 0.4)])
+    law.loc[0, "note"] = "a has 5 layers with every summary of the set and an exponent, the law needs 6"
+    law3 = _transfer([("a", "b", 12, 0.8, 0.4, 0.001), ("b", "a", 12, 0.8, 0.4, 0.001)]).assign(predictor_set="law3")
+    both = pd.concat([law, law3], ignore_index=True)
+    picked = T.law_rows(both)
+    assert list(zip(picked.train_model, picked.predictor_set)) == [("b", "law"), ("a", "law3")]
+    v = V.transfer_verdict(both)
+    assert v["verdict"] == "inconclusive" and "a->b (law3" in v["evidence"] and "b->a (law," in v["evidence"]
+    law.loc[1, "note"] = "b has 5 layers"
+    assert V.transfer_verdict(pd.concat([law, law3], ignore_index=True))["verdict"] == "supported"
+    assert V.transfer_verdict(both, law_set="law")["verdict"] == "not supported"  # one set only, on request
 
 
 def _floors(n_by_model, rho_lo=0.2, rho_mean=0.6):

@@ -75,7 +75,13 @@ def _stage2(cmp_: pd.DataFrame | None, law: pd.DataFrame | None) -> str:
 
 
 def _transfer(t: pd.DataFrame) -> str:
-    wide = t.pivot_table(index=["train_model", "test_model"], columns="predictor_set", values="r2", aggfunc="first")
+    from geowall.transfer import law_rows
+
+    base = t[t.predictor_set.isin(["mean", "depth"])]
+    law = law_rows(t).assign(predictor_set="law")  # the four-summary law, else the curvature-free one
+    wide = pd.concat([law, base]).pivot_table(
+        index=["train_model", "test_model"], columns="predictor_set", values="r2", aggfunc="first"
+    )
     if not {"law", "mean", "depth"} <= set(wide.columns):
         return ""
     beats = wide[(wide.law > wide["mean"]) & (wide.law > wide.depth)]

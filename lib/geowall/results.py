@@ -246,11 +246,15 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
 
     v["transfer"]["summary"] = NA
     if t is not None and "p_perm_spearman" in t:
-        law_rows = t[(t.predictor_set == "law") & (t["note"].isna() if "note" in t else True)]
+        from geowall.transfer import law_rows as _law_rows
+
+        law_rows = _law_rows(t)
+        law_rows = law_rows[law_rows["note"].isna()] if "note" in law_rows else law_rows
         v["transfer"]["summary"] = (
             "; ".join(
                 f"{r.train_model} → {r.test_model} "
-                f"({int(r.n_layers)} layers{', few' if r.n_layers < FEW_LAYERS else ''}): "
+                f"({'curvature-free law, ' if r.predictor_set == 'law3' else ''}"
+                f"{int(r.n_layers)} layers{', few' if r.n_layers < FEW_LAYERS else ''}): "
                 f"Spearman {_fmt(r.spearman)} [{_fmt(r.spearman_hdi_3)}, {_fmt(r.spearman_hdi_97)}], permutation p "
                 f"{_fmt(r.p_perm_spearman, 3)}, R² {_fmt(r.r2)}, level-shift R² {_fmt(r.r2_shift)} (in-sample ceiling "
                 f"{_fmt(r.ceiling_r2)}), 90% coverage {_fmt(r.coverage90)}"

@@ -32,6 +32,26 @@ from geowall.law import SUMMARIES, _design, _geometry_wide, _law_meta, closed_fo
 __all__ = ["FEW_LAYERS", "predict", "transfer", "transfer_scores", "run_transfer", "words"]
 
 FEW_LAYERS = 8
+# The transfer's predictor sets. "law3" drops curvature, which the geometry withholds where most
+# patches exceed the tangent cap (on the default run: MiniLM at 2 of 7 layers, MPNet at 8 of 13),
+# so that a geometric law can still go between real models when the four-summary one cannot.
+CURVATURE_FREE = tuple(x for x in SUMMARIES if x != "curvature")
+DEFAULT_SETS: dict[str, tuple[str, ...]] = {"law": SUMMARIES, "law3": CURVATURE_FREE, "depth": ("depth",), "mean": ()}
+SET_WORDS = {"law": "four-summary law", "law3": "curvature-free law (TwoNN, PR, local residual)"}
+LAW_SETS = ("law", "law3")  # in order of preference where a pair has both
+
+
+def law_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """One scored geometric-law row per (train, test) direction: the four-summary law where it
+    was fitted, else the curvature-free one (``law3``); directions with neither keep their
+    four-summary row with its note."""
+    t = scores[scores["predictor_set"].isin(LAW_SETS)].copy()
+    if not len(t):
+        return t
+    scored = t["note"].isna() if "note" in t else pd.Series(True, index=t.index)
+    t["_rank"] = (~scored) * 10 + t["predictor_set"].map(LAW_SETS.index)
+    out = t.sort_values("_rank", kind="stable").groupby(["train_model", "test_model"], sort=False).head(1)
+    return out.drop(columns="_rank").sort_index()
 
 
 def predict(
@@ -245,10 +265,11 @@ def transfer_scores(
 def words(row: Mapping[str, Any]) -> str:
     """One sentence on a transfer score row, saying so when B has few layers."""
     note = row.get("note")
+    name = SET_WORDS.get(row["predictor_set"], f"{row['predictor_set']} law")
     if isinstance(note, str) and note:
-        return f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: not scored: {note}."
+        return f"{name}, {row['train_model']} -> {row['test_model']}: not scored: {note}."
     s = (
-        f"{row['predictor_set']} law, {row['train_model']} -> {row['test_model']}: Spearman "
+        f"{name}, {row['train_model']} -> {row['test_model']}: Spearman "
         f"{row['spearman']:.2f} [{row['spearman_hdi_3']:.2f}, {row['spearman_hdi_97']:.2f}], permutation p "
         f"{row['p_perm_spearman']:.3f}; R^2 {row['r2']:.2f}, with a level shift {row['r2_shift']:.2f} "
         f"(in-sample ceiling {row['ceiling_r2']:.2f}); 90% coverage {row['coverage90']:.2f}."
@@ -298,15 +319,17 @@ def run_transfer(
 ):
     """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
 
-    ``predictor_sets`` defaults to ``{"law": all four summaries, "depth": ("depth",),
-    "mean": ()}`` (the law and two baselines: depth only and A's mean). Fits on the
+    ``predictor_sets`` defaults to :data:`DEFAULT_SETS`: the four-summary law, the
+    curvature-free law (``law3``: for models whose curvature is withheld at layers above the
+    tangent cap, where the four-summary law has too few layers to fit) and two baselines,
+    depth only and A's mean. Fits on the
     same A are shared across pairs; with ``check`` each goes through
     :func:`geowall.bayes.check_fit`.
 
     Returns ``(scores, predictions, fits)``: one :func:`transfer_scores` row per (pair,
     set) (``transfer.parquet``), the per-layer predictions and ``{(A, set): idata}``.
     """
-    sets = dict(predictor_sets or {"law": SUMMARIES, "depth": ("depth",), "mean": ()})
+    sets = dict(predictor_sets or DEFAULT_SETS)
     fits: dict[tuple[str, str], Any] = {}
     scores, preds = [], []
     wide = _geometry_wide(geometry_df)

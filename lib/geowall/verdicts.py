@@ -80,11 +80,15 @@ def geometry_verdict(
     return {"verdict": verdict, "evidence": ev}
 
 
-def transfer_verdict(scores: pd.DataFrame | None, law_set: str = "law") -> dict:
-    """Decide the transfer claim (see :data:`RULES`) from ``transfer.parquet``."""
+def transfer_verdict(scores: pd.DataFrame | None, law_set: str | None = None) -> dict:
+    """Decide the transfer claim (see :data:`RULES`) from ``transfer.parquet``: per direction,
+    the four-summary law where it was fitted, else the curvature-free law
+    (:func:`geowall.transfer.law_rows`); ``law_set`` judges one set only."""
+    from geowall.transfer import law_rows
+
     if scores is None or len(scores) == 0:
         return {"verdict": INCONCLUSIVE, "evidence": "transfer not run"}
-    s = scores[scores["predictor_set"] == law_set]
+    s = scores[scores["predictor_set"] == law_set] if law_set else law_rows(scores)
     if "note" in s:  # pairs not scored (a summary withheld at every layer): named, not judged
         skipped = [f"{r.train_model}->{r.test_model}: not scored ({r.note})" for r in s[s["note"].notna()].itertuples()]
         s = s[s["note"].isna()]
@@ -98,7 +102,7 @@ def transfer_verdict(scores: pd.DataFrame | None, law_set: str = "law") -> dict:
         if not few:
             status.append("ok" if ok else "fail" if fail else "mixed")
         parts.append(
-            f"{r.train_model}->{r.test_model} (n={r.n_layers}{', few' if few else ''}): Spearman "
+            f"{r.train_model}->{r.test_model} ({r.predictor_set}, n={r.n_layers}{', few' if few else ''}): Spearman "
             f"{_f(r.spearman)} [{_f(r.spearman_hdi_3)}, {_f(r.spearman_hdi_97)}], p {_f(r.p_perm_spearman, 3)}, "
             f"R2 {_f(r.r2)}, level-shift R2 {_f(r.r2_shift)} (ceiling {_f(r.ceiling_r2)})"
         )
