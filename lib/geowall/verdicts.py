@@ -34,7 +34,8 @@ RULES = {
         f"not supported if none of the three holds; inconclusive otherwise."
     ),
     "transfer": (
-        f"For the four-summary law in each transfer direction: a direction transfers if the Spearman 94% HDI "
+        f"For the four-summary law in each transfer direction (the curvature-free law where curvature is "
+        f"withheld at too many layers to fit it): a direction transfers if the Spearman 94% HDI "
         f"lies above 0 and the permutation p < {ALPHA:g}; it fails if the permutation p >= {ALPHA:g}. "
         f"Supported if every direction with at least {FEW_LAYERS} test layers transfers; not supported if "
         f"every such direction fails; inconclusive otherwise, and when no direction has {FEW_LAYERS} layers."
