@@ -235,7 +235,7 @@ def _fast_topm_symmetric(Xf: torch.Tensor, sq: torch.Tensor, m: int, block: int)
     out is at least the threshold of its time, hence at least the final m-th value: the
     certificate in :func:`knn` holds unchanged.
 
-    Returns (values, indices), (n, m), unsorted; values[:, i].max() is the m-th best.
+    Returns (values, indices), (n, m), unsorted: ``values.amax(1)`` is each row's m-th best.
     """
     n = Xf.shape[0]
     best_v = torch.full((n, m), float("inf"), dtype=Xf.dtype, device=Xf.device)

@@ -29,7 +29,18 @@ import pandas as pd
 from geowall import bayes
 from geowall.law import SUMMARIES, _design, _geometry_wide, _law_meta, closed_form_law, fit_law
 
-__all__ = ["FEW_LAYERS", "predict", "transfer", "transfer_scores", "run_transfer", "words"]
+__all__ = [
+    "CURVATURE_FREE",
+    "DEFAULT_SETS",
+    "FEW_LAYERS",
+    "LAW_SETS",
+    "law_rows",
+    "predict",
+    "transfer",
+    "transfer_scores",
+    "run_transfer",
+    "words",
+]
 
 FEW_LAYERS = 8
 # The transfer's predictor sets. "law3" drops curvature, which the geometry withholds where most

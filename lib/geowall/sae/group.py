@@ -168,7 +168,7 @@ class GroupTrainer:
         """(B, sum W) encoder pre-activations of every SAE: one matmul (``c + x W_enc^T``).
 
         ``bf16``: inputs, weights and the result in bfloat16 (products accumulated in float32
-        by the BLAS); 3.5x to 4x a float32 matmul on CPUs with AVX512-BF16 or AMX and on
+        by the BLAS); 3.5x to 4.5x a float32 matmul on CPUs with AVX512-BF16 or AMX and on
         recent GPUs. ``out``: a reused result buffer (a fresh one is fresh pages each step)."""
         p = self.state
         c = p.b_enc - torch.cat([p.W_enc[self.sae_slice(s)] @ p.b_dec[s] for s in range(self.S)])
