@@ -42,3 +42,24 @@ def test_tables_round_trip_through_netcdf(tmp_path):
     assert back["floor_term"].astype(bool).tolist() == [False, False, True]
     with pytest.raises(ValueError, match="no 'ref_'"):
         bayes.get_table(idata, dim="layer_id", prefix="ref_")
+
+
+def test_forward_sampling_prints_no_pymc_info_lines(caplog):
+    """A law fitted dozens of times per step printed PyMC's "Sampling: [y]" each time into
+    the notebooks; quiet_pymc keeps those INFO lines out and restores the logger after."""
+    import logging
+
+    import pymc as pm
+
+    from geowall.bayes import quiet_pymc
+
+    caplog.set_level(logging.INFO, logger="pymc")  # as in a notebook kernel
+    with pm.Model() as model:
+        pm.Normal("y", 0.0, 1.0)
+    pm.sample_prior_predictive(draws=5, model=model, random_seed=0)
+    assert any("Sampling: [y]" in r.getMessage() for r in caplog.records)  # PyMC's default
+    caplog.clear()
+    with quiet_pymc():
+        pm.sample_prior_predictive(draws=5, model=model, random_seed=0)
+    assert not [r for r in caplog.records if r.name.startswith("pymc") and r.levelno < logging.WARNING]
+    assert logging.getLogger("pymc").level == logging.INFO

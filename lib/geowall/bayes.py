@@ -12,6 +12,8 @@ its agreement with the PyMC fit is tested.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import warnings
 from collections.abc import Iterable
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "quiet_pymc",
     "HDI_PROB",
     "FitDiagnosticsError",
     "resolve_sampler",
@@ -57,6 +60,20 @@ def _fmt(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- sampling
+
+
+@contextlib.contextmanager
+def quiet_pymc():
+    """PyMC's INFO lines off (``Sampling: [y]`` from every forward-sampling call): a law is
+    fitted dozens of times per step (permutations, transfer directions), and each printed
+    one line into the executed notebooks and the report. Warnings still show."""
+    log = logging.getLogger("pymc")
+    old = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 def resolve_sampler(sampler: str = "auto") -> str:
@@ -136,7 +153,8 @@ def sample_model(
     if loglik_vars:
         pm.compute_log_likelihood(idata, var_names=loglik_vars, model=model, progressbar=False)
     if prior_draws:
-        prior = pm.sample_prior_predictive(draws=prior_draws, model=model, random_seed=seed + 1)
+        with quiet_pymc():
+            prior = pm.sample_prior_predictive(draws=prior_draws, model=model, random_seed=seed + 1)
         idata.extend(prior)
     idata.posterior.attrs["sampler"] = sampler
     idata.posterior.attrs["sampling_wall_s"] = wall

@@ -315,9 +315,10 @@ def fit_law(
         loglik_vars=["y"],
     )
     if posterior_predictive:
-        pp = pm.sample_posterior_predictive(
-            idata, model=model, var_names=["y"], random_seed=seed + 2, progressbar=False
-        )
+        with bayes.quiet_pymc():
+            pp = pm.sample_posterior_predictive(
+                idata, model=model, var_names=["y"], random_seed=seed + 2, progressbar=False
+            )
         idata.extend(pp)
     rows = tab.assign(layer_id=[f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])])
     bayes.put_table(idata, rows[["layer_id"] + [c for c in tab.columns]], dim="layer_id", prefix="row_")

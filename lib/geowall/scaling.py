@@ -503,7 +503,8 @@ def prior_predictive(
     import pymc as pm
 
     model, layers, refs = build_stage1_model(metrics_df, form=form, w_ref=w_ref, l0_ref=l0_ref, floors=floors)
-    idata = pm.sample_prior_predictive(draws=draws, model=model, random_seed=seed)
+    with bayes.quiet_pymc():
+        idata = pm.sample_prior_predictive(draws=draws, model=model, random_seed=seed)
     _store(idata, layers, refs)
     idata.attrs.update({"geowall_form": form})
     return idata
@@ -932,7 +933,8 @@ def simulation_based_calibration(
     import pymc as pm
 
     model, layers, _ = build_stage1_model(metrics_df, form=form, floors=floors)
-    prior = pm.sample_prior_predictive(draws=n_sims, model=model, random_seed=seed)
+    with bayes.quiet_pymc():
+        prior = pm.sample_prior_predictive(draws=n_sims, model=model, random_seed=seed)
     y_sims = prior.prior_predictive["log_fvu"].stack(sample=("chain", "draw")).transpose("sample", "obs").to_numpy()
     params = [("alpha", "layer_id")] + ([("f", "floor_layer")] if "floor_layer" in model.coords else [])
     truth = {p: prior.prior[p].stack(sample=("chain", "draw")).transpose("sample", d).to_numpy() for p, d in params}
