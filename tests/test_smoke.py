@@ -49,7 +49,7 @@ def test_every_step_ran_and_wrote_its_artefacts(full_smoke):
     cfg = load_profile("smoke")
     assert set(metrics.model) == {m.name for m in cfg.models}
     t = pd.read_parquet(run_dir / "transfer.parquet")
-    assert len(t) == 2 * len(cfg.transfer) * 3  # both directions x (law, depth, mean)
+    assert len(t) == 2 * len(cfg.transfer) * 4  # both directions x (law, law3, depth, mean)
 
 
 def test_executed_notebooks_carry_no_progress_residue(full_smoke):
