@@ -349,6 +349,6 @@ def learning_curves(curves: pd.DataFrame, metrics: pd.DataFrame) -> alt.VConcatC
                 tooltip=["model", "layer", "width", "k", "tokens", "fvu_heldout", "status"],
             )
             .properties(width=110, height=100)
-            .facet(column=alt.Column("layer:O", title=f"{model}: layer"))
+            .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4)  # wrap: MPNet has 13
         )
     return alt.vconcat(*rows)
