@@ -4,6 +4,7 @@ This is the slowest test (a few minutes on 2 cores): one session-scoped run shar
 the assertions below.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -172,8 +173,18 @@ def test_sae_grid_killed_mid_step_resumes_to_the_uninterrupted_tables(full_smoke
         if work and len(read_parquet(work[0])) >= 4:
             break
         time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGKILL)  # the runner and its kernel
+    # the runner and its kernel: jupyter starts the kernel in a session of its own, outside the
+    # runner's process group, and an orphaned kernel may still finish an SAE before it notices;
+    # so kill every descendant too and wait for them before counting what was done
+    import psutil
+
+    kids = psutil.Process(p.pid).children(recursive=True)
+    os.killpg(p.pid, signal.SIGKILL)
+    for kid in kids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kid.kill()
     p.wait()
+    psutil.wait_procs(kids, timeout=60)
     done = read_parquet(next(run.glob("saes/*/metrics.parquet")))
     expected = read_parquet(ref_dir / "sae_metrics.parquet")
     assert 4 <= len(done) < len(expected), "not killed mid-step"
