@@ -67,9 +67,10 @@ def synthetic_acts(
     return x + 0.5 * torch.randn(d, generator=g)
 
 
-def matmul_roofline(B: int, d: int, W: int, device: str, reps: int = 10) -> float:
-    """GFLOP/s of a plain (B, d) @ (d, W) float32 matmul: the encoder's shape."""
-    a, b = torch.randn(B, d, device=device), torch.randn(d, W, device=device)
+def matmul_roofline(B: int, d: int, W: int, device: str, reps: int = 10, dtype=torch.float32) -> float:
+    """GFLOP/s of a plain (B, d) @ (d, W) matmul (the encoder's shape) in ``dtype``."""
+    a = torch.randn(B, d, device=device, dtype=dtype)
+    b = torch.randn(d, W, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     _sync(device)
@@ -178,22 +179,6 @@ def run_sequential(gw, sl_trainers, steps, device):
     return t_gw, [timed(trainer.fit, device) for trainer in sl_trainers]
 
 
-def matmul_roofline_bf16(B: int, d: int, W: int, device: str, reps: int = 10) -> float:
-    """GFLOP/s of the same matmul in bfloat16 (what the grouped trainer's ``bf16`` encoder runs)."""
-    a = torch.randn(B, d, device=device, dtype=torch.bfloat16)
-    b = torch.randn(d, W, device=device, dtype=torch.bfloat16)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return 2 * B * d * W / float(np.median(times)) / 1e9
-
-
 def grid_bench(args) -> None:
     """A layer's grid: one SAE at a time (autograd trainer) vs all together (grouped trainer),
     the grouped trainer with float32 and with bfloat16 encoder matmuls."""
@@ -240,7 +225,7 @@ def grid_bench(args) -> None:
         splits[name] = timings
         fvus[name] = [evaluate(s.sae, x_eval, device=args.device)["fvu"] for s in saes]
     roof = max(roof0, matmul_roofline(B, d, sum_w, args.device))
-    roof_bf16 = matmul_roofline_bf16(B, d, sum_w, args.device)
+    roof_bf16 = matmul_roofline(B, d, sum_w, args.device, dtype=torch.bfloat16)
     print(f"{'trainer':<22} {'wall_s':>8} {'ms/step':>8} {'GFLOP/s':>8} {'of fp32 matmul':>14}")
     for name, t, f in rows:
         print(f"{name:<22} {t:8.1f} {1e3 * t / steps:8.1f} {f / t / 1e9:8.1f} {f / t / 1e9 / roof:14.0%}")
