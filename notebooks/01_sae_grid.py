@@ -22,8 +22,11 @@ from geowall import charts, layers, notebook, sae
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 print(
     f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks}, {cfg.sae.steps} steps of "
-    f"{cfg.sae.batch_size} tokens; showcase layers {cfg.sae.showcase_layers}"
+    f"{cfg.sae.batch_size} tokens at lr_scale {cfg.sae.lr_scale}; showcase layers {cfg.sae.showcase_layers}"
 )
+for m in cfg.models:
+    if m.steps is not None or m.lr_scale is not None or m.ks:
+        print(f"  {m.name}: k {cfg.ks_of(m)}, {m.steps or cfg.sae.steps} steps, lr_scale {cfg.lr_scale_of(m)}")
 
 # %% [markdown]
 # ## Train and evaluate

@@ -108,3 +108,35 @@ def test_yaml_file_path_profiles(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: [unclosed")
     with pytest.raises(ProfileError, match="not valid YAML"):
         load_profile(tmp_path / "bad.yaml")
+
+
+def test_per_model_steps_and_lr_scale_reach_the_trainer(build_synthetic_profile, tmp_path, monkeypatch):
+    """A model's own ``steps`` and ``lr_scale`` override the ``sae`` section's for that model
+    only, in the trainer (the metrics' train_tokens) and in the plan."""
+    from geowall import executors, layers, sae
+    from geowall.plan import build
+
+    path = build_synthetic_profile("permodel", "a", [0], sae={"steps": 5, "lr_scale": 2})
+    base = load_profile(path)
+    both = base.model_dump(mode="json")
+    both["models"].append({**both["models"][0], "name": "synth-a2", "steps": 7, "lr_scale": 3.0})
+    cfg = load_profile(path, {"models": both["models"]})
+    a, a2 = cfg.models
+    assert (cfg.steps_of(a, 10, 10), cfg.lr_scale_of(a)) == (5, 2)
+    assert (cfg.steps_of(a2, 10, 10), cfg.lr_scale_of(a2)) == (7, 3)
+    seen = {}
+    real = sae.run_grid
+
+    def spy(train, evl, train_cfg, *, model, **kw):
+        seen[model] = (train_cfg.steps, train_cfg.lr_scale)
+        return real(train, evl, train_cfg, model=model, **kw)
+
+    monkeypatch.setattr(sae, "run_grid", spy)
+    layers.harvest_models(cfg, tmp_path, None, executor=executors.LocalExecutor())
+    table = layers.sae_grid(cfg, tmp_path, progress=False, executor=executors.LocalExecutor())
+    assert seen == {"synth-a": (5, 2), "synth-a2": (7, 3)}
+    tokens = table.groupby("model").train_tokens.unique()
+    assert tokens["synth-a"].tolist() == [5 * 64] and tokens["synth-a2"].tolist() == [7 * 64]
+    p = build(cfg)
+    sae_flops = {t.model: t.flops for t in p.tasks if t.task == "sae-train"}
+    assert sae_flops["synth-a2"] > sae_flops["synth-a"]

@@ -105,7 +105,7 @@ def dies_once_mid_layer(cfg_json, run_dir, work, model, layer, metrics_path):
         d = model_info(spec).d
         w = layers.widths_for(cfg, model, layer, d)[0]
         train_cfg = S.TrainConfig(
-            steps=cfg.sae.steps, batch_size=cfg.sae.batch_size, lr=cfg.sae.lr_scale * S.default_lr(w)
+            steps=cfg.steps_of(spec, w, d), batch_size=cfg.sae.batch_size, lr=cfg.lr_scale_of(spec) * S.default_lr(w)
         )
         S.run_grid(
             activations.load(Path(run_dir), model, layer, "train"),

@@ -370,11 +370,16 @@ def _group_from_trainer(tr, shapes_trainers, steps):
     )
 
 
-@pytest.mark.parametrize("dead_tokens", [10**9, 0])  # without, and with AuxK on every latent
-def test_group_step_equals_autograd_trainer(dead_tokens):
+@pytest.mark.parametrize(
+    "dead_tokens,aux_dense", [(10**9, 8), (0, 8), (0, 0)]
+)  # without AuxK; with AuxK on every latent, as dense matmuls and as gathers
+def test_group_step_equals_autograd_trainer(dead_tokens, aux_dense, monkeypatch):
     """Hand-written gradients and the stacked Adam of the grid trainer take the same step as
     the autograd trainer (itself checked against the dense reference above), per SAE."""
     from geowall.sae import TopKTrainer
+    from geowall.sae import group as group_mod
+
+    monkeypatch.setattr(group_mod, "AUX_DENSE_FACTOR", aux_dense)
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(96, 12, generator=g) @ torch.randn(12, 12, generator=g) + 0.3

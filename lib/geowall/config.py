@@ -60,6 +60,12 @@ class ModelSpec(_Strict):
     ks: list[PositiveInt] | None = Field(
         None, min_length=1, description="trained SAEs: this model's k grid (default: sae.ks)"
     )
+    steps: PositiveInt | None = Field(
+        None, description="trained SAEs: this model's training steps (default: sae.steps)"
+    )
+    lr_scale: PositiveFloat | None = Field(
+        None, description="trained SAEs: this model's learning-rate multiplier (default: sae.lr_scale)"
+    )
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSpec:
@@ -320,6 +326,16 @@ class Profile(_Strict):
     def ks_of(self, model: ModelSpec) -> list[int]:
         """The k grid of a model's trained SAEs."""
         return sorted(model.ks) if model.ks else self.sae.ks
+
+    def steps_of(self, model: ModelSpec, width: int, d: int) -> int:
+        """Training steps of a model's SAE of ``width`` latents on a d-dimensional layer:
+        the model's (else ``sae.steps``) x (width / d) ** ``sae.steps_width_exponent``."""
+        steps = model.steps if model.steps is not None else self.sae.steps
+        return max(1, round(steps * (width / d) ** self.sae.steps_width_exponent))
+
+    def lr_scale_of(self, model: ModelSpec) -> float:
+        """The learning-rate multiplier of a model's trained SAEs."""
+        return model.lr_scale if model.lr_scale is not None else self.sae.lr_scale
 
     def model(self, name: str) -> ModelSpec:
         for m in self.models:

@@ -200,14 +200,14 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
     evl = activations.load(Path(run_dir), model, layer, "eval")
     by_steps: dict[int, list[int]] = {}  # a layer's SAEs with the same step count train together
     for w in widths:
-        by_steps.setdefault(max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent)), []).append(w)
+        by_steps.setdefault(cfg.steps_of(spec, w, d), []).append(w)
     s = cfg.sae
     for steps, ws in by_steps.items():
         train_cfg = sae.TrainConfig(
             steps=steps,
             batch_size=s.batch_size,
             lr=s.lr,
-            lr_scale=s.lr_scale,
+            lr_scale=cfg.lr_scale_of(spec),
             lr_warmup=s.lr_warmup,
             lr_decay=s.lr_decay,
             bf16=s.bf16,

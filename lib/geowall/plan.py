@@ -273,7 +273,7 @@ def build(
             saved = 0.0
             for _, ws in grid:
                 for w in ws:
-                    steps = max(1, round(cfg.sae.steps * (w / d) ** cfg.sae.steps_width_exponent))
+                    steps = cfg.steps_of(spec, w, d)
                     train_flops += len(ks) * (steps * cfg.sae.batch_size * 6.0 * d * w + 4.0 * a.n_eval * d * w)
                     saved += len(ks) * F32 * (2 * d * w + w + d)
             sae_mem = F32 * (2 * d * wmax + wmax + d) * 4  # weights, gradient, two Adam moments
