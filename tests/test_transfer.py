@@ -96,22 +96,50 @@ def test_transfer_uses_training_scaling_not_test_scaling():
     assert pred["observed"].isna().all()
 
 
+def _lstsq_fit_law(ex, geo, *, predictors, target, models, name, **kw):
+    """A least-squares stand-in for ``law.fit_law`` (no sampling): the same table and scaling."""
+    tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
+    sc = L._scaling_from(tab, predictors)
+    X, _ = L._design(tab, predictors, sc)
+    y = (tab["y"].to_numpy() - sc["y_mean"]) / sc["y_sd"]
+    A = np.column_stack([np.ones(len(y)), X])
+    beta, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = float(np.std(y - A @ beta)) + 1e-3
+    law = L.fixed_law(predictors=predictors, b0=beta[0], b=beta[1:], sigma=resid, scaling=sc, name=name)
+    law.attrs["geowall_train_models"] = json.dumps(list(models))
+    return law
+
+
+@pytest.mark.parametrize(
+    "coefs, transfers",
+    [
+        ({"id_twonn": 0.3, "local_residual": -0.2}, True),  # planted in law3's own summaries
+        ({"id_twonn": 0.0}, False),  # the null: exponents unrelated to the geometry
+        ({"curvature": 0.3}, False),  # only the summary law3 leaves out carries the effect
+    ],
+)
+def test_curvature_free_law_recovers_a_planted_effect_and_not_a_null(monkeypatch, coefs, transfers):
+    """law3 (TwoNN, PR, local residual) transfers an effect planted in its summaries, in both
+    directions; with no effect, or an effect carried by curvature alone (independent of the
+    other summaries in the simulation), its permutation null is not rejected."""
+    monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
+    layers = pd.DataFrame({"model": ["A"] * 12 + ["B"] * 12, "layer": list(range(12)) * 2})
+    geo, ex = L.simulate_geometry(layers, seed=11, intercept=-1.0, coefs=coefs, resid_sd=0.02)
+    scores, _, _ = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=300)
+    law3 = scores.query("predictor_set == 'law3'")
+    assert len(law3) == 2 and law3["n_layers"].eq(12).all()
+    if transfers:
+        assert (law3["p_perm_spearman"] < 0.01).all() and (law3["spearman"] > 0.8).all()
+        assert (law3["r2"] > 0.5).all()
+    else:
+        assert (law3["p_perm_spearman"] > 0.05).all()
+        assert (law3["r2"] < 0.5).all()
+
+
 def test_run_transfer_rows(monkeypatch):
     """Glue of run_transfer with a least-squares stand-in for the sampler."""
 
-    def fake_fit_law(ex, geo, *, predictors, target, models, name, **kw):
-        tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
-        sc = L._scaling_from(tab, predictors)
-        X, _ = L._design(tab, predictors, sc)
-        y = (tab["y"].to_numpy() - sc["y_mean"]) / sc["y_sd"]
-        A = np.column_stack([np.ones(len(y)), X])
-        beta, *_ = np.linalg.lstsq(A, y, rcond=None)
-        resid = float(np.std(y - A @ beta)) + 1e-3
-        law = L.fixed_law(predictors=predictors, b0=beta[0], b=beta[1:], sigma=resid, scaling=sc, name=name)
-        law.attrs["geowall_train_models"] = json.dumps(list(models))
-        return law
-
-    monkeypatch.setattr(T, "fit_law", fake_fit_law)
+    monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
     layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
     geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
     scores, preds, fits = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=100)
