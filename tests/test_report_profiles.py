@@ -210,3 +210,18 @@ def test_default_profile_text_says_trained_and_offline(tmp_path):
     assert "not Gemma 2" in v["sources"] and "trained here" in v["sources"] and "offline on a CPU" in v["sources"]
     assert v["saes"].startswith("For every layer of") and "Python standard library" in v["corpus"]
     assert "Released" not in v["sae_limitations"]
+
+
+def test_paper_says_how_many_trained_saes_met_the_plateau(tmp_path):
+    from geowall.io import write_parquet
+
+    cfg = load_profile("smoke")
+    assert report_variables(cfg, tmp_path)["saes"]["plateau"].endswith("checked for a plateau.")  # no run yet
+    rows = pd.DataFrame(
+        {"model": "m", "layer": 0, "width": [8, 16, 32, 64], "k": 2, "fvu": 0.5, "plateaued": [True, True, False, None]}
+    )
+    write_parquet(tmp_path / "sae_metrics.parquet", rows)
+    text = report_variables(cfg, tmp_path)["saes"]["plateau"]
+    assert "2 of 3 (67%) met the criterion" in text and f"at most {cfg.sae.plateau_tol:.0%}" in text
+    released = report_variables(load_profile("gemma-2"), tmp_path)["saes"]["plateau"]
+    assert "released SAEs are evaluated as published" in released

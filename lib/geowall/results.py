@@ -59,6 +59,24 @@ def corpus_text(cfg: Profile) -> str:
     )
 
 
+def plateau_text(cfg: Profile, metrics: pd.DataFrame | None) -> str:
+    """The paper's sentence on training to a plateau: how many trained SAEs met the criterion
+    (``plateaued`` in ``sae_metrics.parquet``), when the run has learning curves."""
+    if not any(m.sae_source == "trained" for m in cfg.models):
+        return "The released SAEs are evaluated as published; their training was their authors'."
+    text = "A layer's trained SAEs learn together, and each one's held-out learning curve is checked for a plateau"
+    if metrics is None or "plateaued" not in metrics or metrics.plateaued.isna().all():
+        return text + "."
+    judged = metrics.plateaued.dropna().astype(bool)
+    s = cfg.sae
+    return (
+        f"{text}: {int(judged.sum())} of {len(judged)} ({judged.mean():.0%}) met the criterion (held-out fvu "
+        f"fell by at most {s.plateau_tol:.0%} over the last {s.plateau_window:.0%} of training"
+        f"{', before the learning-rate decay' if s.lr_decay else ''}); the others were still improving "
+        f"(notebook 01 lists them)."
+    )
+
+
 def source_texts(cfg: Profile) -> dict[str, str]:
     """Sentences of the paper that depend on the profile's sources (never on a model's name)."""
     released = [m for m in cfg.models if m.sae_source == "gemma-scope"]
@@ -147,6 +165,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         "layers": _fmt(m.groupby(["model", "layer"]).ngroups) if m is not None else NA,
         "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
         "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA,
+        "plateau": plateau_text(cfg, m),
     }
     v["geometry"] = _geometry_variables(cfg, run_dir)
     real = [x.name for x in cfg.models if x.source != "synthetic"]
