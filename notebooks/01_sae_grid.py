@@ -4,8 +4,8 @@
 # For every model and layer we obtain a grid of sparse autoencoders over dictionary width
 # *W* and sparsity *k*, and measure each one's reconstruction error on held-out
 # evaluation tokens. Trained sources (MiniLM, MPNet, MiniLM's random twin, the synthetic
-# zoo) get TopK SAEs trained by geowall (Gao et al. 2024 recipe), trained until their
-# held-out error levels off; the `gemma-2` profile instead
+# zoo) get TopK SAEs trained by geowall (Gao et al. 2024 recipe) for a fixed number of
+# steps, with learning curves that say which ones levelled off; the `gemma-2` profile instead
 # evaluates the Gemma Scope JumpReLU SAEs. Showcase layers get a richer width grid so that
 # an error floor can be identified. This table is what Stage 1 fits.
 
@@ -21,8 +21,9 @@ from geowall import charts, layers, notebook, sae
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 print(
-    f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks}, {cfg.sae.steps} steps of "
-    f"{cfg.sae.batch_size} tokens at lr_scale {cfg.sae.lr_scale}; showcase layers {cfg.sae.showcase_layers}"
+    f"profile {cfg.name!r}: widths {cfg.sae.width_multiples} x d, k {cfg.sae.ks},\n"
+    f"  {cfg.sae.steps} steps of {cfg.sae.batch_size} tokens at lr_scale {cfg.sae.lr_scale};\n"
+    f"  showcase layers {cfg.sae.showcase_layers}"
 )
 for m in cfg.models:
     if m.steps is not None or m.lr_scale is not None or m.ks:
@@ -54,12 +55,12 @@ metrics.head(12)
 # see a few thousand tokens, switches the width checks off with `null`).
 #
 # The synthetic zoo is different, and the difference is part of the story. Its layers
-# are manifolds of 2 to 4 dimensions spanning a few more directions, trained with
+# are manifolds of 2 to 8 dimensions spanning a few more directions, trained with
 # k = 1…3, so k is close to the number of directions the data span: the loss landscape
 # then has near-exact sparse solutions and poor local optima, and which one an SAE lands
-# in varies from width to width (in the default run, a 3-dimensional sphere cap with
-# k = 3 reached fvu 0.007 at width 128 and 0.030 at width 256). Near the wall, width stops
-# paying and neighbouring widths differ by optimisation luck. For synthetic models we
+# in varies from width to width (in the default run of 2026-11-26, zoo b's 2-torus at
+# layer 3 with k = 3 reached fvu 0.011 at width 128 and 0.039 at width 1024). Near the
+# wall, width stops paying and neighbouring widths differ by optimisation luck. For synthetic models we
 # therefore assert only that wider is better on the typical layer (median log-log slope
 # of fvu on width below zero) and list the layers where it is not.
 
