@@ -88,7 +88,7 @@ def _aux_grads_dense(
     dead_idx: Tensor,
     g_aux: Tensor,
     sae_in: Tensor,
-    W_dec: Tensor,
+    W_dead: Tensor,
     W_enc: Tensor,
     gW_dec: Tensor,
     gW_enc: Tensor,
@@ -98,8 +98,9 @@ def _aux_grads_dense(
     """Add the AuxK loss's gradients to ``gW_dec``, ``gW_enc``, ``gb_enc`` and ``gb_dec`` (in
     place) with dense matmuls over the dead latents ``dead_idx``: ``a_acts`` (B, n_dead) holds
     each token's selected dead activations (0 elsewhere), ``g_aux`` (B, d) the loss's gradient
-    at the auxiliary reconstruction. The same sums as the gather path, term by term."""
-    g_a = (g_aux @ W_dec.index_select(0, dead_idx).T).mul_(a_acts > 0)  # d loss / d pre-activation
+    at the auxiliary reconstruction, ``W_dead`` the dead latents' decoder rows (n_dead, d). The
+    same sums as the gather path, term by term."""
+    g_a = (g_aux @ W_dead.T).mul_(a_acts > 0)  # d loss / d pre-activation
     gW_dec.index_add_(0, dead_idx, a_acts.T @ g_aux)
     gW_enc.index_add_(0, dead_idx, g_a.T @ sae_in)
     col = g_a.sum(0)
@@ -242,12 +243,12 @@ class GroupTrainer:
             if n_dead:
                 k_aux = min(self.k_aux, n_dead)
                 dead_idx = torch.nonzero(dead[sl], as_tuple=True)[0]
-                a_pre = ps.index_select(1, dead_idx)
-                if n_dead <= AUX_DENSE_FACTOR * self.k_aux:
-                    aux = (_dense_topk(a_pre.float(), k_aux), dead_idx, min(n_dead / self.k_aux, 1.0))
-                else:
+                a_pre, a_scale = ps.index_select(1, dead_idx), min(n_dead / self.k_aux, 1.0)
+                if n_dead <= AUX_DENSE_FACTOR * self.k_aux:  # (B, n_dead) activations, the dead latents
+                    aux = (_dense_topk(a_pre.float(), k_aux), dead_idx, a_scale)
+                else:  # (B, k_aux) activations and their latents
                     a_vals, a_pos = a_pre.topk(k_aux, dim=1, sorted=False)
-                    aux = (a_vals.float(), dead_idx[a_pos], min(n_dead / self.k_aux, 1.0))
+                    aux = (a_vals.float(), dead_idx[a_pos], a_scale)
             codes.append((vals, idx, aux, n_dead))
         t = self._tick("topk", t)
         g = self.g
@@ -265,7 +266,8 @@ class GroupTrainer:
                 a_vals, a_idx, a_scale = aux
                 a_acts = a_vals.relu()
                 if a_idx.dim() == 1:  # dense: a_acts is (B, n_dead), a_idx the dead latents
-                    aux_out = a_acts @ W_dec.index_select(0, a_idx)
+                    W_dead = W_dec.index_select(0, a_idx)
+                    aux_out = a_acts @ W_dead
                 else:
                     aux_out = F.embedding_bag(a_idx, W_dec, mode="sum", per_sample_weights=a_acts)
                 g_aux = (aux_out - err) * (2.0 * self.auxk_coef * a_scale / total_var)
@@ -277,7 +279,7 @@ class GroupTrainer:
             gb_enc = torch.zeros(W_dec.shape[0], device=x.device).index_add_(0, idx.reshape(-1), g_acts.reshape(-1))
             gb_dec = g_out.sum(0) - F.embedding_bag(idx, W_enc, mode="sum", per_sample_weights=g_acts).sum(0)
             if aux is not None and a_idx.dim() == 1:
-                _aux_grads_dense(a_acts, a_idx, g_aux, sae_in, W_dec, W_enc, gW_dec, gW_enc, gb_enc, gb_dec)
+                _aux_grads_dense(a_acts, a_idx, g_aux, sae_in, W_dead, W_enc, gW_dec, gW_enc, gb_enc, gb_dec)
             elif aux is not None:
                 g_aacts = _per_sample_weights_grad(g_aux, W_dec, a_idx) * (a_vals > 0)
                 gWd_a, gWe_a = scatter_rows_shared(a_idx, [(a_acts, g_aux), (g_aacts, sae_in)], W_dec.shape[0])
