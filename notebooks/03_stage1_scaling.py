@@ -231,7 +231,7 @@ charts.stage1_surfaces(metrics, surface)
 
 # %%
 #| label: fig-exponents-depth
-#| fig-cap: "Width exponent alpha and floor per layer against relative depth, with 94% HDIs, for both functional forms. Floors only where the grid supports one; filled markers: identified."
+#| fig-cap: "Width exponent per layer against relative depth, one panel per model (each with its own scale), with 94% HDIs for both functional forms (colour). Look for a trend with depth within a panel, and at whether the two forms agree. Below: floors, only at layers whose width grid supports one (at least 5 widths spanning 16x); filled markers are floors the grid identifies, hollow ones are prior-dominated and should not be read; the subtitle names models that have no such layer."
 charts.exponents_depth(exps, cfg)
 
 # %% [markdown]

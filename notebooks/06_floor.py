@@ -54,7 +54,7 @@ for r in rho.itertuples():
 
 # %%
 #| label: fig-floors
-#| fig-cap: "Identified floors (width asymptote of fvu at the model's reference sparsity, 94% HDI) against curvature and TwoNN intrinsic dimension; compare within a model."
+#| fig-cap: "Identified floors (width asymptote of fvu at the model's reference sparsity, 94% HDI) against curvature and TwoNN intrinsic dimension, one colour per model. Compare within a colour: floors rising from left to right are the geometric wall. A summary withheld at every identified floor's layer gets no panel (the subtitle says so)."
 charts.floors(floors)
 
 # %%

@@ -178,3 +178,114 @@ def test_widget_scripts_from_a_cdn_are_dropped_and_nothing_else(tmp_path):
     (tmp_path / "q.html").write_text(f"<head>{keep}</head>")
     assert report.drop_widget_cdn_scripts(tmp_path) == 1
     assert (tmp_path / "a" / "p.html").read_text() == f"<head>{keep}</head>"
+
+
+def test_the_pdf_format_is_added_to_the_staged_paper_only_and_links_from_its_html_page():
+    text = (ROOT / "index.qmd").read_text()
+    assert "format:" not in report._front_matter(text)[0]  # the repository's paper builds without LaTeX
+    meta, body = report._front_matter(report.with_pdf_format(text))
+    assert body == report._front_matter(text)[1]
+    assert meta["title"] == report._front_matter(text)[0]["title"]
+    assert meta["abstract"] == report._front_matter(text)[0]["abstract"]
+    pdf = meta["format"]["pdf"]
+    assert pdf["pdf-engine"] == "xelatex" and pdf["mathfont"] == "Latin Modern Math"
+    assert {pdf["mainfont"], pdf["sansfont"], pdf["monofont"]} == set(report.PDF_FONTS)
+    assert meta["format"]["html"]["format-links"] == [{"format": "pdf", "text": "Download PDF", "icon": "file-pdf"}]
+
+
+def test_no_latex_means_no_pdf_and_a_pdf_asked_for_says_how_to_get_latex(monkeypatch):
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "xelatex" else real(name))
+    assert report.pdf_engine() == (None, "no xelatex on PATH")
+    with pytest.raises(report.ReportError, match="no xelatex on PATH.*texlive-xetex"):
+        report.build("smoke", use_quarto=True, pdf=True, log=lambda *_: None)
+
+
+def _chart_output():
+    import altair as alt
+    import pandas as pd
+
+    from geowall import charts
+
+    spec = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_point().encode(x="x:Q", y="y:Q").to_dict()
+    bundle = charts._render(spec)
+    return spec, bundle
+
+
+def test_every_chart_carries_a_static_pdf_and_png_rendering():
+    import base64
+
+    from geowall import charts
+
+    _, bundle = _chart_output()
+    assert base64.b64decode(bundle["application/pdf"])[:5] == b"%PDF-"
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(charts.STATIC_MIMES) <= set(bundle) and "gw-chart" in bundle["text/html"]
+
+
+def test_published_notebooks_lose_live_progress_and_gain_static_charts():
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from geowall import charts
+
+    spec, bundle = _chart_output()
+    old_chart = {k: v for k, v in bundle.items() if k not in charts.STATIC_MIMES}  # a run from before
+    table = "<table class='dataframe'><tr><td>1</td></tr></table>"
+    cell = new_code_cell(
+        "fit()",
+        outputs=[
+            new_output(
+                "display_data", data={"text/html": "<div><h3>Sampler Progress</h3><p>Total Chains: 2</p></div>"}
+            ),
+            new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}),
+            new_output("stream", name="stderr", text="100%|##########| 10/10 [00:01<00:00, 9.5it/s]\n"),
+            new_output("stream", name="stdout", text="kept\n"),
+            new_output("execute_result", data={"text/html": table}),
+            new_output("display_data", data=old_chart),
+            new_output("display_data", data=bundle),
+        ],
+    )
+    nb = new_notebook(cells=[cell])
+    assert report.publishable_notebook(nb) == {"progress displays dropped": 3, "static chart renderings added": 1}
+    outs = nb.cells[0].outputs
+    assert [o.get("text") or next(iter(o["data"])) for o in outs] == ["kept\n", "text/html", "text/html", "text/html"]
+    assert all(set(charts.STATIC_MIMES) <= set(o["data"]) for o in outs[2:])
+    assert outs[3]["data"]["application/pdf"] == bundle["application/pdf"]  # a stored rendering is kept
+
+
+def test_exponent_and_floor_figures_draw_no_empty_panel_and_say_why():
+    import numpy as np
+    import pandas as pd
+
+    from geowall import charts
+    from geowall.config import load_profile
+
+    cfg = load_profile("smoke")
+    rows = []
+    for i, m in enumerate(cfg.models):
+        for layer in cfg.layers_of(m):
+            term = i == 0 and layer == cfg.layers_of(m)[0]
+            rows.append(
+                dict(model=m.name, layer=layer, form="additive", primary=True, alpha_mean=0.3, alpha_hdi_3=0.2,
+                     alpha_hdi_97=0.4, floor_term=term, floor_identified=term, floor_mean=0.1 if term else np.nan,
+                     floor_hdi_3=0.05 if term else np.nan, floor_hdi_97=0.15 if term else np.nan)
+            )  # fmt: skip
+    exps = pd.DataFrame(rows)
+    spec = charts.exponents_depth(exps, cfg).to_dict()
+    alpha_panel, floor_panel = spec["vconcat"]
+    others = [m.name for m in cfg.models[1:]]
+    assert floor_panel["facet"]["sort"] == [cfg.models[0].name]
+    assert all(m in floor_panel["title"]["subtitle"][0] for m in others)
+    assert alpha_panel["resolve"]["scale"]["y"] == "independent"  # each model on its own scale
+    none = charts.exponents_depth(exps.assign(floor_mean=np.nan), cfg).to_dict()
+    assert len(none["vconcat"]) == 1 and "No floor panel" in none["vconcat"][0]["title"]["subtitle"]
+    fl = pd.DataFrame(
+        dict(row_type="floor", model="m", layer=[1, 2], floor_mean=0.1, floor_hdi_3=0.0, floor_hdi_97=0.2,
+             curvature=np.nan, id_twonn=[5.0, 9.0])
+    )  # fmt: skip
+    floors = charts.floors(fl).to_dict()
+    assert len(floors["hconcat"]) == 1 and "curvature" in floors["title"]["subtitle"][0]
+    titles = [c["layer"][0]["encoding"]["x"]["title"] for c in floors["hconcat"]]
+    assert titles == [charts.SUMMARY_UNITS["id_twonn"]]

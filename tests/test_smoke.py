@@ -136,6 +136,32 @@ def test_quarto_site_renders_every_page_with_charts_citations_and_cross_referenc
     assert all(Path(r["screenshot"]).stat().st_size > 10_000 for r in records)
 
 
+@pytest.mark.skipif(
+    shutil.which("quarto") is None or report.pdf_engine()[0] is None or shutil.which("pdftotext") is None,
+    reason="needs quarto, XeLaTeX with the DejaVu and Latin Modern Math fonts, and poppler (.ci/run installs them)",
+)
+def test_paper_pdf_has_every_figure_of_the_site_and_every_citation_resolved(full_smoke):
+    run_dir, _ = full_smoke
+    site = report.site_dir(load_profile("smoke"), run_dir.parent)
+    if not (site / "index.pdf").is_file():  # the Quarto site test builds it too when it runs first
+        report.build("smoke", runs_dir=run_dir.parent, use_quarto=True, pdf=True, log=print)
+    # read back with pdftotext; every page kept as an image beside the site's screenshots
+    rec = report.pdf_check(site / "index.pdf", site / "index.html", run_dir / "screens" / "pdf")
+    print(f"\nindex.pdf: {rec['pages']} pages, {len(rec['figures'])} figures")
+    qmd = (report.ROOT / "index.qmd").read_text()
+    embeds = report.EMBED.findall(report._front_matter(qmd)[1])
+    assert rec["placeholders"] == 0 and not rec["unresolved"], rec
+    assert rec["figures"] == rec["site_figures"] == list(range(1, len(embeds) + 1)), rec
+    assert rec["bib_entries"] >= len(set(re.findall(r"@([a-z]+\d{4}[a-z]+)", qmd))), rec
+    assert len(rec["page_images"]) == rec["pages"] > 3
+    assert all(Path(p).stat().st_size > 5_000 for p in rec["page_images"])
+    text = subprocess.run(["pdftotext", str(site / "index.pdf"), "-"], capture_output=True, text=True).stdout
+    assert "relative depth" in text  # figures are vector: their axis titles are text in the PDF
+    assert report.machine_paths(run_dir)[0][0] not in text
+    paper = (site / "index.html").read_text()
+    assert 'href="index.pdf"' in paper and "Download PDF" in paper
+
+
 # Peak resident memory of one step's kernel on the smoke profile. Measured 2026-11-25 on
 # 2 cores (see the README's measured figures); the bound leaves room for allocator and
 # library-version noise while catching a step that loads every layer's activations at once.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -108,10 +109,15 @@ def sample_model(
     """Sample ``model`` with nutpie or PyMC's NUTS; add log-likelihood and prior groups.
 
     ``cores`` defaults to ``min(chains, 2)``. Returns InferenceData with
-    ``posterior.attrs['sampling_wall_s']`` and ``['sampler']`` set.
+    ``posterior.attrs['sampling_wall_s']`` and ``['sampler']`` set. The progress display is
+    off in kernels started by ``geowall run`` (no one watches it there, and nutpie's live
+    "Sampler Progress" table would be stored in the published notebook).
     """
     import pymc as pm
 
+    from geowall.executors import ENV_EXECUTOR
+
+    progressbar = progressbar and not os.environ.get(ENV_EXECUTOR)
     sampler = resolve_sampler(sampler)
     cores = cores or min(chains, 2)
     t0 = time.perf_counter()

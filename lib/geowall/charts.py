@@ -10,11 +10,29 @@ from geowall.geometry import SUMMARY_NAMES
 alt.data_transformers.disable_max_rows()
 
 
+# Static renderings stored beside each chart's interactive form: a vector PDF (what Quarto
+# picks for the paper's PDF: it prefers application/pdf over images for LaTeX) and a PNG for
+# readers without JavaScript. Both come from vl-convert's bundled renderer, offline.
+STATIC_MIMES = ("application/pdf", "image/png")
+
+
+def static_renderings(spec: dict) -> dict[str, str]:
+    """Base64 PDF and PNG of a Vega-Lite spec (mime type -> data, as a notebook stores them)."""
+    import base64
+
+    import vl_convert as vlc
+
+    pdf = vlc.vegalite_to_pdf(spec)
+    png = vlc.vegalite_to_png(spec, scale=1)
+    return {"application/pdf": base64.b64encode(pdf).decode(), "image/png": base64.b64encode(png).decode()}
+
+
 def _render(spec: dict, **_) -> dict:
-    """Mimebundle for a chart: vega-lite JSON (Jupyter front ends) and an HTML div that
-    draws itself with a page-level ``vegaEmbed`` (SVG renderer). The report pages carry
-    the Vega JavaScript inline once per page (see :mod:`geowall.report`), so charts draw
-    with no network, in the offline build and in Quarto alike."""
+    """Mimebundle for a chart: vega-lite JSON (Jupyter front ends), an HTML div that
+    draws itself with a page-level ``vegaEmbed`` (SVG renderer) and the static renderings
+    of :func:`static_renderings` (the paper's PDF, readers without JavaScript). The report
+    pages carry the Vega JavaScript inline once per page (see :mod:`geowall.report`), so
+    charts draw with no network, in the offline build and in Quarto alike."""
     import json
     import uuid
 
@@ -28,7 +46,12 @@ def _render(spec: dict, **_) -> dict:
         "})();</script>"
     )
     major = alt.SCHEMA_VERSION.lstrip("v").split(".")[0]
-    return {"text/html": html, f"application/vnd.vegalite.v{major}+json": spec, "text/plain": "<Altair chart>"}
+    return {
+        "text/html": html,
+        f"application/vnd.vegalite.v{major}+json": spec,
+        **static_renderings(spec),
+        "text/plain": "<Altair chart>",
+    }
 
 
 def vega_script() -> str:
@@ -65,6 +88,14 @@ SUMMARY_TITLES = dict(
         strict=True,
     )
 )
+
+
+SUMMARY_UNITS = {
+    "id_twonn": "TwoNN intrinsic dimension (dimensions)",
+    "pr": "participation ratio (dimensions)",
+    "curvature": "curvature (1 = sphere of the cloud's RMS radius)",
+    "local_residual": "local residual (fraction of patch variance)",
+}
 
 
 def geometry_profiles(geo: pd.DataFrame) -> alt.FacetChart:
@@ -181,27 +212,100 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
     return alt.vconcat(*rows)
 
 
-def exponents_depth(exps: pd.DataFrame, cfg) -> alt.HConcatChart:
-    """alpha and floor vs relative depth with 94% HDIs; one colour per model, one shape per form."""
+DEPTH_TITLE = "relative depth (0 = first residual point, 1 = last)"
+ALPHA_TITLE = "width exponent α (fvu − floor ∝ W^−α)"
+FLOOR_TITLE = "floor (fvu, fraction of variance)"
+
+
+def _floor_status(df: pd.DataFrame) -> pd.Series:
+    term = df["floor_term"].fillna(False).astype(bool) if "floor_term" in df else pd.Series(False, index=df.index)
+    ident = (
+        df["floor_identified"].fillna(False).astype(bool)
+        if "floor_identified" in df
+        else pd.Series(False, index=df.index)
+    )
+    return pd.Series(
+        [
+            "floor identified" if i else ("floor fitted, not identified" if t else "no floor term")
+            for t, i in zip(term, ident)
+        ],
+        index=df.index,
+    )
+
+
+FLOOR_STATUS = ["floor identified", "floor fitted, not identified", "no floor term"]
+
+
+def exponents_depth(exps: pd.DataFrame, cfg) -> alt.VConcatChart:
+    """Width exponents against relative depth, one panel per model (each its own y scale),
+    94% HDIs, the two functional forms side by side (colour) and the layers whose floor the
+    grid identifies marked (shape); below, the fitted floors, a panel per model that has
+    any (models without a floor term get no empty panel: the subtitle names them)."""
     from geowall.layers import layer_depths
 
     depth = pd.DataFrame(layer_depths(cfg), columns=["model", "layer", "depth"])
     df = exps.merge(depth, on=["model", "layer"])
-    base = alt.Chart(df).encode(
-        x=alt.X("depth:Q", title="relative depth"),
-        color="model:N",
-        shape=alt.Shape("form:N"),
-        tooltip=["model", "layer", "form", "alpha_mean", "floor_mean"],
+    df = df.assign(floor_status=_floor_status(df))
+    forms = sorted(df["form"].unique())
+    # the two forms drawn a little apart so that their intervals do not overlap
+    shift = {f: 0.012 * (i - (len(forms) - 1) / 2) for i, f in enumerate(forms)}
+    df["x"] = df["depth"] + df["form"].map(shift)
+    models = list(dict.fromkeys(df["model"]))
+    x = alt.X("x:Q", title=DEPTH_TITLE, scale=alt.Scale(domain=[-0.05, 1.05], nice=False))
+    colour = alt.Color("form:N", title="functional form", sort=forms)
+    tip = ["model", "layer", "form", "alpha_mean", "alpha_hdi_3", "alpha_hdi_97", "floor_status"]
+    base = alt.Chart().encode(x=x, color=colour)
+    alpha = alt.layer(
+        base.mark_rule(opacity=0.7).encode(y=alt.Y("alpha_hdi_3:Q", title=ALPHA_TITLE), y2="alpha_hdi_97:Q"),
+        base.mark_point(filled=True, size=45).encode(
+            y="alpha_mean:Q",
+            shape=alt.Shape("floor_status:N", title="floor", scale=alt.Scale(domain=FLOOR_STATUS)),
+            tooltip=tip,
+        ),
+        data=df,
     )
-    alpha = base.mark_rule().encode(
-        y=alt.Y("alpha_hdi_3:Q", title="width exponent alpha"), y2="alpha_hdi_97:Q"
-    ) + base.mark_point(filled=True, size=50).encode(y="alpha_mean:Q")
-    floor = base.mark_rule().encode(
-        y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q"
-    ) + base.mark_point(size=60).encode(
-        y="floor_mean:Q", fill=alt.condition("datum.floor_identified", "model:N", alt.value("white"))
+    panels = (
+        alpha.properties(width=150, height=120)
+        .facet(facet=alt.Facet("model:N", title=None, sort=models), columns=3)
+        .resolve_scale(y="independent")
+        .properties(title="Width exponent per layer")
     )
-    return alt.hconcat(alpha.properties(width=260, height=240), floor.properties(width=260, height=240))
+    fl = df[df["floor_mean"].notna()] if "floor_mean" in df else df.iloc[:0]
+    if fl.empty:
+        return alt.vconcat(
+            panels.properties(
+                title=alt.TitleParams(
+                    "Width exponent per layer",
+                    subtitle="No floor panel: no layer of any model has a width grid that supports a floor term.",
+                )
+            )
+        )
+    without = [m for m in models if m not in set(fl["model"])]
+    sub = (
+        [f"No panel for {', '.join(without)}: no layer there has a width grid that supports a floor term."]
+        if without
+        else []
+    )
+    fbase = alt.Chart().encode(x=x, color=colour)
+    floors_ = alt.layer(
+        fbase.mark_rule(opacity=0.7).encode(y=alt.Y("floor_hdi_3:Q", title=FLOOR_TITLE), y2="floor_hdi_97:Q"),
+        fbase.mark_point(size=60, strokeWidth=1.5).encode(
+            y="floor_mean:Q",
+            fill=alt.condition("datum.floor_status == 'floor identified'", "form:N", alt.value("white")),
+            shape=alt.Shape("floor_status:N", title="floor", scale=alt.Scale(domain=FLOOR_STATUS)),
+            tooltip=["model", "layer", "form", "floor_mean", "floor_hdi_3", "floor_hdi_97", "floor_status"],
+        ),
+        data=fl,
+    )
+    fpanels = (
+        floors_.properties(width=150, height=120)
+        .facet(facet=alt.Facet("model:N", title=None, sort=[m for m in models if m not in without]), columns=3)
+        .resolve_scale(y="independent")
+        .properties(
+            title=alt.TitleParams("Floors, where the width grid supports one (filled: identified)", subtitle=sub)
+        )
+    )
+    return alt.vconcat(panels, fpanels).resolve_scale(color="shared", shape="shared")
 
 
 def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart:
@@ -291,18 +395,39 @@ def transfer(pred: pd.DataFrame) -> alt.FacetChart:
 
 
 def floors(fl: pd.DataFrame) -> alt.HConcatChart:
+    """Identified floors against curvature and TwoNN dimension (94% HDIs), one colour per
+    model. A summary that no identified floor has a value for (curvature withheld at those
+    layers) gets no empty panel: the chart's subtitle says why it is missing."""
     f = fl[fl.row_type == "floor"].assign(label=lambda d: d.model + " L" + d.layer.astype(str))
-    charts_ = []
+    charts_, missing = [], []
     for s in ("curvature", "id_twonn"):
-        base = alt.Chart(f).encode(x=alt.X(f"{s}:Q", title=SUMMARY_TITLES[s]), color="model:N")
+        pts = f[f[s].notna()] if s in f else f.iloc[:0]
+        if pts.empty:
+            missing.append(SUMMARY_TITLES[s])
+            continue
+        base = alt.Chart(pts).encode(
+            x=alt.X(f"{s}:Q", title=SUMMARY_UNITS[s], scale=alt.Scale(zero=False)), color="model:N"
+        )
         charts_.append(
             (
-                base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title="floor (fvu)"), y2="floor_hdi_97:Q")
+                base.mark_rule().encode(y=alt.Y("floor_hdi_3:Q", title=FLOOR_TITLE), y2="floor_hdi_97:Q")
                 + base.mark_point(filled=True, size=70).encode(y="floor_mean:Q", tooltip=["label", "floor_mean", s])
-                + base.mark_text(dx=8, align="left").encode(y="floor_mean:Q", text="label:N")
-            ).properties(width=250, height=220)
+                + base.mark_text(dx=8, align="left", fontSize=10).encode(y="floor_mean:Q", text="label:N")
+            ).properties(width=230, height=200)
         )
-    return alt.hconcat(*charts_)
+    n = len(f)
+    if not charts_:
+        note = "No identified floor in this run: nothing to draw." if n == 0 else "No summary values at the floors."
+        return alt.hconcat(
+            alt.Chart(pd.DataFrame({"t": [note]}))
+            .mark_text(fontSize=12)
+            .encode(text="t:N")
+            .properties(width=460, height=40)
+        )
+    sub = [f"No {', '.join(missing)} panel: it is withheld at every layer with an identified floor."] if missing else []
+    return alt.hconcat(*charts_).properties(
+        title=alt.TitleParams(f"Identified floors ({n} layer{'s' if n != 1 else ''})", subtitle=sub)
+    )
 
 
 def sbc_ranks(ranks: pd.DataFrame, n_bins: int = 10) -> alt.FacetChart:

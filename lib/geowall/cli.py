@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--runs-dir", default=None)
     rp.add_argument("--offline", action="store_true", help="offline HTML build even if Quarto is installed")
     rp.add_argument(
+        "--pdf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also render the paper as index.pdf (default: when XeLaTeX and the fonts are installed)",
+    )
+    rp.add_argument(
         "--browser",
         action="store_true",
         help="open the built pages in headless Chromium, screenshot them, check that charts drew",
@@ -150,7 +156,16 @@ def _report(args) -> int:
     from geowall.pipeline import run_dir_for
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
-    site = report.build(args.profile, runs_dir=runs_dir, use_quarto=False if args.offline else None)
+    site = report.build(args.profile, runs_dir=runs_dir, use_quarto=False if args.offline else None, pdf=args.pdf)
+    if args.browser and (site / "index.pdf").is_file():  # the PDF read back, its pages beside the screenshots
+        screens = run_dir_for(load_profile(args.profile), runs_dir) / "screens"
+        rec = report.pdf_check(site / "index.pdf", site / "index.html", screens / "pdf")
+        print(
+            f"index.pdf: {rec['pages']} pages, figures {len(rec['figures'])} (site {len(rec['site_figures'])}), "
+            f"{rec['placeholders']} placeholders, unresolved {rec['unresolved']} -> {screens / 'pdf'}"
+        )
+        if rec["placeholders"] or rec["unresolved"] or rec["figures"] != rec["site_figures"]:
+            raise report.ReportError(f"the PDF does not match the site: {rec}")
     if args.browser:
         if report.find_chromium() is None:
             print("no chromium on PATH: browser check skipped")

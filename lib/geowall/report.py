@@ -104,31 +104,145 @@ def labelled_cells(nb) -> dict[str, dict]:
 
 
 def build(
-    profile: str | Profile = "default", *, runs_dir: Path | None = None, use_quarto: bool | None = None, log=print
+    profile: str | Profile = "default",
+    *,
+    runs_dir: Path | None = None,
+    use_quarto: bool | None = None,
+    pdf: bool | None = None,
+    log=print,
 ) -> Path:
-    """Build the site of a profile's run into ``<run_dir>/site/`` (Quarto if on PATH, else offline)."""
+    """Build the site of a profile's run into ``<run_dir>/site/`` (Quarto if on PATH, else offline).
+
+    With Quarto and a LaTeX engine (:func:`pdf_engine`), the paper is also rendered as a PDF,
+    ``<site>/index.pdf``, linked from the paper page ("Download PDF"); ``pdf=False`` skips it,
+    ``pdf=True`` requires it (a :class:`ReportError` if no engine is found). Each stage is
+    logged as it starts and with its time when it ends.
+    """
     from geowall import charts
     from geowall.results import flatten, report_variables
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
     run_dir = run_dir_for(cfg, runs_dir)
-    nested = report_variables(cfg, run_dir)
-    vega = charts.vega_script()
+    t_all = time.time()
     if use_quarto is None:
         use_quarto = shutil.which("quarto") is not None
+    engine, why = pdf_engine() if use_quarto else (None, "the offline build makes no PDF")
+    if pdf and engine is None:
+        raise ReportError(f"a PDF was asked for but {why}. {LATEX_HINT}")
+    log(f"[report] numbers quoted by the paper, from the artefacts in {run_dir} ...")
+    nested = report_variables(cfg, run_dir)
+    vega = charts.vega_script()
     site = site_dir(cfg, runs_dir)
     shutil.rmtree(site, ignore_errors=True)  # derived: never mix pages of the two builds
-    if use_quarto:
-        project = stage_quarto(cfg, run_dir, nested, vega)
-        log(f"quarto render {project} ...")
-        t0 = time.time()
-        subprocess.run(["quarto", "render"], cwd=project, check=True)
-        drop_widget_cdn_scripts(site)
-        log(f"quarto render: {len(list(site.rglob('*.html')))} pages in {time.time() - t0:.0f} s -> {site}")
+    if not use_quarto:
+        offline_build(cfg, run_dir, site, flatten(nested), vega)
+        log(f"[report] offline report (Quarto not found on PATH): {site / 'index.html'}")
         return site
-    offline_build(cfg, run_dir, site, flatten(nested), vega)
-    log(f"offline report (Quarto not found on PATH): {site / 'index.html'}")
+    make_pdf = engine is not None and pdf is not False
+    log(f"[report] staging the Quarto project under {run_dir / 'quarto'} ...")
+    project = stage_quarto(cfg, run_dir, nested, vega, pdf=make_pdf, log=log)
+    log("[report] quarto render --to html (the website) ...")
+    t0 = time.time()
+    subprocess.run(["quarto", "render", "--to", "html"], cwd=project, check=True)
+    drop_widget_cdn_scripts(site)
+    log(f"[report] website: {len(list(site.rglob('*.html')))} pages in {time.time() - t0:.0f} s -> {site}")
+    if make_pdf:
+        log(f"[report] quarto render index.qmd --to pdf ({engine}) ...")
+        t0 = time.time()
+        out = render_pdf(project, site)
+        log(f"[report] PDF: {pdf_pages(out)} pages in {time.time() - t0:.0f} s -> {out}")
+    else:
+        log(f"[report] PDF skipped: {why or 'pdf=False'}. {LATEX_HINT}")
+    log(f"[report] done in {time.time() - t_all:.0f} s: {site / 'index.html'}")
     return site
+
+
+# ------------------------------------------------------------------------ the paper as a PDF
+
+LATEX_HINT = (
+    "To get the PDF too, install XeLaTeX and the fonts (Debian/Ubuntu: apt-get install "
+    "--no-install-recommends texlive-xetex fonts-lmodern fonts-dejavu; see the README)"
+)
+# The PDF's LaTeX settings, added to the staged index.qmd (never to the repository's) when an
+# engine is present. XeLaTeX with system OpenType fonts: LuaLaTeX's font loader fails on
+# Debian's Latin Modern and pdfLaTeX stops at the first Greek letter of the notebooks' text.
+PDF_FORMAT = {
+    "pdf-engine": "xelatex",
+    "documentclass": "scrartcl",
+    "papersize": "a4",
+    "geometry": ["margin=2.2cm"],
+    "fontsize": "10pt",
+    "mainfont": "DejaVu Serif",
+    "sansfont": "DejaVu Sans",
+    "monofont": "DejaVu Sans Mono",
+    "mathfont": "Latin Modern Math",
+    "colorlinks": True,
+    "link-citations": True,
+    "fig-pos": "htbp",
+    "number-sections": False,
+}
+PDF_FONTS = ("DejaVu Serif", "DejaVu Sans", "DejaVu Sans Mono")
+
+
+def pdf_engine() -> tuple[str | None, str]:
+    """(``"xelatex"``, "") when XeLaTeX and the PDF's fonts are installed, else (None, why not).
+
+    The fonts are looked up as XeLaTeX does: DejaVu through fontconfig (``fc-list``), Latin
+    Modern Math through fontconfig or the TeX tree (``kpsewhich latinmodern-math.otf``)."""
+    if shutil.which("xelatex") is None:
+        return None, "no xelatex on PATH"
+    fc = shutil.which("fc-list")
+    if fc:
+        families = subprocess.run([fc, ":", "family"], capture_output=True, text=True).stdout
+        have = {f.strip() for line in families.splitlines() for f in line.split(",")}
+        missing = [f for f in PDF_FONTS if f not in have]
+        if missing:
+            return None, f"fonts {missing} not installed (Debian: fonts-dejavu)"
+        math_found = "Latin Modern Math" in have
+    else:
+        math_found = False
+    if not math_found and shutil.which("kpsewhich"):
+        found = subprocess.run(["kpsewhich", "latinmodern-math.otf"], capture_output=True, text=True).stdout
+        math_found = bool(found.strip())
+    if not math_found:
+        return None, "font Latin Modern Math not installed (Debian: fonts-lmodern)"
+    return "xelatex", ""
+
+
+def with_pdf_format(qmd: str) -> str:
+    """A page's source with the PDF format added to its front matter, and the HTML page's
+    link to it labelled "Download PDF"."""
+    meta, body = _front_matter(qmd)
+    fmt = dict(meta.get("format") or {})
+    fmt.setdefault("html", {})
+    if fmt["html"] == "default":
+        fmt["html"] = {}
+    fmt["html"] = {**fmt["html"], "format-links": [{"format": "pdf", "text": "Download PDF", "icon": "file-pdf"}]}
+    fmt["pdf"] = {**PDF_FORMAT, **(fmt.get("pdf") or {})}
+    meta["format"] = fmt
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=10_000)
+    return f"---\n{front}---\n{body}"
+
+
+def render_pdf(project: Path, site: Path) -> Path:
+    """``quarto render index.qmd --to pdf`` in a staged project; the PDF lands in ``site``."""
+    proc = subprocess.run(["quarto", "render", "index.qmd", "--to", "pdf"], cwd=project, capture_output=True, text=True)
+    out = site / "index.pdf"
+    if proc.returncode != 0 or not out.is_file():
+        log_file = project / "pdf-render.log"
+        log_file.write_text(proc.stdout + proc.stderr)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise ReportError(f"the PDF did not render (exit {proc.returncode}; full log {log_file}):\n{tail}")
+    return out
+
+
+def pdf_pages(pdf: Path) -> int | str:
+    """Page count of a PDF (``pdfinfo``), or "?" without poppler."""
+    if shutil.which("pdfinfo") is None:
+        return "?"
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+    m = re.search(r"^Pages:\s+(\d+)", info, flags=re.M)
+    return int(m.group(1)) if m else "?"
 
 
 def site_dir(cfg: Profile, runs_dir: Path | None = None) -> Path:
@@ -139,13 +253,15 @@ def site_dir(cfg: Profile, runs_dir: Path | None = None) -> Path:
 PROJECT_FILES = ("index.qmd", "references.qmd", "references.bib", "assets/offline.scss")
 
 
-def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Path:
+def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str, *, pdf: bool = False, log=None) -> Path:
     """Lay out the Quarto project of a run under ``<run_dir>/quarto/`` and return that folder.
 
     It holds the repository's ``_quarto.yml`` (with ``output-dir: ../site``), the pages and
     bibliography, ``_variables.yml`` (nested ``variables``), ``assets/vega-inline.html`` and
     every executed notebook the navbar lists, copied from ``<run_dir>/notebooks/`` with
-    machine-specific paths replaced (:func:`portable_notebook`). Raises
+    machine-specific paths replaced (:func:`portable_notebook`), live progress displays
+    dropped and a static rendering beside every chart (:func:`publishable_notebook`). With
+    ``pdf``, the staged ``index.qmd`` also declares the PDF format (:func:`with_pdf_format`). Raises
     :class:`ReportError` naming a notebook that has not been executed yet.
     """
     project = run_dir / "quarto"
@@ -169,9 +285,61 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str) -> Pat
     shutil.copyfile(ROOT / "assets" / "offline.scss", project / "notebooks" / "assets" / "offline.scss")
     _write_text(project / "_variables.yml", yaml.safe_dump(variables, sort_keys=True, allow_unicode=True))
     _write_text(project / "assets" / "vega-inline.html", vega + "\n")
+    if pdf:
+        _write_text(project / "index.qmd", with_pdf_format((ROOT / "index.qmd").read_text()))
     for href in notebooks:
-        _write_text(project / href, portable_notebook(notebook_source(href, cfg, run_dir).read_text(), run_dir))
+        nb = nbformat.reads(portable_notebook(notebook_source(href, cfg, run_dir).read_text(), run_dir), as_version=4)
+        done = publishable_notebook(nb)
+        if log and any(done.values()):
+            log(f"[report]   {href}: " + ", ".join(f"{v} {k}" for k, v in done.items() if v))
+        _write_text(project / href, nbformat.writes(nb))
     return project
+
+
+NUTPIE_PROGRESS = re.compile(r"Sampler Progress|nutpie-progress|Sampling chain", flags=re.I)
+WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+
+
+def is_live_progress(output) -> bool:
+    """An output that is a live progress display: a tqdm bar (text or widget), a Jupyter
+    widget, or nutpie's "Sampler Progress" table of chains, draws and step sizes."""
+    from geowall.pipeline import is_progress_output
+
+    if is_progress_output(output):
+        return True
+    data = output.get("data", {})
+    if any(m in data for m in WIDGET_MIMES):
+        return True
+    html_text = data.get("text/html", "")
+    html_text = html_text if isinstance(html_text, str) else "".join(html_text)
+    return bool(NUTPIE_PROGRESS.search(html_text)) and "gw-chart" not in html_text
+
+
+def publishable_notebook(nb) -> dict[str, int]:
+    """Make an executed notebook fit to publish, in place: drop live progress displays
+    (:func:`is_live_progress`) and give every Altair chart output a static rendering
+    (:func:`geowall.charts.static_renderings`) if the run did not store one (notebooks
+    executed before the renderer emitted them). Returns the counts of each change."""
+    from geowall import charts
+
+    dropped = added = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for o in cell.get("outputs", []):
+            if is_live_progress(o):
+                dropped += 1
+                continue
+            data = o.get("data", {})
+            spec = next((v for k, v in data.items() if k.startswith("application/vnd.vegalite.")), None)
+            if spec is not None and not all(m in data for m in charts.STATIC_MIMES):
+                for mime, value in charts.static_renderings(spec).items():
+                    data.setdefault(mime, value)
+                added += 1
+            kept.append(o)
+        cell.outputs = kept
+    return {"progress displays dropped": dropped, "static chart renderings added": added}
 
 
 WIDGET_CDN = re.compile(
@@ -495,3 +663,45 @@ def browser_check(pages: list[Path], screens: Path, *, timeout_ms: int = 30000) 
             browser.close()
     _write_text(screens / "pages.json", json.dumps(records, indent=1) + "\n")
     return records
+
+
+# ------------------------------------------------------------------------ PDF check
+
+FIG_CAPTION = re.compile(r"^\s*Figure\s+(\d+):", flags=re.M)
+HTML_FIG_CAPTION = re.compile(r"<figcaption[^>]*>\s*Figure(?:&nbsp;|\s)+(\d+)", flags=re.S)
+UNRESOLVED_CITE = re.compile(r"\?@[\w-]+|\(\s*[a-z]+\d{4}[a-z]+\?\s*\)|\b[a-z]+\d{4}[a-z]+\?")
+
+
+def pdf_check(pdf: Path, html_page: Path | None = None, pages_dir: Path | None = None, *, dpi: int = 70) -> dict:
+    """What a reader of the PDF gets, read back with poppler: pages, figures (numbered
+    "Figure N:" captions), "<Altair chart>" placeholders left where a figure should be,
+    unresolved citations or cross-references (``?@key``, ``key?``), bibliography entries
+    and, given the site's paper page, its figure count to compare. With ``pages_dir``,
+    every page is also saved there as a PNG (``pdftoppm``), to look at beside the site's
+    screenshots; the record goes to ``pages_dir/pdf.json``."""
+    for tool in ("pdftotext", "pdfinfo"):
+        if shutil.which(tool) is None:
+            raise ReportError(f"no {tool} on PATH (Debian: apt-get install poppler-utils)")
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    refs = text[text.rfind("References") :] if "References" in text else ""
+    record = {
+        "pdf": str(pdf),
+        "pages": pdf_pages(pdf),
+        "figures": sorted({int(n) for n in FIG_CAPTION.findall(text)}),
+        "placeholders": text.count("<Altair chart>"),
+        "unresolved": sorted(set(UNRESOLVED_CITE.findall(text))),
+        # one entry per paragraph of the reference list that starts with an author and has a year
+        "bib_entries": len(re.findall(r"^\s*[A-Z][^\n]*?\b(?:19|20)\d\d[a-z]?\b", refs, flags=re.M)),
+    }
+    if html_page is not None:
+        record["site_figures"] = sorted({int(n) for n in HTML_FIG_CAPTION.findall(Path(html_page).read_text())})
+    if pages_dir is not None:
+        if shutil.which("pdftoppm") is None:
+            raise ReportError("no pdftoppm on PATH (Debian: apt-get install poppler-utils)")
+        pages_dir.mkdir(parents=True, exist_ok=True)
+        for old in pages_dir.glob("page-*.png"):
+            old.unlink()
+        subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(pdf), str(pages_dir / "page")], check=True)
+        record["page_images"] = [str(p) for p in sorted(pages_dir.glob("page-*.png"))]
+        _write_text(pages_dir / "pdf.json", json.dumps(record, indent=1) + "\n")
+    return record
