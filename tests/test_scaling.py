@@ -267,3 +267,66 @@ def test_simulation_based_calibration_small():
     assert set(ranks["param"]) == {"alpha"} and len(ranks) == 80 and ranks["n_ranks"].eq(101).all()
     u = S.sbc_uniformity(ranks, n_bins=5)
     assert u["p_value"].item() > 0.001, u
+
+
+# ----------------------------------------------------------------- one exponent, one meaning
+
+
+def test_common_grid_keeps_the_widths_every_layer_has():
+    sim = S.simulate_metrics(n_layers=3, widths=(384, 1536), showcase_layers=(1,), showcase_widths=RICH_WIDTHS)
+    c = S.common_grid(sim.metrics)
+    assert set(c["width"]) == {384, 1536} and c.groupby("layer").size().nunique() == 1
+    assert len(c) == 3 * 2 * 3  # every layer keeps 2 widths x 3 ks
+    with pytest.raises(ValueError, match="shared by all its layers"):
+        S.common_grid(sim.metrics[~((sim.metrics.layer == 1) & (sim.metrics.width == 1536))])
+
+
+@pytest.fixture(scope="module")
+def planted_floor():
+    """One model, 7 layers, the same generating law at every layer (the default profile's
+    shape: two widths 4x apart, three ks); layer 3 is a showcase layer (7 widths over 64x)
+    with a planted floor term, so its floor surface reports an exponent of the error *above*
+    the floor, which the ordinary layers' exponents are not."""
+    sim = S.simulate_metrics(
+        n_layers=7,
+        widths=(384, 1536),
+        showcase_layers=(3,),
+        showcase_widths=RICH_WIDTHS,
+        alpha=np.full(7, 0.5),
+        beta_range=(0.3, 0.3),
+        floor_range=(0.06, 0.06),
+        noise=0.01,
+        seed=5,
+    )
+    m = sim.metrics
+    kw = dict(draws=300, tune=300, chains=2, seed=1, prior_draws=300, progressbar=False, target_accept=0.95)
+    idata = S.fit_stage1(m, compare_floor=False, **kw)
+    plain = S.fit_plain(m, idata, **kw)
+    return m, idata, plain
+
+
+@pytest.mark.slow
+def test_planted_floor_does_not_inflate_the_stage2_target(planted_floor):
+    """Issue 21 item 5: with a floor at one layer, the exponent Stage 2 models there is the
+    same plain width exponent as at its neighbours; the floor-adjusted one is reported beside."""
+    from geowall import law
+
+    m, idata, plain = planted_floor
+    old = S.exponents(idata, m)  # before: alpha at the floor layer is the floor surface's
+    new = S.exponents(idata, m, plain=plain)
+    assert new["alpha_plain"].all() and not old["alpha_plain"].any()
+    sc, nb = new[new.layer == 3].iloc[0], new[new.layer != 3]
+    # the old target: the floor layer stands out of its model (same law everywhere)
+    old_sc = float(old.loc[old.layer == 3, "alpha_mean"].iloc[0])
+    assert old_sc > nb["alpha_mean"].max() + 0.1
+    # the new target: the floor layer sits among its neighbours and agrees with its own
+    # unpooled plain exponent on the common grid; the floor-adjusted one is beside it
+    assert abs(sc["alpha_mean"] - nb["alpha_mean"].median()) < 0.05
+    assert abs(sc["alpha_mean"] - sc["alpha_ols"]) < 3 * sc["alpha_ols_se"] + 0.02
+    assert sc["alpha_floor_mean"] == pytest.approx(old_sc) and nb["alpha_floor_mean"].isna().all()
+    geo = pd.DataFrame(
+        [{"model": "simA", "layer": l, "summary": "id_twonn", "estimate": float(l), "se": 0.1} for l in range(7)]
+    )
+    tab = law.stage2_table(new, geo, predictors=("id_twonn",))
+    y3 = float(tab.loc[tab.layer == 3, "y"].iloc[0])
+    assert y3 == pytest.approx(sc["log_alpha_mean"]) and y3 < np.log(old_sc) - 0.1

@@ -95,6 +95,8 @@ __all__ = [
     "prior_predictive",
     "prior_predictive_summary",
     "exponents",
+    "common_grid",
+    "fit_plain",
     "check_fit",
     "compare_forms",
     "simulate_metrics",
@@ -592,8 +594,19 @@ def exponents(
     f_hi: float | None = None,
     elpd_z: float | None = None,
     own_sd_ratio: float = 0.5,
+    plain=None,
 ) -> pd.DataFrame:
     """Per model+layer exponent and floor summaries (the ``exponents.parquet`` table).
+
+    **One exponent, one meaning.** With ``plain`` (a floor-free :func:`fit_stage1` of the
+    same form on :func:`common_grid`: ``floors="none"``), ``alpha`` and ``log_alpha`` are
+    the plain width exponent at the reference sparsity, ``-d log L / d log W`` at
+    ``l0_ref`` on the widths every layer of the model has, at *every* layer: the quantity
+    Stage 2, the transfer and the charts over depth use. The floor surface's exponent
+    (of the error above the floor, ``-d log(L - floor) / d log W``) is then
+    ``alpha_floor`` / ``log_alpha_floor``, on floor-term layers only, beside the floor.
+    Without ``plain`` (no floor layers, or older callers) ``alpha`` is ``idata``'s own and
+    ``alpha_floor`` repeats it at floor-term layers.
 
     Columns: ``model, layer, form``; for ``alpha``, ``log_alpha`` (the scale Stage 1
     pools and Stage 2 models), ``beta``, ``floor`` and ``E_inf`` (additive double
@@ -622,10 +635,39 @@ def exponents(
     prior = idata["prior"] if "prior" in idata.groups() else None
     out = layers[["model", "layer", "n_obs", "n_widths", "width_span", "n_k"]].copy()
     out.insert(2, "form", form)
-    for var in ("alpha", "log_alpha", "beta"):
-        _summ_cols(out, var, _draws(post, var), _draws(prior, var) if prior is not None and var in prior else None)
     has_floor = layers["floor_term"].to_numpy(bool)
     frows = np.flatnonzero(has_floor)
+    src = idata
+    if plain is not None:
+        pl = stored_layers(plain)
+        pos = {(m, int(l)): i for i, (m, l) in enumerate(zip(pl["model"], pl["layer"]))}
+        missing = [(m, int(l)) for m, l in zip(layers["model"], layers["layer"]) if (m, int(l)) not in pos]
+        if missing:
+            raise ValueError(f"plain: no plain exponent for layers {missing[:3]} (fit it on common_grid(metrics))")
+        if plain.attrs.get("geowall_form", form) != form:
+            raise ValueError(f"plain: form {plain.attrs.get('geowall_form')!r}, expected {form!r}")
+        order = np.array([pos[(m, int(l))] for m, l in zip(layers["model"], layers["layer"])])
+        src = plain
+    else:
+        order = np.arange(len(layers))
+    pprior = src["prior"] if "prior" in src.groups() else None
+    for var in ("alpha", "log_alpha"):
+        _summ_cols(
+            out,
+            var,
+            _draws(src.posterior, var)[:, order],
+            _draws(pprior, var)[:, order] if pprior is not None and var in pprior else None,
+        )
+        _summ_cols(
+            out,
+            f"{var.replace('alpha', 'alpha_floor')}",
+            _draws(post, var)[:, frows],
+            _draws(prior, var)[:, frows] if prior is not None and var in prior else None,
+            frows,
+        )
+    _summ_cols(
+        out, "beta", _draws(post, "beta"), _draws(prior, "beta") if prior is not None and "beta" in prior else None
+    )
     for var, col in (("floor", "floor"), ("E", "E_inf")):
         ok = var in post and "floor_layer" in post.dims
         _summ_cols(
@@ -654,7 +696,9 @@ def exponents(
         .fillna(False)
         .astype(bool)
     )
-    out["alpha_ols"], out["alpha_ols_se"] = _ols_alpha(idata, len(out))
+    a_ols, a_se = _ols_alpha(src, len(stored_layers(src)))
+    out["alpha_ols"], out["alpha_ols_se"] = a_ols[order], a_se[order]
+    out["alpha_plain"] = plain is not None or not has_floor.any()  # alpha is the plain exponent at every layer
     out["alpha_own_evidence"] = (out["alpha_ols_se"] / out["alpha_prior_sd"] <= own_sd_ratio).fillna(False)
     if metrics_df is not None and "showcase" in metrics_df.columns:
         sc = (
@@ -668,15 +712,56 @@ def exponents(
     return out.reset_index(drop=True)
 
 
+def common_grid(metrics_df: pd.DataFrame) -> pd.DataFrame:
+    """The SAEs at the widths every layer of their model has (the ordinary layers' grid; a
+    showcase layer's richer grid contains it): the data of the plain width exponent that
+    means the same at every layer (:func:`exponents` with ``plain``)."""
+    m = _validate_metrics(metrics_df)
+    keep = []
+    for _model, g in m.groupby("model", sort=False):
+        per_layer = [set(x["width"]) for _, x in g.groupby("layer")]
+        common = set.intersection(*per_layer)
+        if len(common) < 2:
+            raise ValueError(
+                f"metrics_df: model {_model!r} has {len(common)} width(s) shared by all its layers; the plain "
+                f"width exponent needs 2"
+            )
+        keep.append(g[g["width"].isin(common)])
+    return pd.concat(keep).loc[lambda d: d.index.sort_values()].reset_index(drop=True)
+
+
+def fit_plain(metrics_df: pd.DataFrame, idata, **sampling):
+    """The plain width exponent at every layer (:func:`exponents`' ``plain``): the floor-free
+    surface of ``idata``'s form fitted on :func:`common_grid` at ``idata``'s own references
+    (``W_ref``, ``l0_ref`` per model), so that it and the floor surface's exponent are read at
+    the same sparsity. ``sampling`` goes to :func:`fit_stage1` (draws, tune, chains, seed,
+    target_accept, ...). Returns ``None`` when no layer of ``idata`` has a floor term (its
+    exponent is then already the plain one)."""
+    if not stored_layers(idata)["floor_term"].any():
+        return None
+    refs = stored_refs(idata)
+    return fit_stage1(
+        common_grid(metrics_df),
+        form=idata.attrs.get("geowall_form", "additive"),
+        floors="none",
+        compare_floor=False,
+        w_ref={m: r["w_ref"] for m, r in refs.items()},
+        l0_ref={m: r["l0_ref"] for m, r in refs.items()},
+        **sampling,
+    )
+
+
 def pooling_agreement(exps: pd.DataFrame) -> pd.DataFrame:
     """Per model: Spearman rank correlation between pooled (posterior mean) and unpooled
     (least-squares) exponents over the layers whose own data determine the exponent
-    (``alpha_own_evidence``) and have the floor-free surface, and how many layers that is."""
+    (``alpha_own_evidence``) and whose ``alpha`` is the plain exponent (every layer with
+    ``alpha_plain``; else the floor-free layers), and how many layers that is."""
     from scipy.stats import spearmanr
 
     rows = []
     for m, g in exps.groupby("model", sort=True):
-        own = g[g["alpha_own_evidence"].astype(bool) & ~g["floor_term"].astype(bool)]
+        plain = g["alpha_plain"].astype(bool) if "alpha_plain" in g else ~g["floor_term"].astype(bool)
+        own = g[g["alpha_own_evidence"].astype(bool) & (plain | ~g["floor_term"].astype(bool))]
         rho = float(spearmanr(own["alpha_mean"], own["alpha_ols"]).statistic) if len(own) >= 3 else np.nan
         rows.append({"model": m, "n_layers": len(g), "n_own_evidence": len(own), "spearman_pooled_unpooled": rho})
     return pd.DataFrame(rows)
