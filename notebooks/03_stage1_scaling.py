@@ -151,6 +151,36 @@ for form in s1.forms:
         fits[form].to_netcdf(str(tmp))
 pd.DataFrame(diagnostics)
 
+# %% [markdown]
+# ## One exponent, one meaning
+#
+# At a layer with a floor term, the surface's α is the exponent of the error *above the
+# floor*; everywhere else it is the plain log-log width slope. The two are different
+# quantities (the first is larger wherever a floor takes part of the error), so the
+# exponent that Stage 2, the transfer and every chart over depth use is the **plain width
+# exponent at the reference sparsity** at every layer: the floor-free surface fitted on
+# the widths every layer of a model has (the ordinary grid, which a showcase grid
+# contains), at the same W_ref and l0_ref. The floor surface's exponent (`alpha_floor`)
+# and the floor are reported beside it at the showcase layers, for the floor claim.
+
+# %%
+plain = {}
+for form in s1.forms:
+    plain[form] = scaling.fit_plain(
+        metrics,
+        fits[form],
+        draws=s1.draws,
+        tune=s1.tune,
+        chains=s1.chains,
+        seed=RANDOM_SEED + 1,
+        target_accept=s1.target_accept,
+        progressbar=False,
+    )
+    if plain[form] is not None:
+        scaling.check_fit(plain[form], label=f"stage 1 {form}, plain exponents", **checks)
+for f, p in plain.items():
+    print(f"{f}: plain exponents {'fitted on the common width grid' if p is not None else 'are its own (no floor)'}")
+
 # %%
 comparison = scaling.compare_forms(fits) if len(fits) > 1 else None
 comparison
@@ -158,15 +188,16 @@ comparison
 # %% [markdown]
 # ## Exponents and floors per layer
 #
-# `alpha_sd_ratio` and `floor_sd_ratio` are posterior sd / prior sd. `alpha_ols` is the
-# layer's unpooled least-squares width exponent (its own SAEs only); where its standard
+# `alpha` is the plain width exponent (above); `alpha_floor` the floor surface's exponent
+# where a layer has a floor term. `alpha_sd_ratio` and `floor_sd_ratio` are posterior sd /
+# prior sd. `alpha_ols` is the layer's unpooled least-squares width exponent (its own SAEs only); where its standard
 # error is under half the prior sd (`alpha_own_evidence`) the layer's own data determine
 # its exponent, elsewhere the pooled exponent is largely the prior's and the model's.
 # Floors are reported only on layers with a floor term; `floor_identified` applies the
 # two-sided rule above.
 
 # %%
-exps = pd.concat([scaling.exponents(fits[f], metrics) for f in s1.forms], ignore_index=True)
+exps = pd.concat([scaling.exponents(fits[f], metrics, plain=plain[f]) for f in s1.forms], ignore_index=True)
 exps["primary"] = exps.form == s1.primary_form
 write_parquet(run_dir / "exponents.parquet", exps)
 cols = [
@@ -179,6 +210,7 @@ cols = [
     "alpha_ols",
     "alpha_own_evidence",
     "floor_term",
+    "alpha_floor_mean",
     "floor_mean",
     "f_hdi_3",
     "f_hdi_97",
@@ -190,6 +222,7 @@ exps[cols].round(3)
 
 # %%
 assert exps.alpha_mean.between(0, 3).all(), "implausible width exponents"
+assert exps.alpha_plain.all(), "alpha must be the plain width exponent at every layer (Stage 2's one quantity)"
 assert not exps[~exps.floor_term].floor_identified.any(), (
     "a floor was called identified on a grid that cannot identify one"
 )
@@ -199,8 +232,7 @@ assert not exps[~exps.floor_term].floor_identified.any(), (
 #
 # Where a layer's own data determine its exponent, the pooled (posterior mean) and
 # unpooled (least-squares) exponents must order the layers alike; the rank correlation
-# per model over those layers (floor-free ones only, where the two estimate the same
-# quantity):
+# per model over those layers (both are the plain exponent on the common width grid):
 
 # %%
 agreement = scaling.pooling_agreement(exps[exps.primary])
