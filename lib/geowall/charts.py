@@ -76,7 +76,8 @@ def layer_norms(table: pd.DataFrame) -> alt.Chart:
     base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (residual point)"), color=alt.Color("model:N"))
     band = base.mark_area(opacity=0.2).encode(y="lo:Q", y2="hi:Q")
     line = base.mark_line(point=True).encode(
-        y=alt.Y("norm_mean:Q", title="token norm"), tooltip=["model", "layer", "norm_mean", "norm_sd"]
+        y=alt.Y("norm_mean:Q", title="token norm (L2, activation units)"),
+        tooltip=["model", "layer", "norm_mean", "norm_sd"],
     )
     return (band + line).properties(width=420, height=260)
 
@@ -100,14 +101,14 @@ SUMMARY_UNITS = {
 
 def geometry_profiles(geo: pd.DataFrame) -> alt.FacetChart:
     """Each summary vs relative depth with its 95% interval, one colour per model."""
-    df = geo.assign(title=geo.summary.map(SUMMARY_TITLES))
-    base = alt.Chart(df).encode(x=alt.X("depth:Q", title="relative depth"), color="model:N")
+    df = geo.assign(title=geo.summary.map(SUMMARY_UNITS).fillna(geo.summary))
+    base = alt.Chart(df).encode(x=alt.X("depth:Q", title=DEPTH_TITLE), color="model:N")
     band = base.mark_area(opacity=0.18).encode(y=alt.Y("lo:Q", title=None), y2="hi:Q")
     line = base.mark_line(point=True).encode(y="estimate:Q", tooltip=["model", "layer", "estimate", "se"])
     return (
         (band + line)
         .properties(width=230, height=170)
-        .facet(facet=alt.Facet("title:N", title=None, sort=list(SUMMARY_TITLES.values())), columns=2)
+        .facet(facet=alt.Facet("title:N", title=None, sort=list(SUMMARY_UNITS.values())), columns=2)
         .resolve_scale(y="independent")
     )
 
@@ -118,8 +119,8 @@ def multiscale(multi: pd.DataFrame) -> alt.FacetChart:
         alt.Chart(df)
         .mark_line(point=True)
         .encode(
-            x=alt.X("scale:Q", scale=alt.Scale(type="log", base=2), title="decimation s"),
-            y=alt.Y("id:Q", title="TwoNN ID"),
+            x=alt.X("scale:Q", scale=alt.Scale(type="log", base=2), title="decimation s (n/s points)"),
+            y=alt.Y("id:Q", title="TwoNN intrinsic dimension"),
             detail="series:N",
             color=alt.Color("depth:Q", scale=alt.Scale(scheme="viridis")),
             tooltip=["model", "layer", "scale", "n_points", "id"],
@@ -166,8 +167,8 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
             alt.Chart(g)
             .mark_line(point=True)
             .encode(
-                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
-                y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu"),
+                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)"),
+                y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu (fraction unexplained)"),
                 color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
                 tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
             )
@@ -190,12 +191,12 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
     rows = []
     for model, g in both.groupby("model", sort=False):
         enc = dict(
-            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W"),
+            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)"),
             color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
         )
         fit = alt.Chart().transform_filter("datum.src == 'fit'")
         band = fit.mark_area(opacity=0.2).encode(
-            y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu"), y2="fvu_hi:Q", **enc
+            y=alt.Y("fvu_lo:Q", scale=alt.Scale(type="log"), title="fvu (fraction unexplained)"), y2="fvu_hi:Q", **enc
         )
         line = fit.mark_line().encode(y="fvu_mean:Q", **enc)
         pts = (
@@ -314,7 +315,9 @@ def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart
         alt.Chart(c)
         .mark_rule()
         .encode(
-            y=alt.Y("label:N", title=None), x=alt.X("b_hdi_3:Q", title="standardised coefficient b"), x2="b_hdi_97:Q"
+            y=alt.Y("label:N", title=None),
+            x=alt.X("b_hdi_3:Q", title="slope b (log α per SD of the summary)"),
+            x2="b_hdi_97:Q",
         )
         + alt.Chart(c)
         .mark_point(filled=True, size=60)
@@ -324,8 +327,8 @@ def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart
     lim = [float(min(ppc.pred_lo.min(), ppc.observed.min())), float(max(ppc.pred_hi.max(), ppc.observed.max()))]
     diag = alt.Chart(pd.DataFrame({"a": lim})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
     pp = alt.Chart(ppc).mark_rule().encode(
-        x=alt.X("observed:Q", title="observed log alpha"),
-        y=alt.Y("pred_lo:Q", title="predicted log alpha"),
+        x=alt.X("observed:Q", title="observed log α"),
+        y=alt.Y("pred_lo:Q", title="predicted log α"),
         y2="pred_hi:Q",
         color="model:N",
     ) + alt.Chart(ppc).mark_point(filled=True).encode(
@@ -354,8 +357,8 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
         alt.Chart()
         .mark_point(filled=True)
         .encode(
-            x=alt.X("x:Q", title="standardised summary"),
-            y="partial residual:Q",
+            x=alt.X("x:Q", title="summary (standardised: SD units)"),
+            y=alt.Y("partial residual:Q", title="partial residual (log α)"),
             color="model:N",
             tooltip=["model", "layer"],
         )
@@ -372,13 +375,13 @@ def partial_residuals(ppc: pd.DataFrame) -> alt.Chart:
 def transfer(pred: pd.DataFrame) -> alt.FacetChart:
     df = pred.assign(direction=pred.train_model + " → " + pred.test_model)
     enc = dict(
-        x=alt.X("observed:Q", title="observed log alpha (model B)"),
+        x=alt.X("observed:Q", title="observed log α (model B)"),
         color=alt.Color("predictor_set:N", title="predictor"),
     )
     rules = (
         alt.Chart()
         .mark_rule(opacity=0.5)
-        .encode(y=alt.Y("pred_lo:Q", title="predicted from model A"), y2="pred_hi:Q", **enc)
+        .encode(y=alt.Y("pred_lo:Q", title="predicted log α (law from model A)"), y2="pred_hi:Q", **enc)
     )
     pts = (
         alt.Chart()

@@ -161,7 +161,7 @@ def build(
 
 LATEX_HINT = (
     "To get the PDF too, install XeLaTeX and the fonts (Debian/Ubuntu: apt-get install "
-    "--no-install-recommends texlive-xetex fonts-lmodern fonts-dejavu; see the README)"
+    "--no-install-recommends texlive-xetex texlive-fonts-recommended fonts-lmodern fonts-dejavu; see the README)"
 )
 # The PDF's LaTeX settings, added to the staged index.qmd (never to the repository's) when an
 # engine is present. XeLaTeX with system OpenType fonts: LuaLaTeX's font loader fails on
@@ -172,6 +172,9 @@ PDF_FORMAT = {
     "papersize": "a4",
     "geometry": ["margin=2.2cm"],
     "fontsize": "10pt",
+    # Quarto's template loads the Type 1 lmodern package unless a font family is named;
+    # fontspec (loaded anyway by unicode-math under XeLaTeX) saves that package
+    "fontfamily": "fontspec",
     "mainfont": "DejaVu Serif",
     "sansfont": "DejaVu Sans",
     "monofont": "DejaVu Sans Mono",
