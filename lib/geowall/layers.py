@@ -114,8 +114,8 @@ def _geometry_unit(cfg_json: dict, run_dir: str, i: int, model: str, layer: int,
     x = np.asarray(acts[idx], dtype=np.float32)
     docs = activations.doc_ids(run_dir, model, "train")
     groups = None if docs is None else np.asarray(docs)[idx]
-    kw = dict(max_dim=g.max_dim, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
-    s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, k=g.k_neighbors, n_base=g.n_base, groups=groups, **kw)
+    kw = dict(k=g.k_neighbors, tangent_tol=g.tangent_tol, near_dup_tol=g.near_dup_tol, device=_device(cfg))
+    s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, n_base=g.n_base, groups=groups, **kw)
     rows = s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0)))
     ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
     sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)

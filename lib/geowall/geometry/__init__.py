@@ -11,15 +11,15 @@ For a layer's activations X (n points in R^d) we measure
     a linear ("how many directions carry the variance") dimension; the U-statistic
     estimate of the population value.
 ``curvature``
-    root-mean-square normal curvature per tangent direction from local quadratic fits,
-    each kNN patch at its own tangent dimension (local PCA), times the cloud's RMS
-    radius: **1 = a sphere whose radius equals the cloud's RMS radius**, whatever its
-    dimension; 0 = flat. Patches whose tangent dimension exceeds the cap ``max_dim`` get
-    no curvature; the ``above_cap`` column gives their share, and a layer with more
-    than half of its patches above the cap reports no curvature (NaN) at all.
+    mean normal curvature per tangent direction, ||H|| / dim, from a fit of each kNN patch
+    on its tangent scores and the squared distance to the base point (``estimators._bend_fit``;
+    exact on a sphere at every dimension and patch size), root mean square over patches,
+    times the cloud's RMS radius: **1 = a sphere whose radius equals the cloud's RMS
+    radius**, whatever its dimension; 0 = flat. Defined at every tangent dimension (no cap).
 ``local_residual``
-    fraction of local-patch variance outside the patch's own tangent space (see
-    ``estimators.local_residual``).
+    share of the cloud's variance that lies off the local second-order model (each patch's
+    tangent flat bent by its mean curvature): off-manifold spread and anisotropic curvature
+    (see ``estimators.local_residual``). 0 on a flat or a sphere of any dimension.
 
 ``summaries`` returns all four with standard errors from a document-block
 half-sampling that reruns every estimator (see ``summaries``); ``sensitivity`` reruns
@@ -37,23 +37,23 @@ import pandas as pd
 import torch
 
 from geowall.geometry.estimators import (
-    MAX_DIM,
+    MIN_PATCH_K,
     NEAR_DUP_TOL,
+    PATCH_K,
     TANGENT_TOL,
     _check_fraction,
     _dedup,
     _points,
+    _rms_kappa,
     _twonn_fit,
     _twonn_ratios,
     curvature,
-    dim_patch_k,
     distinct_points,
     local_geometry,
     local_residual,
     mle_id,
     multiscale_id,
     participation_ratio,
-    patch_k,
     pr_weighted,
     rms_radius,
     twonn,
@@ -62,20 +62,18 @@ from geowall.geometry.estimators import (
 from geowall.kernels import knn
 
 __all__ = [
-    "ABOVE_CAP_MAX",
-    "MAX_DIM",
+    "MIN_PATCH_K",
     "NEAR_DUP_TOL",
+    "PATCH_K",
     "SUMMARY_NAMES",
     "TANGENT_TOL",
     "curvature",
-    "dim_patch_k",
     "distinct_points",
     "local_geometry",
     "local_residual",
     "mle_id",
     "multiscale_id",
     "participation_ratio",
-    "patch_k",
     "rank_agreement",
     "rms_radius",
     "sensitivity",
@@ -85,8 +83,8 @@ __all__ = [
 ]
 
 SUMMARY_NAMES = ("id_twonn", "pr", "curvature", "local_residual")
-ABOVE_CAP_MAX = 0.5  # a layer with a larger share of patches above the tangent cap reports no curvature
 _Z95 = 1.959963984540054
+MULTS = (0.5, 1, 2)  # knob settings of the sensitivity analysis, as multiples of the default
 
 
 # ----------------------------------------------------------------------------- one cloud, all four
@@ -94,10 +92,9 @@ def _knn_summaries(
     X: torch.Tensor,
     *,
     seed: int,
-    k,
+    k: int,
     n_base: int,
     discard_fraction: float,
-    max_dim: int,
     tangent_tol: float,
     near_dup_tol: float,
 ) -> dict:
@@ -111,29 +108,16 @@ def _knn_summaries(
         mu, _ = _twonn_ratios(Xu)
     out = {"id_twonn": float(_twonn_fit(mu, discard_fraction)), "n_id": len(mu), "n_distinct": len(keep)}
     try:
-        loc = local_geometry(
-            Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k, _distinct_done=True
-        )
+        loc = local_geometry(Xu, n_base=n_base, seed=seed, k=k, tangent_tol=tangent_tol, _distinct_done=True)
     except ValueError as err:  # too few distinct points for the patches
-        out.update(
-            curvature=math.nan,
-            local_residual=math.nan,
-            above_cap=math.nan,
-            dim=math.nan,
-            n_base=0,
-            k_fit=math.nan,
-            patch_error=str(err),
-        )
+        out.update(curvature=math.nan, local_residual=math.nan, dim=math.nan, n_base=0, patch_error=str(err))
         return out
-    above = float(loc.above_cap.mean())
-    kap = loc.kappa.dropna()
+    R = rms_radius(Xu)
     out.update(
-        curvature=float(kap.mean() * rms_radius(Xu)) if above <= ABOVE_CAP_MAX and len(kap) else math.nan,
-        local_residual=float(loc.residual.mean()),
-        above_cap=above,
+        curvature=_rms_kappa(loc) * R,
+        local_residual=float(loc.residual.mean()) / R**2,
         dim=float(loc.dim.median()),
         n_base=len(loc),
-        k_fit=float(loc.k[loc.k > 0].median()) if (loc.k > 0).any() else math.nan,
     )
     return out
 
@@ -162,7 +146,6 @@ def summaries(
     n_base: int = 300,
     max_points: int | None = None,
     discard_fraction: float = 0.1,
-    max_dim: int = MAX_DIM,
     tangent_tol: float = TANGENT_TOL,
     near_dup_tol: float = NEAR_DUP_TOL,
     groups=None,
@@ -173,10 +156,8 @@ def summaries(
     One row per summary, in the order of ``SUMMARY_NAMES``; columns summary, estimate,
     se, lo, hi (estimate -/+ 1.96 se), n (distinct points for TwoNN, all rows for PR,
     base points for curvature / local_residual), k (kNN scale: 2 for TwoNN, NaN for PR,
-    the median fit-patch size for curvature, the tangent patch size for local_residual),
-    n_boot (replicates), dim (median per-patch tangent dimension), above_cap (share of
-    patches whose tangent dimension exceeds ``max_dim``; curvature is NaN above
-    ``ABOVE_CAP_MAX``), n_blocks (documents).
+    the patch size ``k`` (default ``PATCH_K``) for curvature and local_residual), n_boot
+    (replicates), dim (median per-patch tangent dimension), n_blocks (documents).
 
     Uncertainty: ``groups`` gives each row's document (``None``: every row is its own
     block, as for the synthetic zoo). Each of ``n_boot`` replicates keeps a random half
@@ -207,11 +188,11 @@ def summaries(
         X, groups = X[torch.from_numpy(sub).to(X.device)], groups[sub]
     n = X.shape[0]
     base_seed = int(seq_base.integers(2**32))
+    k = PATCH_K if k is None else k
     kw = {
         "k": k,
         "n_base": n_base,
         "discard_fraction": discard_fraction,
-        "max_dim": max_dim,
         "tangent_tol": tangent_tol,
         "near_dup_tol": near_dup_tol,
     }
@@ -239,16 +220,13 @@ def summaries(
                 "lo": e - _Z95 * se,
                 "hi": e + _Z95 * se,
                 "n": {"id_twonn": full["n_id"], "pr": n}.get(name, full["n_base"]),
-                "k": {"id_twonn": 2.0, "pr": math.nan, "curvature": full["k_fit"]}.get(
-                    name, float(dim_patch_k(max_dim))
-                ),
+                "k": {"id_twonn": 2.0, "pr": math.nan}.get(name, float(k)),
                 "n_boot": int(n_boot),
             }
         )
     out = pd.DataFrame(rows)
     local = out.summary.isin(["curvature", "local_residual"])
     out["dim"] = np.where(local, full["dim"], math.nan)
-    out["above_cap"] = np.where(local, full["above_cap"], math.nan)
     out["n_blocks"] = len(np.unique(groups))
     return out
 
@@ -259,14 +237,14 @@ def sensitivity(
     *,
     seed: int = 0,
     n_base: int = 300,
-    max_dim: int = MAX_DIM,
+    k: int | None = None,
     tangent_tol: float = TANGENT_TOL,
     near_dup_tol: float = NEAR_DUP_TOL,
     discard_fraction: float = 0.1,
     defaults: dict | None = None,
     device=None,
 ) -> pd.DataFrame:
-    """Each summary at three settings of its main knob, and a second ID estimator.
+    """Each summary at three settings of its main knobs, and a second ID estimator.
 
     Rows (summary, knob, setting, estimate, default): the middle setting is the one
     ``summaries`` uses (``default`` True). ``defaults`` ({summary: estimate}, e.g. the
@@ -274,13 +252,14 @@ def sensitivity(
     instead of recomputing them (they are the same estimator on the same points).
 
     * ``id_twonn``, ``pr``: number of points, 1/4, 1/2 and all (a seeded random subset);
-    * ``curvature``: fit-patch size, 0.75, 1 and 1.5 x ``patch_k(dim)``; and the tangent
-      cap, max_dim - 4, max_dim, max_dim + 4;
-    * ``local_residual``: tangent-patch size, 0.5, 1 and 2 x ``dim_patch_k(max_dim)``;
+    * ``curvature`` and ``local_residual`` (one patch fit gives both): the patch size,
+      0.5, 1 and 2 x ``k`` (default ``PATCH_K`` = 64: 32, 64, 128 neighbours), and the tangent
+      rule, 0.5, 1 and 2 x ``tangent_tol``;
     * ``id_mle``: Levina-Bickel MLE (``mle_id``) with k = 10, 20, 40 neighbours (20 is
       the comparison point: a second, coarser-scale estimate of the same dimension).
     """
     rng = np.random.default_rng(seed)
+    k = PATCH_K if k is None else int(k)
     X = _points(X, device, name="X", min_points=4)
     Xu = X[torch.from_numpy(_dedup(X, near_dup_tol)[0]).to(X.device)]
     n, nu = X.shape[0], Xu.shape[0]
@@ -315,32 +294,19 @@ def sensitivity(
                 participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
                 frac == 1.0,
             )
-    geo = {"n_base": n_base, "seed": seed, "tangent_tol": tangent_tol, "_distinct_done": True}
-    for mult in (0.75, 1.0, 1.5):
-        if known("curvature", mult == 1.0):
-            add("curvature", "patch_k_multiple", mult, defaults["curvature"], True)
+    settings = [("k_multiple", m, {"k": max(MIN_PATCH_K, round(m * k)), "tangent_tol": tangent_tol}) for m in MULTS]
+    settings += [("tangent_tol_multiple", m, {"k": k, "tangent_tol": m * tangent_tol}) for m in MULTS]
+    for knob, mult, kw in settings:
+        if kw["k"] > nu - 1 or not 0 < kw["tangent_tol"] < 1:
             continue
-        lm = local_geometry(Xu, max_dim=max_dim, k_scale=mult, **geo)
-        ok = lm.above_cap.mean() <= ABOVE_CAP_MAX and lm.kappa.notna().any()
-        add("curvature", "patch_k_multiple", mult, lm.kappa.mean() * R if ok else math.nan, mult == 1.0)
-    for cap in (max_dim - 4, max_dim, max_dim + 4):
-        if cap < 1 or dim_patch_k(cap) > nu - 1:
+        default = mult == 1
+        if default and known("curvature", True) and known("local_residual", True):
+            add("curvature", knob, mult, defaults["curvature"], True)
+            add("local_residual", knob, mult, defaults["local_residual"], True)
             continue
-        if known("curvature", cap == max_dim):
-            add("curvature", "max_dim", cap, defaults["curvature"], True)
-            continue
-        lc = local_geometry(Xu, max_dim=cap, **geo)
-        ok = lc.above_cap.mean() <= ABOVE_CAP_MAX and lc.kappa.notna().any()
-        add("curvature", "max_dim", cap, lc.kappa.mean() * R if ok else math.nan, cap == max_dim)
-    for mult in (0.5, 1.0, 2.0):
-        kd = max(max_dim + 1, round(mult * dim_patch_k(max_dim)))
-        if kd > nu - 1:
-            continue
-        if known("local_residual", mult == 1.0):
-            add("local_residual", "k_dim_multiple", mult, defaults["local_residual"], True)
-            continue
-        lr = local_geometry(Xu, max_dim=max_dim, k_dim=kd, fit=False, **geo)
-        add("local_residual", "k_dim_multiple", mult, lr.residual.mean(), mult == 1.0)
+        loc = local_geometry(Xu, n_base=n_base, seed=seed, _distinct_done=True, **kw)
+        add("curvature", knob, mult, _rms_kappa(loc) * R, default)
+        add("local_residual", knob, mult, loc.residual.mean() / R**2, default)
     if 40 < nu:  # one kNN search serves the three neighbourhood sizes
         import skdim
 

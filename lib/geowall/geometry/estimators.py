@@ -3,8 +3,8 @@
 * ``distinct_points``: exact duplicates and near-duplicates removed (see "Duplicates").
 * ``twonn``, ``mle_id``, ``multiscale_id``: intrinsic dimension.
 * ``participation_ratio``: linear dimension.
-* ``local_geometry`` (per base point), ``curvature``, ``local_residual``: local PCA
-  patches with a per-patch tangent dimension and quadratic fits.
+* ``local_geometry`` (per base point), ``curvature``, ``local_residual``: kNN patches with
+  a per-patch tangent dimension (local PCA) and a mean-curvature fit (no dimension cap).
 
 Duplicates. Real activations hold exact duplicates (the embedding layer is a discrete
 set of token + position vectors) and near-duplicates (bf16 rounding; in the randomly
@@ -40,7 +40,8 @@ from geowall.kernels import as_tensor, knn
 
 NEAR_DUP_TOL = 0.1  # near-duplicate: r1 below this fraction of the median r1
 TANGENT_TOL = 0.1  # a local principal axis is tangent if its variance >= this x the leading one's
-MAX_DIM = 12  # cap on the tangent dimension of the quadratic fits
+PATCH_K = 64  # neighbours per local patch (curvature and local residual)
+MIN_PATCH_K = 8
 
 
 # ----------------------------------------------------------------------------- points
@@ -258,62 +259,15 @@ def pr_weighted(X: torch.Tensor, counts: np.ndarray, block: int = 2048) -> np.nd
 
 
 # ----------------------------------------------------------------------------- patches
-def patch_k(dim: int) -> int:
-    """Default kNN patch size for a quadratic fit in ``dim`` tangent coordinates.
-
-    The fit has p = 1 + dim + dim (dim + 1) / 2 coefficients per normal direction
-    (intercept, linear, quadratic); we use k = max(20, 2 p) neighbours, so the
-    regression has as many residual degrees of freedom as parameters.
-    """
-    return max(20, 2 * _n_params(dim))
-
-
-def dim_patch_k(max_dim: int) -> int:
-    """Patch size of the local PCA that sets each patch's tangent dimension: 3 (max_dim + 1).
-
-    Enough points to resolve max_dim + 1 directions (a patch of k points spans at most
-    k - 1), small enough that curvature adds little variance off the tangent space.
-    """
-    return max(20, 3 * (max_dim + 1))
-
-
-def _fit_k(m: int, k: int | None, k_scale: float) -> int:
-    """Fit-patch size at tangent dimension m: ``k`` if given, else k_scale x patch_k(m) (at least p + 2)."""
-    return int(k) if k is not None else max(_n_params(m) + 2, round(k_scale * patch_k(m)))
-
-
-def _n_params(dim: int) -> int:
-    return 1 + dim + dim * (dim + 1) // 2
-
-
-def _quadratic_design(U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Design [1, u_a, u_a u_b (a <= b)] for tangent coordinates U (B, m, dim).
-
-    Returns the design (B, m, p) and, for each quadratic column, the weight that
-    turns its squared coefficient into a squared entry of the second fundamental
-    form: II_aa = 2 c_aa (weight 4), II_ab = II_ba = c_ab (weight 2, two entries).
-    """
-    dim = U.shape[-1]
-    a, b = torch.triu_indices(dim, dim, device=U.device)
-    quad = U[..., a] * U[..., b]
-    ones = torch.ones(U.shape[:-1] + (1,), dtype=U.dtype, device=U.device)
-    weights = torch.where(a == b, 4.0, 2.0).to(U.dtype)
-    return torch.cat([ones, U, quad], dim=-1), weights
-
-
-def _principal_coords(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coordinates of centred patches Y (B, m, D) in their principal axes.
-
-    Returns (scores (B, m, r), eigenvalues (B, r)), descending, r = min(m, D): the
-    m x m Gram matrix when m <= D, else the D x D scatter matrix.
-    """
-    if Y.shape[1] <= Y.shape[2]:
-        lam, vec = torch.linalg.eigh(Y @ Y.transpose(1, 2))
-        lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)
-        return vec * lam.sqrt().unsqueeze(1), lam
-    lam, vec = torch.linalg.eigh(Y.transpose(1, 2) @ Y)
-    lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)
-    return Y @ vec, lam
+def _check_patch_args(n: int, n_base: int, k, tangent_tol: float) -> None:
+    if not isinstance(n_base, (int, np.integer)) or n_base < 1:
+        raise ValueError(f"n_base must be a positive integer; got {n_base!r}")
+    if not isinstance(k, (int, np.integer)) or k < MIN_PATCH_K:
+        raise ValueError(f"k must be an integer >= {MIN_PATCH_K} (the patch size); got {k!r}")
+    if not 0.0 < tangent_tol < 1.0:
+        raise ValueError(f"tangent_tol must be in (0, 1); got {tangent_tol!r}")
+    if k > n - 1:
+        raise ValueError(f"a patch of k={k} neighbours needs at least {k + 1} distinct points; got only {n}")
 
 
 @contextlib.contextmanager
@@ -334,59 +288,58 @@ def _lapack_single_thread(device: torch.device):
         torch.set_num_threads(old)
 
 
-def _centred_patches(X: torch.Tensor, base: torch.Tensor, nbr: torch.Tensor):
-    """Patches {x0, neighbours} relative to x0 and scaled by their radius r (distance to the last
-    neighbour): returns (principal scores with x0 at the origin, eigenvalues, r)."""
-    rel = X[nbr] - X[base].unsqueeze(1)
-    r = rel[:, -1].norm(dim=-1).clamp_min(torch.finfo(X.dtype).tiny)
-    patch = torch.cat([torch.zeros_like(rel[:, :1]), rel / r.view(-1, 1, 1)], dim=1)
-    S, lam = _principal_coords(patch - patch.mean(1, keepdim=True))
-    return S - S[:, :1, :], lam, r
-
-
 def _tangent_dims(lam: torch.Tensor, tangent_tol: float) -> torch.Tensor:
     """Per-patch tangent dimension: principal axes with variance >= tangent_tol x the leading one.
 
     Why this rule: a tangent direction of a patch of radius r carries variance of order
-    r^2 / (m + 2); curvature 1 / R adds variance of order (r / R)^2 smaller off the tangent
-    space (on unit spheres of dimension 2 to 8 with our patch sizes, 0.002 to 0.05 of the
-    leading axis), and exact flats add none. So the rule reads a flat box at its full
-    dimension whatever TwoNN says, and does not mistake moderate curvature for a dimension.
+    r^2 / (d + 2); curvature 1 / R puts variance of order (r^2 / R)^2 / d^2 along the normal
+    (the bend concentrates in high dimension), and exact flats put none there. So the rule
+    reads a flat box at its full dimension whatever TwoNN says, and does not mistake the
+    bend for a dimension (on unit spheres of dimension 2 to 16 the normal axis carries 0.01
+    to 0.05 of the leading axis's variance at k = 64).
     """
     return (lam >= tangent_tol * lam[:, :1]).sum(-1)
 
 
-def _second_fundamental_norm(U: torch.Tensor, V: torch.Tensor, debias: bool) -> torch.Tensor:
-    """||II||_F from regressing normal coords V (B, m, q) on quadratics of U (B, m, dim)."""
-    Phi, w = _quadratic_design(U)
-    pinv = torch.linalg.pinv(Phi)  # (B, p, m); rank-safe least squares on CPU and CUDA
-    coef = pinv @ V  # (B, p, q)
-    nq = 1 + U.shape[-1]
-    ii2 = (coef[:, nq:, :] ** 2).sum(-1) @ w  # sum over normal coords and (a <= b)
-    if debias:
-        dof = Phi.shape[1] - Phi.shape[2]
-        rss = ((V - Phi @ coef) ** 2).sum((1, 2))  # summed over normal coordinates
-        h = (pinv[:, nq:, :] ** 2).sum(-1) @ w  # weighted diag of (Phi^T Phi)^-1
-        ii2 = (ii2 - rss / max(dof, 1) * h).clamp_min(0)
-    return ii2.sqrt()
+def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean-curvature fit of patches Y (B, m, D), rows relative to the base point (row 0 = 0).
 
+    Model (least squares, one fit shared by all D coordinates):
+        y_j = a + sum_{t <= dim} b_t s_jt + g q_j + e_j,     q_j = ||y_j||^2,
+    with s_t the patch's top ``dim`` principal scores (the tangent coordinates, ``_tangent_dims``)
+    and q the squared ambient distance to the base point. On a manifold, the normal
+    displacement is II(u, u) / 2 to second order; its projection on ||u||^2 is H / (2 dim)
+    for a patch isotropic in its tangent coordinates (H = trace II, the mean-curvature
+    vector), so kappa = 2 ||g|| = ||H|| / dim is the mean normal curvature per tangent
+    direction. On a sphere of radius R the relation y . n = ||y||^2 / (2 R) is *exact* at
+    every patch radius (n the inward unit normal at the base point), so a sphere reads 1 / R
+    at every dimension and patch size. g is orthogonal to the tangent scores by construction.
 
-def _check_patch_args(n: int, n_base: int, max_dim: int, tangent_tol: float, k, k_dim: int) -> None:
-    if not isinstance(n_base, (int, np.integer)) or n_base < 1:
-        raise ValueError(f"n_base must be a positive integer; got {n_base!r}")
-    if not isinstance(max_dim, (int, np.integer)) or max_dim < 1:
-        raise ValueError(f"max_dim must be a positive integer; got {max_dim!r}")
-    if not 0.0 < tangent_tol < 1.0:
-        raise ValueError(f"tangent_tol must be in (0, 1); got {tangent_tol!r}")
-    if k is not None and (not isinstance(k, (int, np.integer)) or k < 3):
-        raise ValueError(f"k must be an integer >= 3 or None; got {k!r}")
-    if not isinstance(k_dim, (int, np.integer)) or k_dim < max_dim + 1:
-        raise ValueError(
-            f"k_dim={k_dim!r}: the tangent-dimension patch needs at least max_dim + 1 = "
-            f"{max_dim + 1} neighbours to tell whether a patch exceeds the cap"
-        )
-    if k_dim > n - 1:
-        raise ValueError(f"the tangent-dimension patch needs k_dim={k_dim} neighbours but only {n} distinct points")
+    Computed from the patch's m x m Gram matrix: with e_i its unit eigenvectors (eigenvalues
+    lam_i, descending) and z = q centred and made orthogonal to e_1..e_dim (Frisch-Waugh),
+    ||g||^2 = sum_{i > dim} lam_i (e_i . z)^2 / (z . z)^2 and the residual sum of squares
+    RSS = sum_{i > dim} lam_i - sum_{i > dim} lam_i (e_i . z)^2 / (z . z). The least-squares
+    noise floor of ||g||^2, RSS / dof / (z . z) with dof = m - dim - 2, is subtracted, so
+    flat noisy patches read ~0 on average (kappa^2 may come out negative for one patch).
+
+    Returns (kappa^2 debiased, (B,); per-point variance off the fitted model RSS / dof, (B,);
+    tangent dimension, (B,)).
+    """
+    m = Y.shape[1]
+    q = (Y * Y).sum(-1)
+    Yc = Y - Y.mean(1, keepdim=True)
+    lam, vec = torch.linalg.eigh(Yc @ Yc.transpose(1, 2))
+    lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)
+    dim = _tangent_dims(lam, tangent_tol)
+    normal = torch.arange(m, device=Y.device) >= dim.unsqueeze(1)  # (B, m)
+    qc = q - q.mean(1, keepdim=True)
+    proj = (vec * qc.unsqueeze(-1)).sum(1)  # (B, m): e_i . qc
+    z2 = ((proj * proj) * normal).sum(1).clamp_min(torch.finfo(Y.dtype).tiny)  # e_i . 1 = 0 except the null vector
+    sz2 = (lam * proj * proj * normal).sum(1)
+    dof = (m - dim - 2).clamp_min(1)
+    rss = ((lam * normal).sum(1) - sz2 / z2).clamp_min(0)
+    kappa2 = 4 * (sz2 / z2**2 - rss / dof / z2)
+    return kappa2, rss / dof, dim
 
 
 def local_geometry(
@@ -394,99 +347,65 @@ def local_geometry(
     *,
     n_base: int = 300,
     seed: int = 0,
-    max_dim: int = MAX_DIM,
+    k: int = PATCH_K,
     tangent_tol: float = TANGENT_TOL,
-    k: int | None = None,
-    k_scale: float = 1.0,
-    k_dim: int | None = None,
-    fit: bool = True,
     near_dup_tol: float = NEAR_DUP_TOL,
-    debias: bool = True,
     device=None,
-    batch: int = 64,
+    batch: int = 128,
     _distinct_done: bool = False,
 ) -> pd.DataFrame:
-    """Per-base-point local geometry: tangent dimension, flat residual, curvature.
+    """Per-base-point local geometry: tangent dimension, mean curvature, off-model residual.
 
     At ``n_base`` base points (sampled without replacement with ``seed``) of the distinct
-    points (``distinct_points``):
+    points (``distinct_points``), the patch of the base point and its ``k`` nearest
+    neighbours (``_bend_fit``):
 
-    1. *Tangent dimension* ``dim``: local PCA of the base point and its
-       ``k_dim`` (default ``dim_patch_k(max_dim)``) nearest neighbours; the axes carrying at least
-       ``tangent_tol`` of the leading axis's variance are tangent (``_tangent_dims``).
-    2. ``residual``: the fraction of that patch's variance outside its ``dim`` tangent
-       axes (0 on a flat, ~(r / R)^2 at curvature 1 / R and patch radius r).
-    3. ``above_cap``: dim > ``max_dim``. Such patches get no curvature (NaN): a quadratic
-       fit in only max_dim of their directions would read the excess dimension as
-       curvature.
-    4. *Curvature* (dim <= max_dim): the patch of ``k`` (default ``k_scale`` x ``patch_k(dim)``)
-       neighbours, coordinates relative to x0 scaled by its radius r, is split by its
-       own PCA into the top ``dim`` (tangent, u) and the other (normal, v) axes; the
-       least-squares fit v ~ a + B u + sum_{a<=b} c_ab u_a u_b estimates the second
-       fundamental form (II_aa = 2 c_aa, II_ab = c_ab, in units of 1 / r). With
-       ``debias`` the least-squares noise floor sigma^2 tr((Phi^T Phi)^-1) is
-       subtracted from ||II||^2 (clipped at 0), so flat noisy patches read ~0.
-       ``kappa`` = ||II||_F / sqrt(dim) / r: the root-mean-square normal curvature per
-       tangent direction, in units of 1 / length of X. On an m-sphere of radius R it is
-       1 / R for every m (||II||_F = sqrt(m) / R); on a product of circles of radius
-       rho, 1 / rho.
-
-    Columns: base (index among the distinct points), dim, above_cap, residual, kappa,
-    radius (the fit patch's r), k (its size). ``fit=False`` skips step 4 (kappa NaN).
+    * ``dim``: tangent dimension, the principal axes of the patch carrying at least
+      ``tangent_tol`` of the leading axis's variance. No cap: the cost and the bias of the
+      fit do not grow with it (two regressors beyond the tangent scores, whatever ``dim``).
+    * ``kappa2``: the squared mean normal curvature per tangent direction, ||H||^2 / dim^2,
+      noise floor subtracted (an unbiased per-patch term: may be negative); ``kappa`` its
+      square root clipped at 0, in units of 1 / length of X. A sphere of radius R: 1 / R at
+      every dimension; a flat: 0; a product of m circles of radius rho: 1 / rho.
+    * ``residual``: the per-point variance off the fitted model (tangent flat bent by the mean
+      curvature), in units of length^2: off-manifold spread plus the curvature the mean does
+      not carry (the anisotropic part of II, a saddle's); 0 on a flat or a sphere.
+    * ``radius``: distance to the k-th neighbour; ``k``.
     """
     Xu = X if _distinct_done else _distinct(X, device, near_dup_tol)
     n = Xu.shape[0]
-    kd = dim_patch_k(max_dim) if k_dim is None else int(k_dim)
-    _check_patch_args(n, n_base, max_dim, tangent_tol, k, kd)
+    _check_patch_args(n, n_base, k, tangent_tol)
     rng = np.random.default_rng(seed)
     base = np.sort(rng.choice(n, size=min(n_base, n), replace=False))
-    k_fit_max = max(_fit_k(m, k, k_scale) for m in range(1, max_dim + 1)) if fit else 0
-    k_all = min(n - 1, max(kd, k_fit_max))
-    _, idx = knn(Xu, k_all, rows=base)
+    dist, idx = knn(Xu, int(k), rows=base)
     dev = Xu.device
     base_t, idx_t = torch.from_numpy(base).to(dev), torch.from_numpy(idx).to(dev)
-    dims, res = [], []
+    k2, res, dims = [], [], []
     with _lapack_single_thread(dev):
         for s in range(0, len(base), batch):
-            _, lam, _ = _centred_patches(Xu, base_t[s : s + batch], idx_t[s : s + batch, :kd])
-            m = _tangent_dims(lam, tangent_tol)
-            tot = lam.sum(-1)
-            inside = torch.where(torch.arange(lam.shape[1], device=dev) < m.unsqueeze(1), lam, 0).sum(-1)
-            dims.append(m.cpu())
-            res.append(((tot - inside) / tot).cpu())
-        dim = torch.cat(dims).numpy().astype(int)
-        out = pd.DataFrame(
-            {
-                "base": base,
-                "dim": dim,
-                "above_cap": dim > max_dim,
-                "residual": torch.cat(res).numpy(),
-                "kappa": np.nan,
-                "radius": np.nan,
-                "k": 0,
-            }
-        )
-        for m in sorted(set(dim[dim <= max_dim].tolist())) if fit else []:
-            k_m = _fit_k(m, k, k_scale)
-            if k_m < _n_params(m) + 1 or k_m > n - 1:
-                continue  # too few neighbours for this fit (only with a user-set k): left NaN
-            rows = np.flatnonzero(dim == m)
-            if k_m > k_all:  # a user-set k larger than the shared neighbour lists
-                _, nb = knn(Xu, k_m, rows=base[rows])
-                nb_t = torch.from_numpy(nb).to(dev)
-            else:
-                nb_t = idx_t[torch.from_numpy(rows).to(dev), :k_m]
-            kap, rad = [], []
-            for s in range(0, len(rows), batch):
-                S, _, r = _centred_patches(
-                    Xu, base_t[torch.from_numpy(rows[s : s + batch]).to(dev)], nb_t[s : s + batch]
-                )
-                kap.append((_second_fundamental_norm(S[..., :m], S[..., m:], debias) / math.sqrt(m) / r).cpu())
-                rad.append(r.cpu())
-            out.loc[rows, "kappa"] = torch.cat(kap).numpy()
-            out.loc[rows, "radius"] = torch.cat(rad).numpy()
-            out.loc[rows, "k"] = k_m
-    return out
+            Y = Xu[idx_t[s : s + batch]] - Xu[base_t[s : s + batch]].unsqueeze(1)
+            Y = torch.cat([torch.zeros_like(Y[:, :1]), Y], dim=1)  # the base point is row 0
+            a, b, c = _bend_fit(Y, tangent_tol)
+            k2.append(a.cpu())
+            res.append(b.cpu())
+            dims.append(c.cpu())
+    kappa2 = torch.cat(k2).numpy()
+    return pd.DataFrame(
+        {
+            "base": base,
+            "dim": torch.cat(dims).numpy().astype(int),
+            "kappa2": kappa2,
+            "kappa": np.sqrt(np.clip(kappa2, 0, None)),
+            "residual": torch.cat(res).numpy(),
+            "radius": dist[:, -1],
+            "k": int(k),
+        }
+    )
+
+
+def _rms_kappa(loc: pd.DataFrame) -> float:
+    """Root mean square of the patches' mean curvature (the mean of the unbiased kappa^2, then clipped)."""
+    return math.sqrt(max(0.0, float(loc.kappa2.mean())))
 
 
 def curvature(
@@ -494,32 +413,26 @@ def curvature(
     *,
     n_base: int = 300,
     seed: int = 0,
-    max_dim: int = MAX_DIM,
+    k: int = PATCH_K,
     tangent_tol: float = TANGENT_TOL,
-    k: int | None = None,
     scale_free: bool = True,
-    debias: bool = True,
     near_dup_tol: float = NEAR_DUP_TOL,
     device=None,
 ) -> float:
     """Mean curvature per tangent direction, in units of the cloud's RMS radius.
 
-    The mean over base points of ``kappa`` (``local_geometry``: RMS normal curvature per
-    tangent direction, each patch at its own tangent dimension) times the RMS distance
-    of the points to their centroid (``rms_radius``). What the number means: **1 is the
-    curvature of a sphere whose radius equals the cloud's RMS radius** (a cloud that *is*
-    a sphere, of any dimension, reads 1; a sphere twice that radius reads 0.5; a flat
-    reads 0). ``scale_free=False`` returns the mean kappa in units of 1 / length of X.
-    Patches above ``max_dim`` are excluded; NaN if every patch is above the cap.
+    The root mean square over base points of the patches' ``kappa`` (``local_geometry``:
+    ||H|| / dim from a fit of the patch on its tangent scores and the squared distance to
+    the base point; the mean of the debiased kappa^2 is taken before the square root) times
+    the RMS distance of the points to their centroid (``rms_radius``). What the number means:
+    **1 is the curvature of a sphere whose radius equals the cloud's RMS radius** (a cloud
+    that *is* a sphere, of any dimension, reads 1; a sphere twice that radius 0.5; a flat 0).
+    Defined at every tangent dimension. ``scale_free=False`` returns it in units of
+    1 / length of X.
     """
     Xu = _distinct(X, device, near_dup_tol)
-    loc = local_geometry(
-        Xu, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, k=k, debias=debias, _distinct_done=True
-    )
-    kap = loc.kappa.dropna()
-    if kap.empty:
-        return math.nan
-    return float(kap.mean() * (rms_radius(Xu) if scale_free else 1.0))
+    loc = local_geometry(Xu, n_base=n_base, seed=seed, k=k, tangent_tol=tangent_tol, _distinct_done=True)
+    return _rms_kappa(loc) * (rms_radius(Xu) if scale_free else 1.0)
 
 
 def local_residual(
@@ -527,25 +440,23 @@ def local_residual(
     *,
     n_base: int = 300,
     seed: int = 0,
-    max_dim: int = MAX_DIM,
+    k: int = PATCH_K,
     tangent_tol: float = TANGENT_TOL,
     near_dup_tol: float = NEAR_DUP_TOL,
     device=None,
 ) -> float:
-    """Mean fraction of local-patch variance outside the patch's own tangent space.
+    """Share of the cloud's variance that lies off the local second-order model.
 
-    The mean over base points of ``residual`` (``local_geometry``): each patch of
-    ``dim_patch_k(max_dim)`` neighbours, its tangent dimension set by the ``tangent_tol``
-    rule. 0 on a flat of any dimension (whatever its TwoNN), ~(r / R)^2 / 20 on a
-    curved patch of radius r and curvature 1 / R; in real activations it is the share of
-    local variance in directions weaker than a tenth of the leading one: what no locally
-    low-dimensional linear model holds at this scale. Defined above the cap too (it needs
-    no quadratic fit).
+    The mean over base points of ``residual`` (``local_geometry``: per-point variance of a
+    k-neighbour patch off its tangent flat bent by the patch's mean curvature) divided by the
+    cloud's mean squared radius (``rms_radius`` squared). 0 on a flat or a sphere of any
+    dimension; isotropic noise of total variance s^2 per point reads about s^2 (D - dim) / D
+    over the cloud's variance, whatever the manifold's dimension; a saddle or a torus reads
+    its anisotropic curvature. What no locally flat or spherical piece reconstructs.
     """
-    loc = local_geometry(
-        X, n_base=n_base, seed=seed, max_dim=max_dim, tangent_tol=tangent_tol, near_dup_tol=near_dup_tol, device=device
-    )
-    return float(loc.residual.mean())
+    Xu = _distinct(X, device, near_dup_tol)
+    loc = local_geometry(Xu, n_base=n_base, seed=seed, k=k, tangent_tol=tangent_tol, _distinct_done=True)
+    return float(loc.residual.mean()) / rms_radius(Xu) ** 2
 
 
 # ----------------------------------------------------------------------------- multiscale
