@@ -414,6 +414,7 @@ def train_group(
     order of ``shapes`` (and, with ``timings``, the trainer's per-stage seconds).
     """
     from geowall.sae.data import as_acts, moments
+    from geowall.sae.init import init_dictionary
     from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
     from geowall.sae.train import TrainConfig, default_lr, derive_seed
 
@@ -428,12 +429,18 @@ def train_group(
     scale = math.sqrt(d * n / mom.m2)
     xs = x * scale
     inits, lrs = [], []
+    b_dec0 = (mom.mean * scale).float()
     for w, k in shapes:
-        sae = TopKSAE(
-            TopKConfig(d_in=d, width=int(w), k=int(k), k_aux=cfg.k_aux, auxk_coef=cfg.auxk_coef),
-            generator=torch.Generator().manual_seed(derive_seed(seed, w, k)),
-        )
-        inits.append((sae.W_dec.detach(), sae.W_enc.detach()))
+        gen = torch.Generator().manual_seed(derive_seed(seed, w, k))
+        if cfg.init == "random":  # exactly TopKSAE's own start (and TopKTrainer's)
+            sae = TopKSAE(TopKConfig(d_in=d, width=int(w), k=int(k)), generator=gen)
+            inits.append((sae.W_dec.detach(), sae.W_enc.detach()))
+        else:
+            inits.append(
+                init_dictionary(
+                    xs, int(w), b_dec=b_dec0, method=cfg.init, generator=gen, kmeanspp_pool=cfg.kmeanspp_pool
+                )
+            )
         lrs.append(float(cfg.lr) if cfg.lr is not None else cfg.lr_scale * default_lr(int(w)))
     total = steps * batch_size
     dead_tokens = min(10_000_000, max(total // 10, batch_size)) if cfg.dead_tokens is None else int(cfg.dead_tokens)
@@ -442,7 +449,7 @@ def train_group(
         list(shapes),
         inits,
         lrs,
-        (mom.mean * scale).float(),
+        b_dec0,
         steps=steps,
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(derive_seed(seed, 0, 0)),

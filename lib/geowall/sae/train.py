@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from geowall.sae.data import as_acts, moments
+from geowall.sae.init import init_dictionary
 from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
 
 __all__ = [
@@ -58,7 +59,10 @@ class TrainConfig:
     of the steps with a linear warm-up from 0 and a linear decay to 0 at the end
     (:func:`geowall.sae.group.lr_factor`). The grid trainer (:mod:`geowall.sae.group`)
     records ``curve_points`` held-out fvu measurements on ``curve_tokens`` evaluation tokens
-    and the plateau statistic over the last ``plateau_window`` of training.
+    and the plateau statistic over the last ``plateau_window`` of training. ``init``: how the
+    dictionary starts (:func:`geowall.sae.init.init_dictionary`: ``"kmeans++"`` gain-shape
+    seeding on ``kmeanspp_pool`` tokens, ``"sample"`` tokens, or ``"random"`` directions; the
+    encoder tied to the decoder at the start).
     """
 
     steps: int | None = None
@@ -75,6 +79,8 @@ class TrainConfig:
     curve_points: int = 0
     curve_tokens: int = 4096
     plateau_window: float = 0.2
+    init: str = "kmeans++"
+    kmeanspp_pool: int = 8192
 
     @classmethod
     def make(cls, config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
@@ -182,6 +188,17 @@ class TopKTrainer:
         self.scale = math.sqrt(d * n / mom.m2)
         with torch.no_grad():
             self.sae.b_dec.copy_((mom.mean * self.scale).to(self.sae.b_dec.dtype))
+            if cfg.init != "random":
+                W_dec, W_enc = init_dictionary(
+                    self.x_all * self.scale,
+                    shape.width,
+                    b_dec=self.sae.b_dec,
+                    method=cfg.init,
+                    generator=gen,
+                    kmeanspp_pool=cfg.kmeanspp_pool,
+                )
+                self.sae.W_dec.copy_(W_dec)
+                self.sae.W_enc.copy_(W_enc)
         self.opt = _adam(self.sae, self.lr)
         self.since_fired = torch.zeros(shape.width, dtype=torch.long, device=device)
         self.fvus = torch.zeros(self.steps, device=device)
