@@ -236,8 +236,10 @@ def test_published_notebooks_lose_live_progress_and_gain_static_charts():
     cell = new_code_cell(
         "fit()",
         outputs=[
+            new_output("display_data", data={"text/html": "<style>\n .nutpie { max-width: 800px; }\n</style>"}),
             new_output(
-                "display_data", data={"text/html": "<div><h3>Sampler Progress</h3><p>Total Chains: 2</p></div>"}
+                "display_data",
+                data={"text/html": '<div class="nutpie"><p><strong>Sampler Progress</strong></p></div>'},
             ),
             new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"}}),
             new_output("stream", name="stderr", text="100%|##########| 10/10 [00:01<00:00, 9.5it/s]\n"),
@@ -248,7 +250,7 @@ def test_published_notebooks_lose_live_progress_and_gain_static_charts():
         ],
     )
     nb = new_notebook(cells=[cell])
-    assert report.publishable_notebook(nb) == {"progress displays dropped": 3, "static chart renderings added": 1}
+    assert report.publishable_notebook(nb) == {"progress displays dropped": 4, "static chart renderings added": 1}
     outs = nb.cells[0].outputs
     assert [o.get("text") or next(iter(o["data"])) for o in outs] == ["kept\n", "text/html", "text/html", "text/html"]
     assert all(set(charts.STATIC_MIMES) <= set(o["data"]) for o in outs[2:])

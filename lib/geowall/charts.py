@@ -82,6 +82,9 @@ def layer_norms(table: pd.DataFrame) -> alt.Chart:
     return (band + line).properties(width=420, height=260)
 
 
+# log axes of small panels: SI-prefixed labels (1k, 10k), dropped where they would collide
+LOG_AXIS = alt.Axis(format="~s", labelOverlap="greedy")
+
 SUMMARY_TITLES = dict(
     zip(
         SUMMARY_NAMES,
@@ -167,7 +170,7 @@ def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
             alt.Chart(g)
             .mark_line(point=True)
             .encode(
-                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)"),
+                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)", axis=LOG_AXIS),
                 y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu (fraction unexplained)"),
                 color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
                 tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
@@ -191,7 +194,7 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
     rows = []
     for model, g in both.groupby("model", sort=False):
         enc = dict(
-            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)"),
+            x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)", axis=LOG_AXIS),
             color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
         )
         fit = alt.Chart().transform_filter("datum.src == 'fit'")
@@ -465,7 +468,7 @@ def learning_curves(curves: pd.DataFrame, metrics: pd.DataFrame) -> alt.VConcatC
             alt.Chart(g)
             .mark_line(opacity=0.7)
             .encode(
-                x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens"),
+                x=alt.X("tokens:Q", scale=alt.Scale(type="log"), title="training tokens", axis=LOG_AXIS),
                 y=alt.Y("fvu_heldout:Q", scale=alt.Scale(type="log"), title="held-out fvu"),
                 detail="sae:N",
                 color=alt.Color(

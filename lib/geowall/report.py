@@ -299,7 +299,8 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str, *, pdf
     return project
 
 
-NUTPIE_PROGRESS = re.compile(r"Sampler Progress|nutpie-progress|Sampling chain", flags=re.I)
+# nutpie's live table (a <div class="nutpie"> headed "Sampler Progress") and its <style> output
+NUTPIE_PROGRESS = re.compile(r"Sampler Progress|class=\"nutpie\"|\.nutpie\b")
 WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
