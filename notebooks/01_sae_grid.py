@@ -134,13 +134,13 @@ charts.learning_curves(curves, trained) if len(curves) else None
 # %% [markdown]
 # ## Error surfaces
 #
-# fvu against width (log-log), one line per k, one panel per layer: Stage 1 fits a
-# surface through each panel's points.
+# fvu against width (log-log) at each model's middle k, one line per layer: Stage 1 fits a
+# surface through every layer's points at every k (its figure in notebook 03 shows them all).
 
 # %%
 #| label: fig-sae-surfaces
-#| fig-cap: "Held-out fvu against SAE width (log-log), one line per k, one panel per layer; rows are models."
-charts.sae_surfaces(metrics)
+#| fig-cap: "Held-out fvu against SAE width (log-log) at each model's middle k, one line per layer, coloured by relative depth (dark: early, yellow: late), one panel per model on its own scale. Look at the slopes: a steep straight fall means wider dictionaries keep paying off at that layer; a line that flattens is approaching a floor."
+charts.sae_surfaces(metrics, cfg)
 
 # %%
 notebook.versions()

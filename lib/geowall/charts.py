@@ -162,23 +162,45 @@ def truth_scatter(both: pd.DataFrame) -> alt.HConcatChart:
     return alt.hconcat((diag + ids).properties(width=260, height=240), curv.properties(width=260, height=240))
 
 
-def sae_surfaces(metrics: pd.DataFrame) -> alt.VConcatChart:
-    """fvu vs width (log-log), one line per k, one panel per layer (four to a row); a block per model."""
-    rows = []
-    for model, g in metrics.groupby("model", sort=False):
-        rows.append(
-            alt.Chart(g)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("width:Q", scale=alt.Scale(type="log"), title="width W (latents)", axis=LOG_AXIS),
-                y=alt.Y("fvu:Q", scale=alt.Scale(type="log"), title="fvu (fraction unexplained)"),
-                color=alt.Color("k:O", scale=alt.Scale(scheme="viridis")),
-                tooltip=["model", "layer", "width", "k", "l0", "fvu", "dead_frac"],
-            )
-            .properties(width=120, height=110)
-            .facet(facet=alt.Facet("layer:O", title=f"{model}: layer"), columns=4)
+def sae_surfaces(metrics: pd.DataFrame, cfg=None) -> alt.FacetChart:
+    """fvu against width (log-log) at each model's middle k, one line per layer coloured by
+    relative depth, one panel per model: the layers' width slopes side by side, compact
+    enough for a printed page (every k and every layer's own panel: :func:`stage1_surfaces`).
+
+    Relative depth comes from ``cfg`` (:func:`geowall.layers.layer_depths`); without it, from
+    the layer's index over the largest layer measured for its model."""
+    df = metrics.copy()
+    if cfg is not None:
+        from geowall.layers import layer_depths
+
+        depth = pd.DataFrame(layer_depths(cfg), columns=["model", "layer", "depth"])
+        df = df.merge(depth, on=["model", "layer"], how="left")
+    else:
+        df["depth"] = df["layer"] / df.groupby("model")["layer"].transform("max").clip(lower=1)
+    mid = df.groupby("model")["k"].agg(lambda k: sorted(set(k))[len(set(k)) // 2])
+    df = df[df["k"] == df["model"].map(mid)]
+    df["panel"] = df["model"] + " (k = " + df["k"].astype(str) + ")"
+    panels = list(dict.fromkeys(df.sort_values("model", key=lambda m: m.map(_order(metrics)))["panel"]))
+    return (
+        alt.Chart(df)
+        .mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.4)
+        .encode(
+            x=alt.X("width:Q", scale=alt.Scale(type="log", nice=False), title="width W (latents)", axis=LOG_AXIS),
+            y=alt.Y("fvu:Q", scale=alt.Scale(type="log", nice=False), title="held-out fvu (fraction)"),
+            color=alt.Color("depth:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), title="relative depth"),
+            detail="layer:N",
+            tooltip=["model", "layer", "depth", "width", "k", "l0", "fvu", "dead_frac"],
         )
-    return alt.vconcat(*rows)
+        .properties(width=140, height=115)
+        .facet(facet=alt.Facet("panel:N", title=None, sort=panels), columns=3)
+        .resolve_scale(x="independent", y="independent")
+        .configure_legend(orient="bottom", gradientLength=180)
+    )
+
+
+def _order(df: pd.DataFrame) -> dict:
+    """Models in the order they first appear in a table."""
+    return {m: i for i, m in enumerate(dict.fromkeys(df["model"]))}
 
 
 def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcatChart:
