@@ -29,7 +29,7 @@ exps = read_parquet(run_dir / "exponents.parquet")
 showcase = [(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for layer in layers_]
 print(f"showcase layers: {showcase}")
 exps[exps.primary & exps.showcase][
-    ["model", "layer", "n_widths", "width_span", "floor_mean", "floor_sd_ratio", "floor_identified"]
+    ["model", "layer", "n_widths", "width_span", "alpha_mean", "alpha_floor_mean", "floor_mean", "floor_identified"]
 ].round(3)
 
 # %%
@@ -51,6 +51,21 @@ assert rho.p_gt0.dropna().between(0, 1).all() and set(rho.summary) == {"curvatur
 for r in rho.itertuples():
     if r.status != "ranked":
         print(f"{r.model}, {r.summary}: {r.status}")
+
+# %% [markdown]
+# ## Can this profile test the claim?
+#
+# Ranking floors needs at least three identified floors in one real pretrained model, so
+# at least three layers whose width grid can identify a floor (showcase layers). With
+# fewer, the verdict is "not testable with this profile" (and `geowall check` warns),
+# whatever the floors read; the synthetic zoo's showcase layers are a known-answer check
+# and never decide it.
+
+# %%
+from geowall import law, verdicts
+
+floor_v = verdicts.floor_verdict(floors, exps, law.model_kinds(cfg.models))
+print(f"floor claim: {floor_v['verdict']} ({floor_v['numbers']}; {floor_v['power']})")
 
 # %%
 #| label: fig-floors

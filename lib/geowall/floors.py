@@ -76,7 +76,9 @@ def floor_ordering(
     layers is computed.
 
     Rows (``row_type``): ``"floor"`` per identified layer (``model, layer, floor_mean,
-    floor_sd, floor_hdi_3, floor_hdi_97, l0_ref`` and the summaries with their SEs);
+    floor_sd, floor_hdi_3, floor_hdi_97, l0_ref``, the floor surface's exponent
+    ``alpha_floor_mean`` beside the plain ``alpha_mean`` where the exponents table has them,
+    and the summaries with their SEs);
     ``"spearman"`` per (model, summary): ``rho_mean, rho_sd, rho_hdi_3, rho_hdi_97,
     p_gt0`` (posterior probability of a positive correlation), ``n_layers`` and
     ``status`` = ``"ranked"``, or ``"too few identified floors (n < min_layers)"`` with
@@ -119,6 +121,9 @@ def floor_ordering(
                 "floor_hdi_97": s["hdi_hi"],
                 "l0_ref": float(ident.set_index("layer").loc[l, "l0_ref"]) if "l0_ref" in ident else np.nan,
             }
+            for col in ("alpha_floor_mean", "alpha_mean"):  # the floor surface's exponent beside the plain one
+                if col in ident:
+                    row[col] = float(ident.set_index("layer").loc[l, col])
             for sm in summaries:
                 row[sm] = float(wide.loc[(m, l), sm])
                 row[f"{sm}_se"] = float(wide.loc[(m, l), f"{sm}_se"])

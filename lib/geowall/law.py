@@ -52,7 +52,12 @@ from geowall.io import require_columns
 __all__ = [
     "SUMMARIES",
     "DEFAULT_LAW_SETS",
+    "GEOMETRY_SETS",
+    "DEPTH_SETS",
     "BASELINES",
+    "model_kind",
+    "model_kinds",
+    "closed_form_loo",
     "stage2_table",
     "build_law_model",
     "fit_law",
@@ -66,18 +71,43 @@ __all__ = [
     "train_table",
     "simulate_geometry",
     "simulate_between_models",
+    "simulate_depth_confound",
 ]
 
 SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
 BASELINES = ("models", "depth")
-DEFAULT_LAW_SETS: dict[str, tuple[str, ...]] = {
-    "models": (),
-    "depth": ("depth",),
+GEOMETRY_SETS: dict[str, tuple[str, ...]] = {
     "id": ("id_twonn",),
     "curvature": ("curvature",),
     "id+curvature": ("id_twonn", "curvature"),
     "all4": SUMMARIES,
 }
+# Geometry beyond depth: each geometric set with relative depth beside it. The geometry verdict
+# compares these with the depth baseline (geowall.verdicts), so depth cannot pass for geometry.
+DEPTH_SETS: dict[str, tuple[str, ...]] = {f"depth+{k}": ("depth", *v) for k, v in GEOMETRY_SETS.items()}
+DEFAULT_LAW_SETS: dict[str, tuple[str, ...]] = {
+    "models": (),
+    "depth": ("depth",),
+    **GEOMETRY_SETS,
+    **DEPTH_SETS,
+}
+MODEL_KINDS = ("pretrained", "random", "zoo")
+
+
+def model_kind(source: str) -> str:
+    """What a profile's model is, from its ``source``: ``"zoo"`` (the synthetic manifold zoo,
+    a known-answer check), ``"random"`` (a random-init twin, a geometry contrast) or
+    ``"pretrained"`` (a real trained network: the claims are about these)."""
+    if source == "synthetic":
+        return "zoo"
+    return "random" if str(source).endswith("-random") else "pretrained"
+
+
+def model_kinds(models) -> dict[str, str]:
+    """``{name: model_kind(source)}`` for a profile's models (``cfg.models``)."""
+    return {m.name: model_kind(m.source) for m in models}
+
+
 GEOMETRY_COLUMNS = ("model", "layer", "summary", "estimate", "se")
 
 
@@ -575,42 +605,168 @@ def _wald(b: np.ndarray, C: np.ndarray) -> float:
     return float(b @ np.linalg.solve(C, b)) if len(b) else 0.0
 
 
+def _given(predictors: Sequence[str], given: Sequence[str] | None) -> tuple[str, ...]:
+    """The predictors a permutation holds fixed: ``given``, or by default relative depth when
+    it sits beside geometry (so the null asks what geometry adds *beyond* depth)."""
+    if given is None:
+        given = ("depth",) if "depth" in predictors and len(predictors) > 1 else ()
+    given = tuple(given)
+    if not set(given) <= set(predictors):
+        raise ValueError(f"given: {given} must be among the predictors {tuple(predictors)}")
+    if len(given) == len(predictors):
+        raise ValueError("given: the permutation needs at least one predictor that is not held fixed")
+    return given
+
+
+def residualise(X: np.ndarray, G: np.ndarray, groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Within each group (model), least squares of each column of ``X`` on ``[1, G]``:
+    ``(fitted, residual)``. With no ``G`` the fit is the group mean."""
+    fitted = np.empty_like(X)
+    for g in groups:
+        A = np.column_stack([np.ones(len(g)), G[g]]) if G.shape[1] else np.ones((len(g), 1))
+        coef, *_ = np.linalg.lstsq(A, X[g], rcond=None)
+        fitted[g] = A @ coef
+    return fitted, X - fitted
+
+
+def wald_permutation(
+    D: np.ndarray,
+    G: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    groups: Sequence[np.ndarray],
+    *,
+    n_perm: int,
+    rng: np.random.Generator,
+    n_grid: int = 60,
+) -> tuple[float, np.ndarray, Any]:
+    """The permutation null on arrays (standardised scale): ``y ~ D (intercepts) + G (held
+    fixed) + X (tested)`` in closed form; ``X`` residualised on ``G`` within each group and
+    the residuals permuted within it. Returns ``(statistic, null, observed fit)`` with the
+    Wald statistic of the ``X`` slopes."""
+    nd, ng = D.shape[1], G.shape[1]
+    sl = slice(nd + ng, nd + ng + X.shape[1])
+    fit = bayes.gaussian_linear(np.column_stack([D, G, X]), y, s, prior_sd=1.0, sigma_sd=1.0, n_grid=n_grid)
+    obs = _wald(fit.mean[sl], fit.cov[sl, sl])
+    fitted, resid = residualise(X, G, groups)
+    perms = np.tile(np.arange(len(y)), (n_perm, 1))
+    for i in range(n_perm):
+        for g in groups:
+            perms[i, g] = rng.permutation(g)
+    Xs = fitted[None] + resid[perms]  # (n_perm, n, t)
+    fixed = np.broadcast_to(np.column_stack([D, G])[None], (n_perm, len(y), nd + ng))
+    null = _wald_batch(np.concatenate([fixed, Xs], axis=2), y, s, sl, n_grid=n_grid)
+    return obs, null, fit
+
+
+def _wald_batch(Zs: np.ndarray, y: np.ndarray, s: np.ndarray, sl: slice, *, n_grid: int = 60) -> np.ndarray:
+    """Wald statistics of the ``sl`` coefficients of :func:`geowall.bayes.gaussian_linear`
+    (prior sd 1, sigma ~ HalfNormal(1), the same grid) for a stack of designs ``Zs`` (K, n, p),
+    all at once (the permutation null's inner loop)."""
+    from scipy.stats import halfnorm
+
+    K, n, p = Zs.shape
+    qs = (np.arange(n_grid) + 0.5) / n_grid
+    sig = halfnorm.ppf(qs * (1 - 1e-4), scale=1.0)
+    v = sig[:, None] ** 2 + np.asarray(s, float)[None] ** 2  # (G, n)
+    W = 1.0 / v
+    A = np.einsum("kni,gn,knj->kgij", Zs, W, Zs) + np.eye(p)
+    Ai = np.linalg.inv(A)
+    rhs = np.einsum("kni,gn->kgi", Zs, W * y[None])
+    b = np.einsum("kgij,kgj->kgi", Ai, rhs)
+    r = y[None, None] - np.einsum("kni,kgi->kgn", Zs, b)
+    quad = np.einsum("gn,kgn->kg", W, r * y[None, None])
+    _, logdet = np.linalg.slogdet(A)
+    logw = -0.5 * (quad + np.log(v).sum(1)[None] + logdet)
+    w = np.exp(logw - logw.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    bs, Cs = b[..., sl], Ai[..., sl, sl]
+    m = np.einsum("kg,kgi->ki", w, bs)
+    d = bs - m[:, None]
+    C = np.einsum("kg,kgij->kij", w, Cs) + np.einsum("kg,kgi,kgj->kij", w, d, d)
+    return np.einsum("ki,ki->k", m, np.linalg.solve(C, m[..., None])[..., 0])
+
+
 def permutation_null(
-    tab: pd.DataFrame, predictors: Sequence[str], *, n_perm: int = 200, seed: int = 0, model_effects: bool | None = None
+    tab: pd.DataFrame,
+    predictors: Sequence[str],
+    *,
+    n_perm: int = 200,
+    seed: int = 0,
+    model_effects: bool | None = None,
+    given: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Permutation null of the law's slopes: geometry (each layer's row of summaries and
-    SEs, together) is shuffled *within each model* ``n_perm`` times and the law refitted
-    in closed form (:func:`closed_form_law`). The statistic is the Wald statistic of the
-    slopes, ``b' C^-1 b`` (posterior mean and covariance): large when the posterior puts
-    the slopes away from 0. Returns ``{"statistic", "null" (array), "p_value"}`` with
-    ``p = (1 + #{null >= observed}) / (1 + n_perm)``, plus the observed standardised
-    slopes ``b_mean`` and their sds."""
+    """Permutation null of the law's slopes, refitted in closed form (:func:`closed_form_law`).
+
+    The predictors in ``given`` (default: relative depth when the set holds depth and
+    geometry) stay as they are; every other predictor is residualised on them within each
+    model (least squares on an intercept and ``given``), and those residuals are shuffled
+    *within each model* ``n_perm`` times and added back: the null is "geometry adds nothing
+    beyond depth", with geometry's own relation to depth kept. Without ``given`` this is a
+    plain within-model shuffle of the geometry rows. The statistic is the Wald statistic of
+    the tested slopes, ``b' C^-1 b`` (posterior mean and covariance). Returns
+    ``{"statistic", "null" (array), "p_value", "n_perm", "given", "b_mean", "b_sd"}`` with
+    ``p = (1 + #{null >= observed}) / (1 + n_perm)`` and the observed standardised slopes
+    of all predictors."""
     if not predictors:
         raise ValueError("predictors: the permutation null needs at least one predictor")
+    predictors = list(predictors)
+    given = _given(predictors, given)
     rng = np.random.default_rng(seed)
     obs = closed_form_law(tab, predictors, model_effects=model_effects)
-    stat = _wald(obs["b_mean"], obs["b_cov"])
-    cols = [c for p in predictors for c in ((p, f"{p}_se") if p != "depth" else (p,))]
+    effects = _use_model_effects(tab, model_effects)
+    Z, n0 = _closed_design(tab, predictors, obs["scaling"], effects)
+    gi = [n0 + predictors.index(p) for p in given]
+    ti = [n0 + i for i, p in enumerate(predictors) if p not in given]
+    sc = obs["scaling"]
+    y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
+    s = tab["y_sd"].to_numpy(float) / sc["y_sd"]
     groups = [np.flatnonzero(tab["model"].to_numpy() == m) for m in tab["model"].unique()]
-    null = np.empty(n_perm)
-    base = tab.reset_index(drop=True)
-    for i in range(n_perm):
-        perm = np.arange(len(base))
-        for g in groups:
-            perm[g] = rng.permutation(g)
-        t = base.copy()
-        t[cols] = base[cols].to_numpy()[perm]
-        r = closed_form_law(t, predictors, model_effects=model_effects, sc=obs["scaling"])
-        null[i] = _wald(r["b_mean"], r["b_cov"])
+    stat, null, _ = wald_permutation(Z[:, :n0], Z[:, gi], Z[:, ti], y, s, groups, n_perm=n_perm, rng=rng)
     p = (1 + int((null >= stat).sum())) / (1 + n_perm)
     return {
         "statistic": stat,
         "null": null,
         "p_value": float(p),
         "n_perm": int(n_perm),
+        "given": list(given),
         "b_mean": obs["b_mean"],
         "b_sd": np.sqrt(np.diag(obs["b_cov"])),
     }
+
+
+def closed_form_loo(Z: np.ndarray, y: np.ndarray, s: np.ndarray, *, prior_sd=1.0, sigma_sd=1.0, n_grid=40):
+    """Exact leave-one-out log predictive densities of the closed-form Gaussian law
+    (:func:`geowall.bayes.gaussian_linear`'s model, ``sigma`` on the same prior grid).
+
+    For each ``sigma`` the coefficients integrate out: ``y ~ N(0, K)``, ``K = diag(sigma^2 +
+    s^2) + Z P0^-1 Z'``, and ``y_i | y_-i`` is Normal with mean ``y_i - (K^-1 y)_i /
+    (K^-1)_ii`` and variance ``1 / (K^-1)_ii``. Over the grid, ``p(y_i | y_-i) = 1 / sum_g
+    w_g / p_g(y_i | y_-i)`` with ``w_g`` the full-data posterior weights (exact for a
+    discrete prior). Returns the pointwise ``loo_i`` (length n), comparable with
+    ``arviz.loo(...).loo_i`` of the sampled law on the same standardised scale."""
+    from scipy.special import logsumexp
+    from scipy.stats import halfnorm
+
+    Z, y = np.asarray(Z, float), np.asarray(y, float)
+    n, p = Z.shape
+    s2 = np.asarray(s, float) ** 2
+    P0i = np.broadcast_to(np.asarray(prior_sd, float) ** 2, (p,))
+    qs = (np.arange(n_grid) + 0.5) / n_grid
+    sig = halfnorm.ppf(qs * (1 - 1e-4), scale=sigma_sd)
+    ZPZ = (Z * P0i) @ Z.T
+    logev, logp = np.empty(n_grid), np.empty((n_grid, n))
+    for g, sg in enumerate(sig):
+        K = ZPZ + np.diag(sg**2 + s2)
+        L = np.linalg.cholesky(K)
+        Ki = np.linalg.inv(K)
+        a = Ki @ y
+        d = np.diag(Ki)
+        logev[g] = -0.5 * (y @ a) - np.log(np.diag(L)).sum() - 0.5 * n * np.log(2 * np.pi)
+        logp[g] = -0.5 * np.log(2 * np.pi / d) - 0.5 * a**2 / d
+    logw = logev - logsumexp(logev)
+    return -logsumexp(logw[:, None] - logp, axis=0)
 
 
 def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.DataFrame:
@@ -816,3 +972,64 @@ def simulate_between_models(
                     }
                 )
     return pd.DataFrame(geo), pd.DataFrame(rows)
+
+
+def simulate_depth_confound(
+    *,
+    n_layers: Mapping[str, int] | None = None,
+    depth_coef: float = 0.0,
+    coefs: Mapping[str, float] | None = None,
+    track_depth: Sequence[str] = ("id_twonn",),
+    depth_r: float = 0.9,
+    resid_sd: float = 0.03,
+    alpha_sd: float = 0.03,
+    se_frac: float = 0.03,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Real-shaped models (default: 7 and 13 layers, as MiniLM and MPNet) where depth and
+    geometry are entangled, for the geometry verdict's confound tests.
+
+    Each summary in ``track_depth`` follows relative depth within its model with
+    correlation about ``depth_r`` (rising with depth, as intrinsic dimension does in real
+    networks); the others are unrelated to depth. The target is ``log alpha = level[m] +
+    depth_coef * (depth - 1/2) + sum_p coefs[p] * z_p + N(0, resid_sd)`` with ``z_p`` the
+    summary standardised over all layers: ``depth_coef`` alone is the depth-caused case
+    (geometry tracks depth but causes nothing), ``coefs`` alone a planted geometric law on
+    geometry correlated with depth. Observed summaries carry noise with SE ``se_frac`` x
+    |value|; the observed target carries ``N(0, alpha_sd)``. Returns ``(geometry_df,
+    exponents_df)`` shaped like notebook 04's inputs."""
+    from geowall.layers import relative_depth
+
+    rng = np.random.default_rng(seed)
+    n_layers = dict(n_layers or {"a": 7, "b": 13})
+    coefs = dict(coefs or {})
+    base = pd.DataFrame([(m, l) for m, n in n_layers.items() for l in range(n)], columns=["model", "layer"])
+    n = len(base)
+    depth = np.array([relative_depth(l, n_layers[m]) for m, l in zip(base["model"], base["layer"])])
+    u = lambda: rng.standard_normal(n)  # noqa: E731
+    zd = (depth - 0.5) / 0.3
+    mix = lambda s: depth_r * zd + np.sqrt(1 - depth_r**2) * u() if s in track_depth else u()  # noqa: E731
+    true = pd.DataFrame(
+        {
+            "id_twonn": 10 + 3 * mix("id_twonn"),
+            "pr": 30 + 8 * mix("pr"),
+            "curvature": 0.6 + 0.12 * mix("curvature"),
+            "local_residual": 0.25 + 0.05 * mix("local_residual"),
+        }
+    )
+    z = (true - true.mean()) / true.std(ddof=1)
+    level = base["model"].map({m: -1.2 + 0.3 * i for i, m in enumerate(n_layers)}).to_numpy(float)
+    y = level + depth_coef * (depth - 0.5) + sum(c * z[p].to_numpy() for p, c in coefs.items())
+    y = y + rng.normal(0, resid_sd, n)
+    geo = []
+    for s in SUMMARIES:
+        se = se_frac * np.abs(true[s].to_numpy())
+        est = true[s].to_numpy() + se * rng.standard_normal(n)
+        geo += [
+            {"model": m, "layer": int(l), "depth": float(d), "summary": s, "estimate": float(e), "se": float(q)}
+            for m, l, d, e, q in zip(base["model"], base["layer"], depth, est, se)
+        ]
+    ex = base.assign(log_alpha_mean=y + rng.normal(0, alpha_sd, n), log_alpha_sd=alpha_sd)
+    ex["alpha_mean"] = np.exp(ex["log_alpha_mean"])
+    ex.attrs["truth"] = {"y": y.tolist(), "depth_coef": depth_coef, "coefs": coefs}
+    return pd.DataFrame(geo), ex

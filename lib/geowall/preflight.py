@@ -14,7 +14,7 @@ whose message names the key and what was expected.
 Adding a precondition (e.g. for a new key): write a function ``cfg -> iterable of
 (key, message)`` and decorate it with :func:`register`, naming the key, the steps that
 need it and the library function whose own check it mirrors (``where``). Checks read
-the library's rules from the library where it exposes them (``geometry.patch_k``, the
+the library's rules from the library where it exposes them (``geometry.PATCH_K``, the
 defaults of ``scaling.exponents``); where a rule is inline in a library function
 (:func:`min_training_layers` for ``law.fit_law``) a test holds the two together.
 """
@@ -45,6 +45,12 @@ class Check:
     where: str  # the library function / notebook assertion it mirrors
     fn: Callable[[Profile], Iterable[tuple[str, str]]]
     machine: bool = False  # depends on this machine (device, installed packages), not on the profile alone
+    advisory: bool = False  # the steps run, but the design cannot answer a question: warn, don't fail
+
+
+class DesignWarning(UserWarning):
+    """The profile runs, but its design cannot test one of the claims (e.g. too few showcase
+    layers to rank floors); ``geowall check`` and ``geowall run`` show it."""
 
 
 CHECKS: list[Check] = []
@@ -63,28 +69,32 @@ class PreflightError(ProfileError):
         super().__init__(lines[0] + more)
 
 
-def register(key: str, *, steps: Iterable[str], where: str, machine: bool = False):
-    """Decorator: add ``fn(cfg) -> [(key, message), ...]`` to :data:`CHECKS`."""
+def register(key: str, *, steps: Iterable[str], where: str, machine: bool = False, advisory: bool = False):
+    """Decorator: add ``fn(cfg) -> [(key, message), ...]`` to :data:`CHECKS` (``advisory``:
+    a :class:`DesignWarning`, not a failure)."""
     steps = tuple(steps)
     unknown = set(steps) - set(ALL_STEPS)
     if unknown:
         raise ValueError(f"register({key!r}): unknown step(s) {sorted(unknown)}")
 
     def deco(fn):
-        CHECKS.append(Check(key, steps, where, fn, machine))
+        CHECKS.append(Check(key, steps, where, fn, machine, advisory))
         return fn
 
     return deco
 
 
-def problems(cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool = True) -> list[Problem]:
+def problems(
+    cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool = True, advisory: bool = False
+) -> list[Problem]:
     """Every failed precondition of ``steps`` (default: all). ``machine=False`` skips the
     checks that depend on this machine rather than on the profile (``geowall check``
-    validates a profile that may be meant for another machine)."""
+    validates a profile that may be meant for another machine). ``advisory=True`` returns
+    the design warnings instead of the preconditions."""
     wanted = set(ALL_STEPS if steps is None else steps)
     out: list[Problem] = []
     for c in CHECKS:
-        if not wanted & set(c.steps) or (c.machine and not machine):
+        if not wanted & set(c.steps) or (c.machine and not machine) or c.advisory != advisory:
             continue
         needed = tuple(s for s in c.steps if s in wanted)
         out.extend(Problem(key, msg, needed) for key, msg in c.fn(cfg))
@@ -92,10 +102,15 @@ def problems(cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool 
 
 
 def check(cfg: Profile, steps: Iterable[str] | None = None, *, machine: bool = True) -> None:
-    """Raise :class:`PreflightError` if any precondition of ``steps`` fails."""
+    """Raise :class:`PreflightError` if any precondition of ``steps`` fails; warn
+    (:class:`DesignWarning`) for each design warning of ``steps``."""
+    import warnings
+
     found = problems(cfg, steps, machine=machine)
     if found:
         raise PreflightError(found)
+    for p in problems(cfg, steps, machine=machine, advisory=True):  # only once the profile is valid
+        warnings.warn(f"{p.key}: {p.message}", DesignWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -153,34 +168,30 @@ def _showcase_widths_above_k(cfg):
 @register(
     "geometry.k_neighbors",
     steps=("geometry",),
-    where="geometry.local_geometry: a fit patch of k points needs k >= fit parameters + 1 at the tangent "
-    "dimension (up to geometry.max_dim); smaller patches are dropped",
+    where="geometry.estimators._check_patch_args: a patch needs at least MIN_PATCH_K neighbours (the tangent "
+    "scores of real layers take 20 to 30 of them; the mean-curvature fit needs residual degrees of freedom)",
 )
-def _patch_k_fits_quadratic(cfg):
-    from geowall.geometry.estimators import _n_params
+def _patch_k_large_enough(cfg):
+    from geowall.geometry import MIN_PATCH_K
 
     g = cfg.geometry
-    if g.k_neighbors is not None:
-        need = _n_params(g.max_dim) + 1
-        if g.k_neighbors < need:
-            yield (
-                "geometry.k_neighbors",
-                f"{g.k_neighbors} neighbours cannot fit a quadratic patch in up to geometry.max_dim={g.max_dim} "
-                f"tangent dimensions (such patches would be dropped from the curvature); expected >= {need}, "
-                f"null (automatic), or a lower geometry.max_dim",
-            )
+    if g.k_neighbors is not None and g.k_neighbors < MIN_PATCH_K:
+        yield (
+            "geometry.k_neighbors",
+            f"a patch of {g.k_neighbors} neighbours leaves the curvature fit too few points beyond the tangent "
+            f"scores; expected >= {MIN_PATCH_K}, or null (automatic: geometry.PATCH_K)",
+        )
 
 
 def geometry_min_points(g) -> int:
     """The fewest points per layer the geometry step can use: every half-sample replicate
-    (``geometry.summaries`` keeps half the documents) must hold more points than the
-    tangent-dimension patch ``dim_patch_k(max_dim)`` and a user-set fit patch
-    ``k_neighbors`` (``estimators._check_patch_args``; ``geometry.sensitivity`` calls it
-    on all points without catching)."""
+    (``geometry.summaries`` keeps half the documents) must hold more points than the patch
+    of ``k_neighbors`` (default ``geometry.PATCH_K``) neighbours (``estimators._check_patch_args``;
+    ``geometry.sensitivity`` calls it on all points without catching, at up to twice the
+    patch size, where it skips settings too large for the points)."""
     from geowall import geometry
 
-    k = max(geometry.dim_patch_k(g.max_dim), g.k_neighbors or 0)
-    return 2 * (k + 1)
+    return 2 * ((g.k_neighbors or geometry.PATCH_K) + 1)
 
 
 @register(
@@ -195,17 +206,13 @@ def _enough_points(cfg):
     have = min(g.n_points, cfg.activations.n_train)
     if have < need:
         key = "geometry.n_points" if g.n_points <= cfg.activations.n_train else "activations.n_train"
-        how = (
-            f"geometry.k_neighbors={g.k_neighbors}"
-            if need // 2 - 1 == g.k_neighbors
-            else f"dim_patch_k(geometry.max_dim={g.max_dim})"
-        )
+        how = f"geometry.k_neighbors={g.k_neighbors}" if g.k_neighbors else "geometry.PATCH_K"
         yield (
             key,
             f"{have} points per layer (the smaller of geometry.n_points={g.n_points} and activations.n_train="
             f"{cfg.activations.n_train}) are too few: each half-sample replicate needs more points than the "
             f"patch of {need // 2 - 1} neighbours ({how}); expected >= {need} points, or a smaller "
-            f"geometry.max_dim / geometry.k_neighbors",
+            f"geometry.k_neighbors",
         )
 
 
@@ -299,9 +306,9 @@ def _stage2_layers(cfg):
     from geowall import law
 
     P = max(map(len, law.DEFAULT_LAW_SETS.values()))
-    scopes = {
-        "real": [m for m in cfg.models if m.source != "synthetic"],
-        "synthetic": [m for m in cfg.models if m.source == "synthetic"],
+    scopes = {  # as notebook 04: the pretrained networks and the zoo (random twins are a transfer contrast)
+        "real": [m for m in cfg.models if law.model_kind(m.source) == "pretrained"],
+        "synthetic": [m for m in cfg.models if law.model_kind(m.source) == "zoo"],
     }
     fitted = 0
     for scope, models in scopes.items():
@@ -322,6 +329,30 @@ def _stage2_layers(cfg):
             "models",
             f"no scope (real or synthetic models) has >= {STAGE2_SCOPE_MIN_LAYERS} layers for "
             f"Stage 2; expected more layers in models.<i>.layers (or 'all')",
+        )
+
+
+@register(
+    "sae.showcase_layers",
+    steps=("floor",),
+    where="verdicts.floor_verdict: ranking floors needs floors.MIN_LAYERS floor-capable layers in a pretrained model",
+    advisory=True,
+)
+def _floors_rankable(cfg):
+    from geowall.floors import MIN_LAYERS
+    from geowall.law import model_kind
+
+    real = [m for m in cfg.models if model_kind(m.source) == "pretrained"]
+    if not real:
+        return
+    per = {m.name: len(set(cfg.sae.showcase_layers.get(m.name, [])) & set(cfg.layers_of(m))) for m in real}
+    if max(per.values()) < MIN_LAYERS:
+        got = ", ".join(f"{k}: {v}" for k, v in per.items())
+        yield (
+            "sae.showcase_layers",
+            f"the profile cannot rank floors: showcase layers per pretrained model ({got}), and ranking needs "
+            f">= {MIN_LAYERS} identified floors in one model; the floor verdict will read 'not testable with this "
+            f"profile'. Expected >= {MIN_LAYERS} showcase layers spread over depth for a pretrained model",
         )
 
 
@@ -388,6 +419,38 @@ def _gemma_scope_layers(cfg):
                 f"models.{i}.layers",
                 f"layers {missing} have no residual SAEs in release {m.sae_release!r}; "
                 f"expected layers among {sorted({int(x) for x in man.layer})}",
+            )
+
+
+@register(
+    "models.<i>.source",
+    steps=("activations",),
+    where="sources.decoders.model_dir: GGUF package installed (hash-checked), gguf reader for the conversion",
+    machine=True,
+)
+def _decoder_sources(cfg):
+    from geowall.sources import DECODER_SOURCES
+
+    for i, m in enumerate(cfg.models):
+        if m.source not in DECODER_SOURCES:
+            continue
+        from geowall.sources import decoders
+
+        rel = decoders.release(m.source)
+        if (decoders.CACHE / rel.folder / decoders.RECORD).is_file():
+            continue  # converted already: neither the package nor gguf is read again
+        try:
+            decoders.gguf_pieces(rel)
+        except decoders.DecoderUnavailable as e:
+            yield (f"models.{i}.source", f"{e}")
+            continue
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            yield (
+                f"models.{i}.source",
+                f"{m.source!r}: dequantising {rel.gguf} needs the gguf package; expected it installed "
+                "(pip install gguf)",
             )
 
 

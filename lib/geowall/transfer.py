@@ -327,6 +327,7 @@ def run_transfer(
     progressbar: bool = False,
     target_accept: float = 0.9,
     n_perm: int = 500,
+    kinds: Mapping[str, str] | None = None,
 ):
     """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
 
@@ -337,6 +338,13 @@ def run_transfer(
     same A are shared across pairs; with ``check`` each goes through
     :func:`geowall.bayes.check_fit`.
 
+    Each geometric law's row also carries the depth baseline scored on *the same* test
+    layers (``depth_r2``, ``depth_r2_shift``, ``depth_spearman``: the law may see fewer
+    layers of B than depth does, where a summary is withheld), so that "beats depth" compares
+    like with like. ``kinds`` (``{model: kind}``, :func:`geowall.law.model_kinds`) adds
+    ``train_kind`` and ``test_kind``: the verdict judges directions between pretrained
+    models only.
+
     Returns ``(scores, predictions, fits)``: one :func:`transfer_scores` row per (pair,
     set) (``transfer.parquet``), the per-layer predictions and ``{(A, set): idata}``.
     """
@@ -344,6 +352,30 @@ def run_transfer(
     fits: dict[tuple[str, str], Any] = {}
     scores, preds = [], []
     wide = _geometry_wide(geometry_df)
+
+    def fit(a, i, name, ps):
+        key = (a, name)
+        if key not in fits:
+            fits[key] = fit_law(
+                exponents_df,
+                geometry_df,
+                predictors=ps,
+                target=target,
+                models=[a],
+                draws=draws,
+                chains=chains,
+                tune=tune,
+                seed=seed + 31 * i,
+                sampler=sampler,
+                name=name,
+                progressbar=progressbar,
+                target_accept=target_accept,
+            )
+            if check:
+                bayes.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
+        return fits[key]
+
+    names = list(sets)
     for a, b in pairs:
         a, b = str(a), str(b)
         for i, (name, ps) in enumerate(sets.items()):
@@ -355,25 +387,20 @@ def run_transfer(
                     {"train_model": a, "test_model": b, "predictor_set": name, "n_layers": 0, "note": missing}
                 )
                 continue
-            key = (a, name)
-            if key not in fits:
-                fits[key] = fit_law(
-                    exponents_df,
-                    geometry_df,
-                    predictors=ps,
-                    target=target,
-                    models=[a],
-                    draws=draws,
-                    chains=chains,
-                    tune=tune,
-                    seed=seed + 31 * i,
-                    sampler=sampler,
-                    name=name,
-                    progressbar=progressbar,
-                    target_accept=target_accept,
-                )
-                if check:
-                    bayes.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
-            preds.append(transfer(fits[key], geometry_df, exponents_df, models=[b], seed=seed))
-            scores.append(transfer_scores(fits[key], geometry_df, exponents_df, models=[b], seed=seed, n_perm=n_perm))
-    return pd.DataFrame(scores), (pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()), fits
+            law = fit(a, i, name, ps)
+            preds.append(transfer(law, geometry_df, exponents_df, models=[b], seed=seed))
+            row = transfer_scores(law, geometry_df, exponents_df, models=[b], seed=seed, n_perm=n_perm)
+            if name in LAW_SETS and "depth" in sets and not _withheld(wide, exponents_df, a, b, sets["depth"]):
+                # the depth baseline on the law's own test layers of B
+                have = wide[wide["model"].astype(str) == b].dropna(subset=[p for p in ps if p in wide.columns])
+                keep = set(zip(have["model"].astype(str), have["layer"].astype(int)))
+                g = geometry_df[[(str(m), int(l)) in keep for m, l in zip(geometry_df["model"], geometry_df["layer"])]]
+                dfit = fit(a, names.index("depth"), "depth", sets["depth"])
+                d = transfer_scores(dfit, g, exponents_df, models=[b], seed=seed, n_perm=0)
+                row.update({f"depth_{k}": d[k] for k in ("r2", "r2_shift", "spearman")})
+            scores.append(row)
+    out = pd.DataFrame(scores)
+    if kinds is not None and len(out):
+        out["train_kind"] = out["train_model"].map(lambda m: kinds.get(str(m), "pretrained"))
+        out["test_kind"] = out["test_model"].map(lambda m: kinds.get(str(m), "pretrained"))
+    return out, (pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()), fits
