@@ -103,3 +103,57 @@ def test_glance_says_when_no_model_has_enough_identified_floors(tmp_path):
     text = at_a_glance(tmp_path, "toy")
     assert "Too few floors are identified to rank them against the geometry (b: 1 identified)" in text
     assert "floors rise" not in text
+
+
+def test_glance_states_the_depth_comparison_and_the_power_in_words(tmp_path):
+    """Issue 21 item 6: what depth alone gains, what geometry adds beyond it, the design's
+    power; transfer counted between real models against depth on the same layers; a profile
+    with too few showcase layers says the floor claim is not testable."""
+    _artefacts(tmp_path, curvature_lo=-0.8, law_r2=0.6)
+    write_parquet(
+        tmp_path / "law_compare.parquet",
+        pd.DataFrame(
+            {
+                "scope": "real",
+                "predictor_set": ["depth", "all4", "depth+id", "models"],
+                "rank": [0, 2, 1, 3],
+                "elpd_diff_vs_models": [9.5, 2.2, 10.0, 0.0],
+                "se_diff_vs_models": [2.6, 1.5, 2.7, 0.0],
+                "elpd_diff_vs_depth": [0.0, -7.3, 0.5, -9.5],
+                "se_diff_vs_depth": [0.0, 2.0, 1.1, 2.6],
+            }
+        ),
+    )
+    write_parquet(
+        tmp_path / "law_null.parquet", pd.DataFrame({"scope": "real", "predictor_set": ["depth+id"], "p_value": [0.41]})
+    )
+    write_parquet(
+        tmp_path / "law_power.parquet",
+        pd.DataFrame(
+            {
+                "summary": ["id_twonn"] * 3 + ["curvature"] * 3,
+                "slope": [0.0, 0.1, 0.2] * 2,
+                "p_supported": [0.02, 0.4, 0.9, 0.03, 0.2, 0.6],
+                "n_sim": 100,
+            }
+        ),
+    )
+    t = pd.read_parquet(tmp_path / "transfer.parquet")
+    t = pd.concat([t, t.head(1).assign(test_model="z", train_model="y")], ignore_index=True)
+    t["r2_shift"], t["depth_r2_shift"] = 0.3, [0.1, None, None, 0.5, None, None, 0.0]
+    t["train_kind"] = t.train_model.map({"a": "pretrained", "b": "pretrained", "y": "zoo"})
+    t["test_kind"] = t.test_model.map({"a": "pretrained", "b": "pretrained", "z": "zoo"})
+    write_parquet(tmp_path / "transfer.parquet", t)
+    e = pd.read_parquet(tmp_path / "exponents.parquet").assign(floor_term=[True, False, True], alpha_plain=True)
+    write_parquet(tmp_path / "exponents.parquet", e)
+    text = at_a_glance(tmp_path, "toy")
+    assert "'depth' predicts the exponents best" in text  # the depth + geometry sets are judged apart
+    assert "Relative depth alone improves on the model intercepts on the real networks by 9.5 (SE 2.6)" in text
+    assert "('depth+id') adds 0.5 (SE 1.1) beyond depth, permutation p 0.410" in text
+    assert "not more than two standard errors" in text
+    assert "intrinsic dimension 0.18 and curvature above 0.20 with 80% probability" in text
+    assert "'supported' in 3% of runs" in text
+    assert "between real pretrained models" in text and "in 1 of 2 directions" in text
+    assert "same quantity at every layer" in text
+    assert "not testable with this profile" in text and "it has 1 in a and 1 in b" in text
+    assert "{" not in text and "`" not in text

@@ -14,6 +14,7 @@ import pandas as pd
 from geowall.config import Profile
 from geowall.glance import at_a_glance
 from geowall.io import read_json, read_parquet
+from geowall.law import model_kinds
 
 NA = "n/a (step not run)"
 SOURCE_NAMES = {
@@ -150,7 +151,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
             "n_eval": _fmt(cfg.activations.n_eval),
             "is_gemma": str(any(m.source == "hf" for m in cfg.models)).lower(),
         },
-        "glance": at_a_glance(run_dir, cfg.name),  # the paper's opening paragraph
+        "glance": at_a_glance(run_dir, cfg.name, model_kinds(cfg.models)),  # the paper's opening paragraph
     }
     stats = run_dir / "corpus_stats.json"
     c = read_json(stats) if stats.is_file() else {}
@@ -204,21 +205,74 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
                 "n_floor_term": _fmt(int(p.floor_term.sum())) if "floor_term" in p else NA,
                 "alpha_min": _fmt(p.alpha_mean.min()),
                 "alpha_max": _fmt(p.alpha_mean.max()),
+                "alpha_floor": (
+                    "; ".join(
+                        f"{r.model} layer {int(r.layer)}: {_fmt(r.alpha_floor_mean)} above the floor against "
+                        f"{_fmt(r.alpha_mean)} plain"
+                        for r in p[p.alpha_floor_mean.notna()].itertuples()
+                    )
+                    or "no layer has a floor term"
+                )
+                if "alpha_floor_mean" in p
+                else "not in this run's exponents table",
             }
         )
         for model, gm in p.groupby("model"):
             v["stage1"][model] = {"alpha_mean": _fmt(gm.alpha_mean.mean())}
     else:
         v["stage1"].update(
-            {k: NA for k in ("n_floor_identified", "n_layers", "n_floor_term", "alpha_min", "alpha_max")}
+            {k: NA for k in ("n_floor_identified", "n_layers", "n_floor_term", "alpha_min", "alpha_max", "alpha_floor")}
         )
     cmp_ = _read(run_dir, "law_compare.parquet")
     coefs = _read(run_dir, "law.parquet")
     null = _read(run_dir, "law_null.parquet")
-    v["stage2"] = {"scope": NA, "best_set": NA, "elpd_gain": NA, "elpd_gain_se": NA, "p_perm": NA}
+    power_curve = _read(run_dir, "law_power.parquet")
+    v["stage2"] = {
+        "scope": NA,
+        "best_set": NA,
+        "elpd_gain": NA,
+        "elpd_gain_se": NA,
+        "p_perm": NA,
+        "depth_gain": NA,
+        "depth_gain_se": NA,
+        "beyond_depth_set": NA,
+        "beyond_depth_gain": NA,
+        "beyond_depth_gain_se": NA,
+        "beyond_depth_p_perm": NA,
+        "power": NA,
+    }
+    if power_curve is not None and len(power_curve):
+        from geowall.power import power_words
+
+        v["stage2"]["power"] = power_words(power_curve)
     if cmp_ is not None and "scope" in cmp_:
+        from geowall.law import DEPTH_SETS
+
         scope = "real" if (cmp_.scope == "real").any() else str(cmp_.scope.iloc[0])
-        c = cmp_[(cmp_.scope == scope) & ~cmp_.predictor_set.isin(["models", "depth"])]
+        # Stage 2 ran: what it lacks was not fitted or computed (a table from an older run), not "not run"
+        for k in ("depth_gain", "depth_gain_se", "beyond_depth_gain", "beyond_depth_gain_se", "beyond_depth_p_perm"):
+            v["stage2"][k] = "n/a"
+        v["stage2"]["beyond_depth_set"] = "none fitted"
+        if power_curve is None:
+            v["stage2"]["power"] = "not computed in this run"
+        depth = cmp_[(cmp_.scope == scope) & (cmp_.predictor_set == "depth")]
+        if len(depth):
+            v["stage2"]["depth_gain"] = _fmt(float(depth.elpd_diff_vs_models.iloc[0]), 1)
+            v["stage2"]["depth_gain_se"] = _fmt(float(depth.se_diff_vs_models.iloc[0]), 1)
+        beyond = cmp_[(cmp_.scope == scope) & cmp_.predictor_set.isin(list(DEPTH_SETS))]
+        if len(beyond) and "elpd_diff_vs_depth" in beyond:
+            b = beyond.sort_values("elpd_diff_vs_depth", ascending=False).iloc[0]
+            v["stage2"].update(
+                {
+                    "beyond_depth_set": str(b.predictor_set),
+                    "beyond_depth_gain": _fmt(b.elpd_diff_vs_depth, 1),
+                    "beyond_depth_gain_se": _fmt(b.se_diff_vs_depth, 1),
+                }
+            )
+            if null is not None:
+                n = null[(null.scope == scope) & (null.predictor_set == b.predictor_set)]
+                v["stage2"]["beyond_depth_p_perm"] = _fmt(float(n.p_value.iloc[0]), 3) if len(n) else NA
+        c = cmp_[(cmp_.scope == scope) & ~cmp_.predictor_set.isin(["models", "depth", *DEPTH_SETS])]
         best = c.sort_values("elpd_diff_vs_models", ascending=False).iloc[0]
         v["stage2"].update(
             {
@@ -303,11 +357,22 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None,
         coefs=coefs,
         null=null,
+        power=power_curve,
         transfer=t if t is not None and "p_perm_spearman" in t else None,
         floors=f if f is not None and "status" in f else None,
+        exponents=e,
+        kinds=model_kinds(cfg.models),
     )
     v["verdict"] = {
-        r.key: {"claim": r.claim, "verdict": r.verdict, "evidence": r.evidence, "rule": r.rule} for r in vt.itertuples()
+        r.key: {
+            "claim": r.claim,
+            "verdict": r.verdict,
+            "numbers": r.numbers,
+            "power": r.power,
+            "evidence": r.evidence,
+            "rule": r.rule,
+        }
+        for r in vt.itertuples()
     }
     return v
 
