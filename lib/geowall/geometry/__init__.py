@@ -59,6 +59,7 @@ from geowall.geometry.estimators import (
     twonn,
     unique_rows,
 )
+from geowall.geometry.known import known_answers, noise_for_share, reference_cloud
 from geowall.kernels import knn
 
 __all__ = [
@@ -68,13 +69,16 @@ __all__ = [
     "SUMMARY_NAMES",
     "TANGENT_TOL",
     "curvature",
+    "known_answers",
     "distinct_points",
     "local_geometry",
     "local_residual",
     "mle_id",
+    "noise_for_share",
     "multiscale_id",
     "participation_ratio",
     "rank_agreement",
+    "reference_cloud",
     "rms_radius",
     "sensitivity",
     "summaries",

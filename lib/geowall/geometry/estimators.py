@@ -41,7 +41,8 @@ from geowall.kernels import as_tensor, knn
 NEAR_DUP_TOL = 0.1  # near-duplicate: r1 below this fraction of the median r1
 TANGENT_TOL = 0.1  # a local principal axis is tangent if its variance >= this x the leading one's
 PATCH_K = 64  # neighbours per local patch (curvature and local residual)
-MIN_PATCH_K = 8
+NULL_TOL = 1e-9  # relative to the leading eigenvalue (or to ||q||^2): numerically zero
+MIN_PATCH_K = 16  # fewer leave the fit too few points beyond the tangent scores of real layers
 
 
 # ----------------------------------------------------------------------------- points
@@ -330,15 +331,20 @@ def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.
     Yc = Y - Y.mean(1, keepdim=True)
     lam, vec = torch.linalg.eigh(Yc @ Yc.transpose(1, 2))
     lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)
+    lam = torch.where(lam > NULL_TOL * lam[:, :1], lam, 0.0)  # rounding noise of a rank-deficient patch: exactly 0
     dim = _tangent_dims(lam, tangent_tol)
     normal = torch.arange(m, device=Y.device) >= dim.unsqueeze(1)  # (B, m)
     qc = q - q.mean(1, keepdim=True)
-    proj = (vec * qc.unsqueeze(-1)).sum(1)  # (B, m): e_i . qc
-    z2 = ((proj * proj) * normal).sum(1).clamp_min(torch.finfo(Y.dtype).tiny)  # e_i . 1 = 0 except the null vector
+    proj = (vec * qc.unsqueeze(-1)).sum(1)  # (B, m): e_i . qc (qc is orthogonal to the constant null vector)
+    z2 = ((proj * proj) * normal).sum(1)
     sz2 = (lam * proj * proj * normal).sum(1)
     dof = (m - dim - 2).clamp_min(1)
+    # the squared distance (nearly) inside the tangent scores' span: the tangent rule took the bend for a
+    # dimension and the patch says nothing about curvature (NaN, left out of the means)
+    ok = z2 > NULL_TOL * (qc * qc).sum(1)
+    z2 = torch.where(ok, z2, 1.0)
     rss = ((lam * normal).sum(1) - sz2 / z2).clamp_min(0)
-    kappa2 = 4 * (sz2 / z2**2 - rss / dof / z2)
+    kappa2 = torch.where(ok, 4 * (sz2 / z2**2 - rss / dof / z2), torch.nan)
     return kappa2, rss / dof, dim
 
 
@@ -365,11 +371,15 @@ def local_geometry(
       fit do not grow with it (two regressors beyond the tangent scores, whatever ``dim``).
     * ``kappa2``: the squared mean normal curvature per tangent direction, ||H||^2 / dim^2,
       noise floor subtracted (an unbiased per-patch term: may be negative); ``kappa`` its
-      square root clipped at 0, in units of 1 / length of X. A sphere of radius R: 1 / R at
+      square root clipped at 0, in units of 1 / length of X. NaN where the squared distance
+      lies inside the span of the tangent scores (the tangent rule counted the bend as a
+      dimension: 1 patch in 150 on a unit 16-sphere). A sphere of radius R: 1 / R at
       every dimension; a flat: 0; a product of m circles of radius rho: 1 / rho.
     * ``residual``: the per-point variance off the fitted model (tangent flat bent by the mean
       curvature), in units of length^2: off-manifold spread plus the curvature the mean does
       not carry (the anisotropic part of II, a saddle's); 0 on a flat or a sphere.
+    * ``variance``: the patch's per-point variance (its total scatter / (k + 1)): the unit in
+      which ``residual / variance`` is the share of a patch off the model.
     * ``radius``: distance to the k-th neighbour; ``k``.
     """
     Xu = X if _distinct_done else _distinct(X, device, near_dup_tol)
@@ -380,7 +390,7 @@ def local_geometry(
     dist, idx = knn(Xu, int(k), rows=base)
     dev = Xu.device
     base_t, idx_t = torch.from_numpy(base).to(dev), torch.from_numpy(idx).to(dev)
-    k2, res, dims = [], [], []
+    k2, res, dims, var = [], [], [], []
     with _lapack_single_thread(dev):
         for s in range(0, len(base), batch):
             Y = Xu[idx_t[s : s + batch]] - Xu[base_t[s : s + batch]].unsqueeze(1)
@@ -389,6 +399,7 @@ def local_geometry(
             k2.append(a.cpu())
             res.append(b.cpu())
             dims.append(c.cpu())
+            var.append(((Y - Y.mean(1, keepdim=True)) ** 2).sum((1, 2)).cpu() / Y.shape[1])
     kappa2 = torch.cat(k2).numpy()
     return pd.DataFrame(
         {
@@ -397,6 +408,7 @@ def local_geometry(
             "kappa2": kappa2,
             "kappa": np.sqrt(np.clip(kappa2, 0, None)),
             "residual": torch.cat(res).numpy(),
+            "variance": torch.cat(var).numpy(),
             "radius": dist[:, -1],
             "k": int(k),
         }
@@ -404,8 +416,10 @@ def local_geometry(
 
 
 def _rms_kappa(loc: pd.DataFrame) -> float:
-    """Root mean square of the patches' mean curvature (the mean of the unbiased kappa^2, then clipped)."""
-    return math.sqrt(max(0.0, float(loc.kappa2.mean())))
+    """Root mean square of the patches' mean curvature (the mean of the unbiased kappa^2, then clipped;
+    patches without a curvature, ``kappa2`` NaN, are left out; NaN if no patch has one)."""
+    k2 = loc.kappa2.dropna()
+    return math.sqrt(max(0.0, float(k2.mean()))) if len(k2) else math.nan
 
 
 def curvature(
