@@ -55,9 +55,9 @@ CASES = [
     (["stage2.draws=1"], "stage2.draws", "expected stage2.draws >= 3", {"stage2", "transfer"}),
     (["stage1.chains=1"], "stage1.chains", "expected >= 2", {"stage1"}),
     (["stage2.checks.ess_min=10000"], "stage2.draws", "expected stage2.draws >= 5000", {"stage2", "transfer"}),
-    (["geometry.n_points=50"], "geometry.n_points", "expected >= 80 points", {"geometry"}),
+    (["geometry.n_points=50"], "geometry.n_points", "expected >= 130 points", {"geometry"}),
     (["geometry.k_neighbors=300"], "geometry.n_points", "expected >= 602 points", {"geometry"}),
-    (["geometry.k_neighbors=20"], "geometry.k_neighbors", "expected >= 92", {"geometry"}),
+    (["geometry.k_neighbors=12"], "geometry.k_neighbors", "expected >= 16", {"geometry"}),
     (["activations.n_train=60"], "activations.n_train", "each half-sample replicate needs more points", {"geometry"}),
     (["sae.width_multiples=[1, 1.001]"], "sae.width_multiples", "at least 2 distinct widths", {"stage1"}),
     (
@@ -109,7 +109,7 @@ def test_point_count_boundary_agrees_with_the_geometry_step():
     """At the preflight's minimum every summary has a standard error; one point fewer and the
     half-sample replicates are too small for the tangent patch (se NaN: step 02 fails)."""
     need = preflight.geometry_min_points(load_profile("smoke").geometry)
-    assert need == 2 * (geometry.dim_patch_k(12) + 1) == 80
+    assert need == 2 * (geometry.PATCH_K + 1) == 130
     rng = np.random.default_rng(0)
     for n, ok in ((need, True), (need - 1, False)):
         assert (_problems([f"geometry.n_points={n}"]) == []) is ok
@@ -317,7 +317,7 @@ def _library_accepts(cfg: Profile) -> None:
 
     g = cfg.geometry
     half = min(g.n_points, cfg.activations.n_train) // 2  # a half-sample replicate
-    _check_patch_args(half, g.n_base, g.max_dim, g.tangent_tol, g.k_neighbors, geometry.dim_patch_k(g.max_dim))
+    _check_patch_args(half, g.n_base, g.k_neighbors or geometry.PATCH_K, g.tangent_tol)
     assert g.k_neighbors is None or g.k_neighbors <= half - 1
     for s in (cfg.stage1, cfg.stage2):
         assert s.chains >= 2 and s.chains * s.draws >= s.checks.ess_min

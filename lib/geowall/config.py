@@ -211,9 +211,10 @@ class SaeSpec(_Strict):
 class GeometrySpec(_Strict):
     n_points: int = Field(2000, ge=4, description="points per layer (at most activations.n_train are available)")
     n_boot: int = Field(20, ge=2, description="document-block half-samples, each rerunning every estimator")
-    k_neighbors: int | None = Field(None, ge=3, description="curvature fit-patch size; None: geometry.patch_k(dim)")
+    k_neighbors: int | None = Field(
+        None, ge=3, description="neighbours per curvature / local-residual patch; None: geometry.PATCH_K (64)"
+    )
     n_base: PositiveInt = 200
-    max_dim: PositiveInt = Field(12, description="cap on the per-patch tangent dimension of the curvature fits")
     tangent_tol: float = Field(
         0.1, gt=0, lt=1, description="local axis is tangent if its variance >= this x the leading"
     )
