@@ -180,3 +180,21 @@ def test_run_transfer_says_when_a_summary_is_withheld_at_every_layer_of_b():
     geo_a = pd.concat([_geometry("A", ids[:2]), _geometry("B", ids)], ignore_index=True)
     scores, _, fits = T.run_transfer(ex, geo_a, [("A", "B")], predictor_sets={"law": ("id_twonn",)})
     assert fits == {} and "A has 2 layers" in scores.note.iloc[0]
+
+
+def test_law_rows_carry_depth_on_the_same_test_layers_and_the_model_kinds(monkeypatch):
+    """Issue 21 item 4: where curvature is withheld at some layers of B, the four-summary law
+    sees fewer of B's layers than depth does; its row carries depth scored on the law's own
+    layers (a like-for-like 'beats depth'), and the kinds the verdict filters on."""
+    monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
+    layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
+    geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
+    hole = (geo.model == "B") & (geo.layer < 3) & (geo.summary == "curvature")
+    geo.loc[hole, "estimate"] = np.nan
+    kinds = {"A": "pretrained", "B": "random"}
+    scores, _, _ = T.run_transfer(ex, geo, [("A", "B")], check=False, n_perm=50, kinds=kinds)
+    s = scores.set_index("predictor_set")
+    assert s.loc["law", "n_layers"] == 7 and s.loc["depth", "n_layers"] == 10 and s.loc["law3", "n_layers"] == 10
+    assert np.isfinite(s.loc["law", "depth_r2_shift"]) and s.loc["law", "depth_r2_shift"] != s.loc["depth", "r2_shift"]
+    assert s.loc["law3", "depth_r2_shift"] == pytest.approx(s.loc["depth", "r2_shift"])  # same 10 layers
+    assert (scores.train_kind == "pretrained").all() and (scores.test_kind == "random").all()
