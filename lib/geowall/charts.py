@@ -238,9 +238,9 @@ def stage1_surfaces(metrics: pd.DataFrame, surface: pd.DataFrame) -> alt.VConcat
     return alt.vconcat(*rows)
 
 
-DEPTH_TITLE = "relative depth (0 = first residual point, 1 = last)"
-ALPHA_TITLE = "width exponent α (fvu − floor ∝ W^−α)"
-FLOOR_TITLE = "floor (fvu, fraction of variance)"
+DEPTH_TITLE = "relative depth (0 to 1)"
+ALPHA_TITLE = "width exponent α"
+FLOOR_TITLE = "floor (fvu)"
 
 
 def _floor_status(df: pd.DataFrame) -> pd.Series:
@@ -305,7 +305,7 @@ def exponents_depth(exps: pd.DataFrame, cfg) -> alt.VConcatChart:
                     subtitle="No floor panel: no layer of any model has a width grid that supports a floor term.",
                 )
             )
-        )
+        ).configure_legend(orient="bottom", direction="horizontal")
     without = [m for m in models if m not in set(fl["model"])]
     sub = (
         [f"No panel for {', '.join(without)}: no layer there has a width grid that supports a floor term."]
@@ -317,7 +317,9 @@ def exponents_depth(exps: pd.DataFrame, cfg) -> alt.VConcatChart:
         fbase.mark_rule(opacity=0.7).encode(y=alt.Y("floor_hdi_3:Q", title=FLOOR_TITLE), y2="floor_hdi_97:Q"),
         fbase.mark_point(size=60, strokeWidth=1.5).encode(
             y="floor_mean:Q",
-            fill=alt.condition("datum.floor_status == 'floor identified'", "form:N", alt.value("white")),
+            fill=alt.condition(
+                "datum.floor_status == 'floor identified'", alt.Fill("form:N", legend=None), alt.value("white")
+            ),
             shape=alt.Shape("floor_status:N", title="floor", scale=alt.Scale(domain=FLOOR_STATUS)),
             tooltip=["model", "layer", "form", "floor_mean", "floor_hdi_3", "floor_hdi_97", "floor_status"],
         ),
@@ -331,7 +333,11 @@ def exponents_depth(exps: pd.DataFrame, cfg) -> alt.VConcatChart:
             title=alt.TitleParams("Floors, where the width grid supports one (filled: identified)", subtitle=sub)
         )
     )
-    return alt.vconcat(panels, fpanels).resolve_scale(color="shared", shape="shared")
+    return (
+        alt.vconcat(panels, fpanels)
+        .resolve_scale(color="shared", shape="shared")
+        .configure_legend(orient="bottom", direction="horizontal")
+    )
 
 
 def law_coefficients(coefs: pd.DataFrame, ppc: pd.DataFrame) -> alt.HConcatChart:

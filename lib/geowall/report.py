@@ -290,6 +290,8 @@ def stage_quarto(cfg: Profile, run_dir: Path, variables: dict, vega: str, *, pdf
     _write_text(project / "assets" / "vega-inline.html", vega + "\n")
     if pdf:
         _write_text(project / "index.qmd", with_pdf_format((ROOT / "index.qmd").read_text()))
+        # Quarto's callout boxes load fontawesome5 (Debian: only in the 500 MB texlive-fonts-extra)
+        shutil.copyfile(ROOT / "assets" / "fontawesome5.sty", project / "fontawesome5.sty")
     for href in notebooks:
         nb = nbformat.reads(portable_notebook(notebook_source(href, cfg, run_dir).read_text(), run_dir), as_version=4)
         done = publishable_notebook(nb)
