@@ -1,4 +1,4 @@
-"""Benchmark: geowall TwoNN and exact kNN against skdim and scikit-learn, same run.
+"""Benchmark: geowall TwoNN and exact kNN against skdim and scikit-learn, and the curvature beside TwoNN, same run.
 
 Not a test (pytest collects test_*.py only). Run from the repository root:
 
@@ -81,6 +81,16 @@ def main(argv=None) -> int:
     print(
         f"twonn   |difference| = {abs(ours - ref):.2e} ({'OK' if agree else 'FAIL'}: tolerance 1e-3); "
         f"speed ratio skdim / geowall = {t_ref / t_ours:.1f}x"
+    )
+
+    from geowall.geometry import PATCH_K, curvature, local_residual
+
+    n_base = min(300, a.n)
+    c, t_curv = timed(lambda: curvature(X, n_base=n_base, device=a.device), a.repeat)
+    r, t_res = timed(lambda: local_residual(X, n_base=n_base, device=a.device), a.repeat)
+    print(
+        f"curvature  {t_curv:8.2f} s   = {c:.3f} ({n_base} patches of {PATCH_K} neighbours, no tangent cap); "
+        f"local_residual {t_res:.2f} s = {r:.4f}; curvature / TwoNN time = {t_curv / t_ours:.2f}x"
     )
 
     (d_ours, i_ours), t_knn = timed(lambda: knn(X, a.k, device=a.device), a.repeat)
