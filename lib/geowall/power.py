@@ -133,8 +133,8 @@ def design_analysis(
     ``models``: the scope (the real networks); the layers are those with every summary of
     ``sets`` (as in :func:`geowall.law.compare_laws`). For each summary in ``summaries`` and
     each planted ``slope`` (log alpha per SD of the summary over these layers; default: 0
-    to 2.5 x the target's within-model sd), ``n_sim`` data sets are simulated and decided
-    by :func:`decide`. Returns one row per (summary, slope): ``summary, slope, n_sim,
+    to 2.5 x the target's within-model sd and median Stage 1 sd combined), ``n_sim``
+    data sets are simulated and decided by :func:`decide`. Returns one row per (summary, slope): ``summary, slope, n_sim,
     p_supported, mcse`` (its Monte Carlo standard error), ``mean_gain``, and the design's
     ``n_layers``, ``n_models``, ``resid_sd`` (of the depth-only law), ``median_y_sd``
     (Stage 1) and ``median_se_sd`` (the summary's bootstrap SE in SDs of the summary)."""
@@ -148,9 +148,10 @@ def design_analysis(
         raise ValueError(f"design_analysis: {len(tab)} layers with every summary; too few for the rule's laws")
     fitted, resid = _depth_law(tab)
     within_sd = float(np.sqrt((tab["y"] - tab.groupby("model")["y"].transform("mean")).pow(2).mean()))
-    slopes = np.asarray(
-        slopes if slopes is not None else within_sd * np.array([0, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5])
-    )
+    # the grid's scale: the within-model spread of the target, or its Stage 1 sd where that is larger
+    # (a poorly determined exponent shrinks towards its model's mean but cannot hide a slope that size)
+    scale = float(np.hypot(within_sd, np.median(tab["y_sd"])))
+    slopes = np.asarray(slopes if slopes is not None else scale * np.array([0, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5]))
     geo = [p for p in preds if p != "depth"]
     truth = {p: tab[p].to_numpy(float) for p in geo}
     ses = {p: tab[f"{p}_se"].to_numpy(float) for p in geo}
