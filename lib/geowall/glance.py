@@ -59,7 +59,9 @@ def _depth(cmp_: pd.DataFrame | None, null: pd.DataFrame | None) -> str:
 
     if cmp_ is None or "elpd_diff_vs_depth" not in cmp_:
         return ""
-    scope = "real" if "scope" in cmp_ and (cmp_.scope == "real").any() else None
+    scope = None
+    if "scope" in cmp_ and len(cmp_):
+        scope = "real" if (cmp_.scope == "real").any() else str(cmp_.scope.iloc[0])
     c = cmp_[cmp_.scope == scope] if scope else cmp_
     d = c[c.predictor_set == "depth"]
     b = c[c.predictor_set.isin(list(DEPTH_SETS))]
@@ -72,7 +74,9 @@ def _depth(cmp_: pd.DataFrame | None, null: pd.DataFrame | None) -> str:
         n = null[(null.predictor_set == b.predictor_set) & ((null.scope == scope) if scope else True)]
         p = f", permutation p {float(n.p_value.iloc[0]):.3f} with the geometry residualised on depth" if len(n) else ""
     said = "more than" if gain > 2 * se else "not more than"
-    where = " on the real networks" if scope else ""
+    where = {None: "", "real": " on the real networks"}.get(
+        scope, f" on the {scope} models (no real scope in this run)"
+    )
     return (
         f"Relative depth alone improves on the model intercepts{where} by {float(d.elpd_diff_vs_models.iloc[0]):.1f} "
         f"(SE {float(d.se_diff_vs_models.iloc[0]):.1f}) in expected log predictive density; the best geometric set "
@@ -95,8 +99,11 @@ def _power(curve: pd.DataFrame | None) -> str:
     ]
     fp = curve[curve.slope == 0].p_supported
     n = int(curve.n_sim.iloc[0]) if "n_sim" in curve else 0
+    scope = str(curve.scope.iloc[0]) if "scope" in curve else "real"
     return (
-        f"A design analysis of this run (the geometry rule applied to {n} simulated runs per planted slope, with "
+        ("" if scope == "real" else f"On the {scope} models (no real scope in this run), a")
+        + ("A" if scope == "real" else "")
+        + f" design analysis of this run (the geometry rule applied to {n} simulated runs per planted slope, with "
         f"this run's layers, depth relation, Stage 1 and geometry uncertainties) detects a within-model slope, in "
         f"log width exponent per SD, of {_join(said)} with {POWER:.0%} probability"
         + (f"; with no slope planted the rule said 'supported' in {fp.max():.0%} of runs" if len(fp) else "")
