@@ -182,7 +182,7 @@ merged.round(2)
 # ## Sensitivity and a second ID estimator
 #
 # Every summary again at three settings of its main knobs: the number of points for TwoNN
-# and PR (a quarter, half, all); the patch size (0.5, 1, 2 × 64 neighbours) and the tangent
+# and PR (a quarter, half, all); the patch size (48, 64, 96 neighbours) and the tangent
 # rule (0.5, 1, 2 × `tangent_tol`) for curvature and the local residual; and the Levina–Bickel maximum-likelihood ID with
 # 10, 20 and 40 neighbours (`id_mle`, computed by `skdim.id.MLE` on our exact
 # neighbour lists). Rank agreement: Spearman's ρ between the layer ordering of a model at

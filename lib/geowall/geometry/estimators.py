@@ -42,6 +42,7 @@ NEAR_DUP_TOL = 0.1  # near-duplicate: r1 below this fraction of the median r1
 TANGENT_TOL = 0.1  # a local principal axis is tangent if its variance >= this x the leading one's
 PATCH_K = 64  # neighbours per local patch (curvature and local residual)
 NULL_TOL = 1e-9  # relative to the leading eigenvalue (or to ||q||^2): numerically zero
+MIN_DOF = 8  # residual degrees of freedom a patch fit needs (a 33-point patch of a 28-dim layer has 3)
 MIN_PATCH_K = 16  # fewer leave the fit too few points beyond the tangent scores of real layers
 
 
@@ -341,7 +342,7 @@ def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.
     dof = (m - dim - 2).clamp_min(1)
     # the squared distance (nearly) inside the tangent scores' span: the tangent rule took the bend for a
     # dimension and the patch says nothing about curvature (NaN, left out of the means)
-    ok = z2 > NULL_TOL * (qc * qc).sum(1)
+    ok = (z2 > NULL_TOL * (qc * qc).sum(1)) & (m - dim - 2 >= MIN_DOF)  # and enough points beyond the tangent scores
     z2 = torch.where(ok, z2, 1.0)
     rss = ((lam * normal).sum(1) - sz2 / z2).clamp_min(0)
     kappa2 = torch.where(ok, 4 * (sz2 / z2**2 - rss / dof / z2), torch.nan)
@@ -373,7 +374,9 @@ def local_geometry(
       noise floor subtracted (an unbiased per-patch term: may be negative); ``kappa`` its
       square root clipped at 0, in units of 1 / length of X. NaN where the squared distance
       lies inside the span of the tangent scores (the tangent rule counted the bend as a
-      dimension: 1 patch in 150 on a unit 16-sphere). A sphere of radius R: 1 / R at
+      dimension: 1 patch in 150 on a unit 16-sphere) or where fewer than ``MIN_DOF`` points
+      are left beyond the tangent scores (k + 1 - dim - 2 < 8: a 32-neighbour patch on a
+      28-dimensional MPNet layer, where one such patch read 227). A sphere of radius R: 1 / R at
       every dimension; a flat: 0; a product of m circles of radius rho: 1 / rho.
     * ``residual``: the per-point variance off the fitted model (tangent flat bent by the mean
       curvature), in units of length^2: off-manifold spread plus the curvature the mean does
