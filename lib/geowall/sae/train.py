@@ -79,7 +79,7 @@ class TrainConfig:
     curve_points: int = 0
     curve_tokens: int = 4096
     plateau_window: float = 0.2
-    init: str = "kmeans++"
+    init: str = "random"
     kmeanspp_pool: int = 8192
 
     @classmethod
