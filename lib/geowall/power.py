@@ -134,8 +134,8 @@ def design_analysis(
     ``sets`` (as in :func:`geowall.law.compare_laws`). For each summary in ``summaries`` and
     each planted ``slope`` (log alpha per SD of the summary over these layers; default: 0
     to 2.5 x the target's within-model sd and median Stage 1 sd combined), ``n_sim``
-    data sets are simulated and decided by :func:`decide`. Returns one row per (summary, slope): ``summary, slope, n_sim,
-    p_supported, mcse`` (its Monte Carlo standard error), ``mean_gain``, and the design's
+    data sets are simulated and decided by :func:`decide`. Returns one row per (summary, slope):
+    ``summary, slope, n_sim, p_supported, mcse`` (its Monte Carlo standard error), ``mean_gain``, and the design's
     ``n_layers``, ``n_models``, ``resid_sd`` (of the depth-only law), ``median_y_sd``
     (Stage 1) and ``median_se_sd`` (the summary's bootstrap SE in SDs of the summary)."""
     sets = dict(sets or DEPTH_SETS)
