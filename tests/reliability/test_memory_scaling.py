@@ -26,7 +26,7 @@ def test_step_peak_memory_does_not_scale_with_layers(tmp_path, build_synthetic_p
             layers,
             activations={"n_train": N_TRAIN, "n_eval": 2000},
             sae={"batch_size": 256},
-            geometry={"n_points": 300},
+            geometry={"n_points": 1000, "n_boot": 4},  # replicates large enough for 64-point patches on an 8-sphere
         )
         records = pipeline.run(
             profile,
