@@ -5,7 +5,7 @@ manifold most random directions are never the top-k choice of any token, so they
 dead and the live ones must travel the whole way. With k = 1 a TopK SAE is a gain-shape
 vector quantiser (each token is one non-negatively scaled atom), whose best error on a
 d-dimensional manifold falls as W^(-2/d) (Zador 1982); its standard starting point is the
-data itself. Two seedings, both with the encoder tied to the decoder at the start (so a
+data itself. Two data seedings and the old random start, all with the encoder tied to the decoder at the start (so a
 token's first choice is the atom it points along, as in Lloyd's assignment step):
 
 * ``"sample"``: W distinct training tokens, centred at the decoder bias and normalised;
