@@ -265,4 +265,8 @@ def test_a_different_seed_changes_metrics_and_geometry(full_smoke, tmp_path):
     gkey = ["model", "layer", "summary"]
     gnew = read_parquet(runs / "smoke" / "geometry.parquet").set_index(gkey)
     gold = read_parquet(ref_dir / "geometry.parquet").set_index(gkey).loc[gnew.index]
-    assert (gnew.estimate != gold.estimate).all()
+    # a summary that reads numerically zero under both seeds (a flat box's curvature and local
+    # residual are exactly 0 by construction) cannot change; every other one must
+    moving = (gnew.estimate.abs() > 1e-9) | (gold.estimate.abs() > 1e-9)
+    assert moving.sum() >= len(gnew) // 2
+    assert (gnew.estimate != gold.estimate)[moving].all()
