@@ -48,6 +48,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from geowall.io import sha256_file
+
 CACHE = Path(__file__).resolve().parents[3] / "data" / "cache"
 RECORD = ".geowall.json"
 FORMAT = 1  # bump when the conversion changes: a cached folder of another format is rebuilt
@@ -173,14 +175,6 @@ def check_installed(rel: Release) -> None:
     if (CACHE / rel.folder / RECORD).is_file():
         return
     gguf_pieces(rel)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def assemble_gguf(pieces: list[Path], dest: Path, rel: Release) -> Path:

