@@ -19,7 +19,7 @@ params = None
 import numpy as np
 import pandas as pd
 
-from geowall import charts, notebook, scaling
+from geowall import bayes, charts, notebook, scaling
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -30,7 +30,7 @@ showcase = {(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for lay
 metrics["showcase"] = [(m, layer) in showcase for m, layer in zip(metrics.model, metrics.layer)]
 print(
     f"{len(metrics)} SAEs, {metrics.groupby(['model', 'layer']).ngroups} layers; forms {s1.forms}; "
-    f"sampler {scaling.resolve_sampler()}; {s1.chains} chains x {s1.draws} draws after {s1.tune} tuning steps"
+    f"sampler {bayes.resolve_sampler(s1.sampler)}; {s1.chains} chains x {s1.draws} draws after {s1.tune} tuning steps"
 )
 
 # %%
@@ -128,21 +128,12 @@ prior_checks[s1.primary_form].head(8)
 
 # %%
 fits, diagnostics = {}, []
-checks = s1.checks.model_dump()
 for form in s1.forms:
-    fits[form] = scaling.fit_stage1(
-        metrics,
-        form=form,
-        draws=s1.draws,
-        tune=s1.tune,
-        chains=s1.chains,
-        seed=RANDOM_SEED,
-        target_accept=s1.target_accept,
-    )
+    fits[form] = scaling.fit_stage1(metrics, form=form, settings=s1, seed=RANDOM_SEED)
     diagnostics.append(
         {
             "form": form,
-            **scaling.check_fit(fits[form], label=f"stage 1 {form}", **checks),
+            **bayes.check_fit(fits[form], s1, label=f"stage 1 {form}"),
             "sampling_s": fits[form].posterior.attrs["sampling_wall_s"],
             "floor_free_sampling_s": fits[form].posterior.attrs.get("nofloor_sampling_wall_s", 0.0),
         }
@@ -166,18 +157,9 @@ pd.DataFrame(diagnostics)
 # %%
 plain = {}
 for form in s1.forms:
-    plain[form] = scaling.fit_plain(
-        metrics,
-        fits[form],
-        draws=s1.draws,
-        tune=s1.tune,
-        chains=s1.chains,
-        seed=RANDOM_SEED + 1,
-        target_accept=s1.target_accept,
-        progressbar=False,
-    )
+    plain[form] = scaling.fit_plain(metrics, fits[form], s1, seed=RANDOM_SEED + 1, progressbar=False)
     if plain[form] is not None:
-        scaling.check_fit(plain[form], label=f"stage 1 {form}, plain exponents", **checks)
+        bayes.check_fit(plain[form], s1, label=f"stage 1 {form}, plain exponents")
 for f, p in plain.items():
     print(f"{f}: plain exponents {'fitted on the common width grid' if p is not None else 'are its own (no floor)'}")
 

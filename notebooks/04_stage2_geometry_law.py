@@ -25,7 +25,7 @@ params = None
 import numpy as np
 import pandas as pd
 
-from geowall import charts, law, notebook
+from geowall import bayes, charts, law, notebook
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -42,8 +42,6 @@ print(
 table.round(3).head(10)
 
 # %%
-from geowall import bayes
-
 kinds = law.model_kinds(cfg.models)
 scopes = {
     "real": [m for m, k in kinds.items() if k == "pretrained"],
@@ -79,12 +77,8 @@ for scope, models_ in scopes.items():
         exps,
         geo,
         models=models_,
-        draws=s2.draws,
-        tune=s2.tune,
-        chains=s2.chains,
+        settings=s2,
         seed=RANDOM_SEED,
-        check_kwargs=s2.checks.model_dump(),
-        target_accept=s2.target_accept,
     )
     comparisons.append(cmp_.assign(scope=scope))
     coef_tables += [law.law_coefficients(f).assign(scope=scope) for f in fits[scope].values()]
@@ -269,13 +263,10 @@ if len(floor_layers) >= 8:
         exps[exps.primary],
         geo,
         target="floor",
-        draws=s2.draws,
-        tune=s2.tune,
-        chains=s2.chains,
+        settings=s2,
         seed=RANDOM_SEED,
-        target_accept=s2.target_accept,
     )
-    bayes.check_fit(floor_fit, label="stage 2 floor law", **s2.checks.model_dump())
+    bayes.check_fit(floor_fit, s2, label="stage 2 floor law")
     display(law.law_coefficients(floor_fit).round(3))
 else:
     print(f"only {len(floor_layers)} layers with an identified floor: the floor law is not fitted")

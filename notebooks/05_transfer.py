@@ -57,12 +57,8 @@ scores, predictions, fits = transfer.run_transfer(
     exps,
     geo,
     pairs,
-    draws=s2.draws,
-    tune=s2.tune,
-    chains=s2.chains,
+    settings=s2,
     seed=RANDOM_SEED,
-    check_kwargs=s2.checks.model_dump(),
-    target_accept=s2.target_accept,
     kinds=law.model_kinds(cfg.models),
 )
 write_parquet(run_dir / "transfer.parquet", scores)

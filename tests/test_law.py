@@ -11,6 +11,7 @@ import pytest
 
 from geowall import bayes
 from geowall import law as L
+from geowall.bayes import SamplerSettings
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -106,12 +107,10 @@ def test_closed_form_law_agrees_with_pymc(sim2):
         ex,
         geo0,
         predictors=("id_twonn", "curvature"),
-        draws=1000,
-        tune=500,
-        chains=2,
         seed=4,
         progressbar=False,
         posterior_predictive=False,
+        settings=SamplerSettings(draws=1000, tune=500, chains=2),
     )
     co = L.law_coefficients(fit).set_index("term")
     cf = L.closed_form_law(L.stage2_table(ex, geo0, predictors=("id_twonn", "curvature")), ("id_twonn", "curvature"))
@@ -155,7 +154,11 @@ def test_between_model_trap_sampled(trap):
     preference for geometry over model intercepts."""
     geo, ex = trap
     cmp, fits = L.compare_laws(
-        ex, geo, sets={"models": (), "id": ("id_twonn",)}, draws=400, tune=400, chains=2, check=False
+        ex,
+        geo,
+        sets={"models": (), "id": ("id_twonn",)},
+        check=False,
+        settings=SamplerSettings(draws=400, tune=400, chains=2),
     )
     co = L.law_coefficients(fits["id"]).set_index("term")
     assert co.loc["id_twonn", "coef_hdi_3"] < 0 < co.loc["id_twonn", "coef_hdi_97"]
@@ -168,7 +171,7 @@ def test_between_model_trap_sampled(trap):
 @pytest.mark.slow
 def test_stage2_recovers_known_within_model_coefficients(sim2):
     geo, ex = sim2
-    fit = L.fit_law(ex, geo, draws=300, tune=300, chains=2, seed=1, progressbar=False)
+    fit = L.fit_law(ex, geo, seed=1, progressbar=False, settings=SamplerSettings(draws=300, tune=300, chains=2))
     assert json.loads(fit.attrs["geowall_train_models"]) == ["A", "B"] and fit.attrs["geowall_model_effects"] == 1
     co = L.law_coefficients(fit, hdi_prob=0.99).set_index("term")  # four intervals at once: 99% each
     sc = json.loads(fit.attrs["geowall_scaling"])

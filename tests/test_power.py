@@ -13,6 +13,7 @@ from scipy.stats import norm
 from geowall import bayes
 from geowall import law as L
 from geowall import power as P
+from geowall.bayes import SamplerSettings
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -93,7 +94,12 @@ def test_closed_form_decision_agrees_with_the_sampled_laws():
     tab = L.stage2_table(ex, geo, predictors=("depth", "id_twonn"))
     d = P.decide(tab, sets, n_perm=99)
     cmp_, fits = L.compare_laws(
-        ex, geo, sets={"depth": ("depth",), **sets}, draws=1000, tune=600, chains=2, seed=3, check=False
+        ex,
+        geo,
+        sets={"depth": ("depth",), **sets},
+        seed=3,
+        check=False,
+        settings=SamplerSettings(draws=1000, tune=600, chains=2),
     )
     row = cmp_.set_index("predictor_set").loc["depth+id"]
     assert d["gain"] == pytest.approx(row["elpd_diff_vs_depth"], abs=max(1.5, 0.3 * row["se_diff_vs_depth"]))

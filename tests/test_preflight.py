@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from geowall import cli, config, geometry, law, pipeline, preflight
 from geowall import sae as sae_mod
+from geowall.bayes import SamplerSettings
 from geowall.config import Profile, ProfileError, load_profile
 from geowall.preflight import PreflightError
 from geowall.sae.train import grid_pairs
@@ -153,7 +154,7 @@ def test_stage2_layer_count_is_the_laws_own_rule(predictors):
     need = preflight.min_training_layers(len(predictors))
     exps, geo = _law_tables(need - 1)
     with pytest.raises(ValueError, match=f"need at least {need}"):  # refused before the model is built
-        law.fit_law(exps, geo, predictors=predictors, draws=10, tune=10)
+        law.fit_law(exps, geo, predictors=predictors, settings=SamplerSettings(draws=10, tune=10))
 
 
 def test_several_problems_are_reported_together():
@@ -393,36 +394,59 @@ def _ar1_idata(draws: int, chains: int = 2, rho: float = 0.9, seed: int = 0):
     return az.from_dict(posterior={"theta": x}, sample_stats=stats)
 
 
-def test_ess_advice_names_draws_that_then_pass():
-    from geowall import scaling
+def _settings(section="stage2", **kw):
+    from geowall.bayes import Checks, SamplerSettings
 
-    with pytest.raises(scaling.FitDiagnosticsError) as e:
-        scaling.check_fit(_ar1_idata(500), ess_min=400)
-    lines = preflight.fit_advice(e.value.failures, section="stage2", draws=500, chains=2, tune=500, target_accept=0.9)
+    checks = kw.pop("checks", {})
+    return SamplerSettings(checks=Checks(**checks), **kw).named(section)
+
+
+def test_ess_advice_names_draws_that_then_pass():
+    from geowall import bayes
+
+    st = _settings(draws=500, tune=500, checks={"ess_min": 400})
+    with pytest.raises(bayes.FitDiagnosticsError) as e:
+        bayes.check_fit(_ar1_idata(500), st)
+    lines = e.value.advice
+    assert lines == st.advice(e.value.failures) and "; to pass: " + "; ".join(lines) in str(e.value)
     assert lines[0].startswith("raise stage2.draws to >= ") and "min bulk ESS" in lines[0], lines
     assert all(x.startswith(("raise stage2.draws", "raise stage2.tune")) for x in lines), lines  # R-hat may fail too
     draws = int(lines[0].split(">= ")[1].split()[0])
     assert 2000 < draws < 10000  # ESS ~ 53 of 1000 samples: about 400 / 53 x 500 x 1.25
-    scaling.check_fit(_ar1_idata(draws, seed=1), ess_min=400)  # the advised setting passes
+    bayes.check_fit(_ar1_idata(draws, seed=1), st)  # the advised setting passes
 
 
 def test_divergence_rhat_bfmi_and_chain_advice():
     f = [
-        {"diagnostic": "divergences", "value": 12, "threshold": "<= 0"},
-        {"diagnostic": "r_hat", "value": 1.05, "threshold": "<= 1.01"},
-        {"diagnostic": "bfmi", "value": 0.1, "threshold": ">= 0.3"},
+        {"diagnostic": "divergences", "value": 12, "threshold_value": 0},
+        {"diagnostic": "r_hat", "value": 1.05, "threshold_value": 1.01},
+        {"diagnostic": "bfmi", "value": 0.1, "threshold_value": 0.3},
     ]
-    lines = preflight.fit_advice(f, section="stage1", draws=1000, chains=2, tune=800, target_accept=0.95)
+    lines = _settings("stage1", draws=1000, chains=2, tune=800, target_accept=0.95).advice(f)
     assert lines[0].startswith("raise stage1.draws to >= 2000 (R-hat 1.05")
     assert lines[1].startswith("raise stage1.target_accept to 0.99 (12 divergent transitions")
     assert lines[2].startswith("raise stage1.tune to >= 1600")
-    one = [{"diagnostic": "r_hat", "value": "not computable with 1 chain", "threshold": "needs >= 2 chains"}]
-    assert preflight.fit_advice(one, section="stage2", draws=10, chains=1, tune=10, target_accept=0.9) == [
+    one = [{"diagnostic": "r_hat", "value": "not computable with 1 chain", "threshold_value": 2}]
+    assert _settings(draws=10, chains=1, tune=10).advice(one) == [
         "raise stage2.chains to 2 (R-hat needs at least 2 chains)"
     ]
-    top = preflight.fit_advice(f[:1], section="stage2", draws=10, chains=2, tune=10, target_accept=0.995)
+    top = _settings(draws=10, tune=10, target_accept=0.995).advice(f[:1])
     assert "reparameterisation" in top[0] and "stage2.checks.allow_divergences" in top[0]
-    assert preflight.fit_advice_text(f, None) == ""
+
+
+def test_profile_sampler_settings_name_their_section():
+    """The profile's stage1 / stage2 settings know their key, so a failed check in any step
+    that samples with them (stage 1, the law, transfer) names the key to change."""
+    from geowall import bayes
+
+    cfg = load_profile("default", ["stage2.target_accept=0.95"])
+    assert (cfg.stage1.section, cfg.stage2.section) == ("stage1", "stage2")
+    with pytest.raises(bayes.FitDiagnosticsError) as e:
+        bayes.check_fit(_ar1_idata(500), cfg.stage2, label="stage 2 law 'all4'")
+    assert str(e.value).startswith("stage 2 law 'all4' failed convergence diagnostics: ")
+    assert "ess_bulk = " in str(e.value)
+    assert "; to pass: raise stage2.draws to >= " in str(e.value)
+    assert bayes.FitDiagnosticsError([], "x").advice == []
 
 
 def test_width_trend_failure_names_the_slack_that_passes():
@@ -460,25 +484,3 @@ def test_disk_budget_is_a_preflight_check():
         load_profile("gemma-2", ["sae.cache_budget_gb=20", "models.1.layers=[0, 1]"]), ["sae_grid"], machine=False
     )
     assert "sae.cache_budget_gb" not in {p.key for p in others}
-
-
-def test_runner_appends_advice_to_a_failed_fit():
-    from geowall import scaling
-
-    failures = [
-        {"diagnostic": "ess_bulk", "variable": "alpha[minilm/L3]", "value": 53.04, "threshold": ">= 400"},
-        {"diagnostic": "divergences", "variable": "sample_stats.diverging", "value": 12, "threshold": "<= 0"},
-        {"diagnostic": "r_hat", "variable": "sigma", "value": 1.05, "threshold": "<= 1.01"},
-    ]
-    message = str(scaling.FitDiagnosticsError(failures, label="stage 2 law 'all4'"))
-    parsed = preflight.parse_failures(message)
-    assert [(f["diagnostic"], f["value"], f["threshold"]) for f in parsed] == [
-        (f["diagnostic"], f["value"], f["threshold"]) for f in failures
-    ]
-    cfg = load_profile("default", ["stage2.target_accept=0.95"])  # stage2: 2 chains x 4000 draws
-    text = preflight.step_advice("transfer", cfg, "FitDiagnosticsError", message)
-    assert text.startswith("; to pass: raise stage2.draws to >= ")
-    assert "raise stage2.target_accept to 0.99 (12 divergent transitions" in text and "raise stage2.tune" in text
-    assert preflight.step_advice("stage1", cfg, "FitDiagnosticsError", message).startswith("; to pass: raise stage1.")
-    assert preflight.step_advice("geometry", cfg, "FitDiagnosticsError", message) == ""
-    assert preflight.step_advice("stage2", cfg, "ValueError", message) == ""

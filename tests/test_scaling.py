@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geowall import bayes
 from geowall import scaling as S
+from geowall.bayes import SamplerSettings
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -53,13 +55,10 @@ def fit_mixed(mixed):
     return S.fit_stage1(
         mixed[0],
         form="additive",
-        draws=300,
-        tune=300,
-        chains=2,
         seed=1,
         prior_draws=300,
         progressbar=False,
-        target_accept=0.95,
+        settings=SamplerSettings(draws=300, tune=300, chains=2, target_accept=0.95),
     )
 
 
@@ -85,7 +84,7 @@ def test_bad_metrics_named_before_sampling(mixed, col, val):
     bad = mixed[0].copy()
     bad.loc[3, col] = val
     with pytest.raises(ValueError, match=col):
-        S.fit_stage1(bad, draws=10, tune=10, chains=2)
+        S.fit_stage1(bad, settings=SamplerSettings(draws=10, tune=10, chains=2))
 
 
 def test_missing_column_and_bad_form(mixed):
@@ -145,7 +144,7 @@ def _fake_idata(values: dict[str, np.ndarray], diverging=None, energy=None):
 def test_check_fit_passes_on_iid_draws():
     rng = np.random.default_rng(1)
     idata = _fake_idata({"alpha": rng.normal(size=(2, 2000, 3)), "sigma": rng.gamma(2, size=(2, 2000))})
-    out = S.check_fit(idata)
+    out = bayes.check_fit(idata)
     assert out["max_rhat"] < 1.01 and out["min_ess_bulk"] > 400 and out["divergences"] == 0
 
 
@@ -153,8 +152,8 @@ def test_check_fit_names_rhat_and_variable():
     rng = np.random.default_rng(2)
     a = rng.normal(size=(2, 1000, 3))
     a[1, :, 2] += 3.0  # chain 2 stuck elsewhere for one element
-    with pytest.raises(S.FitDiagnosticsError, match=r"r_hat = .* at alpha\[2\]") as ei:
-        S.check_fit(_fake_idata({"alpha": a}))
+    with pytest.raises(bayes.FitDiagnosticsError, match=r"r_hat = .* at alpha\[2\]") as ei:
+        bayes.check_fit(_fake_idata({"alpha": a}))
     assert {f["diagnostic"] for f in ei.value.failures} >= {"r_hat"}
 
 
@@ -164,18 +163,18 @@ def test_check_fit_names_divergences_and_bfmi():
     div[0, :7] = True
     energy = rng.normal(size=(2, 1000)).cumsum(axis=1)  # random-walk energy: BFMI ~ 0
     idata = _fake_idata({"alpha": rng.normal(size=(2, 1000))}, diverging=div, energy=energy)
-    with pytest.raises(S.FitDiagnosticsError) as ei:
-        S.check_fit(idata)
+    with pytest.raises(bayes.FitDiagnosticsError) as ei:
+        bayes.check_fit(idata)
     msg = str(ei.value)
     assert "divergences = 7" in msg and "bfmi" in msg
-    with pytest.raises(S.FitDiagnosticsError, match="bfmi"):
-        S.check_fit(idata, allow_divergences=10)
+    with pytest.raises(bayes.FitDiagnosticsError, match="bfmi"):
+        bayes.check_fit(idata, SamplerSettings(checks={"allow_divergences": 10}))
 
 
 def test_check_fit_one_chain_fails_rhat():
     rng = np.random.default_rng(4)
-    with pytest.raises(S.FitDiagnosticsError, match="r_hat = not computable"):
-        S.check_fit(_fake_idata({"alpha": rng.normal(size=(1, 3000))}))
+    with pytest.raises(bayes.FitDiagnosticsError, match="r_hat = not computable"):
+        bayes.check_fit(_fake_idata({"alpha": rng.normal(size=(1, 3000))}))
 
 
 # ----------------------------------------------------------------- sampled
@@ -231,8 +230,8 @@ def test_stage1_idata_contents_and_roundtrip(mixed, fit_mixed, tmp_path):
 
 @pytest.mark.slow
 def test_check_fit_raises_on_a_truncated_real_fit(fit_mixed):
-    with pytest.raises(S.FitDiagnosticsError, match="ess_bulk"):
-        S.check_fit(fit_mixed.sel(draw=slice(0, 15)))
+    with pytest.raises(bayes.FitDiagnosticsError, match="ess_bulk"):
+        bayes.check_fit(fit_mixed.sel(draw=slice(0, 15)))
 
 
 @pytest.mark.slow
@@ -240,14 +239,11 @@ def test_joint_form_and_loo_comparison(mixed, fit_mixed):
     fit_joint = S.fit_stage1(
         mixed[0],
         form="joint",
-        draws=300,
-        tune=300,
-        chains=2,
         seed=2,
         prior_draws=100,
         progressbar=False,
-        target_accept=0.95,
         compare_floor=False,
+        settings=SamplerSettings(draws=300, tune=300, chains=2, target_accept=0.95),
     )
     ex = S.exponents(fit_joint, mixed[0])
     assert ex["form"].eq("joint").all() and ex["E_inf_mean"].isna().all() and not ex.floor_identified.any()
@@ -299,9 +295,9 @@ def planted_floor():
         seed=5,
     )
     m = sim.metrics
-    kw = dict(draws=300, tune=300, chains=2, seed=1, prior_draws=300, progressbar=False, target_accept=0.95)
-    idata = S.fit_stage1(m, compare_floor=False, **kw)
-    plain = S.fit_plain(m, idata, **kw)
+    st = SamplerSettings(draws=300, tune=300, chains=2, target_accept=0.95)
+    idata = S.fit_stage1(m, compare_floor=False, settings=st, seed=1, prior_draws=300, progressbar=False)
+    plain = S.fit_plain(m, idata, st, seed=1, progressbar=False)
     return m, idata, plain
 
 

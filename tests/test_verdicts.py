@@ -8,6 +8,7 @@ import pytest
 
 from geowall import transfer as T
 from geowall import verdicts as V
+from geowall.bayes import SamplerSettings
 
 
 def _stage2(gain, se, p, lo, hi, depth_gain=9.5):
@@ -118,7 +119,9 @@ def test_geometry_verdict_on_sampled_laws_depth_confound_and_planted():
     out = {}
     for name, kw in {"depth": dict(depth_coef=0.6), "planted": dict(coefs={"id_twonn": 0.12}, depth_r=0.7)}.items():
         geo, ex = law.simulate_depth_confound(n_layers={"minilm": 7, "mpnet": 13}, seed=1, **kw)
-        cmp_, fits = law.compare_laws(ex, geo, sets=sets, draws=500, tune=500, chains=2, seed=0, check=False)
+        cmp_, fits = law.compare_laws(
+            ex, geo, sets=sets, seed=0, check=False, settings=SamplerSettings(draws=500, tune=500, chains=2)
+        )
         coefs = pd.concat([law.law_coefficients(f) for f in fits.values()]).assign(scope="real")
         nulls = [
             {

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 import warnings
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
 
 __all__ = [
+    "Checks",
+    "SamplerSettings",
     "quiet_pymc",
     "HDI_PROB",
     "FitDiagnosticsError",
@@ -41,17 +45,131 @@ __all__ = [
 HDI_PROB = 0.94
 
 
-class FitDiagnosticsError(RuntimeError):
-    """A posterior failed a convergence diagnostic. ``.failures`` lists dicts with
-    keys ``diagnostic``, ``variable``, ``value``, ``threshold``."""
+class Checks(BaseModel):
+    """Convergence thresholds every fit must pass (:func:`check_fit`)."""
 
-    def __init__(self, failures: list[dict[str, Any]], label: str = "fit"):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    rhat_max: float = Field(1.01, gt=1)
+    ess_min: PositiveFloat = 400
+    allow_divergences: int = Field(0, ge=0)
+    bfmi_min: float = Field(0.3, ge=0)
+
+
+class SamplerSettings(BaseModel):
+    """How long and how carefully to sample, and what a fit must pass: the one object a
+    profile's ``stage1`` / ``stage2`` section is, passed whole to :func:`sample_model`,
+    :func:`check_fit`, Stage 1, the Stage 2 law and transfer.
+
+    ``section`` (set by the profile, not by YAML) names the profile key that configured
+    these settings, so that a failed :func:`check_fit` can say which key to change
+    (:meth:`advice`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    draws: PositiveInt = 1000
+    tune: PositiveInt = 1000
+    chains: PositiveInt = 2
+    target_accept: float = Field(
+        0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)"
+    )
+    sampler: Literal["auto", "nutpie", "pymc"] = Field(
+        "auto", description="auto: nutpie where importable, else PyMC's NUTS"
+    )
+    checks: Checks = Field(default_factory=Checks)
+    _section: str = PrivateAttr("sampler")
+
+    @property
+    def section(self) -> str:
+        return self._section
+
+    def named(self, section: str) -> SamplerSettings:
+        """These settings, known as profile section ``section`` (for :meth:`advice`)."""
+        self._section = section
+        return self
+
+    def advice(self, failures: Iterable[dict]) -> list[str]:
+        """Which profile keys to change, and to what, after a fit failed its checks.
+
+        ``failures`` are the structured records of a :class:`FitDiagnosticsError`
+        (``diagnostic``, ``value``, ``threshold_value``). Rules: ESS grows about linearly
+        with draws, so a bulk or tail ESS of v against a threshold t asks for draws x t / v
+        plus 25% (rounded up to a hundred); divergences ask for the next target_accept of
+        0.95, 0.99, 0.995 (smaller steps), and beyond that a reparameterisation or
+        ``checks.allow_divergences``; a high R-hat or a low E-BFMI asks for twice the
+        tuning (and R-hat for twice the draws); R-hat with one chain asks for two. One line
+        per key, in the order of the keys.
+        """
+        sec = self.section
+        want: dict[str, tuple[float, str]] = {}  # key -> (value, why); the largest value wins
+
+        def ask(key: str, value: float, why: str) -> None:
+            if key not in want or value > want[key][0]:
+                want[key] = (value, why)
+
+        notes: list[str] = []
+        for f in failures:
+            diag, v, t = f.get("diagnostic"), f.get("value"), f.get("threshold_value")
+            numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            numeric = numeric and bool(np.isfinite(float(v)))
+            if diag in ("ess_bulk", "ess_tail") and numeric:
+                need = math.ceil(self.draws * float(t) / max(float(v), 1.0) * 1.25 / 100) * 100
+                ask(
+                    f"{sec}.draws",
+                    max(need, self.draws + 100),
+                    f"min {diag.split('_')[1]} ESS {float(v):.4g} < {float(t):g} with "
+                    f"{self.chains} chains x {self.draws} draws",
+                )
+            elif diag == "r_hat" and not numeric:
+                ask(f"{sec}.chains", 2, "R-hat needs at least 2 chains")
+            elif diag == "r_hat":
+                why = f"R-hat {float(v):.4g}, threshold <= {t}: the chains have not mixed"
+                ask(f"{sec}.tune", 2 * self.tune, why)
+                ask(f"{sec}.draws", 2 * self.draws, why)
+            elif diag == "divergences" and numeric:
+                nxt = _next_target_accept(self.target_accept)
+                if nxt is not None:
+                    ask(f"{sec}.target_accept", nxt, f"{int(v)} divergent transitions, allowed {t}")
+                else:
+                    notes.append(
+                        f"{int(v)} divergences at {sec}.target_accept={self.target_accept}: the posterior "
+                        f"needs a reparameterisation, or raise {sec}.checks.allow_divergences knowingly"
+                    )
+            elif diag == "bfmi" and numeric:
+                ask(
+                    f"{sec}.tune",
+                    2 * self.tune,
+                    f"E-BFMI {float(v):.3g}, threshold >= {t}: the energy is poorly explored",
+                )
+        lines = []
+        for key in sorted(want):
+            value, why = want[key]
+            op = "to" if key.endswith(("target_accept", "chains")) else "to >="
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            lines.append(f"raise {key} {op} {shown} ({why})")
+        return lines + notes
+
+
+def _next_target_accept(ta: float) -> float | None:
+    for step in (0.95, 0.99, 0.995):
+        if ta < step - 1e-12:
+            return step
+    return None
+
+
+class FitDiagnosticsError(RuntimeError):
+    """A posterior failed a convergence diagnostic. ``.failures`` lists dicts with keys
+    ``diagnostic``, ``variable``, ``value``, ``threshold`` (text) and ``threshold_value``;
+    ``.advice`` the lines of :meth:`SamplerSettings.advice` (which profile key to change),
+    also appended to the message after ``; to pass: ``."""
+
+    def __init__(self, failures: list[dict[str, Any]], label: str = "fit", advice: Sequence[str] = ()):
         self.failures = failures
+        self.advice = list(advice)
         lines = []
         for f in failures:
             where = f" at {f['variable']}" if f.get("variable") else ""
             lines.append(f"{f['diagnostic']} = {_fmt(f['value'])} (threshold {f['threshold']}){where}")
-        super().__init__(f"{label} failed convergence diagnostics: " + "; ".join(lines))
+        tail = ("; to pass: " + "; ".join(self.advice)) if self.advice else ""
+        super().__init__(f"{label} failed convergence diagnostics: " + "; ".join(lines) + tail)
 
 
 def _fmt(v: Any) -> str:
@@ -93,20 +211,18 @@ def resolve_sampler(sampler: str = "auto") -> str:
 
 def sample_model(
     model,
+    settings: SamplerSettings | None = None,
     *,
-    draws: int,
-    tune: int,
-    chains: int,
-    seed: int,
-    sampler: str = "auto",
-    target_accept: float = 0.9,
+    seed: int = 0,
     progressbar: bool = True,
     loglik_vars: Iterable[str] = (),
     prior_draws: int = 0,
     cores: int | None = None,
     nutpie_kwargs: dict | None = None,
 ):
-    """Sample ``model`` with nutpie or PyMC's NUTS; add log-likelihood and prior groups.
+    """Sample ``model`` with nutpie or PyMC's NUTS as ``settings`` say (draws, tune,
+    chains, target_accept, sampler; defaults: :class:`SamplerSettings`); add
+    log-likelihood and prior groups.
 
     ``cores`` defaults to ``min(chains, 2)``. Returns InferenceData with
     ``posterior.attrs['sampling_wall_s']`` and ``['sampler']`` set. The progress display is
@@ -117,8 +233,10 @@ def sample_model(
 
     from geowall.executors import ENV_EXECUTOR
 
+    st = settings or SamplerSettings()
+    draws, tune, chains, target_accept = st.draws, st.tune, st.chains, st.target_accept
     progressbar = progressbar and not os.environ.get(ENV_EXECUTOR)
-    sampler = resolve_sampler(sampler)
+    sampler = resolve_sampler(st.sampler)
     cores = cores or min(chains, 2)
     t0 = time.perf_counter()
     with model, warnings.catch_warnings():
@@ -173,15 +291,13 @@ def sample_model(
 
 def check_fit(
     idata,
+    settings: SamplerSettings | None = None,
     *,
-    rhat_max: float = 1.01,
-    ess_min: float = 400,
-    allow_divergences: int = 0,
-    bfmi_min: float = 0.3,
     var_names: Iterable[str] | None = None,
     label: str = "fit",
 ) -> dict[str, Any]:
-    """The one convergence check every fit goes through.
+    """The one convergence check every fit goes through, with the thresholds of
+    ``settings.checks`` (defaults: :class:`Checks`).
 
     Checks, over all posterior variables (or ``var_names``): max rank-normalised split
     R-hat <= ``rhat_max``; min bulk ESS and min tail ESS >= ``ess_min``; number of
@@ -190,10 +306,14 @@ def check_fit(
     fixed by data) are skipped. Fewer than two chains fails R-hat outright.
 
     Raises :class:`FitDiagnosticsError` naming every failed diagnostic, the variable
-    (with coordinates) and the value. Returns a dict with ``max_rhat, min_ess_bulk,
-    min_ess_tail, divergences, min_bfmi, n_chains, n_draws`` and the worst variables
-    when all pass.
+    (with coordinates) and the value, with ``settings.advice`` (which profile key to
+    change, and to what) built from the same structured failures. Returns a dict with
+    ``max_rhat, min_ess_bulk, min_ess_tail, divergences, min_bfmi, n_chains, n_draws``
+    and the worst variables when all pass.
     """
+    st = settings or SamplerSettings()
+    c = st.checks
+    rhat_max, ess_min, allow_divergences, bfmi_min = c.rhat_max, c.ess_min, c.allow_divergences, c.bfmi_min
     import arviz as az
 
     if "posterior" not in idata.groups():
@@ -232,6 +352,7 @@ def check_fit(
                 "variable": None,
                 "value": f"not computable with {n_chains} chain",
                 "threshold": "needs >= 2 chains",
+                "threshold_value": 2,
             }
         )
         summary["max_rhat"], summary["worst_rhat"] = np.nan, None
@@ -240,12 +361,28 @@ def check_fit(
         rh_val, rh_var = worst(rhat.fillna(np.inf), True)
         summary["max_rhat"], summary["worst_rhat"] = rh_val, rh_var
         if not rh_val <= rhat_max:
-            failures.append({"diagnostic": "r_hat", "variable": rh_var, "value": rh_val, "threshold": f"<= {rhat_max}"})
+            failures.append(
+                {
+                    "diagnostic": "r_hat",
+                    "variable": rh_var,
+                    "value": rh_val,
+                    "threshold": f"<= {rhat_max}",
+                    "threshold_value": rhat_max,
+                }
+            )
     for key, ds in (("ess_bulk", ess_b), ("ess_tail", ess_t)):
         v, name = worst(ds.fillna(0.0), False)
         summary[f"min_{key}"], summary[f"worst_{key}"] = v, name
         if not v >= ess_min:
-            failures.append({"diagnostic": key, "variable": name, "value": v, "threshold": f">= {ess_min}"})
+            failures.append(
+                {
+                    "diagnostic": key,
+                    "variable": name,
+                    "value": v,
+                    "threshold": f">= {ess_min}",
+                    "threshold_value": ess_min,
+                }
+            )
 
     ss = idata["sample_stats"] if "sample_stats" in idata.groups() else None
     if ss is None or "diverging" not in ss:
@@ -255,6 +392,7 @@ def check_fit(
                 "variable": None,
                 "value": "sample_stats.diverging missing",
                 "threshold": f"<= {allow_divergences}",
+                "threshold_value": allow_divergences,
             }
         )
         summary["divergences"] = np.nan
@@ -268,6 +406,7 @@ def check_fit(
                     "variable": "sample_stats.diverging",
                     "value": ndiv,
                     "threshold": f"<= {allow_divergences}",
+                    "threshold_value": allow_divergences,
                 }
             )
     if ss is not None and "energy" in ss:
@@ -280,6 +419,7 @@ def check_fit(
                     "variable": f"chain {int(np.argmin(bfmi))}",
                     "value": summary["min_bfmi"],
                     "threshold": f">= {bfmi_min}",
+                    "threshold_value": bfmi_min,
                 }
             )
     else:
@@ -289,11 +429,12 @@ def check_fit(
                 "variable": None,
                 "value": "sample_stats.energy missing",
                 "threshold": f">= {bfmi_min}",
+                "threshold_value": bfmi_min,
             }
         )
         summary["min_bfmi"] = np.nan
     if failures:
-        raise FitDiagnosticsError(failures, label=label)
+        raise FitDiagnosticsError(failures, label=label, advice=st.advice(failures))
     return summary
 
 

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from geowall.bayes import SamplerSettings
+
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
 
 
@@ -221,41 +223,7 @@ class GeometrySpec(_Strict):
     near_dup_tol: float = Field(0.1, ge=0, lt=1, description="near-duplicate: r1 < this x median r1")
 
 
-class ChecksSpec(_Strict):
-    """Convergence thresholds every fit must pass (geowall.scaling.check_fit)."""
-
-    rhat_max: float = Field(1.01, gt=1)
-    ess_min: PositiveFloat = 400
-    allow_divergences: int = Field(0, ge=0)
-    bfmi_min: float = Field(0.3, ge=0)
-
-
-class BayesSpec(_Strict):
-    draws: PositiveInt = 1000
-    tune: PositiveInt = 1000
-    chains: PositiveInt = 2
-    target_accept: float = Field(
-        0.9, gt=0.5, lt=1, description="NUTS target acceptance (higher: smaller steps, fewer divergences)"
-    )
-    checks: ChecksSpec = Field(default_factory=ChecksSpec)
-
-    def check_kwargs(self, section: str) -> dict:
-        """Keyword arguments for the convergence check of a fit sampled with these settings:
-        the thresholds, and ``advice`` (what :func:`geowall.preflight.fit_advice` needs to
-        say which key of ``section`` to change, and to what, if the fit fails)."""
-        return {
-            **self.checks.model_dump(),
-            "advice": {
-                "section": section,
-                "draws": self.draws,
-                "chains": self.chains,
-                "tune": self.tune,
-                "target_accept": self.target_accept,
-            },
-        }
-
-
-class Stage1Spec(BayesSpec):
+class Stage1Spec(SamplerSettings):
     forms: list[Literal["additive", "joint"]] = Field(default_factory=lambda: ["additive", "joint"])
     primary_form: Literal["additive", "joint"] = Field("additive", description="form whose exponents feed Stage 2")
 
@@ -284,9 +252,16 @@ class Profile(_Strict):
     sae: SaeSpec
     geometry: GeometrySpec = Field(default_factory=GeometrySpec)
     stage1: Stage1Spec = Field(default_factory=Stage1Spec)
-    stage2: BayesSpec = Field(default_factory=BayesSpec)
+    stage2: SamplerSettings = Field(default_factory=SamplerSettings)
     transfer: list[tuple[str, str]] = Field(default_factory=list, description="pairs of model names")
     walkthrough: WalkthroughSpec = Field(default_factory=WalkthroughSpec)
+
+    @model_validator(mode="after")
+    def _name_sampler_sections(self) -> Profile:
+        """The sampler settings know their profile key, for the advice of a failed check."""
+        self.stage1.named("stage1")
+        self.stage2.named("stage2")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Profile:

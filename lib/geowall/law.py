@@ -282,22 +282,18 @@ def fit_law(
     *,
     predictors: Sequence[str] = SUMMARIES,
     target: str = "log_alpha",
-    draws: int = 1000,
-    chains: int = 2,
-    tune: int = 1000,
+    settings: bayes.SamplerSettings | None = None,
     seed: int = 0,
-    sampler: str = "auto",
     models: Iterable[str] | None = None,
     identified_only: bool | None = None,
     layers: pd.DataFrame | None = None,
     name: str | None = None,
-    target_accept: float = 0.9,
     progressbar: bool = True,
     posterior_predictive: bool = True,
     model_effects: bool | None = None,
 ):
     """Fit the Stage 2 law ``target ~ model intercepts + standardised geometry`` with
-    errors in variables.
+    errors in variables, sampled with ``settings`` (:class:`geowall.bayes.SamplerSettings`).
 
     ``predictors``: summary names and/or ``"depth"``; ``()`` fits the intercepts-only
     baseline. ``models`` restricts the training layers (e.g. model A only for transfer);
@@ -333,17 +329,7 @@ def fit_law(
         )
     sc = _scaling_from(tab, predictors)
     model = build_law_model(tab, predictors, sc, model_effects=effects)
-    idata = bayes.sample_model(
-        model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
-        progressbar=progressbar,
-        loglik_vars=["y"],
-    )
+    idata = bayes.sample_model(model, settings, seed=seed, progressbar=progressbar, loglik_vars=["y"])
     if posterior_predictive:
         with bayes.quiet_pymc():
             pp = pm.sample_posterior_predictive(
@@ -474,15 +460,10 @@ def compare_laws(
     sets: Mapping[str, Sequence[str]] | None = None,
     target: str = "log_alpha",
     models: Iterable[str] | None = None,
-    draws: int = 1000,
-    chains: int = 2,
-    tune: int = 1000,
+    settings: bayes.SamplerSettings | None = None,
     seed: int = 0,
-    sampler: str = "auto",
     progressbar: bool = False,
     check: bool = True,
-    check_kwargs: Mapping[str, Any] | None = None,
-    target_accept: float = 0.9,
     model_effects: bool | None = None,
     pareto_k_max: float = 0.7,
 ):
@@ -490,8 +471,10 @@ def compare_laws(
 
     ``sets`` defaults to :data:`DEFAULT_LAW_SETS` (the baselines ``"models"``,
     per-model intercepts only, and ``"depth"``; ID, curvature, ID + curvature, all
-    four). Layers missing any predictor of any set are dropped from all fits. With
-    ``check`` every fit goes through :func:`geowall.bayes.check_fit` (raises).
+    four). Layers missing any predictor of any set are dropped from all fits. Every fit is
+    sampled with ``settings``; with ``check`` it goes through
+    :func:`geowall.bayes.check_fit` with the same settings' thresholds (raises, with
+    advice naming the profile key).
 
     Returns ``(comparison, fits)``. ``comparison`` has one row per set: ``predictor_set,
     rank, elpd_loo, se, p_loo, weight`` (``az.compare``), then for each baseline ``B``
@@ -513,18 +496,14 @@ def compare_laws(
             target=target,
             models=models,
             layers=common[["model", "layer"]],
-            draws=draws,
-            chains=chains,
-            tune=tune,
+            settings=settings,
             seed=seed + 17 * i,
-            sampler=sampler,
             name=name,
             progressbar=progressbar,
-            target_accept=target_accept,
             model_effects=model_effects,
         )
         if check:
-            bayes.check_fit(fits[name], label=f"stage 2 law {name!r}", **dict(check_kwargs or {}))
+            bayes.check_fit(fits[name], settings, label=f"stage 2 law {name!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loos = {k: az.loo(f, pointwise=True, var_name="y") for k, f in fits.items()}

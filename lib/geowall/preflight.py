@@ -22,7 +22,6 @@ defaults of ``scaling.exponents``); where a rule is inline in a library function
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -223,7 +222,7 @@ def _sampling(section: str, spec):
     if spec.chains < 2:
         yield (
             f"{section}.chains",
-            f"{spec.chains} chain cannot pass the R-hat check (scaling.check_fit); expected >= 2",
+            f"{spec.chains} chain cannot pass the R-hat check (bayes.check_fit); expected >= 2",
         )
     need = spec.checks.ess_min
     if spec.chains * spec.draws < need:
@@ -236,12 +235,12 @@ def _sampling(section: str, spec):
         )
 
 
-@register("stage1.draws", steps=("stage1",), where="scaling.check_fit: >= 2 chains, ESS >= checks.ess_min")
+@register("stage1.draws", steps=("stage1",), where="bayes.check_fit: >= 2 chains, ESS >= checks.ess_min")
 def _stage1_sampling(cfg):
     yield from _sampling("stage1", cfg.stage1)
 
 
-@register("stage2.draws", steps=("stage2", "transfer"), where="scaling.check_fit: >= 2 chains, ESS >= checks.ess_min")
+@register("stage2.draws", steps=("stage2", "transfer"), where="bayes.check_fit: >= 2 chains, ESS >= checks.ess_min")
 def _stage2_sampling(cfg):
     yield from _sampling("stage2", cfg.stage2)
 
@@ -490,115 +489,3 @@ def _device_available(cfg):
 def inventory() -> list[dict]:
     """The registered checks as rows (key, steps, where, machine): the README's table."""
     return [{"key": c.key, "steps": ", ".join(c.steps), "where": c.where, "machine": c.machine} for c in CHECKS]
-
-
-# ---------------------------------------------------------------------------- after the fact
-
-
-def _next_target_accept(ta: float) -> float | None:
-    for step in (0.95, 0.99, 0.995):
-        if ta < step - 1e-12:
-            return step
-    return None
-
-
-def fit_advice(
-    failures: Iterable[dict], *, section: str, draws: int, chains: int, tune: int, target_accept: float
-) -> list[str]:
-    """Which profile keys to change, and to what, after a fit failed its convergence checks.
-
-    ``failures`` are the records of a ``FitDiagnosticsError`` (``diagnostic``, ``value``,
-    ``threshold``); ``section`` is the profile section that configured the sampler
-    (``"stage1"``, ``"stage2"``). Rules: ESS grows about linearly with draws, so a bulk or
-    tail ESS of v against a threshold t asks for draws x t / v plus 25% (rounded up to a
-    hundred); divergences ask for the next target_accept of 0.95, 0.99, 0.995 (smaller
-    steps), and beyond that a reparameterisation or ``checks.allow_divergences``; a high
-    R-hat or a low E-BFMI asks for twice the tuning (and R-hat for twice the draws);
-    R-hat with one chain asks for two. One line per key, in the order of the keys.
-    """
-    want: dict[str, tuple[float, str]] = {}  # key -> (value, why); the largest value wins
-
-    def ask(key: str, value: float, why: str) -> None:
-        if key not in want or value > want[key][0]:
-            want[key] = (value, why)
-
-    notes: list[str] = []
-    for f in failures:
-        diag, v, thr = f.get("diagnostic"), f.get("value"), str(f.get("threshold", ""))
-        numeric = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-        if diag in ("ess_bulk", "ess_tail") and numeric:
-            t = float(thr.split()[-1]) if thr.split() else 0.0
-            need = math.ceil(draws * t / max(float(v), 1.0) * 1.25 / 100) * 100
-            ask(
-                f"{section}.draws",
-                max(need, draws + 100),
-                f"min {diag.split('_')[1]} ESS {float(v):.4g} < {t:g} with {chains} chains x {draws} draws",
-            )
-        elif diag == "r_hat" and not numeric:
-            ask(f"{section}.chains", 2, "R-hat needs at least 2 chains")
-        elif diag == "r_hat":
-            why = f"R-hat {float(v):.4g}, threshold {thr}: the chains have not mixed"
-            ask(f"{section}.tune", 2 * tune, why)
-            ask(f"{section}.draws", 2 * draws, why)
-        elif diag == "divergences" and numeric:
-            nxt = _next_target_accept(target_accept)
-            if nxt is not None:
-                ask(f"{section}.target_accept", nxt, f"{int(v)} divergent transitions, allowed {thr.split()[-1]}")
-            else:
-                notes.append(
-                    f"{int(v)} divergences at {section}.target_accept={target_accept}: the posterior "
-                    f"needs a reparameterisation, or raise {section}.checks.allow_divergences knowingly"
-                )
-        elif diag == "bfmi" and numeric:
-            ask(f"{section}.tune", 2 * tune, f"E-BFMI {float(v):.3g}, threshold {thr}: the energy is poorly explored")
-    lines = []
-    for key in sorted(want):
-        value, why = want[key]
-        op = "to" if key.endswith(("target_accept", "chains")) else "to >="
-        shown = f"{value:g}" if isinstance(value, float) else str(value)
-        lines.append(f"raise {key} {op} {shown} ({why})")
-    return lines + notes
-
-
-def fit_advice_text(failures: Iterable[dict], settings: dict | None) -> str:
-    """``fit_advice`` as one sentence to append to an error ('' without settings)."""
-    if not settings:
-        return ""
-    lines = fit_advice(failures, **settings)
-    return ("; to pass: " + "; ".join(lines)) if lines else ""
-
-
-_DIAG = re.compile(r"(r_hat|ess_bulk|ess_tail|divergences|bfmi) = (.+?) \(threshold (.+?)\)")
-STEP_SAMPLER = {"stage1": "stage1", "stage2": "stage2", "transfer": "stage2"}  # step -> profile section it samples with
-
-
-def parse_failures(message: str) -> list[dict]:
-    """The failure records of a ``FitDiagnosticsError`` message (what a notebook's error
-    carries to the runner): ``[{"diagnostic", "value", "threshold"}, ...]``."""
-    out = []
-    for diag, value, thr in _DIAG.findall(message):
-        try:
-            v: float | str = float(value)
-        except ValueError:
-            v = value
-        out.append({"diagnostic": diag, "value": v, "threshold": thr})
-    return out
-
-
-def step_advice(step: str, cfg: Profile, ename: str, evalue: str) -> str:
-    """What the runner appends to a failed step's error: for a ``FitDiagnosticsError`` in a
-    sampling step, which key of the step's profile section to change and to what."""
-    section = STEP_SAMPLER.get(step)
-    if ename != "FitDiagnosticsError" or section is None or "; to pass: " in evalue:
-        return ""
-    spec = getattr(cfg, section)
-    return fit_advice_text(
-        parse_failures(evalue),
-        {
-            "section": section,
-            "draws": spec.draws,
-            "chains": spec.chains,
-            "tune": spec.tune,
-            "target_accept": spec.target_accept,
-        },
-    )

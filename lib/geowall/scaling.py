@@ -82,14 +82,13 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
-from geowall.bayes import FitDiagnosticsError, check_fit, resolve_sampler, sample_model
+from geowall.bayes import SamplerSettings, sample_model
 from geowall.io import require_columns
 
 __all__ = [
     "FORMS",
     "FLOOR_GRID_RULE",
     "FLOOR_IDENTIFIED_RULE",
-    "FitDiagnosticsError",
     "build_stage1_model",
     "fit_stage1",
     "prior_predictive",
@@ -97,7 +96,6 @@ __all__ = [
     "exponents",
     "common_grid",
     "fit_plain",
-    "check_fit",
     "compare_forms",
     "simulate_metrics",
     "simulate_power_law",
@@ -106,8 +104,6 @@ __all__ = [
     "stored_layers",
     "stored_refs",
     "surface_predictions",
-    "resolve_sampler",
-    "sample_model",
     "simulation_based_calibration",
     "sbc_uniformity",
 ]
@@ -353,12 +349,8 @@ def fit_stage1(
     metrics_df: pd.DataFrame,
     *,
     form: str = "additive",
-    draws: int = 1000,
-    chains: int = 2,
-    tune: int = 1000,
+    settings: SamplerSettings | None = None,
     seed: int = 0,
-    sampler: str = "auto",
-    target_accept: float = 0.9,
     prior_draws: int = 1000,
     w_ref: float | Mapping[str, float] | None = None,
     l0_ref: float | Mapping[str, float] | None = None,
@@ -389,15 +381,14 @@ def fit_stage1(
     (``floor_pareto_k``) join the layer table. ``posterior.attrs['nofloor_sampling_wall_s']``
     records that fit's time.
 
-    Sampler: nutpie where available (``sampler="auto"``), else PyMC's NUTS; ``cores =
-    min(chains, 2)``. Check the result with :func:`check_fit` before using it.
+    Sampling: ``settings`` (:class:`geowall.bayes.SamplerSettings`: draws, tune, chains,
+    target_accept, sampler; nutpie where available, else PyMC's NUTS; ``cores = min(chains,
+    2)``). Check the result with :func:`geowall.bayes.check_fit` before using it.
 
-    Bad input (missing column, non-positive or non-finite width/l0/fvu, unknown form,
-    non-positive draws) raises ``ValueError`` naming it before anything is compiled.
+    Bad input (missing column, non-positive or non-finite width/l0/fvu, unknown form)
+    raises ``ValueError`` naming it before anything is compiled; the settings validate
+    themselves (positive draws, tune, chains).
     """
-    for name, v in (("draws", draws), ("chains", chains), ("tune", tune)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
     kw = dict(form=form, w_ref=w_ref, l0_ref=l0_ref, floor_min_widths=floor_min_widths, floor_min_span=floor_min_span)
     model, layers, refs = build_stage1_model(metrics_df, floors=floors, **kw)
     # nutpie_kwargs go to nutpie.sample. Its low-rank mass matrix
@@ -405,12 +396,8 @@ def fit_stage1(
     # hierarchical sds worse (min bulk ESS 242 vs 802 per 2000 draws in
     # tests/benchmarks/bench_stage1.py), so the default diagonal adaptation is kept.
     sample_kw = dict(
-        draws=draws,
-        tune=tune,
-        chains=chains,
+        settings=settings,
         seed=seed,
-        sampler=sampler,
-        target_accept=target_accept,
         progressbar=progressbar,
         loglik_vars=["log_fvu"],
         nutpie_kwargs=nutpie_kwargs,
@@ -730,12 +717,18 @@ def common_grid(metrics_df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep).loc[lambda d: d.index.sort_values()].reset_index(drop=True)
 
 
-def fit_plain(metrics_df: pd.DataFrame, idata, **sampling):
+def fit_plain(
+    metrics_df: pd.DataFrame,
+    idata,
+    settings: SamplerSettings | None = None,
+    *,
+    seed: int = 0,
+    progressbar: bool = True,
+):
     """The plain width exponent at every layer (:func:`exponents`' ``plain``): the floor-free
     surface of ``idata``'s form fitted on :func:`common_grid` at ``idata``'s own references
     (``W_ref``, ``l0_ref`` per model), so that it and the floor surface's exponent are read at
-    the same sparsity. ``sampling`` goes to :func:`fit_stage1` (draws, tune, chains, seed,
-    target_accept, ...). Returns ``None`` when no layer of ``idata`` has a floor term (its
+    the same sparsity, sampled with ``settings``. Returns ``None`` when no layer of ``idata`` has a floor term (its
     exponent is then already the plain one)."""
     if not stored_layers(idata)["floor_term"].any():
         return None
@@ -747,7 +740,9 @@ def fit_plain(metrics_df: pd.DataFrame, idata, **sampling):
         compare_floor=False,
         w_ref={m: r["w_ref"] for m, r in refs.items()},
         l0_ref={m: r["l0_ref"] for m, r in refs.items()},
-        **sampling,
+        settings=settings,
+        seed=seed,
+        progressbar=progressbar,
     )
 
 

@@ -317,15 +317,10 @@ def run_transfer(
     *,
     predictor_sets: Mapping[str, Sequence[str]] | None = None,
     target: str = "log_alpha",
-    draws: int = 1000,
-    chains: int = 2,
-    tune: int = 1000,
+    settings: bayes.SamplerSettings | None = None,
     seed: int = 0,
-    sampler: str = "auto",
     check: bool = True,
-    check_kwargs: Mapping[str, Any] | None = None,
     progressbar: bool = False,
-    target_accept: float = 0.9,
     n_perm: int = 500,
     kinds: Mapping[str, str] | None = None,
 ):
@@ -335,8 +330,8 @@ def run_transfer(
     curvature-free law (``law3``: for models whose curvature is withheld at layers above the
     tangent cap, where the four-summary law has too few layers to fit) and two baselines,
     depth only and A's mean. Fits on the
-    same A are shared across pairs; with ``check`` each goes through
-    :func:`geowall.bayes.check_fit`.
+    same A are shared across pairs; each is sampled with ``settings`` and, with ``check``,
+    goes through :func:`geowall.bayes.check_fit` with their thresholds.
 
     Each geometric law's row also carries the depth baseline scored on *the same* test
     layers (``depth_r2``, ``depth_r2_shift``, ``depth_spearman``: the law may see fewer
@@ -362,17 +357,13 @@ def run_transfer(
                 predictors=ps,
                 target=target,
                 models=[a],
-                draws=draws,
-                chains=chains,
-                tune=tune,
+                settings=settings,
                 seed=seed + 31 * i,
-                sampler=sampler,
                 name=name,
                 progressbar=progressbar,
-                target_accept=target_accept,
             )
             if check:
-                bayes.check_fit(fits[key], label=f"transfer law {name!r} on {a}", **dict(check_kwargs or {}))
+                bayes.check_fit(fits[key], settings, label=f"transfer law {name!r} on {a}")
         return fits[key]
 
     names = list(sets)

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from geowall import scaling as S  # noqa: E402
+from geowall.bayes import SamplerSettings  # noqa: E402
 from geowall.io import write_parquet  # noqa: E402
 
 GRIDS = {
@@ -76,13 +77,10 @@ def main() -> None:
             fit = S.fit_stage1(
                 metrics,
                 floors="all",
-                draws=args.draws,
-                tune=args.tune,
-                chains=2,
                 seed=seed,
                 progressbar=False,
-                target_accept=0.95,
                 prior_draws=200,
+                settings=SamplerSettings(draws=args.draws, tune=args.tune, chains=2, target_accept=0.95),
             )
             ex = S.exponents(fit).merge(truth, on=["model", "layer"], suffixes=("", "_true"))
             ex["grid"], ex["seed"], ex["wall_s"] = name, seed, time.perf_counter() - t0

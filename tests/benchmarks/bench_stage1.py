@@ -33,6 +33,7 @@ import pandas as pd  # noqa: E402
 
 from geowall import bayes  # noqa: E402
 from geowall import scaling as S  # noqa: E402
+from geowall.bayes import SamplerSettings  # noqa: E402
 
 
 def realistic_table(seed: int = 0) -> pd.DataFrame:
@@ -70,23 +71,20 @@ def bench(table: pd.DataFrame, label: str, args) -> list[dict]:
         idata = S.fit_stage1(
             table,
             form=args.form,
-            draws=args.draws,
-            tune=args.tune,
-            chains=args.chains,
             seed=args.seed,
-            sampler=sampler,
             prior_draws=0,
             progressbar=False,
             compare_floor=False,
+            settings=SamplerSettings(draws=args.draws, tune=args.tune, chains=args.chains, sampler=sampler),
         )
         total = time.perf_counter() - t0
         sampling = float(idata.posterior.attrs.get("sampling_time_s", idata.posterior.attrs["sampling_wall_s"]))
         ess, var = min_ess(idata)
         ndiv = int(idata.sample_stats["diverging"].sum())
         try:
-            S.check_fit(idata)
+            bayes.check_fit(idata)
             diag = "pass"
-        except S.FitDiagnosticsError as e:
+        except bayes.FitDiagnosticsError as e:
             diag = "FAIL: " + "; ".join(f"{f['diagnostic']}={bayes._fmt(f['value'])}" for f in e.failures)
         rows.append(
             {
