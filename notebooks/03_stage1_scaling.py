@@ -19,7 +19,7 @@ params = None
 import numpy as np
 import pandas as pd
 
-from geowall import bayes, charts, notebook, scaling
+from geowall import bayes, charts, notebook, scaling, simulate
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -34,7 +34,6 @@ print(
 )
 
 # %%
-
 from geowall.pipeline import ROOT
 
 # %% [markdown]
@@ -264,7 +263,7 @@ sbc_path = ROOT / "data" / "sbc" / "stage1_sbc.parquet"
 if sbc_path.is_file():
     sbc = read_parquet(sbc_path)
     display(
-        pd.concat([scaling.sbc_uniformity(g).assign(grid=name) for name, g in sbc.groupby("grid")], ignore_index=True)[
+        pd.concat([simulate.sbc_uniformity(g).assign(grid=name) for name, g in sbc.groupby("grid")], ignore_index=True)[
             ["grid", "param", "n", "chi2", "df", "p_value"]
         ].round(3)
     )

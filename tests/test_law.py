@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geowall import bayes
+from geowall import bayes, simulate
 from geowall import law as L
 from geowall.bayes import SamplerSettings
 
@@ -23,7 +23,7 @@ def sim2():
     """Models A (24 layers) and B (12 layers) from one known within-model law on log
     alpha, with different model levels."""
     layers = pd.DataFrame({"model": ["A"] * 24 + ["B"] * 12, "layer": list(range(24)) + list(range(12))})
-    return L.simulate_geometry(
+    return simulate.simulate_geometry(
         layers,
         coefs=TRUE_COEFS,
         intercept=-1.0,
@@ -38,7 +38,7 @@ def sim2():
 @pytest.fixture(scope="module")
 def trap():
     """The issue's between-model trap: no within-model relation at all."""
-    return L.simulate_between_models(seed=0)
+    return simulate.simulate_between_models(seed=0)
 
 
 # ----------------------------------------------------------------- tables, no sampling
@@ -137,13 +137,13 @@ def test_between_model_trap_closed_form(trap):
 
 
 def test_planted_within_model_relation_found_by_the_null_and_lomo():
-    geo, ex = L.simulate_between_models(seed=2, within_coef=0.08)
+    geo, ex = simulate.simulate_between_models(seed=2, within_coef=0.08)
     tab = L.stage2_table(ex, geo, predictors=("id_twonn",))
     null = L.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
     assert null["p_value"] < 0.01 and null["b_mean"][0] > 0
     lomo = L.leave_one_model_out(tab, ("id_twonn",)).set_index("held_out")
     assert (lomo["spearman"] > 0.5).all() and (lomo["r2_shift"] > 0.2).all()
-    geo0, ex0 = L.simulate_between_models(seed=2)
+    geo0, ex0 = simulate.simulate_between_models(seed=2)
     lomo0 = L.leave_one_model_out(L.stage2_table(ex0, geo0, predictors=("id_twonn",)), ("id_twonn",))
     assert (lomo0["r2_shift"] < 0.3).all()
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from geowall import bayes
+from geowall import bayes, simulate
 from geowall import law as L
 from geowall import power as P
 from geowall.bayes import SamplerSettings
@@ -73,7 +73,7 @@ def test_design_analysis_power_rises_from_the_false_positive_rate():
     """On a default-shaped design where ID tracks depth: at slope 0 the rule is rarely
     'supported'; a large planted slope is found almost always; a summary unrelated to depth
     is easier to detect than one that tracks it (collinearity with depth costs power)."""
-    geo, ex = L.simulate_depth_confound(n_layers=SHAPE, seed=1, depth_coef=0.6)
+    geo, ex = simulate.simulate_depth_confound(n_layers=SHAPE, seed=1, depth_coef=0.6)
     c = P.design_analysis(ex, geo, slopes=[0.0, 0.1, 0.4], n_sim=30, n_perm=49, seed=0)
     assert set(c.columns) >= {"summary", "slope", "p_supported", "mcse", "n_layers", "resid_sd", "median_y_sd"}
     assert (c.n_layers == 20).all() and (c.n_models == 2).all()
@@ -89,7 +89,7 @@ def test_design_analysis_power_rises_from_the_false_positive_rate():
 def test_closed_form_decision_agrees_with_the_sampled_laws():
     """The design analysis' closed form against notebook 04's PyMC laws on one planted case:
     the ELPD gain of depth + ID over depth and the ID slope agree."""
-    geo, ex = L.simulate_depth_confound(n_layers=SHAPE, seed=2, coefs={"id_twonn": 0.1}, depth_r=0.7)
+    geo, ex = simulate.simulate_depth_confound(n_layers=SHAPE, seed=2, coefs={"id_twonn": 0.1}, depth_r=0.7)
     sets = {"depth+id": ("depth", "id_twonn")}
     tab = L.stage2_table(ex, geo, predictors=("depth", "id_twonn"))
     d = P.decide(tab, sets, n_perm=99)

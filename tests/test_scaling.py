@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geowall import bayes
+from geowall import bayes, simulate
 from geowall import scaling as S
 from geowall.bayes import SamplerSettings
 
@@ -38,11 +38,11 @@ def mixed():
     """Model "pw": pure power law, 6 layers on the default grid + 1 on Gemma Scope's two
     widths; model "fl": 4 layers with planted floors on 7 widths over 64x."""
     g = _default_grid(6)
-    gem = S.grid_from_gemma_scope(1, per_width=3)
+    gem = simulate.grid_from_gemma_scope(1, per_width=3)
     gem = gem.assign(layer=6, width=gem["width"] * 1536 // gem["width"].max())
     alphas = np.array([0.3, 0.36, 0.42, 0.48, 0.54, 0.6, 0.45])
-    pw = S.simulate_power_law(pd.concat([g, gem]), alpha=alphas, seed=1, model="pw")
-    fl = S.simulate_metrics(
+    pw = simulate.simulate_power_law(pd.concat([g, gem]), alpha=alphas, seed=1, model="pw")
+    fl = simulate.simulate_metrics(
         models=("fl",), n_layers=4, widths=RICH_WIDTHS, ks=(8, 16, 32), noise=0.02, seed=3, floor_range=(0.02, 0.06)
     )
     metrics = pd.concat([pw.metrics, fl.metrics[["model", "layer", "width", "k", "l0", "fvu"]]], ignore_index=True)
@@ -66,7 +66,7 @@ def fit_mixed(mixed):
 
 
 def test_gemma_scope_grid_shape_from_the_manifest():
-    g = S.grid_from_gemma_scope(6)
+    g = simulate.grid_from_gemma_scope(6)
     assert g["layer"].nunique() == 6
     one = g[g.layer == 0]
     assert one["width"].nunique() == 2 and one["width"].max() / one["width"].min() == pytest.approx(4, rel=0.01)
@@ -122,11 +122,11 @@ def test_prior_predictive_covers_data(mixed):
 def test_sbc_uniformity_known_answer():
     rng = np.random.default_rng(0)
     fair = pd.DataFrame({"param": "alpha", "rank": rng.integers(0, 100, 2000), "n_ranks": 100})
-    assert S.sbc_uniformity(fair)["p_value"].item() > 0.01
+    assert simulate.sbc_uniformity(fair)["p_value"].item() > 0.01
     # an overconfident posterior: true values pile up in the tails of the rank distribution
     u = rng.beta(0.6, 0.6, 2000)
     tails = pd.DataFrame({"param": "alpha", "rank": (u * 100).astype(int), "n_ranks": 100})
-    assert S.sbc_uniformity(tails)["p_value"].item() < 1e-4
+    assert simulate.sbc_uniformity(tails)["p_value"].item() < 1e-4
 
 
 def _fake_idata(values: dict[str, np.ndarray], diverging=None, energy=None):
@@ -258,10 +258,12 @@ def test_simulation_based_calibration_small():
     """A small SBC (Talts et al. 2018) of the floor-free surface on a 2-layer grid: ranks
     of alpha uniform. The full run on the default and Gemma Scope grids is `make sbc`."""
     grid = _default_grid(2)
-    table = S.simulate_power_law(grid, alpha=[0.3, 0.5], seed=0).metrics
-    ranks = S.simulation_based_calibration(table, n_sims=40, draws=100, tune=200, chains=2, thin=2, seed=0)
+    table = simulate.simulate_power_law(grid, alpha=[0.3, 0.5], seed=0).metrics
+    ranks = simulate.simulation_based_calibration(
+        table, n_sims=40, settings=SamplerSettings(draws=100, tune=200), thin=2, seed=0
+    )
     assert set(ranks["param"]) == {"alpha"} and len(ranks) == 80 and ranks["n_ranks"].eq(101).all()
-    u = S.sbc_uniformity(ranks, n_bins=5)
+    u = simulate.sbc_uniformity(ranks, n_bins=5)
     assert u["p_value"].item() > 0.001, u
 
 
@@ -269,7 +271,7 @@ def test_simulation_based_calibration_small():
 
 
 def test_common_grid_keeps_the_widths_every_layer_has():
-    sim = S.simulate_metrics(n_layers=3, widths=(384, 1536), showcase_layers=(1,), showcase_widths=RICH_WIDTHS)
+    sim = simulate.simulate_metrics(n_layers=3, widths=(384, 1536), showcase_layers=(1,), showcase_widths=RICH_WIDTHS)
     c = S.common_grid(sim.metrics)
     assert set(c["width"]) == {384, 1536} and c.groupby("layer").size().nunique() == 1
     assert len(c) == 3 * 2 * 3  # every layer keeps 2 widths x 3 ks
@@ -283,7 +285,7 @@ def planted_floor():
     shape: two widths 4x apart, three ks); layer 3 is a showcase layer (7 widths over 64x)
     with a planted floor term, so its floor surface reports an exponent of the error *above*
     the floor, which the ordinary layers' exponents are not."""
-    sim = S.simulate_metrics(
+    sim = simulate.simulate_metrics(
         n_layers=7,
         widths=(384, 1536),
         showcase_layers=(3,),

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from geowall import law as L
+from geowall import simulate
 from geowall import transfer as T
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -124,7 +125,7 @@ def test_curvature_free_law_recovers_a_planted_effect_and_not_a_null(monkeypatch
     other summaries in the simulation), its permutation null is not rejected."""
     monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
     layers = pd.DataFrame({"model": ["A"] * 12 + ["B"] * 12, "layer": list(range(12)) * 2})
-    geo, ex = L.simulate_geometry(layers, seed=11, intercept=-1.0, coefs=coefs, resid_sd=0.02)
+    geo, ex = simulate.simulate_geometry(layers, seed=11, intercept=-1.0, coefs=coefs, resid_sd=0.02)
     scores, _, _ = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=300)
     law3 = scores.query("predictor_set == 'law3'")
     assert len(law3) == 2 and law3["n_layers"].eq(12).all()
@@ -141,7 +142,7 @@ def test_run_transfer_rows(monkeypatch):
 
     monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
     layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
-    geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
+    geo, ex = simulate.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
     scores, preds, fits = T.run_transfer(ex, geo, [("A", "B"), ("B", "A")], check=False, n_perm=100)
     assert {
         "train_model",
@@ -188,7 +189,7 @@ def test_law_rows_carry_depth_on_the_same_test_layers_and_the_model_kinds(monkey
     layers (a like-for-like 'beats depth'), and the kinds the verdict filters on."""
     monkeypatch.setattr(T, "fit_law", _lstsq_fit_law)
     layers = pd.DataFrame({"model": ["A"] * 10 + ["B"] * 10, "layer": list(range(10)) * 2})
-    geo, ex = L.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
+    geo, ex = simulate.simulate_geometry(layers, seed=5, intercept=-1.0, coefs={"id_twonn": 0.2, "curvature": 0.1})
     hole = (geo.model == "B") & (geo.layer < 3) & (geo.summary == "curvature")
     geo.loc[hole, "estimate"] = np.nan
     kinds = {"A": "pretrained", "B": "random"}

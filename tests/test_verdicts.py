@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from geowall import simulate
 from geowall import transfer as T
 from geowall import verdicts as V
 from geowall.bayes import SamplerSettings
@@ -99,7 +100,7 @@ def test_depth_confound_is_not_geometry_and_a_planted_law_beside_depth_is():
     for name, kw in cases.items():
         got = []
         for seed in range(10):
-            geo, ex = law.simulate_depth_confound(n_layers=shape, seed=seed, **kw)
+            geo, ex = simulate.simulate_depth_confound(n_layers=shape, seed=seed, **kw)
             tab = law.stage2_table(ex, geo, predictors=("depth", *law.SUMMARIES))
             if seed == 0 and name != "planted ID law":  # geometry does track depth here
                 assert np.corrcoef(tab["id_twonn"], tab["depth"])[0, 1] > 0.8
@@ -118,7 +119,7 @@ def test_geometry_verdict_on_sampled_laws_depth_confound_and_planted():
     sets = {k: law.DEFAULT_LAW_SETS[k] for k in ("models", "depth", "id", "depth+id", "depth+all4")}
     out = {}
     for name, kw in {"depth": dict(depth_coef=0.6), "planted": dict(coefs={"id_twonn": 0.12}, depth_r=0.7)}.items():
-        geo, ex = law.simulate_depth_confound(n_layers={"minilm": 7, "mpnet": 13}, seed=1, **kw)
+        geo, ex = simulate.simulate_depth_confound(n_layers={"minilm": 7, "mpnet": 13}, seed=1, **kw)
         cmp_, fits = law.compare_laws(
             ex, geo, sets=sets, seed=0, check=False, settings=SamplerSettings(draws=500, tune=500, chains=2)
         )

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from geowall import scaling as S  # noqa: E402
+from geowall import simulate  # noqa: E402
 from geowall.bayes import SamplerSettings  # noqa: E402
 from geowall.io import write_parquet  # noqa: E402
 
@@ -45,7 +46,7 @@ GRIDS = {
 def table(grid_name: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     mults = GRIDS[grid_name]
     if mults is None:
-        g = S.grid_from_gemma_scope(6)
+        g = simulate.grid_from_gemma_scope(6)
         widths, ks = sorted(g["width"].unique()), (8, 16, 32)
     else:
         widths = [int(384 * m) for m in mults]
@@ -54,8 +55,8 @@ def table(grid_name: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
             [(l, w, k * 0.97) for l in range(6) for w in widths for k in ks], columns=["layer", "width", "l0"]
         )
     alphas = np.random.default_rng(seed).permutation(np.linspace(0.3, 0.6, 6))
-    pw = S.simulate_power_law(g, alpha=alphas, seed=seed, model="power")
-    fl = S.simulate_metrics(
+    pw = simulate.simulate_power_law(g, alpha=alphas, seed=seed, model="power")
+    fl = simulate.simulate_metrics(
         models=("floor",), n_layers=6, widths=widths, ks=ks, noise=0.02, seed=seed + 100, floor_range=(0.02, 0.06)
     )
     metrics = pd.concat([pw.metrics, fl.metrics[["model", "layer", "width", "k", "l0", "fvu"]]], ignore_index=True)

@@ -31,7 +31,7 @@ import arviz as az  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from geowall import bayes  # noqa: E402
+from geowall import bayes, simulate  # noqa: E402
 from geowall import scaling as S  # noqa: E402
 from geowall.bayes import SamplerSettings  # noqa: E402
 
@@ -39,7 +39,7 @@ from geowall.bayes import SamplerSettings  # noqa: E402
 def realistic_table(seed: int = 0) -> pd.DataFrame:
     tabs = []
     for i, m in enumerate(("minilm", "minilm-random")):
-        sim = S.simulate_metrics(
+        sim = simulate.simulate_metrics(
             models=(m,),
             n_layers=7,
             widths=(768, 1536, 3072, 6144),

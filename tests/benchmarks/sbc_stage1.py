@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 import pandas as pd  # noqa: E402
 
 from geowall import scaling as S  # noqa: E402
+from geowall import simulate  # noqa: E402
+from geowall.bayes import SamplerSettings  # noqa: E402
 from geowall.io import write_parquet  # noqa: E402
 
 OUT = ROOT / "data" / "sbc" / "stage1_sbc.parquet"
@@ -69,16 +71,20 @@ def main() -> None:
     args = ap.parse_args()
     out = []
     for name, grid in (("default", default_grid()), ("gemma-scope", gemma_grid())):
-        table = S.simulate_power_law(grid, alpha=0.4, seed=0).metrics
+        table = simulate.simulate_power_law(grid, alpha=0.4, seed=0).metrics
         layers, _ = S.layer_table(table)
         t0 = time.perf_counter()
-        ranks = S.simulation_based_calibration(
-            table, n_sims=args.n_sims, draws=args.draws, tune=args.tune, chains=2, thin=args.thin, seed=11
+        ranks = simulate.simulation_based_calibration(
+            table,
+            n_sims=args.n_sims,
+            settings=SamplerSettings(draws=args.draws, tune=args.tune, chains=2),
+            thin=args.thin,
+            seed=11,
         )
         wall = time.perf_counter() - t0
         ranks["grid"] = name
         out.append(ranks)
-        u = S.sbc_uniformity(ranks)
+        u = simulate.sbc_uniformity(ranks)
         print(
             f"{name}: {len(layers)} layers ({int(layers.floor_term.sum())} with a floor term), {args.n_sims} sims, "
             f"{wall:.0f} s, divergent refits {int((ranks.groupby('sim').divergences.first() > 0).sum())}"
