@@ -1,4 +1,7 @@
-"""Command line: ``geowall run --profile P [--only STEP ...] [--set k=v ...] [--force]``.
+"""Command line: ``geowall run --profile P [--only STEP ...] [--set k=v ...] [--force] [--as NAME]``.
+
+``--as NAME`` runs a variant in ``data/runs/NAME/`` that links the profile run's unchanged
+steps; ``geowall diff RUN_A RUN_B`` prints what changed between two runs.
 
 Errors the user can fix (bad profile, bad input file, a failing notebook cell) print
 one readable message and exit with status 2 (1 for a failed step); ``--debug`` shows
@@ -37,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         help="where per-model / per-layer work of steps 00-02 runs (ray: pip install 'geowall[ray]')",
     )
     r.add_argument("--address", default=None, help="--executor ray: the cluster to join (e.g. ray://head:10001)")
+    r.add_argument(
+        "--as",
+        dest="as_name",
+        default=None,
+        metavar="NAME",
+        help="run as a variant in data/runs/NAME/, linking the profile run's unchanged steps (its own run is kept)",
+    )
+    d = sub.add_parser("diff", help="what changed between two runs: steps, verdicts, exponents, law, transfer")
+    d.add_argument("run_a", metavar="RUN_A", help="a run name under data/runs/ or a run folder")
+    d.add_argument("run_b", metavar="RUN_B", help="a run name under data/runs/ or a run folder")
+    d.add_argument("--runs-dir", default=None, help="where runs live (default: data/runs)")
     c = sub.add_parser("check", help="validate a profile (and overrides) without running anything")
     c.add_argument("--profile", default="default")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -93,6 +107,13 @@ def _dispatch(args) -> int:
         return 0
     if args.cmd == "report":
         return _report(args)
+    if args.cmd == "diff":
+        from pathlib import Path
+
+        from geowall import rundiff
+
+        print(rundiff.diff_runs(args.run_a, args.run_b, runs_dir=Path(args.runs_dir) if args.runs_dir else None))
+        return 0
     cfg = config.load_profile(args.profile, args.overrides)
     if args.cmd == "plan":
         return _plan(args, cfg)
@@ -115,6 +136,8 @@ def _dispatch(args) -> int:
         progress=not args.no_progress,
         executor=args.executor,
         address=args.address,
+        overrides=args.overrides,
+        as_name=args.as_name,
     )
     return 0
 

@@ -16,13 +16,24 @@ fingerprint and its executed notebook exists. ``force`` reruns. A failing cell s
 the run with a :class:`StepFailed` naming the notebook and the cell's error; the
 executed notebook with the traceback is kept as ``NN_name.failed.ipynb``; artefacts
 of earlier steps are untouched. Each step's record also keeps its wall time and the
-peak resident memory of its kernel (``peak_rss_mb``, see :mod:`geowall.memory`).
+peak resident memory of its kernel (``peak_rss_mb``, see :mod:`geowall.memory`), and
+the files it created or replaced in the run folder (``outputs``: paths relative to the run
+folder, found by comparing the folder's files before and after the step).
+
+Variants (``as_name``, ``geowall run --as NAME``): the run folder becomes
+``<runs>/NAME/``. Before any step runs, every step whose fingerprint equals the one
+recorded in the profile's own run (the base) and whose executed notebook is there gets
+its outputs, executed notebook and record linked into the variant (hard links, symbolic
+links across file systems, never copies), so the skip logic skips it; the other steps
+rerun and write only in the variant (artefacts are replaced by rename, which never
+writes through a link). ``variant.json`` records the base and the overrides.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,23 +148,31 @@ def run(
     log=print,
     executor: str = "local",
     address: str | None = None,
+    as_name: str | None = None,
 ) -> list[dict]:
     """Run the pipeline (or ``only`` some steps) for a profile. Returns one record per step.
 
     ``executor``: where the per-model and per-(model, layer) work of steps 00-02 runs
     (``local`` or ``ray``, see :mod:`geowall.executors`); ``address``: the Ray cluster to
-    join (default: a local Ray instance started here and shared by every step)."""
+    join (default: a local Ray instance started here and shared by every step).
+    ``as_name``: run as a variant in ``<runs>/<as_name>/``, reusing (linking) the steps of
+    the profile's own run whose inputs did not change (see :func:`link_unchanged`);
+    ``overrides`` are recorded in its ``variant.json``."""
     from geowall import executors
 
     env = {**kernel_malloc_env(), **executors.environment(executor, address)}
     cfg = profile if isinstance(profile, Profile) else load_profile(profile, overrides)
     notebooks_dir = Path(notebooks_dir or NOTEBOOKS)
-    run_dir = run_dir_for(cfg, runs_dir)
+    run_dir = run_dir_for(cfg, runs_dir) if as_name is None else variant_dir(cfg, as_name, runs_dir)
     chosen = select(steps, only)
     for s in chosen:  # fail before any work if a notebook is missing
         if not (notebooks_dir / f"{s.notebook}.py").is_file():
             raise FileNotFoundError(f"step {s.name!r}: notebook {notebooks_dir / (s.notebook + '.py')} not found")
     preflight.check(cfg, [s.name for s in chosen])  # the chosen steps' preconditions (disk budget included)
+    if as_name is not None:
+        base = run_dir_for(cfg, runs_dir)
+        reused = link_unchanged(cfg, base, run_dir, steps=steps, notebooks_dir=notebooks_dir, log=log)
+        write_variant_record(cfg, base, run_dir, overrides, reused)
     prints = {}
     for s in steps:  # upstream fingerprints of steps not chosen come from their records
         rec = run_dir / "steps" / f"{s.name}.json"
@@ -233,6 +252,7 @@ def _run_step(
     t0 = time.time()
     params = {"profile": cfg.name, "run_dir": portable_run_dir(run_dir), "params": cfg.model_dump(mode="json")}
     tmp = out.with_name(f".{out.stem}.partial.ipynb")
+    before = snapshot(run_dir)
     memory = PeakRSS()
     try:
         with memory:
@@ -260,6 +280,7 @@ def _run_step(
     os.replace(tmp, out)  # the executed notebook appears atomically, only on success
     dt = time.time() - t0
     peak = round(memory.peak_mb, 1)
+    previous = read_json(rec_path).get("outputs", []) if rec_path.is_file() else []
     write_json(
         rec_path,
         {
@@ -269,8 +290,182 @@ def _run_step(
             "seconds": round(dt, 1),
             "peak_rss_mb": peak,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "outputs": step_outputs(before, snapshot(run_dir), previous),
         },
     )
     prints[s.name] = fp
     log(f"[{s.name}] done in {dt:.1f} s, kernel peak RSS {peak:.0f} MiB -> {out}")
     return {"step": s.name, "status": "ran", "notebook": str(out), "seconds": dt, "peak_rss_mb": peak}
+
+
+# --------------------------------------------------------------------------- step outputs
+
+RUNNER_DIRS = ("steps", "notebooks")  # the runner's own folders in a run folder: records, executed notebooks
+RUNNER_FILES = ("profile.json", "variant.json")  # the runner's own files: no step's output
+
+
+def snapshot(run_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """``{relative POSIX path: (inode, mtime_ns, size)}`` of every file (or link) in a run
+    folder, leaving out the runner's own (:data:`RUNNER_DIRS`, :data:`RUNNER_FILES`)."""
+    run_dir = Path(run_dir)
+    out: dict[str, tuple[int, int, int]] = {}
+    if not run_dir.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        here = Path(dirpath)
+        if here == run_dir:
+            dirnames[:] = [d for d in dirnames if d not in RUNNER_DIRS]
+            filenames = [f for f in filenames if f not in RUNNER_FILES]
+        for f in filenames:
+            try:
+                st = os.lstat(here / f)
+            except FileNotFoundError:  # a temporary file renamed away meanwhile
+                continue
+            out[(here / f).relative_to(run_dir).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def step_outputs(before: dict, after: dict, previous: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The files a step wrote: those in ``after`` that are new or changed (another inode,
+    mtime or size) since ``before``, plus the ``previous`` record's outputs that still
+    exist (a step that resumes leaves its finished files untouched, yet they are its own)."""
+    changed = {p for p, st in after.items() if before.get(p) != st}
+    return sorted(changed | {p for p in previous if p in after})
+
+
+# --------------------------------------------------------------------------- variants
+
+VARIANT_RECORD = "variant.json"
+
+
+def variant_dir(cfg: Profile, name: str, runs_dir: Path | None = None) -> Path:
+    """The run folder of variant ``name`` of profile ``cfg``: ``<runs>/<name>/``. ``ValueError``
+    naming the fix when ``name`` is empty, has a path separator, is a profile's name, or
+    names a run folder that is not a variant of this profile; when the profile has no run
+    to derive from."""
+    from geowall.config import PARAMS_DIR
+
+    seps = {"/", os.sep, os.altsep} - {None}
+    if not name or name in (".", "..") or any(c in name for c in seps):
+        raise ValueError(f"--as {name!r}: give a plain folder name (no path separators), e.g. --as {cfg.name}-v2")
+    if name == cfg.name or (PARAMS_DIR / f"{name}.yaml").is_file():
+        raise ValueError(
+            f"--as {name!r} is a profile's own name: its run folder holds that profile's results. "
+            f"Pick another name (e.g. --as {cfg.name}-v2), or run without --as to replace the profile's artefacts"
+        )
+    base = run_dir_for(cfg, runs_dir)
+    if not (base / "steps").is_dir():
+        raise ValueError(
+            f"--as {name!r}: profile {cfg.name!r} has no run to derive a variant from ({base} has no step "
+            f"records): run the profile first (geowall run --profile {cfg.name}), or run without --as"
+        )
+    target = Path(runs_dir or RUNS) / name
+    rec = target / VARIANT_RECORD
+    if target.exists() and (not rec.is_file() or read_json(rec).get("base") != cfg.name):
+        raise ValueError(
+            f"--as {name!r}: {target} exists and is not a variant of profile {cfg.name!r}; pick another name"
+        )
+    return target
+
+
+def fingerprints(cfg: Profile, steps: tuple[Step, ...], notebooks_dir: Path) -> dict[str, str]:
+    """Every step's fingerprint under ``cfg`` with the current notebook sources, in DAG
+    order (a step whose notebook, or an upstream's, is missing has none)."""
+    prints: dict[str, str] = {}
+    for s in steps:
+        src = Path(notebooks_dir) / f"{s.notebook}.py"
+        if src.is_file() and all(u in prints for u in s.upstream):
+            prints[s.name] = fingerprint(s, cfg, src.read_text(), prints)
+    return prints
+
+
+def reusable(s: Step, fp: str | None, base: Path) -> list[str] | None:
+    """The files of step ``s`` in run folder ``base`` (outputs, executed notebook, record;
+    relative paths) when its record there has fingerprint ``fp``, lists its outputs and all
+    of them exist; else None (the step must rerun)."""
+    rec_path = base / "steps" / f"{s.name}.json"
+    nb = output_path(s, base)
+    if fp is None or not rec_path.is_file() or not nb.is_file():
+        return None
+    rec = read_json(rec_path)
+    outputs = rec.get("outputs")
+    if rec.get("fingerprint") != fp or outputs is None or not all((base / o).exists() for o in outputs):
+        return None
+    return [*outputs, nb.relative_to(base).as_posix(), rec_path.relative_to(base).as_posix()]
+
+
+def link_file(src: Path, dst: Path) -> str:
+    """Put a link to ``src`` at ``dst`` (replacing what is there, atomically): a hard link,
+    or a symbolic link where hard links fail (another file system). Never copies bytes.
+    Returns ``"hard"`` or ``"symbolic"``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.link")
+    try:
+        os.link(src, tmp, follow_symlinks=False)
+        kind = "hard"
+    except OSError:
+        os.symlink(Path(src).resolve(), tmp)
+        kind = "symbolic"
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return kind
+
+
+def link_unchanged(
+    cfg: Profile,
+    base: Path,
+    run_dir: Path,
+    *,
+    steps: tuple[Step, ...] = STEPS,
+    notebooks_dir: Path | None = None,
+    log=print,
+) -> dict[str, str]:
+    """Link into ``run_dir`` the files of every step of ``base`` whose inputs did not change
+    (:func:`reusable`), in DAG order; a step below one that cannot be reused is not reused
+    either (its fingerprint differs). Returns ``{step: link kind}`` of the steps linked."""
+    prints = fingerprints(cfg, steps, Path(notebooks_dir or NOTEBOOKS))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    linked: dict[str, str] = {}
+    for s in steps:
+        files = reusable(s, prints.get(s.name), base)
+        if files is None:
+            continue
+        kinds = {link_file(base / f, run_dir / f) for f in files}
+        linked[s.name] = kinds.pop() if len(kinds) == 1 else "mixed"
+        log(f"[{s.name}] inputs unchanged since {base.name}: {len(files)} files linked from {base}")
+    return linked
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, object]:
+    """A nested dict as ``{dotted.key: value}`` (lists are values)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def write_variant_record(cfg: Profile, base: Path, run_dir: Path, overrides, reused: dict[str, str]) -> dict:
+    """Write ``<run_dir>/variant.json`` (atomically): the base run, the overrides as given,
+    the parameters that differ from the base's profile (``changed``: ``{key: [base, variant]}``)
+    and the steps linked from the base. Returns the record."""
+    prof = base / "profile.json"
+    was = flat(read_json(prof)) if prof.is_file() else {}
+    now = flat(cfg.model_dump(mode="json"))
+    changed = {k: [was.get(k), now.get(k)] for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
+    rec = {
+        "base": cfg.name,
+        "base_dir": portable_run_dir(base),
+        "overrides": list(overrides) if isinstance(overrides, (list, tuple)) else overrides,
+        "changed": changed,
+        "reused": reused,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(run_dir / VARIANT_RECORD, rec)
+    return rec
