@@ -18,9 +18,8 @@ params = None
 
 # %%
 import numpy as np
-from scipy.stats import spearmanr
 
-from geowall import charts, layers, notebook
+from geowall import charts, geometry, layers, notebook
 from geowall.io import write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -73,8 +72,6 @@ print(f"profile {cfg.name!r}: {cfg.geometry.n_points} points per layer, {cfg.geo
 #   no documents: its points are the blocks.
 
 # %%
-from geowall import geometry
-
 geo, multi, sens = layers.geometry_table(cfg, run_dir)
 write_parquet(run_dir / "geometry.parquet", geo)
 write_parquet(run_dir / "multiscale_id.parquet", multi)
@@ -141,11 +138,11 @@ charts.geometry_profiles(geo)
 # the layers whose TwoNN differs from it by more than 30% are listed and drawn below.
 
 # %%
-plateau = multi[multi.scale > 1].groupby(["model", "layer"]).id.median().rename("plateau")
-gap = ids.set_index(["model", "layer"]).estimate.rename("id_twonn").to_frame().join(plateau)
-gap["rel_diff"] = (gap.id_twonn - gap.plateau).abs() / gap.plateau
-disagree = gap[gap.rel_diff > 0.3]
-print(f"{len(disagree)} of {len(gap)} layers: TwoNN differs from its multiscale plateau by > 30%")
+gap = geometry.id_scale_gap(geo, multi)
+disagree = gap[gap.disagree]
+print(
+    f"{len(disagree)} of {len(gap)} layers: TwoNN differs from its multiscale plateau by > {geometry.ID_SCALE_TOL:.0%}"
+)
 disagree.round(2)
 
 # %%
@@ -227,13 +224,11 @@ charts.geometry_profiles(
 # %%
 truth = layers.truth_table(cfg, run_dir)
 if len(truth):
-    both = truth.merge(wide.reset_index(), on=["model", "layer"])
-    both["id_rel_err"] = (both.id_twonn - both.id_true).abs() / both.id_true
-    rho = spearmanr(both.curvature_true, both.curvature, nan_policy="omit").statistic
-    s_curv, f_curv = both[both.kind == "sphere"].curvature, both[both.kind == "flat"].curvature
+    both, agree_truth = geometry.truth_agreement(truth, geo)
     print(
-        f"TwoNN max relative error {both.id_rel_err.max():.3f}; Spearman(curvature, truth) = {rho:.2f}; "
-        f"spheres {s_curv.min():.2f} to {s_curv.max():.2f}; flat boxes at most {f_curv.max():.3f}"
+        f"TwoNN max relative error {agree_truth['id_max_rel_err']:.3f}; Spearman(curvature, truth) = "
+        f"{agree_truth['curv_rho']:.2f}; sphere curvatures within {agree_truth['sphere_ratio']:.2f}x; "
+        f"flat boxes at most {agree_truth['flat_max_share']:.3f}x the spheres"
     )
     sph = both[both.kind.isin(["sphere", "flat"])].sort_values(["kind", "dim"])
     print(
@@ -241,13 +236,10 @@ if len(truth):
         .round(3)
         .to_string(index=False)
     )
-    if cfg.geometry.n_points >= 2000:
-        assert (both.id_rel_err[both.id_true <= 8] < 0.15).all(), both[both.id_rel_err >= 0.15]
-        assert rho >= 0.8, "curvature estimates are not ordered like the true curvature"
-        assert s_curv.max() / s_curv.min() < 1.5, "equal-radius spheres of different dimensions disagree"
-        assert (f_curv < 0.2 * s_curv.min()).all(), "a flat box reads curved"
+    if cfg.geometry.n_points >= geometry.TRUTH_MIN_POINTS:
+        assert agree_truth["passed"], (agree_truth, geometry.TRUTH_RULES)
     else:
-        assert rho > 0, "curvature estimates are not ordered like the true curvature"
+        assert agree_truth["curv_rho"] > 0, "curvature estimates are not ordered like the true curvature"
 
 # %%
 #| label: fig-geometry-truth

@@ -26,7 +26,7 @@ cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 s1 = cfg.stage1
 metrics = read_parquet(run_dir / "sae_metrics.parquet")
 metrics = metrics[metrics.model.isin([m.name for m in cfg.models])].reset_index(drop=True)
-showcase = {(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for layer in layers_}
+showcase = set(cfg.showcase())
 metrics["showcase"] = [(m, layer) in showcase for m, layer in zip(metrics.model, metrics.layer)]
 print(
     f"{len(metrics)} SAEs, {metrics.groupby(['model', 'layer']).ngroups} layers; forms {s1.forms}; "

@@ -22,14 +22,12 @@ run_dir = None
 params = None
 
 # %%
-import numpy as np
 import pandas as pd
 
-from geowall import bayes, charts, law, notebook
+from geowall import bayes, charts, law, notebook, power
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
-rng = np.random.default_rng(RANDOM_SEED)
 s2 = cfg.stage2
 exps = read_parquet(run_dir / "exponents.parquet")
 exps = exps[exps.primary].reset_index(drop=True)
@@ -43,11 +41,7 @@ table.round(3).head(10)
 
 # %%
 kinds = law.model_kinds(cfg.models)
-scopes = {
-    "real": [m for m, k in kinds.items() if k == "pretrained"],
-    "zoo": [m for m, k in kinds.items() if k == "zoo"],
-}
-scopes = {k: v for k, v in scopes.items() if len(table[table.model.isin(v)]) >= 8}
+scopes = law.scopes(kinds, table.groupby("model").size().to_dict())
 print("scopes:", scopes)
 
 # %% [markdown]
@@ -117,28 +111,7 @@ comparison[
 # and a level-shifted R².
 
 # %%
-null_rows, lomo_rows = [], []
-for scope, models_ in scopes.items():
-    for name, preds in law.DEFAULT_LAW_SETS.items():
-        if not preds:
-            continue
-        tab = law.stage2_table(exps, geo, predictors=preds, models=models_)
-        res = law.permutation_null(tab, preds, n_perm=200, seed=RANDOM_SEED)
-        null_rows.append(
-            {
-                "scope": scope,
-                "predictor_set": name,
-                "given": "+".join(res["given"]) or "none",
-                "statistic": res["statistic"],
-                "null_median": float(np.median(res["null"])),
-                "p_value": res["p_value"],
-                "n_perm": res["n_perm"],
-            }
-        )
-        if tab.model.nunique() > 1:
-            lomo_rows.append(law.leave_one_model_out(tab, preds).assign(scope=scope, predictor_set=name))
-nulls = pd.DataFrame(null_rows)
-lomo = pd.concat(lomo_rows, ignore_index=True) if lomo_rows else pd.DataFrame()
+nulls, lomo = law.nulls_and_lomo(exps, geo, scopes, n_perm=200, seed=RANDOM_SEED)
 write_parquet(run_dir / "law_null.parquet", nulls)
 write_parquet(run_dir / "law_lomo.parquet", lomo)
 nulls.round(3)
@@ -162,8 +135,6 @@ lomo.round(3)
 # false-positive rate.
 
 # %%
-from geowall import power
-
 head_scope = "real" if "real" in fits else next(iter(fits))
 n_sim = max(20, min(100, s2.draws // 20))  # 100 data sets per slope on full-length profiles
 power_curve = power.design_analysis(exps, geo, models=scopes[head_scope], n_sim=n_sim, seed=RANDOM_SEED)
@@ -226,26 +197,8 @@ charts.partial_residuals(ppc)
 # values shuffled within each model (none).
 
 # %%
-if "zoo" in scopes:
-    ztab = law.stage2_table(exps, geo, predictors=("id_twonn",), models=scopes["zoo"])
-    z_id = (ztab.id_twonn - ztab.id_twonn.mean()) / ztab.id_twonn.std()
-    level = ztab.groupby("model").y.transform("mean")
-    planted = ztab.assign(y=level + 0.1 * z_id + rng.normal(0, ztab.y_sd))
-    none = planted.copy()
-    for _m, idx in none.groupby("model").groups.items():
-        none.loc[idx, "y"] = rng.permutation(none.loc[idx, "y"].to_numpy())
-    zoo_check = pd.DataFrame(
-        [
-            {
-                "case": case,
-                "coef_mean": float(r["coef_mean"][0]),
-                "coef_sd": float(r["coef_sd"][0]),
-                "p_perm": law.permutation_null(t, ("id_twonn",), n_perm=200, seed=RANDOM_SEED)["p_value"],
-            }
-            for case, t in (("planted 0.1 per SD", planted), ("none", none))
-            for r in [law.closed_form_law(t, ("id_twonn",))]
-        ]
-    )
+if "synthetic" in scopes:
+    zoo_check = law.planted_check(exps, geo, scopes["synthetic"], slope=0.1, n_perm=200, seed=RANDOM_SEED)
     display(zoo_check.round(3))
 else:
     print("no synthetic zoo in this profile")
@@ -258,7 +211,7 @@ else:
 
 # %%
 floor_layers = exps[exps.primary & exps.floor_identified]
-if len(floor_layers) >= 8:
+if len(floor_layers) >= law.SCOPE_MIN_LAYERS:
     floor_fit = law.fit_law(
         exps[exps.primary],
         geo,

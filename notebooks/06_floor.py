@@ -26,7 +26,7 @@ cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
 stage1 = az.from_netcdf(run_dir / f"stage1_{cfg.stage1.primary_form}.nc")
 geo = read_parquet(run_dir / "geometry.parquet")
 exps = read_parquet(run_dir / "exponents.parquet")
-showcase = [(m, layer) for m, layers_ in cfg.sae.showcase_layers.items() for layer in layers_]
+showcase = cfg.showcase()
 print(f"showcase layers: {showcase}")
 exps[exps.primary & exps.showcase][
     ["model", "layer", "n_widths", "width_span", "alpha_mean", "alpha_floor_mean", "floor_mean", "floor_identified"]

@@ -495,3 +495,39 @@ def test_zoo_ground_truth_tight():
         sph, box = df[df.kind == "sphere"][f"curv{k}"], df[df.kind == "flat"][f"curv{k}"]
         assert len(sph) >= 4 and len(box) >= 3 and sph.max() / sph.min() < 1.5, df
         assert (box < 0.2 * sph.min()).all(), df
+
+
+def test_id_scale_gap_flags_only_the_layer_whose_dimension_moves_with_scale():
+    geo = pd.DataFrame({"model": "m", "layer": [0, 1], "summary": "id_twonn", "estimate": [5.0, 4.0], "se": 0.1})
+    multi = pd.DataFrame(
+        [("m", 0, s, 5.0 + 0.1 * s) for s in (1, 2, 4, 8)] + [("m", 1, s, 8.0) for s in (1, 2, 4, 8)],
+        columns=["model", "layer", "scale", "id"],
+    )
+    gap = G.id_scale_gap(geo, multi)
+    assert gap.loc[("m", 0), "plateau"] == pytest.approx(5.4) and not gap.loc[("m", 0), "disagree"]
+    assert gap.loc[("m", 1), "rel_diff"] == pytest.approx(0.5) and gap.loc[("m", 1), "disagree"]
+
+
+def test_truth_agreement_passes_a_true_zoo_and_fails_a_dimension_biased_curvature():
+    truth = pd.DataFrame(
+        {
+            "model": "zoo",
+            "layer": range(6),
+            "kind": ["sphere", "sphere", "sphere", "flat", "flat", "torus"],
+            "dim": [2, 4, 8, 4, 8, 2],
+            "id_true": [2, 4, 8, 4, 8, 2],
+            "curvature_true": [1, 1, 1, 0, 0, 1.4],
+        }
+    )
+
+    def geo(curv):
+        est = {"id_twonn": [2.1, 3.9, 7.5, 4.1, 7.6, 2.0], "curvature": curv}
+        return pd.DataFrame(
+            [("zoo", i, s, v[i], 0.1) for s, v in est.items() for i in range(6)],
+            columns=["model", "layer", "summary", "estimate", "se"],
+        )
+
+    _, ok = G.truth_agreement(truth, geo([1.0, 1.05, 1.1, 0.02, 0.05, 1.3]))
+    assert ok["passed"] and ok["id_max_rel_err"] == pytest.approx(0.0625)
+    _, bad = G.truth_agreement(truth, geo([0.5, 1.0, 2.0, 0.02, 0.05, 1.3]))  # grows with dimension
+    assert not bad["passed"] and bad["sphere_ratio"] == pytest.approx(4.0)

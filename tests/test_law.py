@@ -187,3 +187,38 @@ def test_stage2_recovers_known_within_model_coefficients(sim2):
     assert ppc["covered"].mean() >= 0.8 and "partial_resid_curvature" in ppc.columns
     tab = L.train_table(fit)
     assert len(tab) == 36 and {"model", "layer", "y", "y_sd"} <= set(tab.columns)
+
+
+# ----------------------------------------------------------------- the notebook's rules, in the library
+
+
+def test_scopes_keep_the_kinds_with_enough_layers():
+    kinds = {"minilm": "pretrained", "mpnet": "pretrained", "twin": "random", "s1": "zoo", "s2": "zoo"}
+    got = L.scopes(kinds, {"minilm": 4, "mpnet": 4, "twin": 7, "s1": 3, "s2": 4})
+    assert got == {"real": ["minilm", "mpnet"]}  # 8 real layers; the zoo's 7 are too few; twins never a scope
+    got = L.scopes(kinds, {"minilm": 8, "mpnet": 0, "s1": 4, "s2": 4})
+    assert got == {"real": ["minilm", "mpnet"], "synthetic": ["s1", "s2"]}
+    assert L.scopes({"twin": "random"}, {"twin": 50}) == {}
+    assert L.min_training_layers(4) == 6 and L.min_training_layers(4, 2) == 7 and L.min_training_layers(0) == 3
+
+
+def test_nulls_and_lomo_find_the_planted_law_and_not_the_between_model_trap(sim2, trap):
+    geo, ex = sim2
+    nulls, lomo = L.nulls_and_lomo(ex, geo, {"real": ["A", "B"]}, n_perm=99, seed=0)
+    sets_ = [k for k, v in L.DEFAULT_LAW_SETS.items() if v]
+    assert list(nulls.predictor_set) == sets_ and (nulls.scope == "real").all()
+    p = nulls.set_index("predictor_set").p_value
+    assert p["id+curvature"] <= 0.02 and p["id"] <= 0.02  # the planted within-model law
+    ids = lomo[lomo.predictor_set == "id+curvature"].set_index("held_out")
+    assert set(ids.index) == {"A", "B"} and (ids.spearman > 0.5).all()  # each model's ordering from the other
+    geo_t, ex_t = trap
+    nulls_t, _ = L.nulls_and_lomo(ex_t, geo_t, {"real": sorted(ex_t.model.unique())}, n_perm=99, seed=0)
+    assert nulls_t.set_index("predictor_set").p_value["id"] > 0.05  # model differences are not geometry
+
+
+def test_planted_check_finds_the_plant_and_not_its_shuffle(sim2):
+    geo, ex = sim2
+    out = L.planted_check(ex, geo, ["A", "B"], slope=0.3, n_perm=199, seed=1).set_index("case")
+    planted, none = out.loc["planted 0.3 per SD"], out.loc["none"]
+    assert abs(planted.coef_mean - 0.3) < 3 * planted.coef_sd + 0.05 and planted.p_perm < 0.02
+    assert none.p_perm > 0.01 and abs(none.coef_mean) < abs(planted.coef_mean)

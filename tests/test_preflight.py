@@ -151,7 +151,7 @@ def _law_tables(n_layers: int):
 
 @pytest.mark.parametrize("predictors", [law.SUMMARIES, ("curvature",), ()])
 def test_stage2_layer_count_is_the_laws_own_rule(predictors):
-    need = preflight.min_training_layers(len(predictors))
+    need = law.min_training_layers(len(predictors))
     exps, geo = _law_tables(need - 1)
     with pytest.raises(ValueError, match=f"need at least {need}"):  # refused before the model is built
         law.fit_law(exps, geo, predictors=predictors, settings=SamplerSettings(draws=10, tune=10))
@@ -322,12 +322,12 @@ def _library_accepts(cfg: Profile) -> None:
     assert g.k_neighbors is None or g.k_neighbors <= half - 1
     for s in (cfg.stage1, cfg.stage2):
         assert s.chains >= 2 and s.chains * s.draws >= s.checks.ess_min
-    need = preflight.min_training_layers(len(law.SUMMARIES))
+    need = law.min_training_layers(len(law.SUMMARIES))
     assert all(len(cfg.layers_of(cfg.model(x))) >= need for pair in cfg.transfer for x in pair)
     scopes = [[m for m in cfg.models if (m.source == "synthetic") is synth] for synth in (False, True)]
     sizes = [(sum(len(cfg.layers_of(m)) for m in ms), len(ms)) for ms in scopes]
-    fitted = [(n, k) for n, k in sizes if n >= preflight.STAGE2_SCOPE_MIN_LAYERS]
-    assert fitted and all(n >= preflight.min_training_layers(len(law.SUMMARIES), k) for n, k in fitted)
+    fitted = [(n, k) for n, k in sizes if n >= law.SCOPE_MIN_LAYERS]
+    assert fitted and all(n >= law.min_training_layers(len(law.SUMMARIES), k) for n, k in fitted)
     showcase = {(m, layer) for m, ls in cfg.sae.showcase_layers.items() for layer in ls}
     assert all(layer in cfg.layers_of(cfg.model(m)) for m, layer in showcase)
 

@@ -100,8 +100,8 @@ def test_transfer_uses_training_scaling_not_test_scaling():
 def _lstsq_fit_law(ex, geo, *, predictors, target, models, name, **kw):
     """A least-squares stand-in for ``law.fit_law`` (no sampling): the same table and scaling."""
     tab = L.stage2_table(ex, geo, predictors=predictors, target=target, models=models)
-    sc = L._scaling_from(tab, predictors)
-    X, _ = L._design(tab, predictors, sc)
+    sc = L.standardisation(tab, predictors)
+    X, _ = L.design_matrix(tab, predictors, sc)
     y = (tab["y"].to_numpy() - sc["y_mean"]) / sc["y_sd"]
     A = np.column_stack([np.ones(len(y)), X])
     beta, *_ = np.linalg.lstsq(A, y, rcond=None)

@@ -302,6 +302,11 @@ class Profile(_Strict):
                     raise ProfileError(f"transfer: unknown model '{x}' (expected one of {names})")
         return self
 
+    def showcase(self) -> list[tuple[str, int]]:
+        """The showcase layers as ``(model, layer)`` pairs, in profile order (the layers
+        with the rich width grid that can identify a floor)."""
+        return [(m, layer) for m, layers in self.sae.showcase_layers.items() for layer in layers]
+
     def layers_of(self, model: ModelSpec) -> list[int]:
         """The layer indices to process for ``model`` (resolving 'all')."""
         from geowall.sources import model_info

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
-from geowall.law import _geometry_wide
+from geowall.law import geometry_wide
 
 __all__ = ["MIN_LAYERS", "floor_ordering", "spearman_columns"]
 
@@ -88,7 +88,7 @@ def floor_ordering(
     if "form" in ex and "primary" in ex:
         ex = ex[ex["primary"].astype(bool)]
     post = stage1_idata.posterior
-    wide = _geometry_wide(geometry_df).set_index(["model", "layer"])
+    wide = geometry_wide(geometry_df).set_index(["model", "layer"])
     for s in summaries:
         if s not in wide.columns:
             raise ValueError(f"summaries: {s!r} not in geometry_df")

@@ -69,6 +69,15 @@ __all__ = [
     "leave_one_model_out",
     "fixed_law",
     "train_table",
+    "SCOPE_MIN_LAYERS",
+    "min_training_layers",
+    "scopes",
+    "nulls_and_lomo",
+    "planted_check",
+    "geometry_wide",
+    "standardisation",
+    "design_matrix",
+    "law_meta",
 ]
 
 SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
@@ -124,7 +133,7 @@ def _validate_geometry(geometry_df: pd.DataFrame) -> pd.DataFrame:
     return g
 
 
-def _geometry_wide(geometry_df: pd.DataFrame) -> pd.DataFrame:
+def geometry_wide(geometry_df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, layer): summaries, ``<summary>_se`` and ``depth`` (the
     geometry table's relative depth, :func:`geowall.layers.relative_depth`; NaN when the
     table has none)."""
@@ -162,7 +171,7 @@ def stage2_table(
         ["model", "layer", f"{target}_mean", f"{target}_sd"],
         what=f"target={target!r} needs",
     )
-    wide = _geometry_wide(geometry_df)
+    wide = geometry_wide(geometry_df)
     for p in predictors:
         if p not in wide.columns:
             raise ValueError(
@@ -198,7 +207,9 @@ def stage2_table(
 # --------------------------------------------------------------------------- model
 
 
-def _scaling_from(tab: pd.DataFrame, predictors: Sequence[str]) -> dict[str, Any]:
+def standardisation(tab: pd.DataFrame, predictors: Sequence[str]) -> dict[str, Any]:
+    """The training layers' mean and sd of the target (``y_mean``, ``y_sd``) and of each
+    predictor (``x[p]``): the law is fitted, and predicts, on these standardised scales."""
     sc: dict[str, Any] = {"y_mean": float(tab["y"].mean()), "y_sd": float(tab["y"].std(ddof=1)), "x": {}}
     if not np.isfinite(sc["y_sd"]) or sc["y_sd"] <= 0:
         raise ValueError("target: needs at least two training layers with different values")
@@ -210,7 +221,9 @@ def _scaling_from(tab: pd.DataFrame, predictors: Sequence[str]) -> dict[str, Any
     return sc
 
 
-def _design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any]):
+def design_matrix(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any]):
+    """Standardised predictors ``X`` (rows of ``tab``, columns ``predictors``) and their
+    measurement sds ``SE`` on the same scale (0 for depth, which is known exactly)."""
     n, P = len(tab), len(predictors)
     X = np.zeros((n, P))
     SE = np.zeros((n, P))
@@ -220,6 +233,30 @@ def _design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any])
             # an SE the resampling could not estimate (NaN: too few replicates had the summary) counts as 0
             SE[:, i] = np.nan_to_num(tab[f"{p}_se"].to_numpy(float), nan=0.0) / sc["x"][p]["sd"]
     return X, SE
+
+
+SCOPE_MIN_LAYERS = 8  # a scope (or the floor law) is fitted only with at least this many layers
+SCOPE_KINDS = {"real": "pretrained", "synthetic": "zoo"}  # scope -> model kind; random twins are a transfer contrast
+
+
+def min_training_layers(n_predictors: int, n_models: int = 1) -> int:
+    """The fewest training layers :func:`fit_law` accepts for ``n_predictors`` predictors on
+    ``n_models`` models (per-model intercepts when there are several): one more than the
+    coefficients, and at least 3."""
+    return max(3, n_predictors + (n_models if n_models > 1 else 1) + 1)
+
+
+def scopes(kinds: Mapping[str, str], n_layers: Mapping[str, int]) -> dict[str, list[str]]:
+    """The Stage 2 scopes a run fits: the pretrained networks (``real``) and the synthetic
+    zoo (``synthetic``), each with the models of its kind (``kinds``: model -> kind, from
+    :func:`model_kinds`), kept where its models have at least :data:`SCOPE_MIN_LAYERS`
+    layers together (``n_layers``: model -> layers with geometry and an exponent)."""
+    out = {}
+    for scope, kind in SCOPE_KINDS.items():
+        models = [m for m, k in kinds.items() if k == kind]
+        if models and sum(n_layers.get(m, 0) for m in models) >= SCOPE_MIN_LAYERS:
+            out[scope] = models
+    return out
 
 
 def _use_model_effects(tab: pd.DataFrame, model_effects: bool | None) -> bool:
@@ -234,7 +271,7 @@ def build_law_model(
     import pytensor.tensor as pt
 
     predictors = list(predictors)
-    X, SE = _design(tab, predictors, sc)
+    X, SE = design_matrix(tab, predictors, sc)
     y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
     ysd = tab["y_sd"].to_numpy(float) / sc["y_sd"]
     layer_ids = [f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])]
@@ -318,13 +355,13 @@ def fit_law(
         keep = set(zip(layers["model"].astype(str), layers["layer"].astype(int)))
         tab = tab[[(m, l) in keep for m, l in zip(tab["model"], tab["layer"])]].reset_index(drop=True)
     effects = _use_model_effects(tab, model_effects)
-    need = max(3, len(predictors) + (tab["model"].nunique() if effects else 1) + 1)
+    need = min_training_layers(len(predictors), tab["model"].nunique() if effects else 1)
     if len(tab) < need:
         raise ValueError(
             f"fit_law: {len(tab)} training layers for {len(predictors)} predictor(s); "
             f"need at least {need} (target={target!r}, models={models})"
         )
-    sc = _scaling_from(tab, predictors)
+    sc = standardisation(tab, predictors)
     model = build_law_model(tab, predictors, sc, model_effects=effects)
     idata = bayes.sample_model(model, settings, seed=seed, progressbar=progressbar, loglik_vars=["y"])
     if posterior_predictive:
@@ -351,7 +388,8 @@ def fit_law(
     return idata
 
 
-def _law_meta(idata) -> tuple[list[str], dict[str, Any], str, str]:
+def law_meta(idata) -> tuple[list[str], dict[str, Any], str, str]:
+    """What a fitted law carries: ``(predictors, standardisation, predictor set, target)``."""
     try:
         preds = json.loads(idata.attrs["geowall_predictors"])
         sc = json.loads(idata.attrs["geowall_scaling"])
@@ -377,7 +415,7 @@ def law_coefficients(idata, *, hdi_prob: float = 0.94) -> pd.DataFrame:
     sd): posterior mean, sd, HDI (``az.hdi``) of the coefficient in target units per
     training-SD (``coef``) and standardised (``b``), and ``p_gt0`` = posterior
     probability that it is positive."""
-    preds, sc, set_name, target = _law_meta(idata)
+    preds, sc, set_name, target = law_meta(idata)
     post = idata.posterior
     rows = []
 
@@ -419,7 +457,7 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
     ``interval`` (target units, includes the Stage 1 measurement sd), whether covered,
     and the partial residual of each predictor (observed minus the fitted contribution
     of the model intercept and all *other* predictors at their posterior means)."""
-    preds, sc, set_name, target = _law_meta(idata)
+    preds, sc, set_name, target = law_meta(idata)
     tab = train_table(idata)
     if "posterior_predictive" not in idata.groups():
         raise ValueError("idata: no posterior_predictive group (fit_law(..., posterior_predictive=True))")
@@ -433,7 +471,7 @@ def posterior_predictive_table(idata, *, interval: float = 0.9) -> pd.DataFrame:
     out["covered"] = (out["observed"] >= out["pred_lo"]) & (out["observed"] <= out["pred_hi"])
     if preds:
         post = idata.posterior
-        X, _ = _design(tab, preds, sc)
+        X, _ = design_matrix(tab, preds, sc)
         if "x_true" in post:
             X = post["x_true"].mean(("chain", "draw")).to_numpy()
         coef = post["coef"].mean(("chain", "draw")).to_numpy()
@@ -538,7 +576,7 @@ def compare_laws(
 
 
 def _closed_design(tab: pd.DataFrame, predictors: Sequence[str], sc: Mapping[str, Any], effects: bool):
-    X, _ = _design(tab, predictors, sc)
+    X, _ = design_matrix(tab, predictors, sc)
     models = sorted(tab["model"].unique()) if effects else ["all"]
     D = np.array([[m == mm for mm in models] for m in tab["model"]], float) if effects else np.ones((len(tab), 1))
     return np.column_stack([D, X]), len(models)
@@ -558,7 +596,7 @@ def closed_form_law(
     "b_mean", "b_cov", "coef_mean", "coef_sd"}`` (``b``: standardised slopes)."""
     predictors = list(predictors)
     effects = _use_model_effects(tab, model_effects)
-    sc = dict(sc or _scaling_from(tab, predictors))
+    sc = dict(sc or standardisation(tab, predictors))
     Z, n0 = _closed_design(tab, predictors, sc, effects)
     y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
     s = tab["y_sd"].to_numpy(float) / sc["y_sd"]
@@ -762,7 +800,7 @@ def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.Data
             continue
         r = closed_form_law(train, predictors, model_effects=train["model"].nunique() > 1)
         sc = r["scaling"]
-        X, _ = _design(test, predictors, sc)
+        X, _ = design_matrix(test, predictors, sc)
         pred = sc["y_mean"] + sc["y_sd"] * (X @ r["b_mean"]) if predictors else np.full(len(test), sc["y_mean"])
         obs = test["y"].to_numpy(float)
         shifted = pred - pred.mean() + obs.mean()
@@ -781,6 +819,84 @@ def leave_one_model_out(tab: pd.DataFrame, predictors: Sequence[str]) -> pd.Data
             }
         )
     return pd.DataFrame(rows, columns=["held_out", "n_layers", "spearman", "r2_shift"])
+
+
+def nulls_and_lomo(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    scopes_: Mapping[str, Sequence[str]],
+    *,
+    sets: Mapping[str, Sequence[str]] | None = None,
+    n_perm: int = 200,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For every scope and every non-empty predictor set (:data:`DEFAULT_LAW_SETS`): the
+    permutation null (:func:`permutation_null`) and, with more than one model, the
+    leave-one-model-out scores (:func:`leave_one_model_out`). Returns ``(nulls, lomo)``:
+    ``nulls`` one row per (scope, set) with ``given`` (what the null holds fixed),
+    ``statistic``, ``null_median``, ``p_value``, ``n_perm`` (``law_null.parquet``);
+    ``lomo`` the held-out models' rows with ``scope`` and ``predictor_set``
+    (``law_lomo.parquet``)."""
+    null_rows, lomo_rows = [], []
+    for scope, models in scopes_.items():
+        for name, preds in dict(sets or DEFAULT_LAW_SETS).items():
+            if not preds:
+                continue
+            tab = stage2_table(exponents_df, geometry_df, predictors=preds, models=models)
+            res = permutation_null(tab, preds, n_perm=n_perm, seed=seed)
+            null_rows.append(
+                {
+                    "scope": scope,
+                    "predictor_set": name,
+                    "given": "+".join(res["given"]) or "none",
+                    "statistic": res["statistic"],
+                    "null_median": float(np.median(res["null"])),
+                    "p_value": res["p_value"],
+                    "n_perm": res["n_perm"],
+                }
+            )
+            if tab["model"].nunique() > 1:
+                lomo_rows.append(leave_one_model_out(tab, preds).assign(scope=scope, predictor_set=name))
+    lomo = pd.concat(lomo_rows, ignore_index=True) if lomo_rows else pd.DataFrame()
+    return pd.DataFrame(null_rows), lomo
+
+
+def planted_check(
+    exponents_df: pd.DataFrame,
+    geometry_df: pd.DataFrame,
+    models: Sequence[str],
+    *,
+    slope: float = 0.1,
+    summary: str = "id_twonn",
+    n_perm: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A known-answer check of the law on measured geometry: the target of ``models`` is
+    replaced by ``slope`` per SD of ``summary`` plus each model's own level and noise of
+    the size of each layer's Stage 1 sd (``planted``), or by the same values shuffled within
+    each model (``none``). One row per case: the closed-form slope (``coef_mean``,
+    ``coef_sd``) and the permutation p-value ``p_perm``; the planted case must be found and
+    the shuffled one not."""
+    rng = np.random.default_rng(seed)
+    tab = stage2_table(exponents_df, geometry_df, predictors=(summary,), models=models)
+    z = (tab[summary] - tab[summary].mean()) / tab[summary].std()
+    level = tab.groupby("model")["y"].transform("mean")
+    planted = tab.assign(y=level + slope * z + rng.normal(0, tab["y_sd"]))
+    none = planted.copy()
+    for _m, idx in none.groupby("model").groups.items():
+        none.loc[idx, "y"] = rng.permutation(none.loc[idx, "y"].to_numpy())
+    rows = []
+    for case, t in ((f"planted {slope:g} per SD", planted), ("none", none)):
+        r = closed_form_law(t, (summary,))
+        rows.append(
+            {
+                "case": case,
+                "coef_mean": float(r["coef_mean"][0]),
+                "coef_sd": float(r["coef_sd"][0]),
+                "p_perm": permutation_null(t, (summary,), n_perm=n_perm, seed=seed)["p_value"],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def fixed_law(

@@ -16,7 +16,7 @@ Adding a precondition (e.g. for a new key): write a function ``cfg -> iterable o
 need it and the library function whose own check it mirrors (``where``). Checks read
 the library's rules from the library where it exposes them (``geometry.PATCH_K``, the
 defaults of ``scaling.exponents``); where a rule is inline in a library function
-(:func:`min_training_layers` for ``law.fit_law``) a test holds the two together.
+(``law.min_training_layers``, ``law.scopes``) it imports the rule instead of restating it.
 """
 
 from __future__ import annotations
@@ -133,10 +133,6 @@ def _widths(mults: list[float], d: int) -> list[int]:
 
 def _ks_key(cfg: Profile, i: int) -> str:
     return "sae.ks" if cfg.models[i].ks is None else f"models.{i}.ks"
-
-
-def _showcase(cfg: Profile) -> list[tuple[str, int]]:
-    return [(m, layer) for m, layers in cfg.sae.showcase_layers.items() for layer in layers]
 
 
 # ---------------------------------------------------------------------------- SAE grid
@@ -286,36 +282,21 @@ def _n_layers(cfg: Profile, name: str) -> int:
     return len(cfg.layers_of(cfg.model(name)))
 
 
-def min_training_layers(n_predictors: int, n_models: int = 1) -> int:
-    """The fewest training layers ``law.fit_law`` accepts for ``n_predictors`` predictors
-    on ``n_models`` models (per-model intercepts when there are several; its own check,
-    tests/test_preflight.py holds the two together)."""
-    return max(3, n_predictors + (n_models if n_models > 1 else 1) + 1)
-
-
-STAGE2_SCOPE_MIN_LAYERS = 8  # notebook 04 fits a scope (real / synthetic models) only with at least this many layers
-
-
 @register(
     "models",
     steps=("stage2",),
-    where="notebook 04: a scope with >= 8 layers; law.fit_law: >= min_training_layers(predictors, models)",
+    where="law.scopes: a scope with >= law.SCOPE_MIN_LAYERS layers; law.fit_law: >= law.min_training_layers",
 )
 def _stage2_layers(cfg):
     from geowall import law
 
     P = max(map(len, law.DEFAULT_LAW_SETS.values()))
-    scopes = {  # as notebook 04: the pretrained networks and the zoo (random twins are a transfer contrast)
-        "real": [m for m in cfg.models if law.model_kind(m.source) == "pretrained"],
-        "synthetic": [m for m in cfg.models if law.model_kind(m.source) == "zoo"],
-    }
-    fitted = 0
-    for scope, models in scopes.items():
-        have = sum(len(cfg.layers_of(m)) for m in models)
-        if have < STAGE2_SCOPE_MIN_LAYERS:
-            continue
-        fitted += 1
-        need = min_training_layers(P, len(models))
+    kinds = law.model_kinds(cfg.models)
+    n_layers = {m.name: len(cfg.layers_of(m)) for m in cfg.models}
+    fitted = law.scopes(kinds, n_layers)  # as notebook 04
+    for scope, models in fitted.items():
+        have = sum(n_layers[m] for m in models)
+        need = law.min_training_layers(P, len(models))
         if have < need:
             yield (
                 "models",
@@ -326,7 +307,7 @@ def _stage2_layers(cfg):
     if not fitted:
         yield (
             "models",
-            f"no scope (real or synthetic models) has >= {STAGE2_SCOPE_MIN_LAYERS} layers for "
+            f"no scope (real or synthetic models) has >= {law.SCOPE_MIN_LAYERS} layers for "
             f"Stage 2; expected more layers in models.<i>.layers (or 'all')",
         )
 
@@ -359,7 +340,7 @@ def _floors_rankable(cfg):
 def _transfer_layers(cfg):
     from geowall import law
 
-    need = min_training_layers(len(law.SUMMARIES))
+    need = law.min_training_layers(len(law.SUMMARIES))
     seen = set()
     for j, (a, b) in enumerate(cfg.transfer):
         for x in (a, b):  # step 05 runs both directions: each model of a pair trains a law

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
-from geowall.law import SUMMARIES, _design, _geometry_wide, _law_meta, closed_form_law, fit_law
+from geowall.law import SUMMARIES, closed_form_law, design_matrix, fit_law, geometry_wide, law_meta, min_training_layers
 
 __all__ = [
     "CURVATURE_FREE",
@@ -81,8 +81,8 @@ def predict(
 
     B's true summaries are drawn around B's observations with B's SEs per draw. A law
     with several model intercepts predicts a new model with their average."""
-    preds, sc, set_name, target = _law_meta(law_idata)
-    wide = _geometry_wide(geometry_B)
+    preds, sc, set_name, target = law_meta(law_idata)
+    wide = geometry_wide(geometry_B)
     if models is not None:
         wide = wide[wide["model"].isin([str(m) for m in models])]
     for p in preds:
@@ -110,7 +110,7 @@ def predict(
     mu = np.broadcast_to(b0[None, :], (len(wide), len(take))).copy()
     if preds:
         b = post["b"].transpose("predictor", "sample").values[:, take]  # (P, S)
-        X, SE = _design(wide, preds, sc)
+        X, SE = design_matrix(wide, preds, sc)
         xt = X[:, :, None] + SE[:, :, None] * rng.standard_normal((len(wide), len(preds), len(take)))
         mu = mu + np.einsum("nps,ps->ns", xt, b)
     pred = mu + sigma[None, :] * rng.standard_normal(mu.shape)
@@ -133,7 +133,7 @@ def transfer(
     """Per-layer predictions for model B (:func:`predict`), one row per layer of B:
     ``train_model, test_model, predictor_set, model, layer, depth, pred_mean, pred_sd,
     pred_lo, pred_hi, observed, observed_sd, covered`` (equal-tailed ``interval``)."""
-    preds, sc, set_name, target = _law_meta(law_idata)
+    preds, sc, set_name, target = law_meta(law_idata)
     wide, mu, pred = predict(
         law_idata,
         geometry_B,
@@ -211,7 +211,7 @@ def transfer_scores(
     """
     from scipy.stats import spearmanr
 
-    preds, sc, set_name, target = _law_meta(law_idata)
+    preds, sc, set_name, target = law_meta(law_idata)
     wide, mu, pred = predict(law_idata, geometry_B, exponents_B, models=models, max_draws=max_draws, seed=seed)
     obs = wide["observed"].to_numpy(float)
     osd = wide["observed_sd"].to_numpy(float)
@@ -262,7 +262,7 @@ def transfer_scores(
         tab = wide.rename(columns={"observed": "y", "observed_sd": "y_sd"})
         try:
             cf = closed_form_law(tab, preds, model_effects=False)
-            X, _ = _design(tab, preds, cf["scaling"])
+            X, _ = design_matrix(tab, preds, cf["scaling"])
             fitted = cf["scaling"]["y_mean"] + cf["scaling"]["y_sd"] * (cf["fit"].mean[0] + X @ cf["b_mean"])
             row["ceiling_r2"] = float(_r2(obs, fitted[:, None])[0])
             row["ceiling_spearman"] = float(spearmanr(obs, fitted).statistic)
@@ -301,9 +301,7 @@ def _withheld(wide: pd.DataFrame, exponents_df: pd.DataFrame, a: str, b: str, pr
     fitted = set(zip(exponents_df["model"].astype(str), exponents_df["layer"].astype(int)))
     n_a = sum((m, int(l)) in fitted for m, l in zip(have["model"].astype(str), have["layer"]) if m == a)
     n_b = int((have["model"].astype(str) == b).sum())
-    from geowall.preflight import min_training_layers  # the rule fit_law enforces
-
-    need_a = min_training_layers(len(preds))
+    need_a = min_training_layers(len(preds))  # the rule fit_law enforces
     why = [f"{b} has no layer with every summary of the set (withheld: see geometry.parquet)"] if n_b == 0 else []
     if n_a < need_a:
         why.insert(0, f"{a} has {n_a} layers with every summary of the set and an exponent, the law needs {need_a}")
@@ -346,7 +344,7 @@ def run_transfer(
     sets = dict(predictor_sets or DEFAULT_SETS)
     fits: dict[tuple[str, str], Any] = {}
     scores, preds = [], []
-    wide = _geometry_wide(geometry_df)
+    wide = geometry_wide(geometry_df)
 
     def fit(a, i, name, ps):
         key = (a, name)

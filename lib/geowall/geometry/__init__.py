@@ -63,6 +63,11 @@ from geowall.geometry.known import known_answers, noise_for_share, reference_clo
 from geowall.kernels import knn
 
 __all__ = [
+    "ID_SCALE_TOL",
+    "TRUTH_RULES",
+    "TRUTH_MIN_POINTS",
+    "id_scale_gap",
+    "truth_agreement",
     "MIN_PATCH_K",
     "NEAR_DUP_TOL",
     "PATCH_K",
@@ -368,3 +373,57 @@ def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int 
             }
         )
     return pd.DataFrame(rows, columns=["model", "summary", "knob", "setting", "n_layers", "rho", "flipped"])
+
+
+ID_SCALE_TOL = 0.3  # TwoNN and its multiscale plateau "disagree" beyond this relative difference
+# The zoo's known-answer rules (notebook 02 and tests/test_geometry.py): TwoNN within 15% of the true
+# dimension (up to 8), curvature ordered like the truth, equal-radius spheres within 1.5x of each other,
+# flat boxes below 0.2x the spheres; enforced from 2,000 points per layer (at a few hundred points an
+# 8-dimensional patch spans a sizeable part of the cloud).
+TRUTH_RULES = {"id_rel_err": 0.15, "id_max_dim": 8, "curv_rho": 0.8, "sphere_ratio": 1.5, "flat_share": 0.2}
+TRUTH_MIN_POINTS = 2000
+
+
+def id_scale_gap(geometry_df: pd.DataFrame, multi: pd.DataFrame, *, tol: float = ID_SCALE_TOL) -> pd.DataFrame:
+    """TwoNN at full density against its multiscale plateau, per (model, layer).
+
+    ``multi``: :func:`multiscale_id` rows of many layers (``model, layer, scale, id``); the
+    plateau is the median over the decimated scales (s >= 2). Returns ``id_twonn, plateau,
+    rel_diff`` (|TwoNN - plateau| / plateau) and ``disagree`` (rel_diff > ``tol``), indexed by
+    (model, layer)."""
+    plateau = multi[multi.scale > 1].groupby(["model", "layer"]).id.median().rename("plateau")
+    ids = geometry_df[geometry_df.summary == "id_twonn"].set_index(["model", "layer"]).estimate.rename("id_twonn")
+    gap = ids.to_frame().join(plateau)
+    gap["rel_diff"] = (gap.id_twonn - gap.plateau).abs() / gap.plateau
+    gap["disagree"] = gap.rel_diff > tol
+    return gap
+
+
+def truth_agreement(truth: pd.DataFrame, geometry_df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The zoo's estimates against its ground truth (``truth``: ``layers.truth_table``).
+
+    Returns ``(both, stats)``: per layer the truth beside the estimates with ``id_rel_err``;
+    ``stats``: ``id_max_rel_err`` (over true dimensions up to ``TRUTH_RULES['id_max_dim']``),
+    ``curv_rho`` (Spearman of estimated against true curvature), ``sphere_ratio`` (largest
+    over smallest sphere curvature), ``flat_max_share`` (largest flat-box curvature over the
+    smallest sphere's) and ``passed``: every rule of :data:`TRUTH_RULES` met."""
+    from scipy.stats import spearmanr
+
+    wide = geometry_df.pivot(index=["model", "layer"], columns="summary", values="estimate").reset_index()
+    both = truth.merge(wide, on=["model", "layer"])
+    both["id_rel_err"] = (both.id_twonn - both.id_true).abs() / both.id_true
+    sph, flat = both[both.kind == "sphere"].curvature, both[both.kind == "flat"].curvature
+    r = TRUTH_RULES
+    stats = {
+        "id_max_rel_err": float(both.id_rel_err[both.id_true <= r["id_max_dim"]].max()),
+        "curv_rho": float(spearmanr(both.curvature_true, both.curvature, nan_policy="omit").statistic),
+        "sphere_ratio": float(sph.max() / sph.min()) if len(sph) else math.nan,
+        "flat_max_share": float(flat.max() / sph.min()) if len(sph) and len(flat) else math.nan,
+    }
+    stats["passed"] = bool(
+        stats["id_max_rel_err"] < r["id_rel_err"]
+        and stats["curv_rho"] >= r["curv_rho"]
+        and not stats["sphere_ratio"] >= r["sphere_ratio"]
+        and not stats["flat_max_share"] >= r["flat_share"]
+    )
+    return both, stats
