@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
 
+from geowall.executors import ENV_EXECUTOR
+
 __all__ = [
     "Checks",
     "SamplerSettings",
@@ -230,8 +232,6 @@ def sample_model(
     "Sampler Progress" table would be stored in the published notebook).
     """
     import pymc as pm
-
-    from geowall.executors import ENV_EXECUTOR
 
     st = settings or SamplerSettings()
     draws, tune, chains, target_accept = st.draws, st.tune, st.chains, st.target_accept

@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from geowall import geometry, layers
+from geowall.activations import ActivationError
 from geowall.config import Profile
 from geowall.glance import at_a_glance
 from geowall.io import read_json, read_parquet
-from geowall.law import model_kinds
+from geowall.law import DEPTH_SETS, model_kinds
+from geowall.power import power_words
+from geowall.transfer import FEW_LAYERS
+from geowall.transfer import law_rows as _law_rows
+from geowall.verdicts import verdict_table
 
 NA = "n/a (step not run)"
 SOURCE_NAMES = {
@@ -246,12 +252,8 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         "power": NA,
     }
     if power_curve is not None and len(power_curve):
-        from geowall.power import power_words
-
         v["stage2"]["power"] = power_words(power_curve)
     if cmp_ is not None and "scope" in cmp_:
-        from geowall.law import DEPTH_SETS
-
         scope = "real" if (cmp_.scope == "real").any() else str(cmp_.scope.iloc[0])
         # Stage 2 ran: what it lacks was not fitted or computed (a table from an older run), not "not run"
         for k in ("depth_gain", "depth_gain_se", "beyond_depth_gain", "beyond_depth_gain_se", "beyond_depth_p_perm"):
@@ -319,12 +321,9 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
                 "coverage90": _fmt(r.coverage90),
                 "n_layers": _fmt(int(r.n_layers)),
             }
-    from geowall.transfer import FEW_LAYERS
 
     v["transfer"]["summary"] = NA
     if t is not None and "p_perm_spearman" in t:
-        from geowall.transfer import law_rows as _law_rows
-
         law_rows = _law_rows(t)
         law_rows = law_rows[law_rows["note"].isna()] if "note" in law_rows else law_rows
         v["transfer"]["summary"] = (
@@ -355,7 +354,6 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
             )
             for r in sp.itertuples()
         )
-    from geowall.verdicts import verdict_table
 
     vt = verdict_table(
         compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None,
@@ -384,7 +382,6 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
 def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
     """Per model: TwoNN and curvature ranges, layers whose curvature is withheld (tangent cap);
     the summaries whose layer ordering flips under another setting; the zoo's curvature check."""
-    from geowall import geometry
 
     g = _read(run_dir, "geometry.parquet")
     out: dict = {}
@@ -415,9 +412,6 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
     out["zoo_curv_rho"] = NA
     if g is not None and any(m.source == "synthetic" for m in cfg.models):
         from scipy.stats import spearmanr
-
-        from geowall import layers
-        from geowall.activations import ActivationError
 
         try:
             truth = layers.truth_table(cfg, run_dir)

@@ -24,7 +24,8 @@ import pandas as pd
 
 from geowall.floors import MIN_LAYERS
 from geowall.law import DEPTH_SETS
-from geowall.transfer import FEW_LAYERS
+from geowall.power import detectable_slope, power_words
+from geowall.transfer import FEW_LAYERS, law_rows
 
 __all__ = [
     "RULES",
@@ -100,7 +101,6 @@ def geometry_verdict(
     """Decide the geometry claim (see :data:`RULES`) from ``law_compare``, ``law`` and
     ``law_null`` (each with a ``scope`` column) and the design analysis ``law_power``
     (:func:`geowall.power.design_analysis`, with a ``scope`` column)."""
-    from geowall.power import detectable_slope, power_words
 
     if compare is None or coefs is None or null is None:
         return _out(INCONCLUSIVE, "Stage 2 not run", "n/a")
@@ -213,7 +213,6 @@ def transfer_verdict(
     (``{model: "pretrained" | "random" | "zoo"}``, :func:`geowall.law.model_kinds`) says
     which directions are between real models; without it, the table's ``train_kind`` /
     ``test_kind`` columns, else every model counts as pretrained."""
-    from geowall.transfer import law_rows
 
     if scores is None or len(scores) == 0:
         return _out(INCONCLUSIVE, "transfer not run", "n/a")
