@@ -224,3 +224,42 @@ def test_variant_refusals_name_the_fix(toy, tmp_path, capsys):
     assert rc == 2 and "run the profile first" in capsys.readouterr().err
     assert cli.main(["diff", "nope", "smoke", "--runs-dir", str(runs)]) == 2
     assert "run 'nope'" in capsys.readouterr().err
+
+
+def test_in_place_writes_through_hard_links_are_named(tmp_path):
+    """The runner's guard: artefacts are replaced by rename; a file written in place that
+    another run links to is named (its other run changed too)."""
+    a, b = tmp_path / "run", tmp_path / "other"
+    a.mkdir(), b.mkdir()
+    (b / "x.txt").write_text("1")
+    os.link(b / "x.txt", a / "x.txt")
+    (a / "y.txt").write_text("1")
+    before = pipeline.snapshot(a)
+    with open(a / "x.txt", "a") as fh:  # in place, through the link
+        fh.write("2")
+    with open(a / "y.txt", "a") as fh:  # in place, but nobody else links it
+        fh.write("2")
+    assert pipeline.written_through_links(before, pipeline.snapshot(a), a) == ["x.txt"]
+
+
+def test_a_base_whose_records_list_no_outputs_reruns_and_says_why(toy, tmp_path):
+    run, runs = toy
+    run()
+    for s in ("up", "fit", "law"):  # records from before output lists existed
+        rec = runs / "smoke" / "steps" / f"{s}.json"
+        data = read_json(rec)
+        del data["outputs"]
+        rec.write_text(__import__("json").dumps(data))
+    said = []
+    cfg = load_profile("smoke", ["stage2.draws=7"])
+    records = pipeline.run(
+        cfg,
+        steps=STEPS,
+        notebooks_dir=tmp_path / "notebooks",
+        runs_dir=runs,
+        progress=False,
+        log=said.append,
+        as_name="v",
+    )
+    assert statuses(records) == ["ran", "ran", "ran"]
+    assert any("[up] inputs unchanged, but its record" in m and "lists no outputs" in m for m in said)

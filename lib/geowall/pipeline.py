@@ -281,6 +281,10 @@ def _run_step(
     dt = time.time() - t0
     peak = round(memory.peak_mb, 1)
     previous = read_json(rec_path).get("outputs", []) if rec_path.is_file() else []
+    after = snapshot(run_dir)
+    shared = written_through_links(before, after, run_dir)
+    if shared:
+        log(f"[{s.name}] WARNING: wrote {shared[:5]} in place, through hard links: the run they link to changed too")
     write_json(
         rec_path,
         {
@@ -290,7 +294,7 @@ def _run_step(
             "seconds": round(dt, 1),
             "peak_rss_mb": peak,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "outputs": step_outputs(before, snapshot(run_dir), previous),
+            "outputs": step_outputs(before, after, previous),
         },
     )
     prints[s.name] = fp
@@ -331,6 +335,14 @@ def step_outputs(before: dict, after: dict, previous: list[str] | tuple[str, ...
     exist (a step that resumes leaves its finished files untouched, yet they are its own)."""
     changed = {p for p, st in after.items() if before.get(p) != st}
     return sorted(changed | {p for p in previous if p in after})
+
+
+def written_through_links(before: dict, after: dict, run_dir: Path) -> list[str]:
+    """Files a step changed in place (same inode, other mtime or size) that have more than
+    one hard link: writing them changed every run folder linking them (artefacts are meant
+    to be replaced by rename, :func:`geowall.io.atomic_path`, which never does)."""
+    inplace = [p for p, st in after.items() if p in before and before[p][0] == st[0] and before[p] != st]
+    return [p for p in inplace if os.lstat(Path(run_dir) / p).st_nlink > 1]
 
 
 # --------------------------------------------------------------------------- variants
@@ -431,6 +443,10 @@ def link_unchanged(
     linked: dict[str, str] = {}
     for s in steps:
         files = reusable(s, prints.get(s.name), base)
+        rec = base / "steps" / f"{s.name}.json"
+        if files is None and rec.is_file() and "outputs" not in (r := read_json(rec)):
+            if r.get("fingerprint") == prints.get(s.name):
+                log(f"[{s.name}] inputs unchanged, but its record in {base} lists no outputs (an older run): it reruns")
         if files is None:
             continue
         kinds = {link_file(base / f, run_dir / f) for f in files}

@@ -218,15 +218,16 @@ class Comparison:
 def compare(a: pd.DataFrame, b: pd.DataFrame, keys: tuple[str, ...] | list[str]) -> Comparison:
     """Match rows of ``a`` and ``b`` on ``keys`` (the keys both have) and compare the other
     columns both have. A changed row lists, per column, ``<col> A``, ``<col> B`` and for
-    numbers ``<col> Δ`` (B − A)."""
+    numbers ``<col> Δ`` (B − A), for the columns that changed in some row."""
     keys = [k for k in keys if k in a and k in b]
     values = [c for c in a.columns if c in b.columns and c not in keys]
     m = a.merge(b, on=keys, how="outer", suffixes=(" A", " B"), indicator=True)
     both = m[m["_merge"] == "both"]
     differs = [any(not _same(r[f"{c} A"], r[f"{c} B"]) for c in values) for _, r in both.iterrows()]
     changed = both[np.array(differs, dtype=bool)] if len(both) else both
+    moved = [c for c in values if any(not _same(r[f"{c} A"], r[f"{c} B"]) for _, r in changed.iterrows())]
     cols = list(keys)
-    for c in values:
+    for c in moved:  # only the columns that changed in some changed row
         cols += [f"{c} A", f"{c} B"]
         if pd.api.types.is_numeric_dtype(a[c]) and pd.api.types.is_numeric_dtype(b[c]):
             changed = changed.assign(**{f"{c} Δ": changed[f"{c} B"] - changed[f"{c} A"]})
