@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from geowall import kernels as K
 from geowall import sae as S
 from geowall.sae import grid as sae_grid
+from geowall.sae import sparse_ops as K
 
 
 def sparse_features(n: int, d: int, n_features: int = 48, active: int = 3, seed: int = 0) -> np.ndarray:

@@ -12,9 +12,10 @@ One module per job:
 | :mod:`geowall.sae.disk` | ``save_sae`` / ``load_sae`` in sae-lens's on-disk format |
 | :mod:`geowall.sae.grid` | the metrics table, ``MetricsTable`` (resumable rows), ``run_grid``, width checks |
 | :mod:`geowall.sae.data` | checked activation tensors and streaming moments |
+| :mod:`geowall.sae.sparse_ops` | the sparse autograd ops (``sparse_decode``, ``SparseEncode``, ``scatter_rows``) |
 
-The sparse autograd kernels (sparse decode, sparse encoder backward) are in
-:mod:`geowall.kernels`. Everything public is importable from ``geowall.sae``.
+The sparse autograd ops (sparse decode, sparse encoder backward, the sorted gradient
+scatter) are in :mod:`geowall.sae.sparse_ops`. Everything public is importable from ``geowall.sae``.
 """
 
 from geowall.sae.disk import load_sae, save_sae

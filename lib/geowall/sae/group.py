@@ -8,7 +8,7 @@ Every SAE of a layer sees the same batches, so one step of the whole group share
 * hand-written gradients (no autograd graph): the TopK code's gradients reach only the
   selected latents; the decoder and encoder weight gradients are scattered with one
   stable sort of the selected indices per SAE (shared by both), see
-  :func:`geowall.kernels.scatter_rows`;
+  :func:`geowall.sae.sparse_ops.scatter_rows_shared`;
 * one Adam update over the stacked parameters (a per-row learning rate, so each width
   keeps its own ``lr``), the decoder-norm constraint and dead-latent counters on the
   stacked tensors.
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geowall.kernels import _per_sample_weights_grad
+from geowall.sae.sparse_ops import per_sample_weights_grad, scatter_rows_shared
 
 ADAM_EPS = 6.25e-10
 BETAS = (0.9, 0.999)
@@ -57,22 +57,6 @@ def lr_factor(step: int, steps: int, warmup: float, decay: float) -> float:
     if n_decay and step >= steps - n_decay:
         return (steps - step) / n_decay
     return 1.0
-
-
-def scatter_rows_shared(indices: Tensor, pairs: list[tuple[Tensor, Tensor]], n_rows: int) -> list[Tensor]:
-    """:func:`geowall.kernels.scatter_rows` for several (weights, src) pairs over the same
-    ``indices`` (the decoder's and the encoder's weight gradients): one sort for both."""
-    m = indices.shape[1]
-    flat = indices.reshape(-1)
-    # small integer keys sort far faster on CPU (int16: radix-like, ~10x int32, ~80x int64)
-    keys = flat.to(torch.int16) if n_rows <= 2**15 else flat.to(torch.int32) if n_rows < 2**31 else flat
-    order = torch.argsort(keys, stable=True)
-    rows = torch.div(order, m, rounding_mode="floor")
-    counts = torch.bincount(flat, minlength=n_rows)
-    offsets = torch.cumsum(counts, 0) - counts
-    return [
-        F.embedding_bag(rows, src, offsets, mode="sum", per_sample_weights=w.reshape(-1)[order]) for w, src in pairs
-    ]
 
 
 def _dense_topk(a: Tensor, k: int) -> Tensor:
@@ -273,7 +257,7 @@ class GroupTrainer:
                 g_aux = (aux_out - err) * (2.0 * self.auxk_coef * a_scale / total_var)
             t = self._tick("decode", t)
             # decoder: d/d acts, d/d W_dec, d/d b_dec
-            g_acts = _per_sample_weights_grad(g_out, W_dec, idx) * (vals > 0)
+            g_acts = per_sample_weights_grad(g_out, W_dec, idx) * (vals > 0)
             sae_in = x - b_dec
             gW_dec, gW_enc = scatter_rows_shared(idx, [(acts, g_out), (g_acts, sae_in)], W_dec.shape[0])
             gb_enc = torch.zeros(W_dec.shape[0], device=x.device).index_add_(0, idx.reshape(-1), g_acts.reshape(-1))
@@ -281,7 +265,7 @@ class GroupTrainer:
             if aux is not None and a_idx.dim() == 1:
                 _aux_grads_dense(a_acts, a_idx, g_aux, sae_in, W_dead, W_enc, gW_dec, gW_enc, gb_enc, gb_dec)
             elif aux is not None:
-                g_aacts = _per_sample_weights_grad(g_aux, W_dec, a_idx) * (a_vals > 0)
+                g_aacts = per_sample_weights_grad(g_aux, W_dec, a_idx) * (a_vals > 0)
                 gWd_a, gWe_a = scatter_rows_shared(a_idx, [(a_acts, g_aux), (g_aacts, sae_in)], W_dec.shape[0])
                 gW_dec += gWd_a
                 gW_enc += gWe_a

@@ -12,7 +12,7 @@ the layout of EleutherAI/sparsify's ``sparse_coder.py``:
   dead latents to reconstruct the residual.
 
 Speed. The decoder and the encoder's backward pass are sparse (the kernels live in
-:mod:`geowall.kernels`: ``sparse_decode``, ``SparseEncode``); the only dense ``B x W``
+:mod:`geowall.sae.sparse_ops`: ``sparse_decode``, ``SparseEncode``); the only dense ``B x W``
 work left is the forward encoder matmul and the top-k. A plain dense reference (dense
 autograd through the encoder, dense ``(B, W) @ (W, d)`` decode) is kept beside it;
 ``GEOWALL_DENSE_DECODE=1`` forces the reference everywhere, and the tests check that
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geowall.kernels import SparseEncode, dense_decode, encoder_pre_acts, sparse_decode
+from geowall.sae.sparse_ops import SparseEncode, dense_decode, encoder_pre_acts, sparse_decode
 
 __all__ = [
     "DENSE_ENV",
