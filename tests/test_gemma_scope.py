@@ -142,8 +142,6 @@ def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch
 
     import pandas as pd
 
-    import geowall.activations
-
     release = "gemma-scope-2b-pt-res"
     fake = pd.DataFrame(
         [
@@ -177,7 +175,7 @@ def test_run_manifest_evaluates_a_local_mirror_and_resumes(tmp_path, monkeypatch
         folder.mkdir(parents=True)
         np.savez(folder / "params.npz", **p)
     acts = rng.normal(size=(120, D)).astype(np.float32)
-    monkeypatch.setattr(geowall.activations, "load", lambda run_dir, model, layer, split: acts)
+    monkeypatch.setattr(gs, "load_activations", lambda run_dir, model, layer, split: acts)
     opened = []
     real_load = gs.load_released_sae
     monkeypatch.setattr(gs, "load_released_sae", lambda *a, **kw: opened.append(a) or real_load(*a, **kw))

@@ -299,7 +299,7 @@ INTERNAL = (
 
 def _library_accepts(cfg: Profile) -> None:
     """The library's own argument checks on what an accepted profile would pass them."""
-    from geowall.layers import widths_of
+    from geowall.plan import widths_of
     from geowall.sources import model_info
 
     for m in cfg.models:

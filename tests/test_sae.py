@@ -407,7 +407,8 @@ def test_group_step_equals_autograd_trainer(dead_tokens, aux_dense, monkeypatch)
 
 
 def test_lr_schedule_and_plateau_change():
-    from geowall.sae.group import lr_factor, plateau_change
+    from geowall.sae.group import plateau_change
+    from geowall.sae.train import lr_factor
 
     f = [lr_factor(i, 100, 0.1, 0.2) for i in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[50] == 1.0 and f[80] == 1.0 and f[99] == pytest.approx(0.05)

@@ -26,39 +26,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from geowall.io import load_npy, read_json, save_npy, write_json
-
-SPLITS = ("train", "eval")
-
-
-class ActivationError(ValueError):
-    """Activations are missing, stale, or contain non-finite values."""
-
-
-def layer_dir(run_dir: Path, model: str, layer: int) -> Path:
-    return Path(run_dir) / model / "acts" / f"layer_{layer:02d}"
-
-
-def layer_manifest(run_dir: Path, model: str, layer: int) -> dict:
-    path = layer_dir(run_dir, model, layer) / "manifest.json"
-    if not path.is_file():
-        raise ActivationError(
-            f"no activations for model {model!r} layer {layer} under {path.parent} (run step 'activations' first)"
-        )
-    return read_json(path)
-
-
-def load(run_dir: Path, model: str, layer: int, split: str = "train", *, check: bool = True) -> np.ndarray:
-    """Memory-mapped (n, d) float32 activations. ``check`` scans for NaN/Inf in chunks."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    man = layer_manifest(run_dir, model, layer)
-    x = load_npy(layer_dir(run_dir, model, layer) / f"{split}.npy")
-    if x.shape != (man[f"n_{split}"], man["d"]):
-        raise ActivationError(f"model {model!r} layer {layer} {split}: shape {x.shape} does not match its manifest")
-    if check:
-        check_finite(x, model=model, layer=layer, split=split)
-    return x
+# the store's read side (layout, manifest, checked memory-mapped load) lives in geowall.io,
+# below the model sources, so that geowall.sources.gemma_scope can read evaluation tokens
+from geowall.io import SPLITS, ActivationError, check_finite, layer_dir, layer_manifest, load_npy, save_npy, write_json
+from geowall.io import load_activations as load
 
 
 def doc_ids(run_dir: Path, model: str, split: str = "train") -> np.ndarray | None:
@@ -66,14 +37,6 @@ def doc_ids(run_dir: Path, model: str, split: str = "train") -> np.ndarray | Non
     no documents (the synthetic zoo) or the activations predate document ids."""
     path = Path(run_dir) / model / "acts" / f"docs_{split}.npy"
     return load_npy(path) if path.is_file() else None
-
-
-def check_finite(x: np.ndarray, *, model: str, layer: int, split: str, chunk: int = 65536) -> None:
-    bad = 0
-    for i in range(0, len(x), chunk):
-        bad += int((~np.isfinite(np.asarray(x[i : i + chunk]))).any(axis=1).sum())
-    if bad:
-        raise ActivationError(f"model {model!r} layer {layer} {split}: {bad} of {len(x)} rows contain NaN or Inf")
 
 
 def _request(model_spec, acts_spec, corpus_hash: str | None, seed: int, layer: int, d: int) -> dict:
@@ -115,10 +78,10 @@ def _manifold(model_spec, layer: int) -> dict | None:
 
 
 def _is_done(run_dir: Path, request: dict) -> bool:
-    path = layer_dir(run_dir, request["model"], request["layer"]) / "manifest.json"
-    if not path.is_file():
+    try:
+        man = layer_manifest(run_dir, request["model"], request["layer"])
+    except ActivationError:  # no manifest: not harvested (or killed before its last write)
         return False
-    man = read_json(path)
     return all(man.get(k) == v for k, v in request.items())
 
 

@@ -15,12 +15,10 @@ import pandas as pd
 
 from geowall.geometry import SUMMARY_NAMES
 from geowall.io import read_parquet
+from geowall.law import DEPTH_SETS
+from geowall.power import POWER, SUMMARY_WORDS, detectable_slope
 
-__all__ = ["at_a_glance", "SUMMARY_WORDS"]
-
-SUMMARY_WORDS = dict(
-    zip(SUMMARY_NAMES, ("intrinsic dimension", "participation ratio", "curvature", "local residual"), strict=True)
-)
+__all__ = ["at_a_glance"]
 
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
@@ -55,8 +53,6 @@ def _stage1(e: pd.DataFrame) -> str:
 def _depth(cmp_: pd.DataFrame | None, null: pd.DataFrame | None) -> str:
     """The depth comparison in words: depth alone against the model intercepts, and what the
     best geometric set adds beside depth (the geometry verdict's quantity)."""
-    from geowall.law import DEPTH_SETS
-
     if cmp_ is None or "elpd_diff_vs_depth" not in cmp_:
         return ""
     scope = None
@@ -89,8 +85,6 @@ def _power(curve: pd.DataFrame | None) -> str:
     """The design analysis in words: the slopes detected with 80% probability and the false-positive rate."""
     if curve is None or not len(curve):
         return ""
-    from geowall.power import POWER, detectable_slope
-
     d = detectable_slope(curve)
     top = curve.groupby("summary").slope.max()
     said = [
@@ -112,8 +106,6 @@ def _power(curve: pd.DataFrame | None) -> str:
 
 
 def _stage2(cmp_: pd.DataFrame | None, law: pd.DataFrame | None) -> str:
-    from geowall.law import DEPTH_SETS
-
     parts = []
     if cmp_ is not None and len(cmp_):
         alone = cmp_[~cmp_.predictor_set.isin(list(DEPTH_SETS))]

@@ -124,3 +124,51 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------- activation store, read side
+# The layout and the checked read of step 00's activation store (geowall.activations writes it
+# and re-exports these names). Here, below the model sources, so that a source
+# (geowall.sources.gemma_scope) reads evaluation tokens without importing the harvester.
+
+SPLITS = ("train", "eval")
+
+
+class ActivationError(ValueError):
+    """Activations are missing, stale, or contain non-finite values."""
+
+
+def layer_dir(run_dir: Path, model: str, layer: int) -> Path:
+    """Folder of one layer of the activation store: ``<run_dir>/<model>/acts/layer_LL``."""
+    return Path(run_dir) / model / "acts" / f"layer_{layer:02d}"
+
+
+def layer_manifest(run_dir: Path, model: str, layer: int) -> dict:
+    path = layer_dir(run_dir, model, layer) / "manifest.json"
+    if not path.is_file():
+        raise ActivationError(
+            f"no activations for model {model!r} layer {layer} under {path.parent} (run step 'activations' first)"
+        )
+    return read_json(path)
+
+
+def load_activations(run_dir: Path, model: str, layer: int, split: str = "train", *, check: bool = True) -> np.ndarray:
+    """Memory-mapped (n, d) float32 activations of one layer and split of the store
+    (``geowall.activations.load``). ``check`` scans for NaN/Inf in chunks."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    man = layer_manifest(run_dir, model, layer)
+    x = load_npy(layer_dir(run_dir, model, layer) / f"{split}.npy")
+    if x.shape != (man[f"n_{split}"], man["d"]):
+        raise ActivationError(f"model {model!r} layer {layer} {split}: shape {x.shape} does not match its manifest")
+    if check:
+        check_finite(x, model=model, layer=layer, split=split)
+    return x
+
+
+def check_finite(x: np.ndarray, *, model: str, layer: int, split: str, chunk: int = 65536) -> None:
+    bad = 0
+    for i in range(0, len(x), chunk):
+        bad += int((~np.isfinite(np.asarray(x[i : i + chunk]))).any(axis=1).sum())
+    if bad:
+        raise ActivationError(f"model {model!r} layer {layer} {split}: {bad} of {len(x)} rows contain NaN or Inf")

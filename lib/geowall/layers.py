@@ -14,6 +14,11 @@ from tqdm.auto import tqdm
 
 from geowall import activations, geometry
 from geowall.config import Profile
+from geowall.plan import (
+    check_budget,
+    widths_for,
+    widths_of,  # noqa: F401  TEMPORARY: preflight.py still imports it from here; drop it then
+)
 
 
 def relative_depth(layer: int, n_layers: int) -> float:
@@ -174,17 +179,6 @@ def _device(cfg: Profile) -> str:
     return str(resolve_device(cfg.device))
 
 
-def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
-    """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
-    showcase = layer in cfg.sae.showcase_layers.get(model, [])
-    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
-
-
-def widths_of(multiples, d: int) -> list[int]:
-    """Distinct widths (whole latents) of width multiples of d, ascending."""
-    return sorted({round(m * d) for m in multiples})
-
-
 def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: int, metrics_path: str) -> list[dict]:
     """Train and evaluate every SAE of one (model, layer) into ``metrics_path`` (resumable:
     rows already there are skipped); returns that table's rows of this layer."""
@@ -203,17 +197,7 @@ def _trained_unit(cfg_json: dict, run_dir: str, work: str, model: str, layer: in
         by_steps.setdefault(cfg.steps_of(spec, w, d), []).append(w)
     s = cfg.sae
     for steps, ws in by_steps.items():
-        train_cfg = sae.TrainConfig(
-            steps=steps,
-            batch_size=s.batch_size,
-            lr=s.lr,
-            lr_scale=cfg.lr_scale_of(spec),
-            lr_warmup=s.lr_warmup,
-            lr_decay=s.lr_decay,
-            bf16=s.bf16,
-            curve_points=s.curve_points,
-            plateau_window=s.plateau_window,
-        )
+        train_cfg = sae.TrainConfig.from_spec(s, steps=steps, lr_scale=cfg.lr_scale_of(spec))
         sae.run_grid(
             train,
             evl,
@@ -331,7 +315,6 @@ def sae_grid(
 
     for spec in cfg.models:
         if spec.sae_source == "gemma-scope":
-            from geowall.plan import check_budget
             from geowall.sources import gemma_scope
 
             check_budget(cfg)

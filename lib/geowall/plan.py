@@ -213,9 +213,18 @@ def load_throughput(path: str | Path) -> dict:
 # ---------------------------------------------------------------------------- the plan
 
 
-def _layers_widths(cfg: Profile, spec: ModelSpec, d: int) -> list[tuple[int, list[int]]]:
-    from geowall.layers import widths_for
+def widths_for(cfg: Profile, model: str, layer: int, d: int) -> list[int]:
+    """The width grid of a layer: multiples of d; showcase layers get the richer grid."""
+    showcase = layer in cfg.sae.showcase_layers.get(model, [])
+    return widths_of(cfg.sae.showcase_width_multiples if showcase else cfg.sae.width_multiples, d)
 
+
+def widths_of(multiples, d: int) -> list[int]:
+    """Distinct widths (whole latents) of width multiples of d, ascending."""
+    return sorted({round(m * d) for m in multiples})
+
+
+def _layers_widths(cfg: Profile, spec: ModelSpec, d: int) -> list[tuple[int, list[int]]]:
     return [(layer, widths_for(cfg, spec.name, layer, d)) for layer in cfg.layers_of(spec)]
 
 

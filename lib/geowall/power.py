@@ -35,9 +35,15 @@ import pandas as pd
 from scipy.stats import norm
 
 from geowall import bayes
+from geowall.geometry import SUMMARY_NAMES
 from geowall.law import DEPTH_SETS, closed_form_loo, stage2_table, wald_permutation
 
-__all__ = ["POWER", "decide", "design_analysis", "detectable_slope", "power_words"]
+__all__ = ["POWER", "SUMMARY_WORDS", "decide", "design_analysis", "detectable_slope", "power_words"]
+
+# The summaries in words, as the verdict table's power phrase and the glance paragraph say them
+SUMMARY_WORDS = dict(
+    zip(SUMMARY_NAMES, ("intrinsic dimension", "participation ratio", "curvature", "local residual"), strict=True)
+)
 
 POWER = 0.8  # the power the verdict table quotes a detectable slope at
 ELPD_Z, ALPHA, HDI = 2.0, 0.05, 0.94  # the geometry rule's thresholds (geowall.verdicts uses the same)
@@ -212,8 +218,6 @@ def power_words(curve: pd.DataFrame | None, power: float = POWER) -> str:
     """One phrase: the slopes the design detects with ``power`` probability, per summary."""
     if curve is None or not len(curve):
         return "power not computed"
-    from geowall.glance import SUMMARY_WORDS
-
     d = detectable_slope(curve, power)
     top = curve.groupby("summary")["slope"].max()
     parts = [

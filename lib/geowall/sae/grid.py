@@ -25,6 +25,8 @@ from geowall.io import read_parquet, write_parquet
 from geowall.sae.data import as_acts, check_acts_shape
 from geowall.sae.disk import save_sae
 from geowall.sae.evaluate import METRICS, evaluate
+from geowall.sae.group import train_group
+from geowall.sae.model import use_dense_reference
 from geowall.sae.train import TrainConfig, derive_seed, grid_pairs, train_sae
 
 __all__ = [
@@ -275,9 +277,6 @@ def run_grid(
     held-out fvu over the curve's last window) and ``plateaued`` (that fall <=
     ``plateau_tol``). Returns the whole metrics table.
     """
-    from geowall.sae.group import train_group
-    from geowall.sae.model import use_dense_reference
-
     config = TrainConfig.make(config, **overrides)
     metrics = MetricsTable(metrics_path)
     todo = metrics.todo(

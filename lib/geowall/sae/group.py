@@ -35,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geowall.sae.init import init_dictionary
+from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
 from geowall.sae.sparse_ops import per_sample_weights_grad, scatter_rows_shared
+from geowall.sae.train import ADAM_EPS, TrainConfig, derive_seed, lr_factor, prepare_training
 
-ADAM_EPS = 6.25e-10
 BETAS = (0.9, 0.999)
 STAGES = ("batch", "encode", "topk", "decode", "backward", "optimiser")
 FUSED_ADAM = hasattr(torch, "_fused_adam_")
@@ -46,17 +48,6 @@ FUSED_ADAM = hasattr(torch, "_fused_adam_")
 # matmul runs at BLAS speed where a gather of B x k_aux rows is memory-bound. On MPNet layer 9
 # (6 SAEs, batch 512, 4% to 16% dead) the backward stage took 9.4 s of 20 s with gathers.
 AUX_DENSE_FACTOR = 8
-
-
-def lr_factor(step: int, steps: int, warmup: float, decay: float) -> float:
-    """Multiplier on the base learning rate at 0-based ``step`` of ``steps``: linear warm-up over
-    the first ``warmup`` fraction, linear decay to 0 over the last ``decay`` fraction."""
-    n_warm, n_decay = int(round(warmup * steps)), int(round(decay * steps))
-    if n_warm and step < n_warm:
-        return (step + 1) / n_warm
-    if n_decay and step >= steps - n_decay:
-        return (steps - step) / n_decay
-    return 1.0
 
 
 def _dense_topk(a: Tensor, k: int) -> Tensor:
@@ -397,23 +388,12 @@ def train_group(
     curve (``curve_steps``, ``curve_fvu``) and ``plateau_change``. Returns the SAEs in the
     order of ``shapes`` (and, with ``timings``, the trainer's per-stage seconds).
     """
-    from geowall.sae.data import as_acts, moments
-    from geowall.sae.init import init_dictionary
-    from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
-    from geowall.sae.train import TrainConfig, default_lr, derive_seed
-
     cfg = TrainConfig.make(config, **overrides)
-    x = as_acts(acts, device)
-    n, d = x.shape
-    batch_size = min(int(cfg.batch_size), n)
-    steps = cfg.total_steps(n)
-    mom = moments(x)
-    if not mom.m2 > 0:
-        raise ValueError("acts: training activations have zero variance; nothing to learn")
-    scale = math.sqrt(d * n / mom.m2)
-    xs = x * scale
+    setup = prepare_training(acts, cfg, device)
+    d, steps, batch_size, scale = setup.d, setup.steps, setup.batch_size, setup.scale
+    xs = setup.x * scale
     inits, lrs = [], []
-    b_dec0 = (mom.mean * scale).float()
+    b_dec0 = setup.b_dec0.float()
     for w, k in shapes:
         gen = torch.Generator().manual_seed(derive_seed(seed, w, k))
         if cfg.init == "random":  # exactly TopKSAE's own start (and TopKTrainer's)
@@ -425,9 +405,7 @@ def train_group(
                     xs, int(w), b_dec=b_dec0, method=cfg.init, generator=gen, kmeanspp_pool=cfg.kmeanspp_pool
                 )
             )
-        lrs.append(float(cfg.lr) if cfg.lr is not None else cfg.lr_scale * default_lr(int(w)))
-    total = steps * batch_size
-    dead_tokens = min(10_000_000, max(total // 10, batch_size)) if cfg.dead_tokens is None else int(cfg.dead_tokens)
+        lrs.append(cfg.lr_for(int(w)))
     gt = GroupTrainer(
         xs,
         list(shapes),
@@ -437,7 +415,7 @@ def train_group(
         steps=steps,
         batch_size=batch_size,
         generator=torch.Generator().manual_seed(derive_seed(seed, 0, 0)),
-        dead_tokens=dead_tokens,
+        dead_tokens=setup.dead_tokens,
         k_aux=cfg.k_aux,
         auxk_coef=cfg.auxk_coef,
         lr_warmup=cfg.lr_warmup,
@@ -450,7 +428,7 @@ def train_group(
     x_curve = None
     curve_every = max(1, steps // cfg.curve_points) if cfg.curve_points else 0
     if eval_acts is not None and curve_every:
-        x_curve = as_acts(eval_acts[: cfg.curve_tokens], device, "eval_acts") * scale
+        x_curve = setup.eval_batch(eval_acts, device)
     from tqdm.auto import tqdm
 
     with tqdm(total=steps, desc=f"{len(shapes)} SAEs", disable=not progress, leave=False) as bar:

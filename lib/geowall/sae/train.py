@@ -32,7 +32,11 @@ from geowall.sae.model import TopKConfig, TopKSAE, TrainedSAE
 
 __all__ = [
     "ADAM_EPS",
+    "SPEC_FIELDS",
     "TrainConfig",
+    "TrainSetup",
+    "prepare_training",
+    "lr_factor",
     "TopKTrainer",
     "default_lr",
     "derive_seed",
@@ -42,6 +46,18 @@ __all__ = [
 ]
 
 ADAM_EPS = 6.25e-10
+# The TrainConfig fields a profile's ``sae`` section (geowall.config.SaeSpec) sets: TrainConfig.from_spec
+SPEC_FIELDS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "lr_scale",
+    "lr_warmup",
+    "lr_decay",
+    "bf16",
+    "curve_points",
+    "plateau_window",
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +73,23 @@ class TrainConfig:
     trainer :mod:`geowall.sae.group` on any device; the one-SAE :class:`TopKTrainer` on CUDA only).
     ``lr_scale`` multiplies the default learning rate; ``lr_warmup`` / ``lr_decay``: fractions
     of the steps with a linear warm-up from 0 and a linear decay to 0 at the end
-    (:func:`geowall.sae.group.lr_factor`). The grid trainer (:mod:`geowall.sae.group`)
+    (:func:`lr_factor`). The grid trainer (:mod:`geowall.sae.group`)
     records ``curve_points`` held-out fvu measurements on ``curve_tokens`` evaluation tokens
     and the plateau statistic over the last ``plateau_window`` of training. ``init``: how the
     dictionary starts (:func:`geowall.sae.init.init_dictionary`: ``"kmeans++"`` gain-shape
     seeding on ``kmeanspp_pool`` tokens, ``"sample"`` tokens, or ``"random"`` directions; the
     encoder tied to the decoder at the start).
+
+    Which defaults apply when. The defaults here are the library's, for direct calls
+    (``train_sae(x, 64, 8, steps=100)``, the benchmarks): ``batch_size`` 4096,
+    ``curve_points`` 0, ``steps`` unset. A profile's run never sees them for the fields
+    the profile's ``sae`` section (:class:`geowall.config.SaeSpec`) sets: the pipeline
+    builds its config with :meth:`from_spec`, which takes every one of
+    :data:`SPEC_FIELDS` from the profile (``batch_size`` 1024, ``curve_points`` 10,
+    ``steps`` 1000 there by default) and the model's own steps and learning-rate scale as
+    overrides. The fields the profile does not set (``dead_tokens``, ``k_aux``,
+    ``auxk_coef``, ``curve_tokens``, ``init``, ``kmeanspp_pool``, ``epochs``) keep the
+    defaults here on both paths.
     """
 
     steps: int | None = None
@@ -83,6 +110,14 @@ class TrainConfig:
     kmeanspp_pool: int = 8192
 
     @classmethod
+    def from_spec(cls, spec: Any, **overrides: Any) -> TrainConfig:
+        """The training config of a profile's ``sae`` section (a :class:`geowall.config.SaeSpec`):
+        its :data:`SPEC_FIELDS`, then ``overrides`` (a model's ``steps`` from
+        ``Profile.steps_of`` and ``lr_scale`` from ``Profile.lr_scale_of``). Read by attribute,
+        so this module needs no import of :mod:`geowall.config`."""
+        return cls.make(**({name: getattr(spec, name) for name in SPEC_FIELDS} | overrides))
+
+    @classmethod
     def make(cls, config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
         """``config`` (default: all defaults) with some fields replaced; TypeError names an unknown one."""
         known = {f.name for f in dataclasses.fields(cls)}
@@ -90,6 +125,10 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown training setting(s) {unknown}; TrainConfig has {sorted(known)}")
         return dataclasses.replace(config or cls(), **overrides)
+
+    def lr_for(self, width: int) -> float:
+        """Base learning rate of an SAE of ``width`` latents: ``lr`` if set, else ``lr_scale`` x :func:`default_lr`."""
+        return self.lr_scale * default_lr(width) if self.lr is None else float(self.lr)
 
     def total_steps(self, n: int) -> int:
         """Optimiser steps for ``n`` training tokens; ValueError unless exactly one of steps/epochs is valid."""
@@ -102,6 +141,17 @@ class TrainConfig:
         if not self.epochs or self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         return max(1, math.ceil(self.epochs * n / min(int(self.batch_size), n)))
+
+
+def lr_factor(step: int, steps: int, warmup: float, decay: float) -> float:
+    """Multiplier on the base learning rate at 0-based ``step`` of ``steps``: linear warm-up over
+    the first ``warmup`` fraction, linear decay to 0 over the last ``decay`` fraction."""
+    n_warm, n_decay = int(round(warmup * steps)), int(round(decay * steps))
+    if n_warm and step < n_warm:
+        return (step + 1) / n_warm
+    if n_decay and step >= steps - n_decay:
+        return (steps - step) / n_decay
+    return 1.0
 
 
 def default_lr(width: int) -> float:
@@ -140,6 +190,73 @@ def _fold_input_scale(sae: TopKSAE, scale: float) -> None:
     sae.b_enc /= scale
 
 
+@dataclass(frozen=True)
+class TrainSetup:
+    """What both trainers (:class:`TopKTrainer`, :func:`geowall.sae.group.train_group`) derive
+    from the training tokens and the config before the first step (:func:`prepare_training`).
+
+    ``x``: the raw (n, d) tokens on the device; ``batch_size``: the config's, capped at n
+    (also the tokens per step of the learning curves); ``steps``: optimiser steps;
+    ``scale``: the input scale (training sees ``scale * x``, whose centred tokens have mean
+    squared norm d); ``mean``: the tokens' mean (raw units); ``dead_tokens``: tokens without
+    firing after which a latent is dead.
+    """
+
+    config: TrainConfig
+    x: Tensor
+    batch_size: int
+    steps: int
+    scale: float
+    mean: Tensor
+    dead_tokens: int
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def b_dec0(self) -> Tensor:
+        """The initial decoder bias of every SAE: the data mean, in training (scaled) units."""
+        return self.mean * self.scale
+
+    def eval_batch(self, eval_acts: Any, device: str | torch.device) -> Tensor:
+        """The first ``config.curve_tokens`` of ``eval_acts``, checked, on ``device`` and scaled like
+        the training tokens (the tokens of the held-out learning curves)."""
+        return as_acts(eval_acts[: self.config.curve_tokens], device, "eval_acts") * self.scale
+
+
+def prepare_training(acts: Any, config: TrainConfig, device: str | torch.device) -> TrainSetup:
+    """The setup both trainers share (see :class:`TrainSetup`).
+
+    ValueError for bad tokens (:func:`~geowall.sae.data.as_acts`), a bad step count
+    (:meth:`TrainConfig.total_steps`), or tokens with zero variance (nothing to learn).
+    """
+    x = as_acts(acts, device)
+    n, d = x.shape
+    batch_size = min(int(config.batch_size), n)
+    steps = config.total_steps(n)
+    mom = moments(x)
+    if not mom.m2 > 0:
+        raise ValueError("acts: training activations have zero variance; nothing to learn")
+    total = steps * batch_size
+    dead_tokens = (
+        min(10_000_000, max(total // 10, batch_size)) if config.dead_tokens is None else int(config.dead_tokens)
+    )
+    return TrainSetup(
+        config=config,
+        x=x,
+        batch_size=batch_size,
+        steps=steps,
+        scale=math.sqrt(d * n / mom.m2),
+        mean=mom.mean,
+        dead_tokens=dead_tokens,
+    )
+
+
 class TopKTrainer:
     """Step-by-step training of one TopK SAE (what :func:`train_sae` drives).
 
@@ -161,19 +278,14 @@ class TopKTrainer:
         **overrides: Any,
     ):
         cfg = self.config = TrainConfig.make(config, **overrides)
-        self.x_all = as_acts(acts, device)
-        n, d = self.x_all.shape
+        setup = prepare_training(acts, cfg, device)
+        self.x_all, n = setup.x, setup.n
         self.device = torch.device(device)
-        self.batch_size = min(int(cfg.batch_size), n)
-        self.steps = cfg.total_steps(n)
-        self.lr = cfg.lr_scale * default_lr(width) if cfg.lr is None else float(cfg.lr)
+        self.batch_size, self.steps, self.dead_tokens = setup.batch_size, setup.steps, setup.dead_tokens
+        self.lr = cfg.lr_for(width)
         self.seed = int(seed)
-        total = self.steps * self.batch_size
-        self.dead_tokens = (
-            min(10_000_000, max(total // 10, self.batch_size)) if cfg.dead_tokens is None else int(cfg.dead_tokens)
-        )
         shape = TopKConfig(
-            d_in=d,
+            d_in=setup.d,
             width=int(width),
             k=int(k),
             k_aux=cfg.k_aux,
@@ -182,12 +294,9 @@ class TopKTrainer:
         )
         gen = torch.Generator().manual_seed(self.seed)
         self.sae = TopKSAE(shape, device=device, generator=gen)
-        mom = moments(self.x_all)
-        if not mom.m2 > 0:
-            raise ValueError("acts: training activations have zero variance; nothing to learn")
-        self.scale = math.sqrt(d * n / mom.m2)
+        self.scale = setup.scale
         with torch.no_grad():
-            self.sae.b_dec.copy_((mom.mean * self.scale).to(self.sae.b_dec.dtype))
+            self.sae.b_dec.copy_(setup.b_dec0.to(self.sae.b_dec.dtype))
             if cfg.init != "random":
                 W_dec, W_enc = init_dictionary(
                     self.x_all * self.scale,
@@ -213,8 +322,6 @@ class TopKTrainer:
         sae, i = self.sae, self.step_count
         x = self.x_all.index_select(0, next(self.batches).to(self.device)) * self.scale
         if self.config.lr_warmup or self.config.lr_decay:
-            from geowall.sae.group import lr_factor
-
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * lr_factor(i, self.steps, self.config.lr_warmup, self.config.lr_decay)
         dead_mask = self.since_fired > self.dead_tokens

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geowall.io import load_activations
+
 __all__ = [
     "RELEASES",
     "manifest",
@@ -584,7 +586,8 @@ def run_manifest(
     ``spec`` is a model spec (``name``, ``sae_release``, optional ``sae_local_dir`` laid out
     as ``<release>/<sae_id>/params.npz`` and read in place, optional ``sae_mirror`` of the
     same layout to fetch from instead of the hub); the evaluation tokens are
-    ``geowall.activations.load(run_dir, spec.name, layer, "eval")``. SAEs are streamed
+    ``geowall.activations.load(run_dir, spec.name, layer, "eval")`` (read with
+    :func:`geowall.io.load_activations`: a source does not import the harvester). SAEs are streamed
     through ``cache`` (a :class:`geowall.diskcache.DiskCache`; default
     ``<run_dir>/sae_cache`` with no budget, deleting each download after use): the run
     refuses to start if the largest SAE does not fit its budget. One SAE is in memory at
@@ -595,8 +598,7 @@ def run_manifest(
     """
     from tqdm.auto import tqdm
 
-    from geowall import activations
-    from geowall import sae as S
+    from geowall import sae as S  # on use: reading the manifest (geowall plan, preflight) needs no SAE code
     from geowall.diskcache import DiskCache
 
     rows = layer_rows(spec, layers)
@@ -611,7 +613,7 @@ def run_manifest(
     ]
     bar = tqdm(total=len(todo), desc=f"{spec.name} Gemma Scope", disable=not progress)
     for layer, group in todo.groupby("layer", sort=True):
-        eval_acts = activations.load(Path(run_dir), spec.name, int(layer), "eval")
+        eval_acts = load_activations(Path(run_dir), spec.name, int(layer), "eval")
         for row in evaluate_rows(spec, group, eval_acts, cache=cache, seed=seed, device=device):
             metrics.add(
                 **{k: row[k] for k in ("model", "layer", "width", "k", "seed", "source", "sae_id", "train_tokens")},
