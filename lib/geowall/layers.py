@@ -17,7 +17,6 @@ from geowall.config import Profile
 from geowall.plan import (
     check_budget,
     widths_for,
-    widths_of,  # noqa: F401  TEMPORARY: preflight.py still imports it from here; drop it then
 )
 
 

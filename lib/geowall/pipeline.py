@@ -268,10 +268,9 @@ def _run_step(
     except pm.PapermillExecutionError as e:
         if tmp.exists():
             os.replace(tmp, failed)
-        advice = preflight.step_advice(s.name, cfg, e.ename, e.evalue)  # which key to change, and to what
         raise StepFailed(
             f"step {s.name!r} failed in {src} (cell {e.cell_index}, execution {e.exec_count}): "
-            f"{e.ename}: {e.evalue}{advice}\nexecuted notebook with the traceback: {failed}"
+            f"{e.ename}: {e.evalue}\nexecuted notebook with the traceback: {failed}"
         ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -126,7 +126,7 @@ def _d(m: ModelSpec) -> int:
 
 
 def _widths(mults: list[float], d: int) -> list[int]:
-    from geowall.layers import widths_of
+    from geowall.plan import widths_of
 
     return widths_of(mults, d)
 
