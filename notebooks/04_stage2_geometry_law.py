@@ -24,7 +24,7 @@ params = None
 # %%
 import pandas as pd
 
-from geowall import bayes, charts, law, notebook, power
+from geowall import bayes, charts, law, notebook, nulls, power
 from geowall.io import atomic_path, read_parquet, write_parquet
 
 cfg, run_dir, RANDOM_SEED = notebook.setup(profile, params, run_dir)
@@ -111,10 +111,10 @@ comparison[
 # and a level-shifted R².
 
 # %%
-nulls, lomo = law.nulls_and_lomo(exps, geo, scopes, n_perm=200, seed=RANDOM_SEED)
-write_parquet(run_dir / "law_null.parquet", nulls)
+null_table, lomo = nulls.nulls_and_lomo(exps, geo, scopes, n_perm=200, seed=RANDOM_SEED)
+write_parquet(run_dir / "law_null.parquet", null_table)
 write_parquet(run_dir / "law_lomo.parquet", lomo)
-nulls.round(3)
+null_table.round(3)
 
 # %%
 lomo.round(3)
@@ -198,7 +198,7 @@ charts.partial_residuals(ppc)
 
 # %%
 if "synthetic" in scopes:
-    zoo_check = law.planted_check(exps, geo, scopes["synthetic"], slope=0.1, n_perm=200, seed=RANDOM_SEED)
+    zoo_check = nulls.planted_check(exps, geo, scopes["synthetic"], slope=0.1, n_perm=200, seed=RANDOM_SEED)
     display(zoo_check.round(3))
 else:
     print("no synthetic zoo in this profile")

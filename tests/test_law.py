@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geowall import bayes, simulate
+from geowall import bayes, nulls, simulate
 from geowall import law as L
 from geowall.bayes import SamplerSettings
 
@@ -113,7 +113,9 @@ def test_closed_form_law_agrees_with_pymc(sim2):
         settings=SamplerSettings(draws=1000, tune=500, chains=2),
     )
     co = L.law_coefficients(fit).set_index("term")
-    cf = L.closed_form_law(L.stage2_table(ex, geo0, predictors=("id_twonn", "curvature")), ("id_twonn", "curvature"))
+    cf = nulls.closed_form_law(
+        L.stage2_table(ex, geo0, predictors=("id_twonn", "curvature")), ("id_twonn", "curvature")
+    )
     for i, p in enumerate(("id_twonn", "curvature")):
         assert cf["coef_mean"][i] == pytest.approx(co.loc[p, "coef_mean"], abs=0.15 * co.loc[p, "coef_sd"] + 1e-3)
         assert cf["coef_sd"][i] == pytest.approx(co.loc[p, "coef_sd"], rel=0.15)
@@ -127,24 +129,24 @@ def test_between_model_trap_closed_form(trap):
     permutation null does not reject; pooled without model effects it would."""
     geo, ex = trap
     tab = L.stage2_table(ex, geo, predictors=("id_twonn",))
-    with_m = L.closed_form_law(tab, ("id_twonn",))
+    with_m = nulls.closed_form_law(tab, ("id_twonn",))
     sd = float(with_m["coef_sd"][0])
     assert abs(with_m["coef_mean"][0]) < 2.5 * sd
-    without = L.closed_form_law(tab, ("id_twonn",), model_effects=False)
+    without = nulls.closed_form_law(tab, ("id_twonn",), model_effects=False)
     assert without["coef_mean"][0] < -5 * without["coef_sd"][0]  # the trap, when models are pooled
-    null = L.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
+    null = nulls.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
     assert null["p_value"] > 0.05 and len(null["null"]) == 200
 
 
 def test_planted_within_model_relation_found_by_the_null_and_lomo():
     geo, ex = simulate.simulate_between_models(seed=2, within_coef=0.08)
     tab = L.stage2_table(ex, geo, predictors=("id_twonn",))
-    null = L.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
+    null = nulls.permutation_null(tab, ("id_twonn",), n_perm=200, seed=1)
     assert null["p_value"] < 0.01 and null["b_mean"][0] > 0
-    lomo = L.leave_one_model_out(tab, ("id_twonn",)).set_index("held_out")
+    lomo = nulls.leave_one_model_out(tab, ("id_twonn",)).set_index("held_out")
     assert (lomo["spearman"] > 0.5).all() and (lomo["r2_shift"] > 0.2).all()
     geo0, ex0 = simulate.simulate_between_models(seed=2)
-    lomo0 = L.leave_one_model_out(L.stage2_table(ex0, geo0, predictors=("id_twonn",)), ("id_twonn",))
+    lomo0 = nulls.leave_one_model_out(L.stage2_table(ex0, geo0, predictors=("id_twonn",)), ("id_twonn",))
     assert (lomo0["r2_shift"] < 0.3).all()
 
 
@@ -204,21 +206,21 @@ def test_scopes_keep_the_kinds_with_enough_layers():
 
 def test_nulls_and_lomo_find_the_planted_law_and_not_the_between_model_trap(sim2, trap):
     geo, ex = sim2
-    nulls, lomo = L.nulls_and_lomo(ex, geo, {"real": ["A", "B"]}, n_perm=99, seed=0)
+    null, lomo = nulls.nulls_and_lomo(ex, geo, {"real": ["A", "B"]}, n_perm=99, seed=0)
     sets_ = [k for k, v in L.DEFAULT_LAW_SETS.items() if v]
-    assert list(nulls.predictor_set) == sets_ and (nulls.scope == "real").all()
-    p = nulls.set_index("predictor_set").p_value
+    assert list(null.predictor_set) == sets_ and (null.scope == "real").all()
+    p = null.set_index("predictor_set").p_value
     assert p["id+curvature"] <= 0.02 and p["id"] <= 0.02  # the planted within-model law
     ids = lomo[lomo.predictor_set == "id+curvature"].set_index("held_out")
     assert set(ids.index) == {"A", "B"} and (ids.spearman > 0.5).all()  # each model's ordering from the other
     geo_t, ex_t = trap
-    nulls_t, _ = L.nulls_and_lomo(ex_t, geo_t, {"real": sorted(ex_t.model.unique())}, n_perm=99, seed=0)
+    nulls_t, _ = nulls.nulls_and_lomo(ex_t, geo_t, {"real": sorted(ex_t.model.unique())}, n_perm=99, seed=0)
     assert nulls_t.set_index("predictor_set").p_value["id"] > 0.05  # model differences are not geometry
 
 
 def test_planted_check_finds_the_plant_and_not_its_shuffle(sim2):
     geo, ex = sim2
-    out = L.planted_check(ex, geo, ["A", "B"], slope=0.3, n_perm=199, seed=1).set_index("case")
+    out = nulls.planted_check(ex, geo, ["A", "B"], slope=0.3, n_perm=199, seed=1).set_index("case")
     planted, none = out.loc["planted 0.3 per SD"], out.loc["none"]
     assert abs(planted.coef_mean - 0.3) < 3 * planted.coef_sd + 0.05 and planted.p_perm < 0.02
     assert none.p_perm > 0.01 and abs(none.coef_mean) < abs(planted.coef_mean)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from geowall import bayes, simulate
+from geowall import bayes, nulls, simulate
 from geowall import law as L
 from geowall import power as P
 from geowall.bayes import SamplerSettings
@@ -28,7 +28,7 @@ def test_closed_form_loo_is_exact_leave_one_out():
     Z = np.column_stack([np.ones(n), rng.standard_normal((n, 2))])
     y = Z @ np.array([0.2, 0.7, 0.0]) + rng.normal(0, 0.4, n)
     s = np.full(n, 0.1)
-    fast = L.closed_form_loo(Z, y, s, n_grid=20)
+    fast = nulls.closed_form_loo(Z, y, s, n_grid=20)
     slow = []
     for i in range(n):
         keep = np.arange(n) != i
@@ -47,11 +47,11 @@ def test_residualised_permutation_keeps_depth_and_reproduces_a_plain_shuffle_wit
     groups = [np.arange(0, 7), np.arange(7, 20)]
     G = rng.standard_normal((20, 1))
     X = 2 * G + rng.standard_normal((20, 1))
-    fitted, resid = L.residualise(X, G, groups)
+    fitted, resid = nulls.residualise(X, G, groups)
     for g in groups:  # residuals are orthogonal to [1, depth] within each model
         A = np.column_stack([np.ones(len(g)), G[g]])
         np.testing.assert_allclose(A.T @ resid[g], 0, atol=1e-9)
-    fitted0, _ = L.residualise(X, np.zeros((20, 0)), groups)
+    fitted0, _ = nulls.residualise(X, np.zeros((20, 0)), groups)
     assert np.allclose(fitted0[:7], X[:7].mean()) and np.allclose(fitted0[7:], X[7:].mean())
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from geowall import simulate
+from geowall import nulls, simulate
 from geowall import transfer as T
 from geowall import verdicts as V
 from geowall.bayes import SamplerSettings
@@ -128,7 +128,7 @@ def test_geometry_verdict_on_sampled_laws_depth_confound_and_planted():
             {
                 "scope": "real",
                 "predictor_set": s,
-                "p_value": law.permutation_null(law.stage2_table(ex, geo, predictors=p), p, n_perm=200)["p_value"],
+                "p_value": nulls.permutation_null(law.stage2_table(ex, geo, predictors=p), p, n_perm=200)["p_value"],
             }
             for s, p in sets.items()
             if p

@@ -17,7 +17,7 @@ intercepts, the depth slope and the residual sd of the depth-only law fitted to 
 takes the run's measured summaries as the true geometry, plants ``slope`` (log alpha per SD
 of one summary over the layers) on top, adds the residual and each layer's Stage 1 sd to
 the target and each summary's bootstrap SE to the observed geometry, and applies the rule.
-The laws are fitted in closed form (:func:`geowall.law.closed_form_loo`,
+The laws are fitted in closed form (:func:`geowall.nulls.closed_form_loo`,
 :func:`geowall.bayes.gaussian_linear`: the Stage 2 priors and likelihood without the
 summaries' errors in variables); ``tests/test_power.py`` checks the closed-form decision
 against the sampled PyMC laws on one case. The probability of "supported" per planted
@@ -36,7 +36,8 @@ from scipy.stats import norm
 
 from geowall import bayes
 from geowall.geometry import SUMMARY_NAMES
-from geowall.law import DEPTH_SETS, closed_form_loo, stage2_table, wald_permutation
+from geowall.law import DEPTH_SETS, stage2_table
+from geowall.nulls import closed_form_loo, wald_permutation
 
 __all__ = ["POWER", "SUMMARY_WORDS", "decide", "design_analysis", "detectable_slope", "power_words"]
 

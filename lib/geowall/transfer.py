@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
-from geowall.law import SUMMARIES, closed_form_law, design_matrix, fit_law, geometry_wide, law_meta, min_training_layers
+from geowall.law import SUMMARIES, design_matrix, fit_law, geometry_wide, law_meta, min_training_layers
+from geowall.nulls import closed_form_law
 
 __all__ = [
     "CURVATURE_FREE",
