@@ -89,10 +89,9 @@ scored = scores[scores["note"].isna()] if "note" in scores else scores  # rows w
 assert len(scored) and scored.coverage90.between(0, 1).all()
 
 # %% [markdown]
-# In words, for the four-summary law and the curvature-free law (TwoNN, PR, local residual).
-# Curvature is withheld at layers where most patches exceed the tangent cap (notebook 02); a
-# model with fewer such layers than the four-summary law needs is still scored by the
-# curvature-free law, and the verdict uses it there.
+# In words, for the four-summary law and the curvature-free law (TwoNN, PR, local residual):
+# curvature exists at every layer (notebook 02), so the verdict uses the four-summary law, and
+# the curvature-free row beside it shows what curvature adds to each direction.
 
 # %%
 for r in scores[scores.predictor_set.isin(transfer.LAW_SETS)].to_dict("records"):
@@ -100,7 +99,7 @@ for r in scores[scores.predictor_set.isin(transfer.LAW_SETS)].to_dict("records")
 
 # %% [markdown]
 # Against depth on the same test layers (the law may see fewer layers of B than depth
-# where a summary is withheld): the verdict counts a direction between real models only
+# where a layer lacks an exponent): the verdict counts a direction between real models only
 # if the law's level-shift R² beats depth's there.
 
 # %%

@@ -187,7 +187,12 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         if model in real:
             per_model.append(
                 f"{model}: TwoNN dimension {gm['id_min']} to {gm['id_max']}, curvature {gm['curv_min']} "
-                f"to {gm['curv_max']}, curvature withheld at {gm['n_withheld']} of {gm['n_layers']} layers"
+                f"to {gm['curv_max']}"
+                + (
+                    f", curvature missing at {gm['n_withheld']} of {gm['n_layers']} layers"
+                    if gm["n_withheld"] not in ("0", NA)
+                    else ""
+                )
             )
     n_layers = sum(len(cfg.layers_of(m)) for m in cfg.models)
     have = (run_dir / "geometry.parquet").is_file()
@@ -380,7 +385,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
 
 
 def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
-    """Per model: TwoNN and curvature ranges, layers whose curvature is withheld (tangent cap);
+    """Per model: TwoNN and curvature ranges, layers without a curvature (none since the patch fit has no cap);
     the summaries whose layer ordering flips under another setting; the zoo's curvature check."""
 
     g = _read(run_dir, "geometry.parquet")

@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 FEW_LAYERS = 8
-# The transfer's predictor sets. "law3" drops curvature, which the geometry withholds where most
-# patches exceed the tangent cap (on the default run: MiniLM at 2 of 7 layers, MPNet at 8 of 13),
-# so that a geometric law can still go between real models when the four-summary one cannot.
+# The transfer's predictor sets. "law3" drops curvature: beside the four-summary law it shows what
+# curvature adds to a transfer. (Curvature now exists at every layer; law_rows falls back to law3
+# only where a direction has no four-summary row, which a run can no longer produce by withholding.)
 CURVATURE_FREE = tuple(x for x in SUMMARIES if x != "curvature")
 DEFAULT_SETS: dict[str, tuple[str, ...]] = {"law": SUMMARIES, "law3": CURVATURE_FREE, "depth": ("depth",), "mean": ()}
 SET_WORDS = {"law": "four-summary law", "law3": "curvature-free law (TwoNN, PR, local residual)"}
@@ -326,9 +326,8 @@ def run_transfer(
     """Fit each law on model A and predict model B, for every ``(A, B)`` in ``pairs``.
 
     ``predictor_sets`` defaults to :data:`DEFAULT_SETS`: the four-summary law, the
-    curvature-free law (``law3``: for models whose curvature is withheld at layers above the
-    tangent cap, where the four-summary law has too few layers to fit) and two baselines,
-    depth only and A's mean. Fits on the
+    curvature-free law (``law3``: what curvature adds) and two baselines, depth only and A's
+    mean. Fits on the
     same A are shared across pairs; each is sampled with ``settings`` and, with ``check``,
     goes through :func:`geowall.bayes.check_fit` with their thresholds.
 
