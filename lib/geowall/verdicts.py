@@ -64,9 +64,9 @@ RULES = {
         f"check, shown apart; a random twin is a contrast). For the four-summary law in each direction, a "
         f"direction transfers if the Spearman 94% HDI lies above 0, the permutation p < {ALPHA:g} and the "
         f"law's level-shift R² beats the depth baseline's on the same test layers; it fails if p >= {ALPHA:g} "
-        f"or it does not beat depth. Supported if every real direction with at least {FEW_LAYERS} test layers transfers; not "
-        f"supported if every such direction fails; inconclusive otherwise, and when no real direction has "
-        f"{FEW_LAYERS} test layers."
+        f"or it does not beat depth. Supported if every real direction with at least {FEW_LAYERS} test layers "
+        f"transfers; not supported if every such direction fails; inconclusive otherwise, and when no real "
+        f"direction has {FEW_LAYERS} test layers."
     ),
     "floors": (
         f"On the real pretrained networks, within each model with at least {MIN_LAYERS} identified floors, "
