@@ -328,3 +328,13 @@ def test_planted_floor_does_not_inflate_the_stage2_target(planted_floor):
     tab = law.stage2_table(new, geo, predictors=("id_twonn",))
     y3 = float(tab.loc[tab.layer == 3, "y"].iloc[0])
     assert y3 == pytest.approx(sc["log_alpha_mean"]) and y3 < np.log(old_sc) - 0.1
+
+
+@pytest.mark.slow
+def test_the_plain_fit_hands_on_only_what_its_check_covers(planted_floor):
+    """Notebook 03 checks the plain fit on ``PLAIN_VARS`` only: the exponents must read nothing
+    else from it (a plain fit reduced to those variables gives the same table)."""
+    m, idata, plain = planted_floor
+    thin = plain.copy()
+    thin.posterior = thin.posterior[list(S.PLAIN_VARS)]
+    pd.testing.assert_frame_equal(S.exponents(idata, m, plain=plain), S.exponents(idata, m, plain=thin))
