@@ -124,7 +124,7 @@ def test_geometry_verdict_on_sampled_laws_depth_confound_and_planted():
             ex, geo, sets=sets, seed=0, check=False, settings=SamplerSettings(draws=500, tune=500, chains=2)
         )
         coefs = pd.concat([law.law_coefficients(f) for f in fits.values()]).assign(scope="real")
-        nulls = [
+        null = [
             {
                 "scope": "real",
                 "predictor_set": s,
@@ -133,7 +133,7 @@ def test_geometry_verdict_on_sampled_laws_depth_confound_and_planted():
             for s, p in sets.items()
             if p
         ]
-        out[name] = V.geometry_verdict(cmp_.assign(scope="real"), coefs, pd.DataFrame(nulls))
+        out[name] = V.geometry_verdict(cmp_.assign(scope="real"), coefs, pd.DataFrame(null))
     assert out["depth"]["verdict"] != "supported", out["depth"]
     assert out["planted"]["verdict"] == "supported", out["planted"]
 
