@@ -70,6 +70,7 @@ __all__ = [
     "standardisation",
     "design_matrix",
     "law_meta",
+    "use_model_effects",
 ]
 
 SUMMARIES = SUMMARY_NAMES  # defined once, in geowall.geometry
@@ -251,7 +252,9 @@ def scopes(kinds: Mapping[str, str], n_layers: Mapping[str, int]) -> dict[str, l
     return out
 
 
-def _use_model_effects(tab: pd.DataFrame, model_effects: bool | None) -> bool:
+def use_model_effects(tab: pd.DataFrame, model_effects: bool | None) -> bool:
+    """Per-model intercepts or not: ``model_effects`` when given, else whenever the
+    training layers come from more than one model."""
     return tab["model"].nunique() > 1 if model_effects is None else bool(model_effects)
 
 
@@ -267,7 +270,7 @@ def build_law_model(
     y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
     ysd = tab["y_sd"].to_numpy(float) / sc["y_sd"]
     layer_ids = [f"{m}/L{l}" for m, l in zip(tab["model"], tab["layer"])]
-    effects = _use_model_effects(tab, model_effects)
+    effects = use_model_effects(tab, model_effects)
     models = sorted(tab["model"].unique()) if effects else ["all"]
     midx = np.array([models.index(m) for m in tab["model"]]) if effects else np.zeros(len(tab), int)
     coords = {"layer_id": layer_ids, "predictor": predictors, "train_model": models}
@@ -346,7 +349,7 @@ def fit_law(
     if layers is not None:
         keep = set(zip(layers["model"].astype(str), layers["layer"].astype(int)))
         tab = tab[[(m, l) in keep for m, l in zip(tab["model"], tab["layer"])]].reset_index(drop=True)
-    effects = _use_model_effects(tab, model_effects)
+    effects = use_model_effects(tab, model_effects)
     need = min_training_layers(len(predictors), tab["model"].nunique() if effects else 1)
     if len(tab) < need:
         raise ValueError(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from geowall import bayes
-from geowall.law import DEFAULT_LAW_SETS, _use_model_effects, design_matrix, stage2_table, standardisation
+from geowall.law import DEFAULT_LAW_SETS, design_matrix, stage2_table, standardisation, use_model_effects
 
 __all__ = [
     "closed_form_law",
@@ -55,7 +55,7 @@ def closed_form_law(
     errors in variables). Returns ``{"fit", "scaling", "n_intercepts", "predictors",
     "b_mean", "b_cov", "coef_mean", "coef_sd"}`` (``b``: standardised slopes)."""
     predictors = list(predictors)
-    effects = _use_model_effects(tab, model_effects)
+    effects = use_model_effects(tab, model_effects)
     sc = dict(sc or standardisation(tab, predictors))
     Z, n0 = _closed_design(tab, predictors, sc, effects)
     y = (tab["y"].to_numpy(float) - sc["y_mean"]) / sc["y_sd"]
@@ -189,7 +189,7 @@ def permutation_null(
     given = _given(predictors, given)
     rng = np.random.default_rng(seed)
     obs = closed_form_law(tab, predictors, model_effects=model_effects)
-    effects = _use_model_effects(tab, model_effects)
+    effects = use_model_effects(tab, model_effects)
     Z, n0 = _closed_design(tab, predictors, obs["scaling"], effects)
     gi = [n0 + predictors.index(p) for p in given]
     ti = [n0 + i for i, p in enumerate(predictors) if p not in given]
