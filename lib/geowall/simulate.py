@@ -1,5 +1,6 @@
 """Simulated data with known answers, for the tests, the benchmarks and simulation-based
-calibration: nothing in the pipeline's own path imports this module.
+calibration. No pipeline step computes with it; notebook 03 only reads a stored SBC run
+through :func:`sbc_uniformity`.
 
 Stage 1: SAE metric grids from known power laws with or without a floor
 (:func:`simulate_power_law`, :func:`simulate_metrics`), the Gemma Scope grid
