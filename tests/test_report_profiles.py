@@ -12,8 +12,8 @@ import pytest
 
 from geowall import report
 from geowall.config import load_profile
-from geowall.io import write_json, write_parquet
-from geowall.results import NA, flatten, report_variables
+from geowall.io import flatten, write_json, write_parquet
+from geowall.results import NA, report_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARIES = ("id_twonn", "pr", "curvature", "local_residual")

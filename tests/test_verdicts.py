@@ -278,3 +278,12 @@ def test_verdict_table_has_every_claim_numbers_power_and_rule():
     assert {"claim", "verdict", "numbers", "power", "evidence", "rule"} <= set(t.columns)
     assert t["verdict"].eq("inconclusive").all() and t["rule"].str.len().gt(50).all()
     assert "Gelman" in V.RULES["geometry"] and "depth" in V.RULES["transfer"]
+
+
+def test_verdict_table_reads_a_table_without_its_columns_as_absent():
+    """Readers of a run folder (the report, `geowall diff`) pass whatever artefacts they find:
+    an artefact written before a verdict existed must read like a step that did not run."""
+    old = pd.DataFrame({"x": [1.0]})
+    none = V.verdict_table()
+    stale = V.verdict_table(compare=old, transfer=old, floors=old)
+    assert stale[["key", "verdict", "numbers"]].equals(none[["key", "verdict", "numbers"]])

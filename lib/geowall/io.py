@@ -30,6 +30,13 @@ __all__ = [
     "load_npy",
     "sha256_file",
     "sha256_json",
+    "flatten",
+    "SPLITS",
+    "ActivationError",
+    "layer_dir",
+    "layer_manifest",
+    "load_activations",
+    "check_finite",
 ]
 
 
@@ -172,3 +179,16 @@ def check_finite(x: np.ndarray, *, model: str, layer: int, split: str, chunk: in
         bad += int((~np.isfinite(np.asarray(x[i : i + chunk]))).any(axis=1).sum())
     if bad:
         raise ActivationError(f"model {model!r} layer {layer} {split}: {bad} of {len(x)} rows contain NaN or Inf")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"a.b.c": value}`` (lists are values): how Quarto resolves dotted
+    ``var`` keys, and how a variant's record lists the profile keys it changed."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

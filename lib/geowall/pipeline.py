@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from geowall import preflight
 from geowall.config import Profile, load_profile
-from geowall.io import read_json, sha256_json, write_json
+from geowall.io import flatten, read_json, sha256_json, write_json
 from geowall.memory import PeakRSS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -454,25 +454,13 @@ def link_unchanged(
     return linked
 
 
-def flat(d: dict, prefix: str = "") -> dict[str, object]:
-    """A nested dict as ``{dotted.key: value}`` (lists are values)."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def write_variant_record(cfg: Profile, base: Path, run_dir: Path, overrides, reused: dict[str, str]) -> dict:
     """Write ``<run_dir>/variant.json`` (atomically): the base run, the overrides as given,
     the parameters that differ from the base's profile (``changed``: ``{key: [base, variant]}``)
     and the steps linked from the base. Returns the record."""
     prof = base / "profile.json"
-    was = flat(read_json(prof)) if prof.is_file() else {}
-    now = flat(cfg.model_dump(mode="json"))
+    was = flatten(read_json(prof)) if prof.is_file() else {}
+    now = flatten(cfg.model_dump(mode="json"))
     changed = {k: [was.get(k), now.get(k)] for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
     rec = {
         "base": cfg.name,

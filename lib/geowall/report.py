@@ -119,7 +119,8 @@ def build(
     logged as it starts and with its time when it ends.
     """
     from geowall import charts
-    from geowall.results import flatten, report_variables
+    from geowall.io import flatten
+    from geowall.results import report_variables
 
     cfg = profile if isinstance(profile, Profile) else load_profile(profile)
     run_dir = run_dir_for(cfg, runs_dir)

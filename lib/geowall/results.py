@@ -361,12 +361,12 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         )
 
     vt = verdict_table(
-        compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None,
+        compare=cmp_,
         coefs=coefs,
         null=null,
         power=power_curve,
-        transfer=t if t is not None and "p_perm_spearman" in t else None,
-        floors=f if f is not None and "status" in f else None,
+        transfer=t,
+        floors=f,
         exponents=e,
         kinds=model_kinds(cfg.models),
     )
@@ -427,16 +427,4 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
             both = truth.merge(est, on=["model", "layer"]).dropna(subset=["estimate"])
             if len(both) >= 3:
                 out["zoo_curv_rho"] = _fmt(spearmanr(both.curvature_true, both.estimate).statistic, 2)
-    return out
-
-
-def flatten(v: dict, prefix: str = "") -> dict[str, str]:
-    """Nested variables -> {"a.b.c": value} (how Quarto resolves dotted ``var`` keys)."""
-    out = {}
-    for k, x in v.items():
-        key = f"{prefix}{k}"
-        if isinstance(x, dict):
-            out.update(flatten(x, key + "."))
-        else:
-            out[key] = x
     return out

@@ -124,14 +124,13 @@ def verdicts(run_dir: Path) -> pd.DataFrame | None:
     prof = run_dir / "profile.json"
     models = read_json(prof).get("models", []) if prof.is_file() else []
     kinds = {m["name"]: model_kind(m["source"]) for m in models}
-    cmp_, tr, fl = t["law_compare"], t["transfer"], t["floors"]
     vt = verdict_table(
-        compare=cmp_ if cmp_ is not None and "scope" in cmp_ else None,
+        compare=t["law_compare"],
         coefs=t["law"],
         null=t["law_null"],
         power=t["law_power"],
-        transfer=tr if tr is not None and "p_perm_spearman" in tr else None,
-        floors=fl if fl is not None and "status" in fl else None,
+        transfer=t["transfer"],
+        floors=t["floors"],
         exponents=t["exponents"],
         kinds=kinds,
     )

@@ -336,7 +336,14 @@ def floor_verdict(
 def verdict_table(
     *, compare=None, coefs=None, null=None, power=None, transfer=None, floors=None, exponents=None, kinds=None
 ) -> pd.DataFrame:
-    """One row per claim: ``key, claim, verdict, numbers, power, evidence, rule``."""
+    """One row per claim: ``key, claim, verdict, numbers, power, evidence, rule``.
+
+    Any table may be None (its step did not run); a table without the columns its verdict
+    reads (an artefact written before that verdict existed) counts as None too, so every
+    reader of a run folder can pass what it finds."""
+    compare = compare if compare is not None and "scope" in compare else None
+    transfer = transfer if transfer is not None and "p_perm_spearman" in transfer else None
+    floors = floors if floors is not None and "status" in floors else None
     rows = []
     for key, v in (
         ("geometry", geometry_verdict(compare, coefs, null, power)),
