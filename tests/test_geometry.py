@@ -473,6 +473,98 @@ def test_rank_agreement_flags_a_flipped_ordering():
     assert agree.rho["curvature"] == pytest.approx(-1.0) and agree.flipped["curvature"]
 
 
+def test_sensitivity_points_knob_averages_disjoint_subsets():
+    """The n_points settings change the scale, not the sample: at a quarter of the points the
+    TwoNN is the mean over four disjoint quarters, so across seeds of the split it varies
+    about half as much as one random quarter's (the old setting) and still reads the dimension."""
+    X = manifold("sphere", 6, n=2000, seed=3)
+    quarter = [
+        G.sensitivity(X, seed=s, n_base=20).query("summary == 'id_twonn' and setting == 0.25").estimate.item()
+        for s in range(12)
+    ]
+    single = []
+    for s in range(12):
+        sub = np.sort(np.random.default_rng(100 + s).choice(len(X), size=len(X) // 4, replace=False))
+        single.append(G.twonn(X[sub]))
+    assert np.allclose(quarter, 6, rtol=0.15)
+    assert np.std(quarter) < 0.75 * np.std(single), (np.std(quarter), np.std(single))
+    ms = G.multiscale_id(X, seed=0)  # the same settings, read from the multiscale table when given
+    sv = G.sensitivity(X, seed=0, n_base=20, multiscale=ms).query("summary == 'id_twonn' and knob == 'n_points'")
+    by_scale = ms.set_index("scale").id
+    assert sv.set_index("setting").estimate[[0.25, 0.5]].tolist() == [by_scale[4], by_scale[2]]
+
+
+def test_sensitivity_twonn_discard_knob_reads_the_dimension_at_one_scale():
+    """TwoNN's own setting (the discarded share of ratios) at full density: 0.05, 0.1 and 0.2
+    all read a 5-sphere's dimension, and the middle one is the summaries' TwoNN."""
+    X = manifold("sphere", 5, n=2500, seed=4)
+    sv = G.sensitivity(X, seed=0, n_base=20).query("knob == 'discard_multiple'").set_index("setting").estimate
+    assert list(sv.index) == [0.5, 1.0, 2.0]
+    assert np.allclose(sv, 5, rtol=0.1), sv
+    assert sv[1.0] == pytest.approx(G.twonn(X), rel=1e-9)
+
+
+def _sens_rows(model, summary, knob, values_by_setting, default_setting):
+    return [
+        {
+            "model": model,
+            "layer": layer,
+            "summary": summary,
+            "knob": knob,
+            "setting": float(setting),
+            "estimate": float(v),
+            "default": setting == default_setting,
+        }
+        for setting, values in values_by_setting.items()
+        for layer, v in enumerate(values)
+    ]
+
+
+def test_rank_agreement_keeps_the_mle_knob_apart_from_the_estimator_check():
+    """An MLE stable under its own k but ordering the layers against TwoNN: its knob rows pass,
+    the estimator check (its default against TwoNN) is flagged."""
+    up, down = [1, 2, 3, 4, 5], [5, 4, 3, 2, 1]
+    rows = _sens_rows("m", "id_twonn", "n_points", {1.0: up, 0.5: up}, 1.0)
+    rows += _sens_rows("m", "id_mle", "k", {10: down, 20: down, 40: down}, 20)
+    agree = G.rank_agreement(pd.DataFrame(rows)).set_index(["summary", "knob", "setting"])
+    assert not agree.flipped[("id_mle", "k", 10.0)] and not agree.flipped[("id_mle", "k", 40.0)]
+    assert agree.rho[("id_mle", "k", 40.0)] == pytest.approx(1.0)
+    check = agree.loc[("id_mle", G.ESTIMATOR_CHECK, 20.0)]
+    assert check.rho == pytest.approx(-1.0) and check.flipped
+    assert not agree.flipped[("id_twonn", "n_points", 0.5)]
+
+
+def test_layer_jumps_tell_data_from_noise_and_estimator():
+    """Planted steps: a resolved step kept at every knob setting is data, one inside its
+    intervals is noise, a resolved step that a knob setting reverses is the estimator's."""
+    geo = pd.DataFrame(
+        {
+            "model": "m",
+            "layer": [0, 1, 2, 3],
+            "summary": "curvature",
+            "estimate": [1.0, 2.0, 2.05, 3.0],
+            "se": [0.05, 0.05, 0.2, 0.05],
+        }
+    )
+    sens = pd.DataFrame(_sens_rows("m", "curvature", "k_multiple", {0.75: [1.1, 2.2, 2.1, 1.5]}, None))
+    jumps = G.layer_jumps(geo, sens).set_index("layer_from")
+    assert list(jumps.kind) == ["data", "noise", "estimator"]
+    assert jumps.z[0] == pytest.approx(1.0 / np.hypot(0.05, 0.05))
+    assert jumps.ratio[0] == pytest.approx(2.0)
+    assert list(G.layer_jumps(geo).kind) == ["data", "noise", "data"]  # without knob settings
+
+
+def test_layer_jumps_on_real_estimates():
+    """Known answers through the estimators: two samples of one sphere differ by noise, a
+    sphere beside a flat box of the same dimension differs in curvature by data."""
+    clouds = [manifold("sphere", 3, n=1200, seed=1), manifold("sphere", 3, n=1200, seed=2), manifold("flat", 3, n=1200)]
+    geo = pd.concat(
+        [G.summaries(x, n_boot=6, seed=i, n_base=60).assign(model="m", layer=i) for i, x in enumerate(clouds)]
+    )
+    curv = G.layer_jumps(geo).query("summary == 'curvature'").set_index("layer_from").kind
+    assert curv[0] == "noise" and curv[1] == "data"
+
+
 # ----------------------------------------------------------------------------- ground truth (item 6)
 @pytest.mark.slow
 def test_zoo_ground_truth_tight():

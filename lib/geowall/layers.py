@@ -122,7 +122,8 @@ def _geometry_unit(cfg_json: dict, run_dir: str, i: int, model: str, layer: int,
     s = geometry.summaries(x, n_boot=g.n_boot, seed=seed, n_base=g.n_base, groups=groups, **kw)
     rows = s.assign(model=model, layer=layer, depth=depth, n_distinct=len(np.unique(x, axis=0)))
     ms = geometry.multiscale_id(x, seed=seed, near_dup_tol=g.near_dup_tol, device=_device(cfg))
-    sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=s.set_index("summary").estimate.to_dict(), **kw)
+    defaults = s.set_index("summary").estimate.to_dict()
+    sv = geometry.sensitivity(x, seed=seed, n_base=g.n_base, defaults=defaults, multiscale=ms, **kw)
     return rows, ms.assign(model=model, layer=layer, depth=depth), sv.assign(model=model, layer=layer, depth=depth)
 
 

@@ -76,12 +76,14 @@ __all__ = [
     "curvature",
     "known_answers",
     "distinct_points",
+    "layer_jumps",
     "local_geometry",
     "local_residual",
     "mle_id",
     "noise_for_share",
     "multiscale_id",
     "participation_ratio",
+    "ESTIMATOR_CHECK",
     "rank_agreement",
     "reference_cloud",
     "rms_radius",
@@ -255,6 +257,7 @@ def sensitivity(
     near_dup_tol: float = NEAR_DUP_TOL,
     discard_fraction: float = 0.1,
     defaults: dict | None = None,
+    multiscale: pd.DataFrame | None = None,
     device=None,
 ) -> pd.DataFrame:
     """Each summary at three settings of its main knobs, and a second ID estimator.
@@ -264,7 +267,12 @@ def sensitivity(
     ``summaries`` table's estimates of the same points) fills the default settings
     instead of recomputing them (they are the same estimator on the same points).
 
-    * ``id_twonn``, ``pr``: number of points, 1/4, 1/2 and all (a seeded random subset);
+    * ``id_twonn``, ``pr``: number of points, 1/4, 1/2 and all: the mean over 4 and 2 disjoint
+      seeded subsets (a coarser scale, estimated from all the points). ``multiscale`` (this
+      cloud's :func:`multiscale_id` table, same ``near_dup_tol`` and ``discard_fraction``) gives
+      TwoNN's directly: its scales 4 and 2 are these settings;
+    * ``id_twonn`` at a fixed scale: the discarded share of the largest ratios, 0.5, 1 and 2 x
+      ``discard_fraction`` (0.05, 0.1, 0.2), TwoNN's own estimator setting;
     * ``curvature`` and ``local_residual`` (one patch fit gives both): the patch size,
       0.75, 1 and 1.5 x ``k`` (default ``PATCH_K`` = 64: 48, 64, 96 neighbours), and the
       tangent rule, 0.5, 1 and 2 x ``tangent_tol``;
@@ -274,7 +282,8 @@ def sensitivity(
     rng = np.random.default_rng(seed)
     k = PATCH_K if k is None else int(k)
     X = _points(X, device, name="X", min_points=4)
-    Xu = X[torch.from_numpy(_dedup(X, near_dup_tol)[0]).to(X.device)]
+    keep, dist = _dedup(X, near_dup_tol)
+    Xu = X[torch.from_numpy(keep).to(X.device)]
     n, nu = X.shape[0], Xu.shape[0]
     R = rms_radius(Xu)
     rows = []
@@ -289,24 +298,43 @@ def sensitivity(
     def known(summary, default):  # the default setting's value, when the caller has it
         return default and summary in defaults
 
+    # TwoNN's own setting at a fixed scale: the share of the largest ratios the fit discards, on the
+    # full-density ratios (the near-duplicate rule's neighbour distances give them for free)
+    if dist is not None and dist.shape[1] >= 2:
+        mu = dist[:, 1][dist[:, 0] > 0] / dist[:, 0][dist[:, 0] > 0]
+    else:
+        mu, _ = _twonn_ratios(Xu)
+    for mult in MULTS:
+        if known("id_twonn", mult == 1):
+            add("id_twonn", "discard_multiple", mult, defaults["id_twonn"], True)
+        else:
+            add("id_twonn", "discard_multiple", mult, _twonn_fit(mu, mult * discard_fraction), mult == 1)
+    # Fewer points = a coarser scale (nearest-neighbour distances grow as n^(-1/id)). At a fraction
+    # 1/s the points are split into s disjoint subsets and the estimate is their mean, as in
+    # ``multiscale_id`` (whose scales 2 and 4 are exactly these TwoNN settings): the setting then
+    # changes the scale only, not how many points carry the estimate.
+    by_scale = {} if multiscale is None else multiscale.set_index("scale").id.to_dict()
+    perm_u, perm = rng.permutation(nu), rng.permutation(n)
     for frac in (0.25, 0.5, 1.0):
+        s = round(1 / frac)
         if known("id_twonn", frac == 1.0):
             add("id_twonn", "n_points", frac, defaults["id_twonn"], True)
+        elif s in by_scale:
+            add("id_twonn", "n_points", frac, by_scale[s], frac == 1.0)
         else:
-            sub = np.sort(rng.choice(nu, size=max(4, int(frac * nu)), replace=False))
-            mu, _ = _twonn_ratios(Xu[torch.from_numpy(sub).to(X.device)])
-            add("id_twonn", "n_points", frac, _twonn_fit(mu, discard_fraction), frac == 1.0)
+            ids = []
+            for part in _disjoint(perm_u, s):
+                mu_s, _ = _twonn_ratios(Xu[torch.from_numpy(part).to(X.device)])
+                ids.append(_twonn_fit(mu_s, discard_fraction))
+            add("id_twonn", "n_points", frac, float(np.mean(ids)), frac == 1.0)
         if known("pr", frac == 1.0):
             add("pr", "n_points", frac, defaults["pr"], True)
         else:
-            sub = np.sort(rng.choice(n, size=max(4, int(frac * n)), replace=False))
-            add(
-                "pr",
-                "n_points",
-                frac,
-                participation_ratio(X[torch.from_numpy(sub).to(X.device)], unbiased=True),
-                frac == 1.0,
-            )
+            prs = [
+                participation_ratio(X[torch.from_numpy(part).to(X.device)], unbiased=True)
+                for part in _disjoint(perm, s)
+            ]
+            add("pr", "n_points", frac, float(np.mean(prs)), frac == 1.0)
     settings = [("k_multiple", m, {"k": max(MIN_PATCH_K, round(m * k)), "tangent_tol": tangent_tol}) for m in K_MULTS]
     settings += [("tangent_tol_multiple", m, {"k": k, "tangent_tol": m * tangent_tol}) for m in MULTS]
     for knob, mult, kw in settings:
@@ -331,26 +359,37 @@ def sensitivity(
     return pd.DataFrame(rows, columns=["summary", "knob", "setting", "estimate", "default"])
 
 
+def _disjoint(perm: np.ndarray, s: int) -> list[np.ndarray]:
+    """``s`` disjoint, sorted index sets of ``len(perm) // s`` (at least 4) from the permutation ``perm``."""
+    m = max(4, len(perm) // s)
+    return [np.sort(perm[j * m : (j + 1) * m]) for j in range(s) if (j + 1) * m <= len(perm)] or [np.sort(perm)]
+
+
+ESTIMATOR_CHECK = "estimator (vs id_twonn)"  # rank_agreement's knob label of the second-estimator rows
+
+
 def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int = 4) -> pd.DataFrame:
     """Does each summary order the layers of a model the same way at every setting?
 
     ``sens``: ``sensitivity`` rows for many layers, with ``model`` and ``layer`` columns.
     Per (model, summary, knob, setting): Spearman's rho between the layers' estimates at
-    that setting and at the default one (for ``id_mle``: against ``id_twonn`` at its
-    default, the second-estimator check), the number of layers compared, and ``flipped``
+    that setting and at the default one, the number of layers compared, and ``flipped``
     (rho < ``min_rho`` over at least ``min_layers`` layers: the layer ordering changes under
     a reasonable setting; with fewer layers rho takes only a few coarse values and nothing
-    is flagged).
+    is flagged). ``id_mle`` gets both checks: its own knob (10 and 40 neighbours against its
+    default 20) and, as knob :data:`ESTIMATOR_CHECK`, its default against ``id_twonn``: two
+    estimators of one dimension at different scales (2 and 20 neighbours), which disagree where
+    the dimension depends on the scale (``multiscale_id``) even when each is stable.
     """
     from scipy.stats import spearmanr
 
     rows = []
     # one reference value per (model, summary, layer): a summary with two knobs has two default rows (equal)
     ref_all = sens[sens.default].groupby(["model", "summary", "layer"]).estimate.first().sort_index()
-    for (model, summary, knob, setting), g in sens.groupby(["model", "summary", "knob", "setting"]):
-        ref_name = "id_twonn" if summary == "id_mle" else summary
-        if summary != "id_mle" and bool(g.default.all()):
-            continue
+    checks = [(key, g, key[1]) for key, g in sens[~sens.default].groupby(["model", "summary", "knob", "setting"])]
+    mle = sens[sens.default & (sens.summary == "id_mle")]
+    checks += [((m, "id_mle", ESTIMATOR_CHECK, s), g, "id_twonn") for (m, s), g in mle.groupby(["model", "setting"])]
+    for (model, summary, knob, setting), g, ref_name in checks:
         try:
             ref = ref_all.loc[(model, ref_name)]
         except KeyError:
@@ -373,6 +412,59 @@ def rank_agreement(sens: pd.DataFrame, *, min_rho: float = 0.8, min_layers: int 
             }
         )
     return pd.DataFrame(rows, columns=["model", "summary", "knob", "setting", "n_layers", "rho", "flipped"])
+
+
+def layer_jumps(geo: pd.DataFrame, sens: pd.DataFrame | None = None, *, z_crit: float = _Z95) -> pd.DataFrame:
+    """Each summary's step between adjacent layers of a model: data or estimator?
+
+    ``geo``: ``summaries`` rows of many layers (``model, layer, summary, estimate, se``);
+    ``sens``: their ``sensitivity`` rows (optional). Per (model, summary, layer pair): the step
+    ``diff`` (upper minus lower layer), its standard error ``se_diff`` = sqrt(se_a^2 + se_b^2)
+    (the two layers' half-sample errors taken as independent: they are the same documents'
+    tokens, so where the layers co-vary this overstates the error and understates ``z``),
+    ``z`` = diff / se_diff, ``ratio`` (larger over smaller estimate), ``sign_kept`` (the step
+    has the same sign at every knob setting of ``sens``; True without ``sens``) and ``kind``:
+
+    * ``"data"``: |z| > ``z_crit`` and the sign is kept at every setting: the document-block
+      intervals resolve the step and no setting of the estimator reverses it;
+    * ``"noise"``: |z| <= ``z_crit``: the intervals overlap, the step is within sampling error;
+    * ``"estimator"``: resolved at the default setting but reversed at another one: the step is
+      a property of the estimator's setting, not of the data.
+    """
+    settings = pd.DataFrame(columns=["model", "summary", "layer", "knob", "setting", "estimate"])
+    if sens is not None and len(sens):
+        settings = sens[sens.summary.isin(SUMMARY_NAMES)][["model", "summary", "layer", "knob", "setting", "estimate"]]
+    rows = []
+    for (model, summary), g in geo[geo.summary.isin(SUMMARY_NAMES)].groupby(["model", "summary"], sort=False):
+        g = g.sort_values("layer")
+        alt = settings[(settings.model == model) & (settings.summary == summary)]
+        alt = alt.pivot_table(index="layer", columns=["knob", "setting"], values="estimate")
+        lay, est, se = g.layer.to_numpy(), g.estimate.to_numpy(float), g.se.to_numpy(float)
+        for i in range(len(g) - 1):
+            a, b = est[i], est[i + 1]
+            se_diff = math.hypot(se[i], se[i + 1])
+            z = (b - a) / se_diff if se_diff > 0 else (0.0 if b == a else math.copysign(math.inf, b - a))
+            lo, hi = sorted((abs(a), abs(b)))
+            steps = pd.Series(dtype=float)  # each knob setting's step between the same two layers
+            if len(alt.columns):
+                steps = alt.reindex([lay[i], lay[i + 1]]).diff().iloc[-1].dropna()
+            kept = bool((np.sign(steps) == np.sign(b - a)).all()) if b != a else True
+            rows.append(
+                {
+                    "model": model,
+                    "summary": summary,
+                    "layer_from": int(lay[i]),
+                    "layer_to": int(lay[i + 1]),
+                    "diff": b - a,
+                    "se_diff": se_diff,
+                    "z": z,
+                    "ratio": hi / lo if lo > 0 else math.inf,
+                    "sign_kept": kept,
+                    "kind": "noise" if not abs(z) > z_crit else ("data" if kept else "estimator"),
+                }
+            )
+    cols = ["model", "summary", "layer_from", "layer_to", "diff", "se_diff", "z", "ratio", "sign_kept", "kind"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 ID_SCALE_TOL = 0.3  # TwoNN and its multiscale plateau "disagree" beyond this relative difference
