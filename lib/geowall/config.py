@@ -235,8 +235,10 @@ class Stage1Spec(SamplerSettings):
 
 
 class WalkthroughSpec(_Strict):
-    steps: PositiveInt = 400
-    n_points: int = Field(6000, ge=500)
+    """The walkthrough's training knobs when the pipeline runs it (the notebook's own defaults)."""
+
+    steps: PositiveInt = 600
+    n_points: int = Field(8000, ge=500)
 
 
 class Profile(_Strict):
