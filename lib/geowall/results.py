@@ -436,8 +436,8 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
         knobs = agree[agree.knob != geometry.ESTIMATOR_CHECK]
         flips = knobs[knobs.flipped].sort_values(["summary", "model", "rho"])
         where = {
-            summary: ", ".join(f"{r.model}: {r.knob} {_setting(r.setting)}, ρ {_fmt(r.rho, 2)}" for r in g.itertuples())
-            for summary, g in flips.groupby("summary", sort=True)
+            summary: ", ".join(f"{r.model}: {r.knob} {_setting(r.setting)}, ρ {_fmt(r.rho, 2)}" for r in x.itertuples())
+            for summary, x in flips.groupby("summary", sort=True)
         }
         out["sensitivity_flags"] = "; ".join(f"{summary} ({w})" for summary, w in where.items()) or "none"
         ok = knobs[knobs.summary != "id_mle"].rho.dropna()

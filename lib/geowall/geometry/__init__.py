@@ -103,6 +103,15 @@ K_MULTS = (0.75, 1, 1.5)
 
 
 # ----------------------------------------------------------------------------- one cloud, all four
+def _ratios_after_dedup(Xu: torch.Tensor, dist: np.ndarray | None) -> np.ndarray:
+    """TwoNN's ratios r2 / r1 of the distinct points ``Xu``, from the near-duplicate rule's last
+    neighbour distances ``dist`` when it computed them (no second kNN search), else searched."""
+    if dist is not None and dist.shape[1] >= 2:
+        r1, r2 = dist[:, 0], dist[:, 1]
+        return r2[r1 > 0] / r1[r1 > 0]
+    return _twonn_ratios(Xu)[0]
+
+
 def _knn_summaries(
     X: torch.Tensor,
     *,
@@ -116,11 +125,7 @@ def _knn_summaries(
     """The three kNN-based summaries of one cloud (plus what the table reports beside them)."""
     keep, dist = _dedup(X, near_dup_tol)
     Xu = X[torch.from_numpy(keep).to(X.device)]
-    if dist is not None and dist.shape[1] >= 2:
-        r1, r2 = dist[:, 0], dist[:, 1]
-        mu = r2[r1 > 0] / r1[r1 > 0]
-    else:
-        mu, _ = _twonn_ratios(Xu)
+    mu = _ratios_after_dedup(Xu, dist)
     out = {"id_twonn": float(_twonn_fit(mu, discard_fraction)), "n_id": len(mu), "n_distinct": len(keep)}
     try:
         loc = local_geometry(Xu, n_base=n_base, seed=seed, k=k, tangent_tol=tangent_tol, _distinct_done=True)
@@ -300,10 +305,7 @@ def sensitivity(
 
     # TwoNN's own setting at a fixed scale: the share of the largest ratios the fit discards, on the
     # full-density ratios (the near-duplicate rule's neighbour distances give them for free)
-    if dist is not None and dist.shape[1] >= 2:
-        mu = dist[:, 1][dist[:, 0] > 0] / dist[:, 0][dist[:, 0] > 0]
-    else:
-        mu, _ = _twonn_ratios(Xu)
+    mu = _ratios_after_dedup(Xu, dist)
     for mult in MULTS:
         if known("id_twonn", mult == 1):
             add("id_twonn", "discard_multiple", mult, defaults["id_twonn"], True)
