@@ -132,6 +132,45 @@ else:
 charts.learning_curves(curves, trained) if len(curves) else None
 
 # %% [markdown]
+# ## Budget check: does the exponent belong to the layer or to the budget?
+#
+# Stage 1 reads a width exponent per layer. If a longer training budget moved those exponents,
+# or reordered the layers, the law downstream would be explaining the optimiser. The check
+# (`sae.budget_check`: the step-budget `factor`, the `thin_layers` per model) retrains each
+# pretrained model's showcase layers and some of its thin layers, spread over depth, with every
+# step count multiplied by the factor (same seed, widths, k and schedule shape), and compares
+# each layer's exponent: minus the log-log slope of fvu on width, averaged over k. The
+# criterion: the median relative change of the layer exponents is at most `max_change` and
+# their ordering keeps a Spearman ρ of at least `min_spearman`. The table is stored as
+# `budget_check.parquet`; the paper quotes its verdict, pass or fail.
+
+# %%
+budget, verdict = layers.budget_check(cfg, run_dir, metrics)
+if budget is None:
+    print("no budget check in this profile (sae.budget_check: null, or no pretrained model)")
+else:
+    bc = cfg.sae.budget_check
+    print(
+        f"{verdict['n_layers']} layers ({verdict['n_groups']} (layer, k) groups) retrained at {bc.factor:g}x steps: "
+        f"median relative change of the layer exponents {verdict['median_change']:+.1%} "
+        f"(largest {verdict['max_abs_change']:.1%}), Spearman {verdict['spearman']:.2f}; "
+        f"criterion (|change| <= {bc.max_change:.0%}, rho >= {bc.min_spearman}) "
+        + ("met" if verdict["passes"] else "NOT met")
+    )
+    print(
+        "plateau criterion met at the default / longer budget:",
+        f"{budget.plateau_base.mean():.0%} / {budget.plateau_long.mean():.0%};",
+        f"geometric-mean fvu ratio longer/default {budget.fvu_ratio.prod() ** (1 / len(budget)):.3f}",
+    )
+    assert budget.alpha_long.notna().all() and (budget.steps_long > budget.steps_base).all()
+    display(budget.round(3))
+
+# %%
+#| label: fig-budget-check
+#| fig-cap: "Width exponent of each retrained (model, layer, k) at the default step budget against the longer one. Dashed: no change; grey band: the criterion's relative change. Points above the band are exponents the default budget leaves too shallow."
+charts.budget_check(budget, cfg.sae.budget_check.max_change) if budget is not None and len(budget) else None
+
+# %% [markdown]
 # ## Error surfaces
 #
 # fvu against width (log-log) at each model's middle k, one line per layer: Stage 1 fits a

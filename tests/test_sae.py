@@ -546,3 +546,75 @@ def test_k1_sae_reaches_the_zador_exponent_and_the_lloyd_error(kind, dim):
     alpha = -np.polyfit(np.log(widths), np.log(fvu), 1)[0]
     assert abs(alpha - 2 / dim) <= 0.15 * 2 / dim, (alpha, fvu)
     assert (fvu <= 1.3 * lloyd).all(), fvu / lloyd
+
+
+# ---------------------------------------------------------------- the budget check
+
+
+def _power_law_grid(alphas: dict[int, float], *, scale: float = 1.0, widths=(64, 256, 1024), ks=(8, 16)):
+    """A metrics table whose fvu is exactly scale * 0.8 * (W / 64) ** -alpha per layer."""
+    return pd.DataFrame(
+        [
+            {"model": "m", "layer": layer, "width": w, "k": k, "fvu": scale * 0.8 * (w / 64) ** -a, "plateaued": True}
+            for layer, a in alphas.items()
+            for w in widths
+            for k in ks
+        ]
+    )
+
+
+def test_budget_change_recovers_planted_exponent_changes():
+    base = {0: 0.2, 1: 0.3, 2: 0.4, 3: 0.25}
+    # a 3% steeper exponent at every layer passes; 20% does not; a reordering does not
+    small = S.budget_change(_power_law_grid(base), _power_law_grid({i: a * 1.03 for i, a in base.items()}))
+    assert np.allclose(small.alpha_base, [base[i] for i in small.layer])
+    assert np.allclose(small.rel_change, 0.03)
+    v = S.budget_summary(small)
+    assert v["passes"] and v["spearman"] == pytest.approx(1.0) and v["median_change"] == pytest.approx(0.03)
+    big = S.budget_summary(
+        S.budget_change(_power_law_grid(base), _power_law_grid({i: a * 1.2 for i, a in base.items()}))
+    )
+    assert not big["passes"] and big["median_change"] == pytest.approx(0.2) and big["spearman"] == pytest.approx(1)
+    shuffled = {0: 0.4, 1: 0.3, 2: 0.2, 3: 0.25}  # same values, median change 0, order reversed
+    flip = S.budget_summary(S.budget_change(_power_law_grid(base), _power_law_grid(shuffled)))
+    assert not flip["passes"] and flip["spearman"] < 0
+    # null: a uniformly lower error (a longer budget that helps every width alike) moves no exponent
+    null = S.budget_change(_power_law_grid(base), _power_law_grid(base, scale=0.9))
+    assert np.allclose(null.rel_change, 0, atol=1e-9) and np.allclose(null.fvu_ratio, 0.9)
+    assert S.budget_summary(null)["passes"]
+    # groups present at only one budget are left out
+    part = S.budget_change(_power_law_grid(base), _power_law_grid({0: 0.2}))
+    assert set(part.layer) == {0}
+
+
+def test_budget_check_retrains_at_twice_the_steps_and_resumes(build_synthetic_profile, tmp_path, monkeypatch):
+    """The check retrains the chosen layers with doubled steps in their own folder (the main
+    grid untouched), writes budget_check.parquet, and a rerun trains nothing."""
+    from geowall import executors, law, layers
+    from geowall.config import load_profile
+
+    monkeypatch.setattr(law, "model_kind", lambda source: "pretrained")  # the zoo stands in for a real model
+    path = build_synthetic_profile(
+        "budget", "a", [0, 2, 4, 6], sae={"steps": 6, "width_multiples": [0.5, 2], "budget_check": {"thin_layers": 2}}
+    )
+    cfg = load_profile(path)
+    assert layers.budget_layers(cfg) == [("synth-a", 2), ("synth-a", 4)]
+    ex = executors.LocalExecutor()
+    layers.harvest_models(cfg, tmp_path, None, executor=ex)
+    metrics = layers.sae_grid(cfg, tmp_path, progress=False, executor=ex)
+    main = layers.sae_work_dir(cfg, tmp_path) / "metrics.parquet"
+    before = main.read_bytes()
+    table, verdict = layers.budget_check(cfg, tmp_path, metrics, progress=False, executor=ex)
+    assert main.read_bytes() == before
+    assert set(zip(table.model, table.layer)) == {("synth-a", 2), ("synth-a", 4)}
+    assert (table.steps_base == 6).all() and (table.steps_long == 12).all()
+    long = S.read_metrics(layers.sae_work_dir(layers.longer_budget(cfg, 2), tmp_path) / "metrics.parquet")
+    assert set(long.train_tokens) == {12 * 64} and set(metrics.train_tokens) == {6 * 64}
+    assert verdict["n_layers"] == 2 and np.isnan(verdict["spearman"])  # fewer than 3 layers: no rank test
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "budget_check.parquet"), table)
+    calls = []
+    monkeypatch.setattr(sae_grid, "train_group", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sae_grid, "train_sae", lambda *a, **k: calls.append(1))
+    again, _ = layers.budget_check(cfg, tmp_path, metrics, progress=False, executor=ex)
+    assert not calls
+    pd.testing.assert_frame_equal(again, table)

@@ -162,6 +162,30 @@ def truth_scatter(both: pd.DataFrame) -> alt.HConcatChart:
     return alt.hconcat((diag + ids).properties(width=260, height=240), curv.properties(width=260, height=240))
 
 
+def budget_check(table: pd.DataFrame, max_change: float = 0.05) -> alt.LayerChart:
+    """Each (model, layer, k) width exponent at the default budget against the longer one,
+    with the line of no change and the criterion's band (relative change ``max_change``)."""
+    lo = float(min(table.alpha_base.min(), table.alpha_long.min(), 0))
+    hi = float(max(table.alpha_base.max(), table.alpha_long.max())) * 1.1
+    line = pd.DataFrame({"a": [lo, hi], "lo": [lo * (1 - max_change), hi * (1 - max_change)]})
+    line["hi"] = line.a * (1 + max_change)
+    band = alt.Chart(line).mark_area(opacity=0.15, color="grey").encode(x="a:Q", y="lo:Q", y2="hi:Q")
+    diag = alt.Chart(line).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
+    t = table.assign(layer_k=[f"layer {int(r.layer)}, k {int(r.k)}" for r in table.itertuples()])
+    pts = (
+        alt.Chart(t)
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=alt.X("alpha_base:Q", title="width exponent α, default budget"),
+            y=alt.Y("alpha_long:Q", title="α, longer budget"),
+            color=alt.Color("model:N"),
+            shape=alt.Shape("layer:N"),
+            tooltip=["model", "layer", "k", "steps_base", "steps_long", "alpha_base", "alpha_long", "rel_change"],
+        )
+    )
+    return (band + diag + pts).properties(width=320, height=280)
+
+
 def sae_surfaces(metrics: pd.DataFrame, cfg=None) -> alt.FacetChart:
     """fvu against width (log-log) at each model's middle k, one line per layer coloured by
     relative depth, one panel per model: the layers' width slopes side by side, compact

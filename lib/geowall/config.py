@@ -148,6 +148,17 @@ class ActivationsSpec(_Strict):
     batch_size: PositiveInt = 32
 
 
+class BudgetCheckSpec(_Strict):
+    """Is a width exponent a property of the layer or of the training budget? Step 01 retrains
+    each pretrained model's showcase layers and ``thin_layers`` of its other layers with every
+    step count multiplied by ``factor`` and compares the exponents (geowall.sae.budget_change)."""
+
+    factor: float = Field(2.0, gt=1, le=16, description="step budget multiple of the retrained SAEs")
+    thin_layers: int = Field(2, ge=0, description="non-showcase layers per pretrained model, spread over depth")
+    max_change: PositiveFloat = Field(0.05, description="criterion: median relative change of the layer exponents")
+    min_spearman: float = Field(0.9, ge=-1, le=1, description="criterion: rank agreement of the layer exponents")
+
+
 class SaeSpec(_Strict):
     width_multiples: list[PositiveFloat] = Field(min_length=1, description="widths as multiples of d")
     ks: list[PositiveInt] = Field(min_length=1)
@@ -195,6 +206,11 @@ class SaeSpec(_Strict):
         None,
         description="released SAEs: download cache folder (default <run_dir>/sae_cache; "
         "on a cluster, a machine-local disk)",
+    )
+    budget_check: BudgetCheckSpec | None = Field(
+        None,
+        description="retrain some pretrained layers at a multiple of the step budget and compare their "
+        "width exponents (step 01's budget_check.parquet); null skips it",
     )
     monotone_slack: NonNegativeFloat | None = Field(
         0.02,

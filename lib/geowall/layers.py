@@ -258,6 +258,45 @@ def merge_rows(metrics_path: Path, rows: list[dict]) -> int:
     return len(new)
 
 
+def sae_work_dir(cfg: Profile, run_dir: Path) -> Path:
+    """``<run_dir>/saes/<settings>/``: ``<settings>`` hashes what a trained SAE's result depends
+    on beyond its (model, layer, width, k, seed) key (training steps, batch size, learning
+    rate, the activation request), so a changed setting never reuses a stale SAE."""
+    from geowall.io import sha256_json
+
+    settings = {
+        "sae": cfg.sae.model_dump(
+            mode="json",
+            exclude={
+                "showcase_layers",
+                "showcase_width_multiples",
+                "width_multiples",
+                "ks",
+                "cache_budget_gb",
+                "keep_downloads",
+                "cache_dir",
+                "budget_check",
+            },
+        ),
+        "activations": cfg.activations.model_dump(mode="json"),
+        "corpus": cfg.corpus.model_dump(
+            mode="json",
+            exclude=None
+            if cfg.corpus.kind in ("folder", "hf")
+            else {"folder", "dataset", "dataset_config", "split", "text_field", "max_docs"},
+        ),
+    }
+    return Path(run_dir) / "saes" / sha256_json(settings)[:12]
+
+
+def _part(ex, work: Path, model: str, layer: int) -> str:
+    """Where a (model, layer) unit writes its rows: the shared ``metrics.parquet`` locally, its
+    own table under ``parts/`` on Ray (the driver merges them)."""
+    return str(
+        work / "metrics.parquet" if ex.name == "local" else work / "parts" / f"{model}__layer_{layer:03d}.parquet"
+    )
+
+
 def sae_grid(
     cfg: Profile, run_dir: Path, *, progress: bool = True, executor=None, units: dict | None = None
 ) -> pd.DataFrame:
@@ -278,40 +317,16 @@ def sae_grid(
     functions (keys ``trained`` / ``released``; fault-injection tests wrap them).
     """
     from geowall import executors, sae
-    from geowall.io import sha256_json, write_parquet
+    from geowall.io import write_parquet
     from geowall.sources import model_info
 
     ex = executor or executors.current()
-    settings = {
-        "sae": cfg.sae.model_dump(
-            mode="json",
-            exclude={
-                "showcase_layers",
-                "showcase_width_multiples",
-                "width_multiples",
-                "ks",
-                "cache_budget_gb",
-                "keep_downloads",
-                "cache_dir",
-            },
-        ),
-        "activations": cfg.activations.model_dump(mode="json"),
-        "corpus": cfg.corpus.model_dump(
-            mode="json",
-            exclude=None
-            if cfg.corpus.kind in ("folder", "hf")
-            else {"folder", "dataset", "dataset_config", "split", "text_field", "max_docs"},
-        ),
-    }
-    work = Path(run_dir) / "saes" / sha256_json(settings)[:12]
+    work = sae_work_dir(cfg, run_dir)
     metrics = work / "metrics.parquet"
     before = sae.read_metrics(metrics)  # rows of an earlier (possibly killed) run: not retrained
     done = sae.MetricsTable(metrics)
     cfg_json = cfg.model_dump(mode="json")
     wanted, trained_units, released_units = [], [], []
-
-    def part(model: str, layer: int) -> str:
-        return str(metrics if ex.name == "local" else work / "parts" / f"{model}__layer_{layer:03d}.parquet")
 
     for spec in cfg.models:
         if spec.sae_source == "gemma-scope":
@@ -327,14 +342,18 @@ def sae_grid(
                     if (spec.name, int(layer), int(r["width"]), int(r["k"]), cfg.seed) not in done
                 ]
                 if todo:
-                    released_units.append((cfg_json, str(run_dir), spec.name, int(layer), todo, part(spec.name, layer)))
+                    released_units.append(
+                        (cfg_json, str(run_dir), spec.name, int(layer), todo, _part(ex, work, spec.name, layer))
+                    )
             continue
         d = model_info(spec).d
         for layer in cfg.layers_of(spec):
             grid = [(spec.name, layer, w, k) for w in widths_for(cfg, spec.name, layer, d) for k in cfg.ks_of(spec)]
             wanted.extend(grid)
             if any((*g, cfg.seed) not in done for g in grid):
-                trained_units.append((cfg_json, str(run_dir), str(work), spec.name, layer, part(spec.name, layer)))
+                trained_units.append(
+                    (cfg_json, str(run_dir), str(work), spec.name, layer, _part(ex, work, spec.name, layer))
+                )
     bar = tqdm(total=len(trained_units) + len(released_units), desc="SAE layers", disable=not progress)
     fns = {"trained": _trained_unit, "released": _released_unit, **(units or {})}
     for fn, todo in ((fns["trained"], trained_units), (fns["released"], released_units)):
@@ -362,3 +381,76 @@ def sae_grid(
         curves = curves.drop_duplicates(["model", "layer", "width", "k", "seed", "step"], keep="last")
     write_parquet(Path(run_dir) / "sae_curves.parquet", curves.reset_index(drop=True))
     return table
+
+
+def budget_layers(cfg: Profile) -> list[tuple[str, int]]:
+    """The (model, layer) pairs the budget check retrains: for every pretrained model with
+    trained SAEs, its showcase layers and ``sae.budget_check.thin_layers`` of its other layers,
+    spread over depth (those at the 1/(n+1) ... n/(n+1) quantiles of its thin layers)."""
+    from geowall.law import model_kind
+
+    bc = cfg.sae.budget_check
+    if bc is None:
+        return []
+    out = []
+    for spec in cfg.models:
+        if spec.sae_source != "trained" or model_kind(spec.source) != "pretrained":
+            continue
+        layers = cfg.layers_of(spec)
+        show = [layer for layer in cfg.sae.showcase_layers.get(spec.name, []) if layer in layers]
+        thin = [layer for layer in layers if layer not in show]
+        n = min(bc.thin_layers, len(thin))
+        picked = {thin[round((i + 1) * (len(thin) - 1) / (n + 1))] for i in range(n)}
+        out.extend((spec.name, layer) for layer in sorted(set(show) | picked))
+    return out
+
+
+def longer_budget(cfg: Profile, factor: float) -> Profile:
+    """``cfg`` with every SAE step count (``sae.steps`` and per-model ``steps``) times
+    ``factor``; warm-up and decay are fractions of the steps, so the schedule keeps its shape."""
+    from geowall.config import validate
+
+    data = cfg.model_dump(mode="json")
+    data["sae"]["steps"] = max(1, round(data["sae"]["steps"] * factor))
+    data["sae"]["budget_check"] = None
+    for m in data["models"]:
+        if m.get("steps") is not None:
+            m["steps"] = max(1, round(m["steps"] * factor))
+    return validate(data)
+
+
+def budget_check(cfg: Profile, run_dir: Path, metrics: pd.DataFrame, *, progress: bool = True, executor=None):
+    """Step 01's budget check: retrain the :func:`budget_layers` grids at ``factor`` times the
+    steps (same seed, widths, k and schedule shape) under their own ``saes/<settings>/``
+    folder (resumable like the main grid), compare the width exponents with
+    :func:`geowall.sae.budget_change` and write ``<run_dir>/budget_check.parquet``. Returns
+    ``(table, summary)`` (:func:`geowall.sae.budget_summary`); ``(None, None)`` when the
+    profile has no ``sae.budget_check`` or no pretrained trained model."""
+    from geowall import executors, sae
+    from geowall.io import write_parquet
+
+    bc, pairs = cfg.sae.budget_check, budget_layers(cfg)
+    if bc is None or not pairs:
+        return None, None
+    ex = executor or executors.current()
+    long_cfg = longer_budget(cfg, bc.factor)
+    work = sae_work_dir(long_cfg, run_dir)
+    cfg_json = long_cfg.model_dump(mode="json")
+    units = [(cfg_json, str(run_dir), str(work), m, layer, _part(ex, work, m, layer)) for m, layer in pairs]
+    rows = []
+    for _, r in tqdm(
+        ex.map(_trained_unit, units, resources=executors.resources_for(cfg.device, "sae")),
+        total=len(units),
+        desc=f"budget check ({bc.factor:g}x steps)",
+        disable=not progress,
+    ):
+        rows.extend(r)
+    long = pd.DataFrame(rows)
+    keys = pd.MultiIndex.from_frame(metrics[["model", "layer"]])
+    base = metrics[keys.isin(pairs)]
+    table = sae.budget_change(base, long)
+    # the model's step budget (at width d; sae.steps_width_exponent scales it with width)
+    table.insert(3, "steps_base", [cfg.model(m).steps or cfg.sae.steps for m in table.model])
+    table.insert(4, "steps_long", [long_cfg.model(m).steps or long_cfg.sae.steps for m in table.model])
+    write_parquet(Path(run_dir) / "budget_check.parquet", table)
+    return table, sae.budget_summary(table, max_change=bc.max_change, min_spearman=bc.min_spearman)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from geowall import geometry, layers
+from geowall import geometry, layers, sae
 from geowall.activations import ActivationError
 from geowall.config import Profile
 from geowall.glance import at_a_glance
@@ -85,6 +86,35 @@ def plateau_text(cfg: Profile, metrics: pd.DataFrame | None) -> str:
         f"fell by at most {s.plateau_tol:.0%} over the last {s.plateau_window:.0%} of training"
         f"{', before the learning-rate decay' if s.lr_decay else ''}); the others were still improving "
         f"(notebook 01 lists them)."
+    )
+
+
+def budget_text(cfg: Profile, run_dir: Path) -> str:
+    """The paper's sentence on the budget check (step 01's ``budget_check.parquet``): how far a
+    longer step budget moves the pretrained layers' width exponents, against the criterion."""
+    bc = cfg.sae.budget_check
+    t = _read(run_dir, "budget_check.parquet")
+    if bc is None or t is None or t.empty:
+        return (
+            "This profile runs no budget check, so how much its width exponents owe to the training "
+            "budget is not measured."
+        )
+    v = sae.budget_summary(t, max_change=bc.max_change, min_spearman=bc.min_spearman)
+    layers_by_model = t.groupby("model").layer.unique()
+    which = _join([f"{m} {', '.join(str(int(x)) for x in sorted(ls))}" for m, ls in layers_by_model.items()])
+    steps = _join([f"{m} {int(g.steps_base.iloc[0])} to {int(g.steps_long.iloc[0])}" for m, g in t.groupby("model")])
+    rho = "undefined (fewer than 3 layers)" if np.isnan(v["spearman"]) else _fmt(v["spearman"], 2)
+    verdict = (
+        "so the exponents are properties of the layers at this budget"
+        if v["passes"]
+        else "so the exponents still owe part of their value to the budget: compare them between layers and "
+        "models trained alike, not with fully trained SAEs"
+    )
+    return (
+        f"Retraining layers {which} with {bc.factor:g} times the steps ({steps}) changed their width "
+        f"exponents by a median of {v['median_change']:+.1%} (largest {v['max_abs_change']:.1%}; the layers' ordering "
+        f"kept a Spearman ρ of {rho}); the criterion asks for at most {bc.max_change:.0%} and ρ of "
+        f"{bc.min_spearman:g}, and is {'met' if v['passes'] else 'not met'}, {verdict}."
     )
 
 
@@ -177,6 +207,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
         "fvu_min": _fmt(m.fvu.min(), 3) if m is not None else NA,
         "fvu_max": _fmt(m.fvu.max(), 3) if m is not None else NA,
         "plateau": plateau_text(cfg, m),
+        "budget": budget_text(cfg, run_dir),
     }
     v["geometry"] = _geometry_variables(cfg, run_dir)
     real = [x.name for x in cfg.models if x.source != "synthetic"]

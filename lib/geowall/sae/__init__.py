@@ -10,7 +10,8 @@ One module per job:
 |                          | hand-written sparse gradients), learning curves, plateau statistic |
 | :mod:`geowall.sae.evaluate` | ``evaluate``: fvu, mse, l0, dead fraction on held-out tokens (ours or sae-lens SAEs) |
 | :mod:`geowall.sae.disk` | ``save_sae`` / ``load_sae`` in sae-lens's on-disk format |
-| :mod:`geowall.sae.grid` | the metrics table, ``MetricsTable`` (resumable rows), ``run_grid``, width checks |
+| :mod:`geowall.sae.grid` | the metrics table, ``MetricsTable`` (resumable rows), ``run_grid``, width checks, |
+|                         | the budget check's comparison (``budget_change``, ``budget_summary``) |
 | :mod:`geowall.sae.data` | checked activation tensors and streaming moments |
 | :mod:`geowall.sae.sparse_ops` | the sparse autograd ops (``sparse_decode``, ``SparseEncode``, ``scatter_rows``) |
 
@@ -21,10 +22,13 @@ scatter) are in :mod:`geowall.sae.sparse_ops`. Everything public is importable f
 from geowall.sae.disk import load_sae, save_sae
 from geowall.sae.evaluate import METRICS, evaluate
 from geowall.sae.grid import (
+    BUDGET_COLUMNS,
     CURVE_COLUMNS,
     METRIC_COLUMNS,
     MetricsTable,
     append_metrics,
+    budget_change,
+    budget_summary,
     check_width_trend,
     curves_path,
     read_curves,
@@ -38,6 +42,7 @@ from geowall.sae.model import DENSE_ENV, EncoderOutput, ForwardOutput, TopKConfi
 from geowall.sae.train import TopKTrainer, TrainConfig, default_lr, derive_seed, train_grid, train_sae
 
 __all__ = [
+    "BUDGET_COLUMNS",
     "CURVE_COLUMNS",
     "GroupTrainer",
     "plateau_change",
@@ -56,6 +61,8 @@ __all__ = [
     "TrainConfig",
     "TrainedSAE",
     "append_metrics",
+    "budget_change",
+    "budget_summary",
     "check_width_trend",
     "default_lr",
     "derive_seed",

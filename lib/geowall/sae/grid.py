@@ -178,6 +178,64 @@ def width_trend(metrics: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "layer", "k", "n_widths", "max_step_increase", "end_change", "slope"])
 
 
+BUDGET_COLUMNS = (
+    "model", "layer", "k", "n_widths", "alpha_base", "alpha_long", "rel_change", "fvu_ratio",
+    "plateau_base", "plateau_long",
+)  # fmt: skip
+
+
+def budget_change(base: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """Width exponents of the same SAE grids trained at two step budgets, one row per
+    (model, layer, k) present in both metrics tables with at least two widths.
+
+    ``alpha_*`` is minus the least-squares slope of log fvu on log width (:func:`width_trend`),
+    ``rel_change`` = (alpha_long - alpha_base) / |alpha_base|, ``fvu_ratio`` the geometric mean
+    of fvu_long / fvu_base over the group's widths, ``plateau_*`` the share of the group's SAEs
+    that meet the plateau criterion (NaN without learning curves)."""
+    keys = ["model", "layer", "width", "k"]
+    both = base.merge(long, on=keys, suffixes=("_base", "_long"))
+    if both.empty:
+        return pd.DataFrame(columns=list(BUDGET_COLUMNS))
+    a = width_trend(both.rename(columns={"fvu_base": "fvu"}))[["model", "layer", "k", "n_widths", "slope"]]
+    b = width_trend(both.rename(columns={"fvu_long": "fvu"}))[["model", "layer", "k", "slope"]]
+    t = a.merge(b, on=["model", "layer", "k"], suffixes=("_base", "_long"))
+    t["alpha_base"], t["alpha_long"] = -t.pop("slope_base"), -t.pop("slope_long")
+    t["rel_change"] = (t.alpha_long - t.alpha_base) / t.alpha_base.abs()
+    both["log_ratio"] = np.log(both.fvu_long / both.fvu_base)
+    for col in ("plateaued_base", "plateaued_long"):
+        both[col] = both[col].astype("float") if col in both else np.nan
+    g = both.groupby(["model", "layer", "k"], sort=True).agg(
+        fvu_ratio=("log_ratio", lambda x: float(np.exp(x.mean()))),
+        plateau_base=("plateaued_base", "mean"),
+        plateau_long=("plateaued_long", "mean"),
+    )
+    return t.merge(g.reset_index(), on=["model", "layer", "k"])[list(BUDGET_COLUMNS)]
+
+
+def budget_summary(change: pd.DataFrame, *, max_change: float = 0.05, min_spearman: float = 0.9) -> dict[str, Any]:
+    """The budget check's verdict from a :func:`budget_change` table. A layer's exponent is
+    the mean of its per-k exponents (the slope of a fit with one intercept per k when every
+    k has the same widths); over layers: ``median_change`` (median relative change),
+    ``median_abs_change``, ``spearman`` (rank agreement of the layer exponents, pooled over
+    models, NaN below 3 layers), and ``passes``: |median change| <= ``max_change`` and
+    Spearman >= ``min_spearman``."""
+    from scipy.stats import spearmanr
+
+    layer = change.groupby(["model", "layer"], sort=True)[["alpha_base", "alpha_long"]].mean()
+    rel = (layer.alpha_long - layer.alpha_base) / layer.alpha_base.abs()
+    rho = float(spearmanr(layer.alpha_base, layer.alpha_long).statistic) if len(layer) >= 3 else float("nan")
+    med = float(rel.median()) if len(rel) else float("nan")
+    return {
+        "n_layers": len(layer),
+        "n_groups": len(change),
+        "median_change": med,
+        "median_abs_change": float(rel.abs().median()) if len(rel) else float("nan"),
+        "max_abs_change": float(rel.abs().max()) if len(rel) else float("nan"),
+        "spearman": rho,
+        "passes": bool(abs(med) <= max_change and rho >= min_spearman),
+    }
+
+
 def check_width_trend(trend: pd.DataFrame, *, slack: float, synthetic: Iterable[str] = ()) -> pd.DataFrame:
     """Step 01's sanity check on a :func:`width_trend` table; raises ``ValueError``.
 
