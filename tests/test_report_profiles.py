@@ -225,3 +225,39 @@ def test_paper_says_how_many_trained_saes_met_the_plateau(tmp_path):
     assert "2 of 3 (67%) met the criterion" in text and f"at most {cfg.sae.plateau_tol:.0%}" in text
     released = report_variables(load_profile("gemma-2"), tmp_path)["saes"]["plateau"]
     assert "released SAEs are evaluated as published" in released
+
+
+def test_paper_quotes_the_budget_check_and_pretrained_knob_flips(tmp_path):
+    from geowall.io import write_parquet
+
+    cfg = load_profile("default")
+    assert report_variables(cfg, tmp_path)["saes"]["budget"] == NA  # a check, not run yet
+    no_check = load_profile("default", ["sae.budget_check=null"])
+    assert "runs no budget check" in report_variables(no_check, tmp_path)["saes"]["budget"]
+    rows = [
+        {"model": m, "layer": la, "k": k, "steps_base": 150, "steps_long": 300, "n_widths": 2,
+         "alpha_base": a, "alpha_long": a * 1.12, "rel_change": 0.12, "fvu_ratio": 0.95,
+         "plateau_base": 0.5, "plateau_long": 1.0}
+        for m, la, a in [("minilm", 2, 0.2), ("minilm", 3, 0.3), ("mpnet", 6, 0.25)]
+        for k in (8, 16)
+    ]  # fmt: skip
+    write_parquet(tmp_path / "budget_check.parquet", pd.DataFrame(rows))
+    text = report_variables(cfg, tmp_path)["saes"]["budget"]
+    assert "minilm 2, 3 and mpnet 6" in text and "2 times the steps" in text and "+12.0%" in text
+    assert "is not met" in text and "ρ of 1.00" in text
+    assert report_variables(load_profile("gemma-2"), tmp_path)["saes"]["budget"] == ""  # released SAEs
+    sens = pd.DataFrame(
+        [
+            {"model": m, "layer": la, "summary": "curvature", "knob": "patch", "setting": st, "default": st == 1.0,
+             "estimate": float(la if (m == "minilm" or st == 1.0) else -la)}
+            for m in ("minilm", "minilm-random")
+            for la in range(6)
+            for st in (1.0, 2.0)
+        ]
+    )  # fmt: skip
+    write_parquet(tmp_path / "geometry_sensitivity.parquet", sens)
+    g = report_variables(cfg, tmp_path)["geometry"]
+    assert g["sensitivity_flags"] == "no summary"  # the pretrained ordering holds
+    assert (
+        "1 (model, summary, setting)" in g["sensitivity_other"] and "minilm-random curvature" in g["sensitivity_other"]
+    )

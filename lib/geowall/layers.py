@@ -383,19 +383,22 @@ def sae_grid(
     return table
 
 
+def budget_models(cfg: Profile) -> list:
+    """The models a budget check can retrain: pretrained ones whose SAEs are trained here."""
+    from geowall.law import model_kind
+
+    return [m for m in cfg.models if m.sae_source == "trained" and model_kind(m.source) == "pretrained"]
+
+
 def budget_layers(cfg: Profile) -> list[tuple[str, int]]:
     """The (model, layer) pairs the budget check retrains: for every pretrained model with
     trained SAEs, its showcase layers and ``sae.budget_check.thin_layers`` of its other layers,
     spread over depth (those at the 1/(n+1) ... n/(n+1) quantiles of its thin layers)."""
-    from geowall.law import model_kind
-
     bc = cfg.sae.budget_check
     if bc is None:
         return []
     out = []
-    for spec in cfg.models:
-        if spec.sae_source != "trained" or model_kind(spec.source) != "pretrained":
-            continue
+    for spec in budget_models(cfg):
         layers = cfg.layers_of(spec)
         show = [layer for layer in cfg.sae.showcase_layers.get(spec.name, []) if layer in layers]
         thin = [layer for layer in layers if layer not in show]

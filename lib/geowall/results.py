@@ -94,7 +94,11 @@ def budget_text(cfg: Profile, run_dir: Path) -> str:
     longer step budget moves the pretrained layers' width exponents, against the criterion."""
     bc = cfg.sae.budget_check
     t = _read(run_dir, "budget_check.parquet")
-    if bc is None or t is None or t.empty:
+    if not layers.budget_models(cfg):
+        return ""  # released SAEs only, or no pretrained model: nothing to retrain
+    if bc is not None and t is None:
+        return NA
+    if bc is None or t.empty:
         return (
             "This profile runs no budget check, so how much its width exponents owe to the training "
             "budget is not measured."
@@ -466,17 +470,30 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
         agree = geometry.rank_agreement(sens)
         knobs = agree[agree.knob != geometry.ESTIMATOR_CHECK]
         flips = knobs[knobs.flipped].sort_values(["summary", "model", "rho"])
+        kinds = model_kinds(cfg.models)
+        real = flips.model.map(kinds).eq("pretrained")
         where = {
             summary: ", ".join(f"{r.model}: {r.knob} {_setting(r.setting)}, ρ {_fmt(r.rho, 2)}" for r in x.itertuples())
-            for summary, x in flips.groupby("summary", sort=True)
+            for summary, x in flips[real].groupby("summary", sort=True)
         }
-        out["sensitivity_flags"] = "; ".join(f"{summary} ({w})" for summary, w in where.items()) or "none"
+        out["sensitivity_flags"] = (
+            "; ".join(f"{summary} ({w})" for summary, w in where.items()) or "no summary"
+            if any(k == "pretrained" for k in kinds.values())
+            else "no summary (this profile has no pretrained model)"
+        )
+        other = flips[~real]
+        out["sensitivity_other"] = (
+            f"On the random twins and the zoo, {len(other)} (model, summary, setting) orderings change as well "
+            f"({', '.join(sorted(set(other.model + ' ' + other.summary)))}; notebook 02 lists them)."
+            if len(other)
+            else "The random twins' and the zoo's orderings hold at every setting."
+        )
         ok = knobs[knobs.summary != "id_mle"].rho.dropna()
         out["sensitivity_min_rho"] = _fmt(ok.min(), 2) if len(ok) else "n/a"
         est = agree[agree.knob == geometry.ESTIMATOR_CHECK]
         out["mle_vs_twonn"] = ", ".join(f"{r.model} {_fmt(r.rho, 2)}" for r in est.itertuples()) or "n/a"
     else:
-        out["sensitivity_flags"] = out["sensitivity_min_rho"] = out["mle_vs_twonn"] = NA
+        out["sensitivity_flags"] = out["sensitivity_min_rho"] = out["mle_vs_twonn"] = out["sensitivity_other"] = NA
     out["jumps"] = _jump_words(g, sens, model_kinds(cfg.models)) if g is not None else NA
     out["zoo_curv_rho"] = NA
     if g is not None and any(m.source == "synthetic" for m in cfg.models):
