@@ -261,3 +261,9 @@ def test_paper_quotes_the_budget_check_and_pretrained_knob_flips(tmp_path):
     assert (
         "1 (model, summary, setting)" in g["sensitivity_other"] and "minilm-random curvature" in g["sensitivity_other"]
     )
+
+
+def test_paper_says_decoder_checkpoints_are_dequantised(tmp_path):
+    assert report_variables(load_profile("default"), tmp_path)["text"]["quantised"] == ""
+    text = report_variables(load_profile("decoders"), tmp_path)["text"]["quantised"]
+    assert text.startswith("gemma3 and smollm2 are dequantised 4/5-bit GGUF checkpoints") and "raw" in text

@@ -171,8 +171,26 @@ def source_texts(cfg: Profile) -> dict[str, str]:
             f"data; here they are evaluated on {corpus_text(cfg)}, a distribution shift that adds to their "
             f"error."
         )
+    quant = {"gemma3": "Q4_K_M", "smollm2": "Q4_1"}  # geowall.sources.decoders.RELEASES
+    quantised = [m.name for m in cfg.models if m.source in quant]
+    formats = ", ".join(f"{m.name} {quant[m.source]}" for m in cfg.models if m.source in quant)
     return {
         "sources": sources,
+        "quantised": (
+            f"{_join(quantised)} "
+            + (
+                "are dequantised 4/5-bit GGUF checkpoints"
+                if len(quantised) > 1
+                else "is a dequantised 4/5-bit GGUF checkpoint"
+            )
+            + f" ({formats}), not the original bf16 weights: every weight "
+            "carries the quantisation's rounding noise, which may add small isotropic structure that the "
+            "nearest-neighbour dimension and the local residual read as the model's own. Decoder residual "
+            "streams are used raw, as Gemma Scope's SAEs were trained (each sequence's first position, an "
+            "attention sink, is excluded); their massive dimensions stay in and dominate the participation ratio."
+            if quantised
+            else ""
+        ),
         "saes": _join(saes)[:1].upper() + _join(saes)[1:],
         "corpus": corpus_text(cfg),
         "sae_limitations": " ".join(limits),
