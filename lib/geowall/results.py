@@ -506,12 +506,10 @@ def _geometry_variables(cfg: Profile, run_dir: Path) -> dict:
             if len(other)
             else "The random twins' and the zoo's orderings hold at every setting."
         )
-        ok = knobs[knobs.summary != "id_mle"].rho.dropna()
-        out["sensitivity_min_rho"] = _fmt(ok.min(), 2) if len(ok) else "n/a"
         est = agree[agree.knob == geometry.ESTIMATOR_CHECK]
         out["mle_vs_twonn"] = ", ".join(f"{r.model} {_fmt(r.rho, 2)}" for r in est.itertuples()) or "n/a"
     else:
-        out["sensitivity_flags"] = out["sensitivity_min_rho"] = out["mle_vs_twonn"] = out["sensitivity_other"] = NA
+        out["sensitivity_flags"] = out["mle_vs_twonn"] = out["sensitivity_other"] = NA
     out["jumps"] = _jump_words(g, sens, model_kinds(cfg.models)) if g is not None else NA
     out["zoo_curv_rho"] = NA
     if g is not None and any(m.source == "synthetic" for m in cfg.models):
