@@ -151,19 +151,20 @@ if budget is None:
 else:
     bc = cfg.sae.budget_check
     print(
-        f"{verdict['n_layers']} layers ({verdict['n_groups']} (layer, k) groups) retrained at {bc.factor:g}x steps: "
-        f"median relative change of the layer exponents {verdict['median_change']:+.1%} "
-        f"(largest {verdict['max_abs_change']:.1%}), Spearman {verdict['spearman']:.2f}; "
-        f"criterion (|change| <= {bc.max_change:.0%}, rho >= {bc.min_spearman}) "
+        f"{verdict['n_layers']} layers ({verdict['n_groups']} (layer, k) groups) retrained at {bc.factor:g}x steps\n"
+        f"  median relative change of the layer exponents {verdict['median_change']:+.1%} "
+        f"(largest {verdict['max_abs_change']:.1%})\n"
+        f"  Spearman of the layer ordering {verdict['spearman']:.2f}\n"
+        f"  criterion (|change| <= {bc.max_change:.0%}, rho >= {bc.min_spearman}): "
         + ("met" if verdict["passes"] else "NOT met")
     )
     print(
-        "plateau criterion met at the default / longer budget:",
-        f"{budget.plateau_base.mean():.0%} / {budget.plateau_long.mean():.0%};",
-        f"geometric-mean fvu ratio longer/default {budget.fvu_ratio.prod() ** (1 / len(budget)):.3f}",
+        f"  plateau criterion met at the default / longer budget: "
+        f"{budget.plateau_base.mean():.0%} / {budget.plateau_long.mean():.0%}\n"
+        f"  geometric-mean fvu ratio longer / default: {budget.fvu_ratio.prod() ** (1 / len(budget)):.3f}"
     )
     assert budget.alpha_long.notna().all() and (budget.steps_long > budget.steps_base).all()
-    display(budget.round(3))
+    display(budget.drop(columns=["n_widths"]).round(3))
 
 # %%
 #| label: fig-budget-check
