@@ -153,7 +153,7 @@ law = law.encode(x="width:Q", y="fvu:Q")
 # check the lesson in code: the flat cloud is numerically zero at every width (below 10⁻³
 # of its variance; over seeds 0 to 3 the largest was 8·10⁻⁴ at one width of one seed, the
 # others below 4·10⁻⁷); the curved cloud is not, at the same sparsity; and at `k = 1` its
-# exponent is the quantiser's 2/d within 20% (0.90 to 0.92 over those seeds, 0.93 on the
+# exponent is the quantiser's 2/d within 20% (0.90 to 0.93 over those seeds, 0.93 on the
 # sphere).
 
 
