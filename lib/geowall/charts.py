@@ -171,9 +171,8 @@ def budget_check(table: pd.DataFrame, max_change: float = 0.05) -> alt.LayerChar
     line["hi"] = line.a * (1 + max_change)
     band = alt.Chart(line).mark_area(opacity=0.15, color="grey").encode(x="a:Q", y="lo:Q", y2="hi:Q")
     diag = alt.Chart(line).mark_line(color="grey", strokeDash=[4, 4]).encode(x="a:Q", y="a:Q")
-    t = table.assign(layer_k=[f"layer {int(r.layer)}, k {int(r.k)}" for r in table.itertuples()])
     pts = (
-        alt.Chart(t)
+        alt.Chart(table)
         .mark_point(filled=True, size=60)
         .encode(
             x=alt.X("alpha_base:Q", title="width exponent α, default budget"),
