@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from quantiser import lloyd_fvu, manifold
 
 from geowall import sae as S
 from geowall.sae import grid as sae_grid
@@ -493,41 +494,6 @@ def test_bf16_encoder_rounds_the_preactivations_and_trains_as_well():
 # ---------------------------------------------------------------- k = 1: the quantiser limit
 
 
-def _manifold(kind: str, dim: int, n: int, seed: int, D: int = 32) -> np.ndarray:
-    """``n`` uniform points on the unit ``dim``-sphere (or a flat ``dim``-torus of unit RMS
-    norm), isometrically rotated into R^D (the same rotation for every seed)."""
-    rng = np.random.default_rng(seed)
-    if kind == "sphere":
-        z = rng.standard_normal((n, dim + 1))
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-    else:
-        th = rng.uniform(0, 2 * np.pi, (n, dim))
-        z = np.concatenate([np.cos(th), np.sin(th)], 1) / np.sqrt(dim)
-    Q, _ = np.linalg.qr(np.random.default_rng(99).standard_normal((D, D)))
-    return (z @ Q[: z.shape[1]]).astype(np.float32)
-
-
-def _lloyd_fvu(X: np.ndarray, Xe: np.ndarray, width: int, iters: int = 40) -> float:
-    """Held-out fvu of a gain-shape Lloyd quantiser (spherical k-means with non-negative gains,
-    the best a k = 1 TopK code can do up to its biases), centred at the training mean."""
-    rng = np.random.default_rng(0)
-    mu = X.mean(0)
-    Xc = X - mu
-    C = Xc[rng.choice(len(X), width, replace=False)]
-    C /= np.linalg.norm(C, axis=1, keepdims=True)
-    for _ in range(iters):
-        j = (Xc @ C.T).argmax(1)
-        sums = np.zeros_like(C)
-        np.add.at(sums, j, Xc)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        C = np.where(norms > 0, sums / np.maximum(norms, 1e-12), C)
-    E = Xe - mu
-    a = E @ C.T
-    j = a.argmax(1)
-    g = np.maximum(a[np.arange(len(E)), j], 0)
-    return float(((E - g[:, None] * C[j]) ** 2).sum() / ((Xe - Xe.mean(0)) ** 2).sum())
-
-
 @pytest.mark.parametrize("kind,dim", [("sphere", 2), ("sphere", 4), ("torus", 2)])
 def test_k1_sae_reaches_the_zador_exponent_and_the_lloyd_error(kind, dim):
     """With k = 1 a TopK SAE is a gain-shape quantiser: its error falls as W^(-2/d) (Zador) on a
@@ -535,14 +501,14 @@ def test_k1_sae_reaches_the_zador_exponent_and_the_lloyd_error(kind, dim):
     that exponent within 15% over a 16x width range and Lloyd's error within 1.3x at every width.
     (Tori above 2 dimensions and spheres above 6 are not in the asymptotic regime at widths a
     test can afford: Lloyd itself reads 0.40 on the 4-torus at W 16..256.)"""
-    X, Xe = _manifold(kind, dim, 16000, 0), _manifold(kind, dim, 6000, 1)
+    X, Xe = manifold(kind, dim, 16000, 0), manifold(kind, dim, 6000, 1)
     widths = [16, 32, 64, 128, 256]
     saes = S.train_group(
         torch.from_numpy(X), [(w, 1) for w in widths], seed=0, steps=1000, batch_size=1024,
         init="kmeans++", lr_scale=0.1, progress=False,
     )  # fmt: skip
     fvu = np.array([S.evaluate(s, torch.from_numpy(Xe))["fvu"] for s in saes])
-    lloyd = np.array([_lloyd_fvu(X, Xe, w) for w in widths])
+    lloyd = np.array([lloyd_fvu(X, Xe, w) for w in widths])
     alpha = -np.polyfit(np.log(widths), np.log(fvu), 1)[0]
     assert abs(alpha - 2 / dim) <= 0.15 * 2 / dim, (alpha, fvu)
     assert (fvu <= 1.3 * lloyd).all(), fvu / lloyd

@@ -28,40 +28,17 @@ run, widths d/8 .. 8d, k 8/16/32). Run:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from geowall import sae as S
 
-
-def sphere(dim: int, n: int, seed: int, D: int = 32) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, dim + 1))
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    Q, _ = np.linalg.qr(np.random.default_rng(99).standard_normal((D, D)))
-    return (z @ Q[: dim + 1]).astype(np.float32)
-
-
-def lloyd_fvu(X: np.ndarray, Xe: np.ndarray, width: int, iters: int = 40) -> float:
-    """Held-out fvu of a gain-shape Lloyd quantiser centred at the training mean."""
-    rng = np.random.default_rng(0)
-    mu = X.mean(0)
-    Xc = X - mu
-    C = Xc[rng.choice(len(X), width, replace=False)]
-    C /= np.linalg.norm(C, axis=1, keepdims=True)
-    for _ in range(iters):
-        j = (Xc @ C.T).argmax(1)
-        sums = np.zeros_like(C)
-        np.add.at(sums, j, Xc)
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        C = np.where(norms > 0, sums / np.maximum(norms, 1e-12), C)
-    E = Xe - mu
-    a = E @ C.T
-    j = a.argmax(1)
-    g = np.maximum(a[np.arange(len(E)), j], 0)
-    return float(((E - g[:, None] * C[j]) ** 2).sum() / ((Xe - Xe.mean(0)) ** 2).sum())
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared quantiser reference
+from quantiser import lloyd_fvu, manifold  # noqa: E402
 
 
 def steps_to_plateau(steps: np.ndarray, fvu: np.ndarray, tol: float = 0.02) -> int:
@@ -95,14 +72,12 @@ def main() -> None:
 
     if args.data.startswith("sphere:"):
         dim = int(args.data.split(":")[1])
-        X, Xe = sphere(dim, 16000, 0), sphere(dim, 6000, 1)
+        X, Xe = manifold("sphere", dim, 16000, 0), manifold("sphere", dim, 6000, 1)
         widths, ks = [16, 32, 64, 128, 256], [1]
         lloyd = np.array([lloyd_fvu(X, Xe, w) for w in widths])
         print(f"unit {dim}-sphere in R^32, k = 1; Zador exponent 2/d = {2 / dim:.3f}")
         print(f"  Lloyd (gain-shape k-means, 40 iterations): fvu {np.round(lloyd, 4).tolist()}")
     else:
-        from pathlib import Path
-
         from geowall import activations
 
         _, run, model, layer = args.data.split(":")
