@@ -2,9 +2,11 @@
 # # 00 · Activations
 #
 # This step builds the offline English corpus and harvests residual-stream activations for
-# every model and layer in the profile: two real pretrained sentence encoders trained by the
-# same sentence-transformers recipe, all-MiniLM-L6-v2 (embeddings plus six encoder blocks,
-# d = 384) and all-mpnet-base-v2 (embeddings plus twelve blocks, d = 768), MiniLM's
+# every model and layer in the profile. The default has three real pretrained models: two
+# sentence encoders trained by the same sentence-transformers recipe, all-MiniLM-L6-v2
+# (embeddings plus six encoder blocks, d = 384) and all-mpnet-base-v2 (embeddings plus twelve
+# blocks, d = 768), and the decoder language model Gemma 3 270M (embeddings plus eighteen
+# blocks, d = 640; its 4/5-bit GGUF release dequantised to float32); then MiniLM's
 # architecture with random weights, and the synthetic manifold zoo whose geometry is known. Each layer gets a fixed number of training tokens (for SAEs and
 # geometry) and held-out evaluation tokens (from documents never used for training), with
 # special tokens excluded. Everything is written atomically under the run folder; a rerun

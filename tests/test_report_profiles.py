@@ -264,6 +264,8 @@ def test_paper_quotes_the_budget_check_and_pretrained_knob_flips(tmp_path):
 
 
 def test_paper_says_decoder_checkpoints_are_dequantised(tmp_path):
-    assert report_variables(load_profile("default"), tmp_path)["text"]["quantised"] == ""
+    assert report_variables(load_profile("smoke"), tmp_path)["text"]["quantised"] == ""
+    default = report_variables(load_profile("default"), tmp_path)["text"]["quantised"]
+    assert default.startswith("gemma3 is a dequantised 4/5-bit GGUF checkpoint (gemma3 Q4_K_M)")
     text = report_variables(load_profile("decoders"), tmp_path)["text"]["quantised"]
     assert text.startswith("gemma3 and smollm2 are dequantised 4/5-bit GGUF checkpoints") and "raw" in text
