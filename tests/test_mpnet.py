@@ -110,8 +110,13 @@ def test_mpnet_activations_match_transformers_directly(tmp_path, tiny_corpus):
     layers = [0, 5, 12]
     activations.harvest(spec, layers, acts, run_dir=tmp_path, seed=3, corpus=tiny_corpus, progress=False)
     path = mpnet.model_dir()
+    cfg = mpnet.config(path)  # the offline facts that profiles and `geowall plan` use
+    assert (cfg["num_hidden_layers"] + 1, cfg["hidden_size"], cfg["num_attention_heads"]) == (
+        mpnet.N_LAYERS, mpnet.D, mpnet.HEADS,
+    )  # fmt: skip
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
+    assert sum(p.numel() for p in model.parameters()) == mpnet.N_PARAMS
     special = set(tok.all_special_ids)
     for split, docs in (("train", tiny_corpus.train), ("eval", tiny_corpus.eval)):
         order = np.random.default_rng([3, activations.SPLITS.index(split)]).permutation(len(docs))

@@ -97,3 +97,14 @@ def test_cpu_plan_measures_throughput_here():
     assert th["float32_flops"] > 1e8 and th["device"] == "cpu"
     p = P.build(load_profile("smoke"), throughput=th)
     assert sum(n["trained"] for n in p.n_saes.values()) > 0 and p.seconds["sae"] > 0
+
+
+@pytest.mark.parametrize("name", ["default", "decoders", "full"])
+def test_plan_sizes_every_model_of_the_offline_profiles(name):
+    """Every model of the profiles that run here has a parameter count and heads (the plan's
+    memory and time rows), from package files or release facts, without assembling anything."""
+    for spec in load_profile(name).models:
+        n, heads, where = P.model_params(spec)
+        assert n is not None and heads is not None, f"{spec.name}: {where}"
+        if spec.source != "synthetic":
+            assert n > 1e6 and heads >= 1, (spec.name, n, heads)

@@ -104,6 +104,10 @@ def model_params(spec: ModelSpec) -> tuple[int | None, int | None, str]:
         return n, int(cfg["num_attention_heads"]), "package files"
     if spec.source == "synthetic":
         return 0, 0, "synthetic"
+    if spec.source in ("mpnet", "mpnet-random"):
+        from geowall.sources import mpnet
+
+        return mpnet.N_PARAMS, mpnet.HEADS, "release facts (geowall.sources.mpnet)"
     if spec.source in DECODER_SOURCES:
         from geowall.sources import decoders
 

