@@ -3,8 +3,9 @@
 #
 # The Stage 2 law is fitted on model A's layers and used to predict model B's per-layer
 # width exponents from B's geometry alone, in both directions, for each pair in the
-# profile (MiniLM with MPNet; the synthetic zoos with each other; pretrained MiniLM with its
-# random-init twin; Gemma 2 2B with 9B in the `gemma-2` profile), on the log scale Stage 1 pools.
+# profile (in the default MiniLM with MPNet, MPNet with Gemma 3, the synthetic zoos with each
+# other, pretrained MiniLM with its random-init twin; Gemma 3 with SmolLM2 in the `decoders`
+# profile; Gemma 2 2B with 9B in the `gemma-2` profile), on the log scale Stage 1 pools.
 # The four-summary law has a curvature-free sibling (TwoNN, PR, local residual). Two
 # baselines get the same treatment: A's mean exponent (intercept only) and relative
 # depth alone. Every score comes with its per-draw distribution, a permutation null for
