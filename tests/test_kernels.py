@@ -142,6 +142,51 @@ def test_certificate_failure_falls_back_to_exact(monkeypatch, chunk):
     assert list(idx[200]) == [201, 202, 203]  # ties broken by index
 
 
+def _massive_cloud(seed: int = 6) -> np.ndarray:
+    """1000 points of norm ~10 and the decoder LMs' massive activations: three pairs of
+    points of norm 1000 (each other's nearest) and eight points of norm 25 with a
+    near-copy each (above twice the median norm: they join every row's candidates)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((1000, 64)) * (10 / 8)
+    big = rng.standard_normal((3, 64))
+    big *= 1000 / np.linalg.norm(big, axis=1, keepdims=True)
+    mid = rng.standard_normal((8, 64))
+    mid *= 25 / np.linalg.norm(mid, axis=1, keepdims=True)
+    return np.concatenate([X, big, big + rng.standard_normal((3, 64)), mid, mid + 0.01 * rng.standard_normal((8, 64))])
+
+
+@pytest.mark.parametrize("chunk", [4096, 200])  # row-block and symmetric-block passes
+@pytest.mark.parametrize("rows", [None, np.array([0, 1000, 1003, 1006, 1014, 7])])
+def test_massive_activations_stay_exact_without_fallback(monkeypatch, chunk, rows):
+    """A few points with norms 2.5x to 100x the rest must not push every row into the
+    O(n^2 d) fallback (with them in the certificate's max norm, about 90% of rows fell
+    back), and the answer stays the reference's, outliers and their duplicates included."""
+    X = _massive_cloud()
+    calls = []
+    original = kernels._fallback_rows
+    monkeypatch.setattr(kernels, "_fallback_rows", lambda *a: calls.append(len(a[3])) or original(*a))
+    dist, idx = knn(X, 10, chunk=chunk, rows=rows)
+    rdist, ridx = knn_reference(X, 10, rows=rows)
+    np.testing.assert_array_equal(idx, ridx)
+    np.testing.assert_allclose(dist, rdist, rtol=1e-12)
+    assert sum(calls) <= 10  # at most the few rows of outliers themselves
+    if rows is None:
+        assert idx[1000, 0] == 1003 and idx[1006, 0] == 1014  # outliers find each other
+
+
+def test_massive_activations_fall_back_when_not_set_apart(monkeypatch):
+    """The counterpart: with no point set apart the same cloud falls back on most rows
+    (the measurement that motivated ``_outliers``) and is still exact."""
+    monkeypatch.setattr(kernels, "_OUTLIER_FACTOR", float("inf"))
+    X = _massive_cloud()
+    calls = []
+    original = kernels._fallback_rows
+    monkeypatch.setattr(kernels, "_fallback_rows", lambda *a: calls.append(len(a[3])) or original(*a))
+    dist, idx = knn(X, 10)
+    np.testing.assert_array_equal(idx, knn_reference(X, 10)[1])
+    assert sum(calls) > len(X) // 2
+
+
 def test_float32_cancellation_cannot_misorder():
     """Near neighbours 1e-3..2e-3 away from points of norm 1e3: the float32 expansion
     misorders them (checked), the kernel does not (float32 input, exact re-rank)."""
