@@ -327,14 +327,25 @@ def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.
     Returns (kappa^2 debiased, (B,); per-point variance off the fitted model RSS / dof, (B,);
     tangent dimension, (B,)).
     """
-    m = Y.shape[1]
-    q = (Y * Y).sum(-1)
-    Yc = Y - Y.mean(1, keepdim=True)
-    lam, vec = torch.linalg.eigh(Yc @ Yc.transpose(1, 2))
+    return _bend_fit_gram(Y @ Y.transpose(1, 2), tangent_tol)
+
+
+def _centred_gram(G: torch.Tensor) -> torch.Tensor:
+    """J G J with J = I - 11^T / m: the Gram matrix of the patch's rows centred on their mean."""
+    return G - G.mean(1, keepdim=True) - G.mean(2, keepdim=True) + G.mean((1, 2), keepdim=True)
+
+
+def _bend_fit_gram(G: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_bend_fit`` from the patches' Gram matrices G = Y Y^T (B, m, m) alone: everything the
+    fit needs is in them (q is their diagonal, the centred Gram is J G J), so the (B, m, D)
+    patches are never centred or squared as wholes."""
+    m = G.shape[1]
+    q = torch.diagonal(G, dim1=1, dim2=2)
+    lam, vec = torch.linalg.eigh(_centred_gram(G))
     lam, vec = lam.flip(-1).clamp_min(0), vec.flip(-1)
     lam = torch.where(lam > NULL_TOL * lam[:, :1], lam, 0.0)  # rounding noise of a rank-deficient patch: exactly 0
     dim = _tangent_dims(lam, tangent_tol)
-    normal = torch.arange(m, device=Y.device) >= dim.unsqueeze(1)  # (B, m)
+    normal = torch.arange(m, device=G.device) >= dim.unsqueeze(1)  # (B, m)
     qc = q - q.mean(1, keepdim=True)
     proj = (vec * qc.unsqueeze(-1)).sum(1)  # (B, m): e_i . qc (qc is orthogonal to the constant null vector)
     z2 = ((proj * proj) * normal).sum(1)
@@ -394,15 +405,21 @@ def local_geometry(
     dev = Xu.device
     base_t, idx_t = torch.from_numpy(base).to(dev), torch.from_numpy(idx).to(dev)
     k2, res, dims, var = [], [], [], []
-    with _lapack_single_thread(dev):
-        for s in range(0, len(base), batch):
-            Y = Xu[idx_t[s : s + batch]] - Xu[base_t[s : s + batch]].unsqueeze(1)
-            Y = torch.cat([torch.zeros_like(Y[:, :1]), Y], dim=1)  # the base point is row 0
-            a, b, c = _bend_fit(Y, tangent_tol)
-            k2.append(a.cpu())
-            res.append(b.cpu())
-            dims.append(c.cpu())
-            var.append(((Y - Y.mean(1, keepdim=True)) ** 2).sum((1, 2)).cpu() / Y.shape[1])
+    # One reused (batch, k, D) buffer for the neighbours relative to their base point: fresh
+    # arrays of that size are fresh pages, and faulting them in cost more than the Gram
+    # products (measured at D = 576: 65 ms against 21 ms per batch of 128 patches).
+    buf = torch.empty(min(batch, len(base)) * idx_t.shape[1], Xu.shape[1], dtype=Xu.dtype, device=dev)
+    for s in range(0, len(base), batch):
+        ii = idx_t[s : s + batch]
+        Y = torch.index_select(Xu, 0, ii.reshape(-1), out=buf[: ii.numel()]).view(*ii.shape, -1)
+        Y.sub_(Xu.index_select(0, base_t[s : s + batch]).unsqueeze(1))
+        G = torch.nn.functional.pad(Y @ Y.transpose(1, 2), (1, 0, 1, 0))  # the base point is row 0 (= 0)
+        with _lapack_single_thread(dev):
+            a, b, c = _bend_fit_gram(G, tangent_tol)
+        k2.append(a.cpu())
+        res.append(b.cpu())
+        dims.append(c.cpu())
+        var.append(torch.diagonal(_centred_gram(G), dim1=1, dim2=2).sum(1).cpu() / G.shape[1])
     kappa2 = torch.cat(k2).numpy()
     return pd.DataFrame(
         {
