@@ -80,14 +80,22 @@ wide = geo.pivot(index=["model", "layer"], columns="summary", values="estimate")
 wide.round(3)
 
 # %% [markdown]
-# Sanity checks: every summary is finite at every layer (no cap withholds the curvature) with
-# a positive standard error (or exactly 0 where every half-sample reads 0: a flat box); TwoNN
-# lies between 0 and the ambient dimension, the local residual between 0 and 1.
+# Sanity checks: every summary is finite at every layer with a positive standard error (or
+# exactly 0 where every half-sample reads 0: a flat box); TwoNN lies between 0 and the ambient
+# dimension, the local residual between 0 and 1. No cap withholds the curvature; it is
+# undefined only where the patches have no room for it: a patch of k + 1 points whose tangent
+# dimension leaves fewer than `MIN_DOF` points beyond the tangent scores (a random-init
+# decoder's embedding layer, about 1,300 distinct random token vectors: every patch is 64-dimensional).
 
 # %%
-assert geo["estimate"].notna().all(), geo[geo["estimate"].isna()]
+too_wide = geo.dim > geo.k + 1 - 2 - geometry.estimators.MIN_DOF
+undefined = (geo.summary == "curvature") & geo.estimate.isna() & too_wide
+assert (geo.estimate.notna() | undefined).all(), geo[geo.estimate.isna() & ~undefined]
+if undefined.any():
+    print("curvature undefined (patches as wide as their tangent dimension):", geo[undefined][["model", "layer", "dim"]])
 # a summary that reads (numerically) zero in every replicate has a zero standard error
-assert ((geo.se > 0) | ((geo.se == 0) & (geo.estimate.abs() < 1e-9))).all(), geo[~(geo.se > 0)]
+ok_se = (geo.se > 0) | ((geo.se == 0) & (geo.estimate.abs() < 1e-9)) | (undefined & geo.se.isna())
+assert ok_se.all(), geo[~ok_se]
 ids = geo[geo.summary == "id_twonn"]
 assert ((ids.estimate > 0) & (ids.estimate < 1024)).all()
 assert (geo[geo.summary == "local_residual"].estimate.between(0, 1)).all()
