@@ -269,3 +269,35 @@ def test_paper_says_decoder_checkpoints_are_dequantised(tmp_path):
     assert default.startswith("gemma3 is a dequantised 4/5-bit GGUF checkpoint (gemma3 Q4_K_M)")
     text = report_variables(load_profile("decoders"), tmp_path)["text"]["quantised"]
     assert text.startswith("gemma3 and smollm2 are dequantised 4/5-bit GGUF checkpoints") and "raw" in text
+
+
+def _decoder_geometry(run_dir: Path, curvature_of_pr: dict) -> None:
+    """A geometry table for the decoders profile's pretrained models, layers 0..12: PR alternates
+    between massive-dimension layers (PR 1.5 to 3.5) and spread ones (20 to 80)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for model, curv in curvature_of_pr.items():
+        for layer in range(13):
+            pr = float(rng.uniform(1.5, 3.5) if layer % 3 == 0 else rng.uniform(20, 80))
+            values = {"pr": pr, "id_twonn": 8.0, "curvature": curv(pr, rng), "local_residual": pr / 500}
+            rows += [{"model": model, "layer": layer, "summary": s, "estimate": v} for s, v in values.items()]
+    write_parquet(run_dir / "geometry.parquet", pd.DataFrame(rows))
+
+
+def test_paper_measures_how_far_decoder_summaries_follow_massive_dimensions(tmp_path):
+    """Planted: gemma3's curvature falls with PR (rank -1), smollm2's is independent of it; the
+    local residual rises with PR in both (rank +1). The sentence quotes the measured values."""
+    cfg = load_profile("decoders")
+    assert report_variables(cfg, tmp_path)["text"]["massive"] == ""  # no geometry table yet
+    _decoder_geometry(tmp_path, {"gemma3": lambda pr, rng: 10 / pr, "smollm2": lambda pr, rng: rng.uniform(0.5, 3)})
+    text = report_variables(cfg, tmp_path)["text"]["massive"]
+    g = pd.read_parquet(tmp_path / "geometry.parquet")
+    w = g[(g.model == "smollm2") & (g.layer > 0)].pivot(index="layer", columns="summary", values="estimate")
+    rho = w.curvature.corr(w.pr, method="spearman")
+    assert abs(rho) < 0.6  # the null really is one
+    assert "in gemma3 over depth, Spearman with the participation ratio -1.00 (curvature) and 1.00 (local" in text
+    assert f"in smollm2 over depth, Spearman with the participation ratio {rho:.2f} (curvature) and 1.00" in text
+    low = w.pr < 4
+    median = w.curvature[low].median()
+    assert f"at its {int(low.sum())} layers with PR < 4 curvature reads a median {median:.2f}" in text
+    assert report_variables(load_profile("smoke"), tmp_path)["text"]["massive"] == ""  # no decoder LM

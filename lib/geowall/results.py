@@ -197,6 +197,51 @@ def source_texts(cfg: Profile) -> dict[str, str]:
     }
 
 
+# Below this participation ratio one coordinate carries most of a layer's variance (a massive dimension).
+MASSIVE_PR = 4.0
+
+
+def massive_text(cfg: Profile, run_dir: Path) -> str:
+    """How far the decoder LMs' local summaries follow their massive dimensions, measured.
+
+    Decoder streams are used raw (their massive dimensions stay in). Per pretrained decoder model
+    with at least 5 layers past the embedding: the Spearman correlation over depth of curvature and
+    of the local residual with the participation ratio, and their medians where PR < ``MASSIVE_PR``
+    against elsewhere. Empty when the profile has no decoder LM or the run has no geometry table.
+    """
+    decoders = [m.name for m in cfg.models if m.source in ("gemma3", "smollm2")]
+    g = _read(run_dir, "geometry.parquet")
+    if not decoders or g is None:
+        return ""
+    parts = []
+    for model in decoders:
+        w = g[(g.model == model) & (g.layer > 0)].pivot(index="layer", columns="summary", values="estimate").dropna()
+        if len(w) < 5 or not {"pr", "curvature", "local_residual"} <= set(w.columns):
+            continue
+        rho_c = w.curvature.corr(w.pr, method="spearman")
+        rho_r = w.local_residual.corr(w.pr, method="spearman")
+        low = w.pr < MASSIVE_PR
+        where = (
+            f"; at its {int(low.sum())} layers with PR < {MASSIVE_PR:g} curvature reads a median "
+            f"{_fmt(w.curvature[low].median())} against {_fmt(w.curvature[~low].median())}, the local residual "
+            f"{_fmt(w.local_residual[low].median(), 3)} against {_fmt(w.local_residual[~low].median(), 3)}"
+            if 0 < low.sum() < len(w)
+            else ""
+        )
+        parts.append(
+            f"in {model} over depth, Spearman with the participation ratio {_fmt(rho_c)} (curvature) and "
+            f"{_fmt(rho_r)} (local residual){where}"
+        )
+    if not parts:
+        return ""
+    return (
+        "Part of what curvature and the local residual read in the decoders may be their massive "
+        "dimensions rather than the manifold: "
+        + "; ".join(parts)
+        + ". This is not yet separated from the geometry law's evidence."
+    )
+
+
 def report_variables(cfg: Profile, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     models = ", ".join(
@@ -251,6 +296,7 @@ def report_variables(cfg: Profile, run_dir: Path) -> dict:
     have = (run_dir / "geometry.parquet").is_file()
     v["text"] = {
         **source_texts(cfg),
+        "massive": massive_text(cfg, run_dir),
         "id_ranges": "; ".join(ranges) if have else NA,
         "geometry_models": ("; ".join(per_model) if per_model else "no real network in this profile") if have else NA,
         "layers": f"{n_layers} layers over {len(cfg.models)} model{'s' if len(cfg.models) != 1 else ''}",
