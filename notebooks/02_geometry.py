@@ -92,7 +92,9 @@ too_wide = geo.dim > geo.k + 1 - 2 - geometry.estimators.MIN_DOF
 undefined = (geo.summary == "curvature") & geo.estimate.isna() & too_wide
 assert (geo.estimate.notna() | undefined).all(), geo[geo.estimate.isna() & ~undefined]
 if undefined.any():
-    print("curvature undefined (patches as wide as their tangent dimension):", geo[undefined][["model", "layer", "dim"]])
+    print(
+        "curvature undefined (patches as wide as their tangent dimension):", geo[undefined][["model", "layer", "dim"]]
+    )
 # a summary that reads (numerically) zero in every replicate has a zero standard error
 ok_se = (geo.se > 0) | ((geo.se == 0) & (geo.estimate.abs() < 1e-9)) | (undefined & geo.se.isna())
 assert ok_se.all(), geo[~ok_se]
