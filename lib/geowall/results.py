@@ -235,7 +235,7 @@ def massive_text(cfg: Profile, run_dir: Path) -> str:
     if not parts:
         return ""
     return (
-        "Part of what curvature and the local residual read in the decoders may be their massive "
+        "Part of what curvature and the local residual read in the decoder LMs may be their massive "
         "dimensions rather than the manifold: "
         + "; ".join(parts)
         + ". This is not yet separated from the geometry law's evidence."
