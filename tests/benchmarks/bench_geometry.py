@@ -133,17 +133,17 @@ def massive_activations(X: np.ndarray, *, k: int, device, repeat: int, seed: int
         rows.append(len(args[3]))
         return original(*args)
 
+    saved = K._OUTLIER_FACTOR
     K._fallback_rows = counting
     try:
         out = {}
-        for label, factor in (("set apart", K._OUTLIER_FACTOR), ("in the bound", float("inf"))):
-            K._OUTLIER_FACTOR, saved = factor, K._OUTLIER_FACTOR
+        for label, factor in (("set apart", saved), ("in the bound", float("inf"))):
+            K._OUTLIER_FACTOR = factor
             rows.clear()
             (dist, idx), t = timed(lambda: K.knn(Xm, k, device=device), repeat)
             out[label] = (idx, t, sum(rows) // repeat)
-            K._OUTLIER_FACTOR = saved
     finally:
-        K._fallback_rows = original
+        K._fallback_rows, K._OUTLIER_FACTOR = original, saved
     (i1, t1, f1), (i2, t2, f2) = out.values()
     print(
         f"knn     massive activations ({len(big)} of {len(Xm)} points at 50x norm, k = {k}): outliers set apart "

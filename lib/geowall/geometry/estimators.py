@@ -303,8 +303,15 @@ def _tangent_dims(lam: torch.Tensor, tangent_tol: float) -> torch.Tensor:
     return (lam >= tangent_tol * lam[:, :1]).sum(-1)
 
 
-def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean-curvature fit of patches Y (B, m, D), rows relative to the base point (row 0 = 0).
+def _centred_gram(G: torch.Tensor) -> torch.Tensor:
+    """J G J with J = I - 11^T / m: the Gram matrix of the patch's rows centred on their mean."""
+    return G - G.mean(1, keepdim=True) - G.mean(2, keepdim=True) + G.mean((1, 2), keepdim=True)
+
+
+def _bend_fit(G: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean-curvature fit of patches Y (B, m, D), rows relative to the base point (row 0 = 0),
+    from their Gram matrices G = Y Y^T (B, m, m) alone: q is G's diagonal and the centred Gram
+    is J G J (``_centred_gram``), so the (B, m, D) patches are never centred or squared as wholes.
 
     Model (least squares, one fit shared by all D coordinates):
         y_j = a + sum_{t <= dim} b_t s_jt + g q_j + e_j,     q_j = ||y_j||^2,
@@ -327,18 +334,6 @@ def _bend_fit(Y: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.
     Returns (kappa^2 debiased, (B,); per-point variance off the fitted model RSS / dof, (B,);
     tangent dimension, (B,)).
     """
-    return _bend_fit_gram(Y @ Y.transpose(1, 2), tangent_tol)
-
-
-def _centred_gram(G: torch.Tensor) -> torch.Tensor:
-    """J G J with J = I - 11^T / m: the Gram matrix of the patch's rows centred on their mean."""
-    return G - G.mean(1, keepdim=True) - G.mean(2, keepdim=True) + G.mean((1, 2), keepdim=True)
-
-
-def _bend_fit_gram(G: torch.Tensor, tangent_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_bend_fit`` from the patches' Gram matrices G = Y Y^T (B, m, m) alone: everything the
-    fit needs is in them (q is their diagonal, the centred Gram is J G J), so the (B, m, D)
-    patches are never centred or squared as wholes."""
     m = G.shape[1]
     q = torch.diagonal(G, dim1=1, dim2=2)
     lam, vec = torch.linalg.eigh(_centred_gram(G))
@@ -415,11 +410,12 @@ def local_geometry(
         Y.sub_(Xu.index_select(0, base_t[s : s + batch]).unsqueeze(1))
         G = torch.nn.functional.pad(Y @ Y.transpose(1, 2), (1, 0, 1, 0))  # the base point is row 0 (= 0)
         with _lapack_single_thread(dev):
-            a, b, c = _bend_fit_gram(G, tangent_tol)
+            a, b, c = _bend_fit(G, tangent_tol)
         k2.append(a.cpu())
         res.append(b.cpu())
         dims.append(c.cpu())
-        var.append(torch.diagonal(_centred_gram(G), dim1=1, dim2=2).sum(1).cpu() / G.shape[1])
+        m = G.shape[1]  # per-point variance: trace(J G J) / m = (trace G - 1^T G 1 / m) / m
+        var.append(((torch.diagonal(G, dim1=1, dim2=2).sum(1) - G.sum((1, 2)) / m) / m).cpu())
     kappa2 = torch.cat(k2).numpy()
     return pd.DataFrame(
         {
